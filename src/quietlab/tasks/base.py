@@ -1,0 +1,304 @@
+"""The task contract: Task, Batch, Feature, and the recorder tasks use to label hidden steps.
+
+A task draws raw inputs, runs its algorithm over the whole batch at once, and while it runs records
+each intermediate result at the token position whose residual stream should hold it, the way CLRS's
+samplers push hints (``rec.push("carry", pos, value)``).
+
+Token layout of every example: ``input = answer .`` followed by ``.`` padding up to ``seq_len``;
+``.`` is token 0 in every vocabulary and doubles as end-of-sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+FEATURE_KINDS = ("binary", "categorical", "multilabel", "scalar")
+PAD = "."
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One per-token label. ``values[i, t]`` is what the residual stream at position t should encode.
+
+    binary:      k == 1, values in {0, 1}
+    multilabel:  k labels, each in {0, 1} (e.g. queue membership of every node)
+    categorical: k variables, each a class id in [0, n_classes)
+    scalar:      k real numbers
+    """
+
+    values: np.ndarray  # (n, seq_len, k)
+    mask: np.ndarray  # (n, seq_len) bool: where the label is defined
+    kind: str
+    n_classes: int = 2
+    description: str = ""
+
+    def __post_init__(self):
+        if self.kind not in FEATURE_KINDS:
+            raise ValueError(f"feature kind {self.kind!r} is not one of {', '.join(FEATURE_KINDS)}")
+        if self.values.ndim != 3 or self.values.shape[:2] != self.mask.shape:
+            raise ValueError(f"feature values {self.values.shape} do not match mask {self.mask.shape}")
+
+    @property
+    def k(self) -> int:
+        return self.values.shape[2]
+
+    def take(self, idx) -> "Feature":
+        return Feature(self.values[idx], self.mask[idx], self.kind, self.n_classes, self.description)
+
+
+@dataclass(frozen=True)
+class Batch:
+    tokens: np.ndarray  # int (n, seq_len)
+    loss_mask: np.ndarray  # bool (n, seq_len): True where the NEXT token is part of the answer (EOS included)
+    features: dict[str, Feature] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def answer_start(self) -> np.ndarray:
+        """Index of the first answer token in each row (the prompt is ``tokens[i, :answer_start[i]]``)."""
+        return self.loss_mask.argmax(axis=1) + 1
+
+    def take(self, idx) -> "Batch":
+        return Batch(self.tokens[idx], self.loss_mask[idx], {k: f.take(idx) for k, f in self.features.items()})
+
+    @staticmethod
+    def concat(batches: list["Batch"]) -> "Batch":
+        first = batches[0]
+        feats = {
+            name: Feature(
+                np.concatenate([b.features[name].values for b in batches]),
+                np.concatenate([b.features[name].mask for b in batches]),
+                f.kind,
+                f.n_classes,
+                f.description,
+            )
+            for name, f in first.features.items()
+        }
+        return Batch(
+            np.concatenate([b.tokens for b in batches]),
+            np.concatenate([b.loss_mask for b in batches]),
+            feats,
+        )
+
+
+class FeatureRecorder:
+    """Collects per-token labels while a vectorised algorithm runs over a batch.
+
+    >>> rec = FeatureRecorder(n, seq_len)
+    >>> rec.declare("carry", "binary", description="carry into the next bit")
+    >>> rec.push("carry", pos, carry)          # pos: int or (n,) ints; value: (n,) or (n, k)
+    """
+
+    _DTYPES = {"binary": np.uint8, "multilabel": np.uint8, "categorical": np.int16, "scalar": np.float32}
+
+    def __init__(self, n: int, seq_len: int):
+        self.n, self.seq_len = n, seq_len
+        self._values: dict[str, np.ndarray] = {}
+        self._masks: dict[str, np.ndarray] = {}
+        self._meta: dict[str, tuple[str, int, str]] = {}
+        self._rows = np.arange(n)
+
+    def declare(self, name: str, kind: str, k: int = 1, n_classes: int = 2, description: str = "") -> None:
+        if kind not in FEATURE_KINDS:
+            raise ValueError(f"feature kind {kind!r} is not one of {', '.join(FEATURE_KINDS)}")
+        self._values[name] = np.zeros((self.n, self.seq_len, k), dtype=self._DTYPES[kind])
+        self._masks[name] = np.zeros((self.n, self.seq_len), dtype=bool)
+        self._meta[name] = (kind, n_classes, description)
+
+    def push(self, name: str, pos, value, where=None) -> None:
+        """Record ``value`` at position ``pos`` of every row (or of the rows where ``where`` is True)."""
+        values = self._values[name]
+        value = np.asarray(value)
+        if value.ndim <= 1:
+            value = np.broadcast_to(value.reshape(-1, 1) if value.ndim == 1 else value, (self.n, values.shape[2]))
+        pos = np.broadcast_to(np.asarray(pos), (self.n,))
+        rows = self._rows
+        if where is not None:
+            where = np.asarray(where, dtype=bool)
+            rows, pos, value = rows[where], pos[where], value[where]
+        values[rows, pos] = value
+        self._masks[name][rows, pos] = True
+
+    def features(self) -> dict[str, Feature]:
+        return {
+            name: Feature(self._values[name], self._masks[name], kind, n_classes, desc)
+            for name, (kind, n_classes, desc) in self._meta.items()
+        }
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A size option of a task: ``get_task(name, **{knob.name: value})``."""
+
+    name: str
+    default: float
+    low: float
+    high: float
+    help: str
+    integer: bool = True
+
+    def check(self, task: str, value):
+        if self.integer:
+            ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+        if not ok or not (self.low <= value <= self.high):
+            kind = "an integer" if self.integer else "a number"
+            raise ValueError(f"{task}: {self.name} must be {kind} in {self.allowed}, got {value!r}")
+        return int(value) if self.integer else float(value)
+
+    @property
+    def allowed(self) -> str:
+        return f"{self.low:g}..{self.high:g}"
+
+
+_MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def _splitmix(x: np.ndarray) -> np.ndarray:
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * _MIX1
+    x = (x ^ (x >> np.uint64(27))) * _MIX2
+    return x ^ (x >> np.uint64(31))
+
+
+def hash_rows(columns: np.ndarray, seed: int) -> np.ndarray:
+    """A 64-bit hash of each row of an integer matrix, a pure function of (row, seed)."""
+    columns = np.ascontiguousarray(columns).astype(np.int64).view(np.uint64)
+    h = np.full(len(columns), np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(columns.shape[1]):
+            h = _splitmix(h ^ columns[:, j])
+    return h
+
+
+class Task:
+    """Base class. A subclass sets ``name``, ``knobs``, ``feature_docs`` and implements
+
+    - ``_setup()``: compute ``self.vocab`` (``.`` first) and ``self.seq_len`` from the validated sizes;
+    - ``_draw(n, rng) -> dict[str, ndarray]``: raw inputs, first axis n, in canonical form (one
+      dict row per distinct example string);
+    - ``_build(inputs) -> Batch``: tokens, loss mask and features, vectorised over the batch;
+    - ``_parse(prompt) -> dict[str, ndarray]``: the inputs (n=1) of a prompt string ``input=``'s input.
+    Optionally ``_identity(inputs)``: an integer matrix naming each example up to symmetry (e.g. a+b
+    and b+a), so that both land on the same side of the split.
+    """
+
+    name: ClassVar[str]
+    knobs: ClassVar[tuple[Knob, ...]] = ()
+    feature_docs: ClassVar[dict[str, str]] = {}
+    description: ClassVar[str] = ""
+    heldout_fraction: ClassVar[float] = 0.25
+
+    vocab: list[str]
+    seq_len: int
+
+    def __init__(self, split_seed: int = 0, **sizes):
+        allowed = {k.name: k for k in self.knobs}
+        for key in sizes:
+            if key not in allowed:
+                options = ", ".join(f"{k.name} ({k.allowed})" for k in self.knobs) or "none"
+                raise ValueError(f"{self.name}: unknown size option {key!r}; allowed: {options}")
+        self.sizes = {k.name: k.check(self.name, sizes.get(k.name, k.default)) for k in self.knobs}
+        for key, value in self.sizes.items():
+            setattr(self, key, value)
+        self.split_seed = int(split_seed)
+        self._setup()
+        if self.vocab[0] != PAD:
+            raise AssertionError(f"{self.name}: vocab must start with {PAD!r}")
+        self._index = {ch: i for i, ch in enumerate(self.vocab)}
+
+    # --- to implement -------------------------------------------------------------------------
+    def _setup(self) -> None:
+        raise NotImplementedError
+
+    def _draw(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _build(self, inputs: dict[str, np.ndarray]) -> Batch:
+        raise NotImplementedError
+
+    def _parse(self, prompt: str) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _identity(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        n = len(next(iter(inputs.values())))
+        return np.concatenate([np.asarray(v).reshape(n, -1).astype(np.int64) for _, v in sorted(inputs.items())], axis=1)
+
+    # --- the contract -------------------------------------------------------------------------
+    def sample(self, n: int, seed: int = 0, split: str = "train") -> Batch:
+        """``n`` examples from one side of the split; the same (n, seed, split) gives the same batch."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        rng = np.random.default_rng([int(seed), SPLITS.index(split), 0x9E37])
+        want_test = split == "test"
+        frac = self.heldout_fraction if want_test else 1 - self.heldout_fraction
+        chunks, have = [], 0
+        for _ in range(10_000):
+            if have >= n:
+                break
+            m = max(16, int((n - have) / frac * 1.1) + 8)
+            inputs = self._draw(m, rng)
+            keep = self.in_heldout(inputs) == want_test
+            if keep.any():
+                chunks.append({k: v[keep] for k, v in inputs.items()})
+                have += int(keep.sum())
+        else:
+            raise RuntimeError(f"{self.name}: could not draw {n} examples from the {split} side")
+        inputs = {k: np.concatenate([c[k] for c in chunks])[:n] for k in chunks[0]} if chunks else self._draw(0, rng)
+        return self._build(inputs)
+
+    def in_heldout(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """True for examples on the held-out side; a pure function of the example and ``split_seed``."""
+        h = hash_rows(self._identity(inputs), self.split_seed)
+        return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53) < self.heldout_fraction
+
+    def encode(self, text: str) -> np.ndarray:
+        if len(text) > self.seq_len:
+            raise ValueError(f"{self.name}: text of length {len(text)} exceeds seq_len {self.seq_len}")
+        bad = sorted(set(text) - set(self._index))
+        if bad:
+            raise ValueError(f"{self.name}: characters {''.join(bad)!r} are not in the vocabulary {''.join(self.vocab)!r}")
+        row = np.zeros(self.seq_len, dtype=np.int64)
+        row[: len(text)] = [self._index[c] for c in text]
+        return row
+
+    def decode(self, tokens_row) -> str:
+        return "".join(self.vocab[int(t)] for t in tokens_row).rstrip(PAD)
+
+    def is_correct(self, tokens_row) -> bool:
+        """Whether the answer in a (generated) row is the one the task's own solver gives."""
+        text = "".join(self.vocab[int(t)] if 0 <= int(t) < len(self.vocab) else "?" for t in tokens_row)
+        if "=" not in text:
+            return False
+        prompt, _, rest = text.partition("=")
+        answer = rest.split(PAD, 1)[0]
+        try:
+            inputs = self._parse(prompt)
+        except (ValueError, IndexError, KeyError):
+            return False
+        expected = self.decode(self._build(inputs).tokens[0]).partition("=")[2]
+        return answer == expected
+
+    def describe(self) -> dict:
+        """What `quietlab tasks` shows: sizes, seq_len, vocabulary and features."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "sizes": {k.name: {"value": self.sizes[k.name], "allowed": k.allowed, "help": k.help} for k in self.knobs},
+            "seq_len": self.seq_len,
+            "vocab": "".join(self.vocab),
+            "features": dict(self.feature_docs),
+        }
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.sizes.items())
+        return f"{type(self).__name__}({args})"
