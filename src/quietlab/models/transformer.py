@@ -1,0 +1,169 @@
+"""Decoder-only Transformer++ (the quiet-features paper's model): pre-norm RMSNorm, RoPE, SwiGLU MLP,
+no biases, untied embeddings.
+
+Activations are handed out by name, only when asked (``capture``), and may be edited in flight
+(``edit``), which is how probes and ablations reach the residual stream:
+
+- ``embed``            token embeddings, the input of block 0            (B, T, d_model)
+- ``resid.{l}``        the output of block l, l = 0 .. n_layers-1        (B, T, d_model)
+- ``attn.{l}.pattern`` block l's attention probabilities                 (B, n_heads, T, T)
+
+    logits = model(tokens)
+    logits, acts = model(tokens, capture=["resid.1", "attn.1.pattern"])
+    logits = model(tokens, edit={"resid.1": fn})      # fn(x, positions) -> x; positions: (T,) absolute
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import CausalSelfAttention, KVCache, rope_cache
+
+Edit = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class TransformerConfig:
+    vocab_size: int
+    seq_len: int
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    d_mlp: int | None = None  # SwiGLU hidden size; default 8/3·d_model rounded up to a multiple of 8
+    attention: str = "softmax"  # softmax | temperature | normsoftmax | heat
+    tau: float | None = None  # temperature / NormSoftmax cap; default √d_head
+    norm_form: str = "std"  # NormSoftmax: std or var
+    heat_start: float = 3.0  # heat: inverse temperature at step 0
+    heat_fraction: float = 0.5  # heat: fraction of training over which β anneals to 1/√d_head
+    rope_base: float = 10000.0
+
+    def __post_init__(self):
+        if self.d_mlp is None:
+            self.d_mlp = 8 * math.ceil(8 * self.d_model / 3 / 8)
+        for name in ("vocab_size", "seq_len", "d_model", "n_layers", "n_heads", "d_mlp"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"d_model ({self.d_model}) must split into {self.n_heads} heads of even size (RoPE)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, d_model: int, d_mlp: int):
+        super().__init__()
+        self.gate = nn.Linear(d_model, d_mlp, bias=False)
+        self.up = nn.Linear(d_model, d_mlp, bias=False)
+        self.down = nn.Linear(d_mlp, d_model, bias=False)
+
+    def forward(self, x):
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model)
+        self.attn = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.attention, cfg.tau, cfg.norm_form,
+                                        cfg.heat_start, cfg.heat_fraction)
+        self.mlp_norm = RMSNorm(cfg.d_model)
+        self.mlp = SwiGLU(cfg.d_model, cfg.d_mlp)
+
+    def forward(self, x, cos, sin, cache=None, layer=0, want_pattern=False):
+        a, pattern = self.attn(self.attn_norm(x), cos, sin, cache, layer, want_pattern)
+        x = x + a
+        return x + self.mlp(self.mlp_norm(x)), pattern
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        cos, sin = rope_cache(cfg.seq_len, cfg.d_model // cfg.n_heads, cfg.rope_base)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init)
+        for block in self.blocks:  # GPT-2's scaled init of the projections into the residual stream
+            for w in (block.attn.proj.weight, block.mlp.down.weight):
+                nn.init.normal_(w, std=0.02 / math.sqrt(2 * cfg.n_layers))
+
+    @staticmethod
+    def _init(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+
+    def tap_names(self) -> list[str]:
+        n = self.config.n_layers
+        return ["embed"] + [f"resid.{l}" for l in range(n)] + [f"attn.{l}.pattern" for l in range(n)]
+
+    def n_params(self, non_embedding: bool = True) -> int:
+        total = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            total -= self.embed.weight.numel() + self.lm_head.weight.numel()
+        return total
+
+    def set_progress(self, fraction: float) -> None:
+        """Training progress in [0, 1], read by the heat-treatment schedule."""
+        for block in self.blocks:
+            block.attn.progress.fill_(float(fraction))
+
+    def new_cache(self, batch: int, device=None, dtype=None) -> KVCache:
+        cfg = self.config
+        p = self.embed.weight
+        return KVCache(cfg.n_layers, batch, cfg.n_heads, cfg.seq_len, cfg.d_model // cfg.n_heads,
+                       device or p.device, dtype or p.dtype)
+
+    def forward(self, tokens: torch.Tensor, capture: Iterable[str] = (), edit: dict[str, Edit] | None = None,
+                cache: KVCache | None = None):
+        """Logits (B, T, vocab); with ``capture``, also a dict of the named activations."""
+        B, T = tokens.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.seq_len:
+            raise ValueError(f"sequence of {start + T} tokens exceeds the model's seq_len {self.config.seq_len}")
+        capture = set(capture)
+        acts: dict[str, torch.Tensor] = {}
+        positions = torch.arange(start, start + T, device=tokens.device)
+        cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
+
+        x = self.embed(tokens)
+        if capture or edit:
+            x = self._tap("embed", x, positions, capture, edit, acts)
+        for l, block in enumerate(self.blocks):
+            x, pattern = block(x, cos, sin, cache, l, want_pattern=f"attn.{l}.pattern" in capture)
+            if pattern is not None and f"attn.{l}.pattern" in capture:
+                acts[f"attn.{l}.pattern"] = pattern
+            if capture or edit:
+                x = self._tap(f"resid.{l}", x, positions, capture, edit, acts)
+        if cache is not None:
+            cache.length += T
+        logits = self.lm_head(self.norm(x))
+        return (logits, acts) if capture else logits
+
+    @staticmethod
+    def _tap(name, x, positions, capture, edit, acts):
+        if edit and name in edit:
+            x = edit[name](x, positions)
+        if name in capture:
+            acts[name] = x
+        return x
