@@ -1,0 +1,1 @@
+"""Interventions: ablations of probed features and their random controls."""
