@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from quietlab.interventions.edits import build_edit, leace_params, random_directions, random_probes
+from quietlab.interventions.edits import build_edit, leace_params, probe_rank, random_directions, random_probes
 
 rng = np.random.default_rng(0)
 D, T, B = 16, 5, 64
@@ -80,7 +80,8 @@ def test_resample_takes_the_component_from_reference_examples():
 
 def test_random_controls_have_the_same_rank_and_unit_directions():
     W = rng.standard_normal((3, D))
-    probes = random_probes({4: (W, np.zeros(3))}, D, np.random.default_rng(2))
+    assert probe_rank(W) == 3 and probe_rank(np.outer([1.0, 2.0], W[0])) == 1
+    probes = random_probes({4: probe_rank(W)}, D, np.random.default_rng(2))
     R, _ = probes[4]
     assert R.shape == (3, D)
     np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-10)

@@ -111,6 +111,22 @@ def sample_cmd(
         console.print()
 
 
+@app.command("report")
+@one_line_errors
+def report_cmd(
+    runs: List[str] = typer.Argument(..., metavar="RUN", help="One or more run folders (several: overlaid and compared)."),
+    out: Optional[str] = typer.Option(
+        None, "--out", help="HTML file to write; default RUN/report.html for one run, ./report.html for several."),
+):
+    """Write one self-contained HTML report (opens offline) and print its path."""
+    from pathlib import Path
+
+    from .report import write_report
+
+    target = Path(out) if out else (Path(runs[0]) / "report.html" if len(runs) == 1 else Path("report.html"))
+    print(write_report([Path(r) for r in runs], target))
+
+
 def main() -> None:  # pragma: no cover
     app(prog_name="quietlab")
 

@@ -145,16 +145,20 @@ def build_edit(method: str, probes: dict[int, tuple[np.ndarray, np.ndarray]], wh
     return AffineEdit(U, V, s, torch.as_tensor(np.asarray(where, bool)))
 
 
-def random_probes(probes: dict[int, tuple[np.ndarray, np.ndarray]], d: int, rng: np.random.Generator,
-                  reference: dict[int, np.ndarray] | None = None):
-    """Probes of the same rank as the real ones but along random unit directions, at the same places.
+def probe_rank(W: np.ndarray) -> int:
+    """The number of independent directions a probe reads (the rank of its weight rows)."""
+    return _orthonormal_rows(np.asarray(W, np.float64)).shape[1]
 
-    Their offset puts the boundary through the reference mean (b = -W μ), so that a ``boundary`` control
+
+def random_probes(ranks: dict[int, int], d: int, rng: np.random.Generator,
+                  reference: dict[int, np.ndarray] | None = None):
+    """Probes along ``ranks[t]`` random orthonormal unit directions at each position t.
+
+    Their offset puts the boundary through the reference mean (b = -R μ), so that a ``boundary`` control
     moves activations no further on average than a ``mean`` one would.
     """
     out = {}
-    for t, (W, _) in probes.items():
-        rank = _orthonormal_rows(np.asarray(W, np.float64)).shape[1]
+    for t, rank in ranks.items():
         R = random_directions(rank, d, rng)
         mu = reference[t].mean(0) if reference is not None else np.zeros(d)
         out[t] = (R, -R @ mu)

@@ -1,0 +1,82 @@
+"""One folder per run, plain files readable without quietlab."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from .. import __version__
+from .store import RunStore
+
+_STEP_FILE = re.compile(r"step_(\d+)\.pt$")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def write_atomic(path: Path | str, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader sees the old file or the new one, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class RunFolder:
+    """``runs/NAME/``: config.json, metrics.sqlite, checkpoints/step_000123.pt, report.html."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / "report.html"
+
+    def exists(self) -> bool:
+        return self.config_path.exists()
+
+    def write_config(self, config: dict) -> None:
+        write_atomic(self.config_path, json.dumps({**config, "quietlab_version": __version__}, indent=2).encode())
+
+    def read_config(self) -> dict:
+        if not self.config_path.exists():
+            raise ValueError(f"{self.path} is not a run folder (no config.json)")
+        return json.loads(self.config_path.read_text())
+
+    def store(self) -> RunStore:
+        return RunStore(self.path / "metrics.sqlite")
+
+    def checkpoint_path(self, step: int) -> Path:
+        return self.checkpoint_dir / f"step_{step:06d}.pt"
+
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """(step, path) of every complete checkpoint, oldest first."""
+        if not self.checkpoint_dir.exists():
+            return []
+        found = [(int(m.group(1)), p) for p in self.checkpoint_dir.iterdir() if (m := _STEP_FILE.search(p.name))]
+        return sorted(found)

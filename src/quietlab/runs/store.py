@@ -1,0 +1,99 @@
+"""metrics.sqlite: step-indexed metrics, probe results and named results, in WAL mode.
+
+Tables (readable with any SQLite client):
+  metrics(step, name, value)                        scalars: train/loss, eval/exact_match, attn/entropy/L0/H1 ...
+  probes(step, feature, layer, position, metric, value)
+                                                    one row per probe fit; metric is e.g. "acc", "logloss",
+                                                    "r2", "mse"; the random-init baseline is step 0
+  results(kind, key, step, json)                    structured results: transitions, feature classes,
+                                                    ablations, events ("plateau since", "transition at")
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS metrics (step INTEGER NOT NULL, name TEXT NOT NULL, value REAL,
+                                    PRIMARY KEY (step, name));
+CREATE TABLE IF NOT EXISTS probes (step INTEGER NOT NULL, feature TEXT NOT NULL, layer INTEGER NOT NULL,
+                                   position INTEGER NOT NULL, metric TEXT NOT NULL, value REAL,
+                                   PRIMARY KEY (step, feature, layer, position, metric));
+CREATE TABLE IF NOT EXISTS results (kind TEXT NOT NULL, key TEXT NOT NULL, step INTEGER, json TEXT NOT NULL,
+                                    PRIMARY KEY (kind, key));
+"""
+
+
+class RunStore:
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # --- writing ----------------------------------------------------------------------------
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        with self._db:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?)",
+                [(int(step), k, None if v is None else float(v)) for k, v in metrics.items()],
+            )
+
+    def log_probes(self, rows) -> None:
+        """rows: iterable of (step, feature, layer, position, metric, value)."""
+        with self._db:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO probes VALUES (?, ?, ?, ?, ?, ?)",
+                [(int(s), f, int(l), int(p), m, float(v)) for s, f, l, p, m, v in rows],
+            )
+
+    def put(self, kind: str, key: str, value, step: int | None = None) -> None:
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)", (kind, key, step, json.dumps(value)))
+
+    def truncate_after(self, step: int) -> None:
+        """Forget everything logged after ``step`` (used when a run resumes from an earlier checkpoint)."""
+        with self._db:
+            self._db.execute("DELETE FROM metrics WHERE step > ?", (step,))
+            self._db.execute("DELETE FROM probes WHERE step > ?", (step,))
+
+    # --- reading ----------------------------------------------------------------------------
+    def series(self, name: str) -> tuple[list[int], list[float]]:
+        rows = self._db.execute("SELECT step, value FROM metrics WHERE name = ? ORDER BY step", (name,)).fetchall()
+        return [r[0] for r in rows], [r[1] for r in rows]
+
+    def metric_names(self, prefix: str = "") -> list[str]:
+        rows = self._db.execute(
+            "SELECT DISTINCT name FROM metrics WHERE name LIKE ? ORDER BY name", (prefix.replace("%", r"\%") + "%",)
+        )
+        return [r[0] for r in rows]
+
+    def probes(self, feature: str | None = None, metric: str | None = None) -> list[tuple]:
+        """(step, feature, layer, position, metric, value) rows, filtered."""
+        sql, args = "SELECT * FROM probes WHERE 1=1", []
+        if feature is not None:
+            sql, args = sql + " AND feature = ?", args + [feature]
+        if metric is not None:
+            sql, args = sql + " AND metric = ?", args + [metric]
+        return self._db.execute(sql + " ORDER BY step, feature, layer, position", args).fetchall()
+
+    def get(self, kind: str, key: str):
+        row = self._db.execute("SELECT json FROM results WHERE kind = ? AND key = ?", (kind, key)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def results(self, kind: str) -> dict[str, object]:
+        rows = self._db.execute("SELECT key, json FROM results WHERE kind = ? ORDER BY key", (kind,)).fetchall()
+        return {k: json.loads(v) for k, v in rows}
