@@ -1,0 +1,307 @@
+"""Plateau and transition detection against synthetic curves whose change points are known.
+
+Each curve: an initial ramp (a logistic fall in log10 x, flat for the first steps like a real
+loss under warm-up), a plateau of a known length in decades, a logistic drop in log10 x of a known
+size, Gaussian noise of a known size. The true onset of a drop is where its steepest tangent meets
+the plateau level: centre - 2 widths. Errors are measured in decades of x.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from quietlab.monitor.transitions import (
+    OnlineDetector,
+    Transition,
+    current_plateau,
+    detect_transitions,
+)
+
+STEPS = np.arange(1, 20_001, dtype=float)  # 4.3 decades, every step logged
+
+
+def logistic(z):
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
+
+
+def make_curve(x, *, drops=((1.0, 0.3),), noise=0.03, seed=0, w=0.06, ramp=1.0, final=0.1):
+    """Ramp (centre 10^1.5, width 0.1 decade), then for each (plateau decades, drop size): a
+    plateau then a logistic drop of width ``w`` in log10 x. Returns (y, onsets in log10 x,
+    plateau levels)."""
+    rng = np.random.default_rng(seed)
+    u = np.log10(x)
+    y = final + sum(d for _, d in drops) + ramp * (1 - logistic((u - 1.5) / 0.1))
+    at, onsets, levels = 1.7, [], []
+    level = final + sum(d for _, d in drops)
+    for plateau, drop in drops:
+        onset = at + plateau
+        y = y - drop * logistic((u - (onset + 2 * w)) / w)
+        onsets.append(onset)
+        levels.append(level)
+        level -= drop
+        at = onset + 4 * w
+    return y + noise * rng.standard_normal(x.size), onsets, levels
+
+
+def onset_errors(found, onsets, tol=0.2):
+    """For each true onset, the error (decades) of the nearest reported onset within tol."""
+    det = np.log10([t.onset for t in found])
+    errs = []
+    for on in onsets:
+        d = np.abs(det - on) if det.size else np.array([np.inf])
+        errs.append(d.min() if d.min() <= tol else None)
+    return errs
+
+
+# ------------------------------------------------------------------------------------- the grid
+
+GRID = [
+    (noise, plateau, drop)
+    for noise in (0.01, 0.03, 0.1)
+    for plateau in (1.0, 2.0)
+    for drop in (0.3, 1.0)
+]
+
+
+def test_grid_detection_rate_and_onset_error():
+    """Over noise x plateau length x drop size x 3 seeds: the transition is found with its onset
+    within a few hundredths of a decade, and nothing else is reported."""
+    errors, missed, extra = [], 0, 0
+    for noise, plateau, drop in GRID:
+        for seed in range(3):
+            y, onsets, _ = make_curve(STEPS, drops=((plateau, drop),), noise=noise, seed=seed)
+            found = detect_transitions(STEPS, y)
+            (err,) = onset_errors(found, onsets)
+            if err is None:
+                missed += 1
+            else:
+                errors.append(err)
+            extra += len(found) - (err is not None)
+    n = len(GRID) * 3
+    assert missed / n <= 0.05, f"missed {missed} of {n}"
+    assert extra == 0
+    assert np.median(errors) < 0.02
+    assert np.percentile(errors, 90) < 0.06
+    assert max(errors) < 0.15
+
+
+@pytest.mark.parametrize("noise", [0.01, 0.1])
+def test_small_drop_found_after_long_plateau(noise):
+    """A drop of a tenth of the ramp, after two decades of plateau, through noise as large as it."""
+    hits = 0
+    for seed in range(3):
+        y, onsets, _ = make_curve(STEPS, drops=((2.0, 0.1),), noise=noise, seed=seed)
+        (err,) = onset_errors(detect_transitions(STEPS, y), onsets)
+        hits += err is not None and err < 0.1
+    assert hits >= 2
+
+
+def test_fields_match_the_truth():
+    y, onsets, levels = make_curve(STEPS, drops=((1.5, 0.5),), noise=0.02, seed=1)
+    (t,) = detect_transitions(STEPS, y)
+    assert isinstance(t, Transition)
+    assert abs(np.log10(t.onset) - onsets[0]) < 0.03
+    assert abs(np.log10(t.end) - (onsets[0] + 0.24)) < 0.05  # end: centre + 2 widths
+    assert abs(t.width - 0.24) < 0.05
+    assert t.level_before == pytest.approx(levels[0], abs=0.02)
+    assert t.level_after == pytest.approx(0.1, abs=0.02)
+    assert t.drop == pytest.approx(t.level_before - t.level_after)
+    assert t.drop == pytest.approx(0.5, abs=0.03)
+    # the plateau runs from the end of the ramp (about 10^1.7) to the onset
+    assert 1.6 < np.log10(t.plateau_start) < 1.95
+    span = np.log10(t.onset) - np.log10(t.plateau_start)
+    assert t.plateau_length == pytest.approx(span, abs=0.02)
+    assert t.z > 5 and t.sharpness > 1
+    assert t.direction == "down"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        t.onset = 0
+
+
+# ------------------------------------------------------------------- curves with no transition
+
+
+@pytest.mark.parametrize("noise", [0.01, 0.03, 0.1])
+def test_flat_noisy_curve_has_no_transition(noise):
+    for seed in range(3):
+        y = 1.0 + noise * np.random.default_rng(seed).standard_normal(STEPS.size)
+        assert detect_transitions(STEPS, y) == []
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        lambda x: 0.1 + 2 * x**-0.5,  # power law
+        lambda x: 0.1 + 2 / (1 + x / 100),  # power law with a flat start on a log axis
+        lambda x: 2 - 0.3 * np.log10(x),  # log law: straight on a log axis
+        lambda x: 0.1 + np.exp(-x / 300),  # exponential approach
+    ],
+    ids=["power", "power_offset", "log_law", "exponential"],
+)
+@pytest.mark.parametrize("noise", [0.01, 0.05])
+def test_smooth_decrease_has_no_transition(shape, noise):
+    for seed in range(3):
+        y = shape(STEPS) + noise * np.random.default_rng(seed).standard_normal(STEPS.size)
+        assert detect_transitions(STEPS, y) == []
+
+
+@pytest.mark.parametrize("width", [0.1, 0.3])
+def test_pure_initial_ramp_is_not_a_transition(width):
+    """The loss sits at its initial value for the first steps (flat on a log axis), falls, and
+    stays low: that is the initial ramp, not a transition."""
+    u = np.log10(STEPS)
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        y = 0.1 + 2.0 * (1 - logistic((u - 1.5) / width)) + 0.03 * rng.standard_normal(STEPS.size)
+        assert detect_transitions(STEPS, y) == []
+
+
+def test_initial_ramp_rule_follows_where_logging_starts():
+    """Logged from step 1: the first drop is the ramp. Logged from step 1000 (already on the
+    plateau) the same drop counts, by default and when forced; forcing the ramp rule hides it."""
+    y, onsets, _ = make_curve(STEPS, drops=((2.0, 0.5),), noise=0.02, seed=3)
+    late = STEPS >= 1000
+    found = detect_transitions(STEPS[late], y[late])
+    assert len(found) == 1 and abs(np.log10(found[0].onset) - onsets[0]) < 0.05
+    assert detect_transitions(STEPS[late], y[late], initial_ramp=True) == []
+    # from step 1, initial_ramp=False reports the ramp too (it is flat before it falls)
+    both = detect_transitions(STEPS, y, initial_ramp=False)
+    assert len(both) == 2 and np.log10(both[0].onset) < 1.5
+
+
+# ------------------------------------------------------------------- several drops, other forms
+
+
+def test_two_transitions_in_one_curve():
+    for seed in range(3):
+        y, onsets, levels = make_curve(STEPS, drops=((1.0, 0.3), (0.8, 0.3)), noise=0.03, seed=seed)
+        found = detect_transitions(STEPS, y)
+        assert len(found) == 2
+        errs = onset_errors(found, onsets)
+        assert all(e is not None and e < 0.05 for e in errs), errs
+        assert found[0].level_before == pytest.approx(levels[0], abs=0.03)
+        assert found[1].level_before == pytest.approx(levels[1], abs=0.03)
+        assert found[0].end <= found[1].plateau_start < found[1].onset
+
+
+def test_direction_up_for_a_rising_accuracy():
+    y, onsets, _ = make_curve(STEPS, drops=((1.5, 0.4),), noise=0.02, seed=4)
+    acc = 1.0 - y
+    assert detect_transitions(STEPS, acc) == []  # rising is not an improvement for a loss
+    (t,) = detect_transitions(STEPS, acc, direction="up")
+    assert abs(np.log10(t.onset) - onsets[0]) < 0.03
+    assert t.level_after > t.level_before
+    assert t.drop == pytest.approx(t.level_after - t.level_before)
+    assert t.drop == pytest.approx(0.4, abs=0.03)
+    assert t.direction == "up"
+
+
+def test_flops_axis_and_step_zero():
+    y, onsets, _ = make_curve(STEPS, drops=((1.5, 0.4),), noise=0.02, seed=5)
+    (a,) = detect_transitions(STEPS, y)
+    (b,) = detect_transitions(STEPS * 6e9, y)  # the same curve against FLOPs
+    assert np.log10(b.onset) == pytest.approx(np.log10(a.onset) + np.log10(6e9), abs=1e-6)
+    # step 0 logged (the initial loss): allowed on a log axis, result unchanged
+    x0 = np.r_[0.0, STEPS]
+    y0 = np.r_[y[0], y]
+    (c,) = detect_transitions(x0, y0)
+    assert abs(np.log10(c.onset) - onsets[0]) < 0.03
+
+
+def test_sparse_log_spaced_evaluations():
+    x = np.unique(np.round(np.geomspace(1, 20_000, 300)))
+    hits = 0
+    for seed in range(3):
+        y, onsets, _ = make_curve(x, drops=((1.5, 0.3),), noise=0.03, seed=seed)
+        (err,) = onset_errors(detect_transitions(x, y), onsets)
+        hits += err is not None and err < 0.05
+    assert hits >= 2
+
+
+def test_spikes_unsorted_input_and_nans():
+    y, onsets, _ = make_curve(STEPS, drops=((1.5, 0.3),), noise=0.03, seed=6)
+    rng = np.random.default_rng(0)
+    spiky = y.copy()
+    hit = rng.random(y.size) < 0.01
+    spiky[hit] += 0.3  # 1% spikes of ten noise levels
+    spiky[rng.random(y.size) < 0.001] = np.nan
+    order = rng.permutation(STEPS.size)
+    (t,) = detect_transitions(STEPS[order], spiky[order])
+    assert abs(np.log10(t.onset) - onsets[0]) < 0.03
+
+
+def test_linear_axis():
+    x = np.arange(0, 10_000, dtype=float)
+    rng = np.random.default_rng(7)
+    y = 0.5 - 0.4 * logistic((x - 6000) / 50) + 0.02 * rng.standard_normal(x.size)
+    (t,) = detect_transitions(x, y, log_x=False, initial_ramp=False)
+    assert abs(t.onset - 5900) < 40  # centre - 2 widths
+    assert abs(t.width - 200) < 40  # in x units when log_x=False
+
+
+def test_hundred_thousand_points():
+    x = np.arange(1, 100_001, dtype=float)
+    y, onsets, _ = make_curve(x, drops=((2.0, 0.3),), noise=0.05, seed=8)
+    (t,) = detect_transitions(x, y)
+    assert abs(np.log10(t.onset) - onsets[0]) < 0.03
+
+
+def test_bad_input_says_what_is_allowed():
+    with pytest.raises(ValueError, match="direction"):
+        detect_transitions(STEPS, STEPS, direction="sideways")
+    with pytest.raises(ValueError, match="differ in length"):
+        detect_transitions([1, 2, 3], [1, 2])
+    with pytest.raises(ValueError, match="max_bins"):
+        detect_transitions(STEPS, STEPS, max_bins=2)
+    assert detect_transitions([], []) == []
+    assert detect_transitions([1, 2, 3], [3, 2, 1]) == []  # too short to say anything
+
+
+# --------------------------------------------------------------------------- the online form
+
+
+def test_online_detector_reports_plateaus_before_and_transitions_after():
+    y, onsets, _ = make_curve(STEPS, drops=((1.0, 0.3), (0.8, 0.3)), noise=0.03, seed=9)
+    det = OnlineDetector()
+    for x, v in zip(STEPS, y):
+        new = det.update(x, v)
+        if new:  # the status line tells the latest news
+            assert det.status == new[-1].text
+    kinds = [e.kind for e in det.events]
+    assert kinds[:4] == ["plateau", "transition", "plateau", "transition"], det.events
+    p1, t1, p2, t2 = det.events[:4]
+    on1, on2 = 10 ** onsets[0], 10 ** onsets[1]
+    # plateaus are reported while they last, before the drop that ends them begins
+    assert p1.reported_at < on1 and p2.reported_at < on2
+    assert 1.6 < np.log10(p1.step) < 1.95
+    # transitions are reported after their onset, at about the true onset
+    assert t1.reported_at > on1 and t2.reported_at > on2
+    assert abs(np.log10(t1.step) - onsets[0]) < 0.05
+    assert abs(np.log10(t2.step) - onsets[1]) < 0.05
+    assert t1.step < p2.step < t2.step
+    assert t1.text == f"transition at step {int(t1.step)}"
+    assert p1.text == f"plateau since step {int(p1.step)}"
+    assert len(det) == STEPS.size
+
+
+def test_online_detector_quiet_on_a_smooth_curve():
+    det = OnlineDetector()
+    rng = np.random.default_rng(10)
+    for x in STEPS[:5000]:
+        det.update(x, 0.1 + 2 * x**-0.5 + 0.02 * rng.standard_normal())
+    det.finish()
+    assert [e for e in det.events if e.kind == "transition"] == []
+    assert not det.status.startswith("transition")
+
+
+def test_current_plateau():
+    y, onsets, levels = make_curve(STEPS, drops=((2.0, 0.5),), noise=0.02, seed=11)
+    before = STEPS < 10 ** (onsets[0] - 0.05)
+    p = current_plateau(STEPS[before], y[before])
+    assert p is not None
+    assert 1.6 < np.log10(p.start) < 1.95
+    assert p.level == pytest.approx(levels[0], abs=0.03)
+    # in the middle of the ramp there is no plateau yet
+    assert current_plateau(STEPS[:30], y[:30]) is None
