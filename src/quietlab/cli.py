@@ -65,20 +65,32 @@ TASK_SIZES = {"allow_extra_args": True, "ignore_unknown_options": True}
 # ------------------------------------------------------------------------------------------------
 @app.command("tasks")
 @one_line_errors
-def tasks_cmd(as_json: bool = typer.Option(False, "--json", help="Print the list as JSON.")):
+def tasks_cmd(
+    task: Optional[str] = typer.Argument(None, help="Show one task's features in full."),
+    as_json: bool = typer.Option(False, "--json", help="Print the list as JSON."),
+):
     """List every task with its size options, sequence length, vocabulary and features."""
     from .tasks import get_task, task_names
 
-    described = [get_task(name).describe() for name in task_names()]
+    described = [get_task(name).describe() for name in ([task] if task else task_names())]
     if as_json:
         print(json.dumps(described, indent=2))
         return
-    table = Table(title="quietlab tasks (at their default, paper sizes)", show_lines=True)
-    for col in ("task", "sizes", "seq_len", "vocab", "features"):
+    if task:
+        d = described[0]
+        console.print(f"[bold]{d['name']}[/bold]: {d['description']}", highlight=False)
+        for k, v in d["sizes"].items():
+            console.print(f"  --{k.replace('_', '-')} {v['value']}  ({v['allowed']}) {v['help']}", highlight=False)
+        console.print(f"  seq_len {d['seq_len']}, vocabulary {d['vocab']!r}", highlight=False)
+        for k, v in d["features"].items():
+            console.print(f"  [bold]{k}[/bold] {v}", highlight=False)
+        return
+    table = Table(title="quietlab tasks (default sizes are the papers'; `quietlab tasks NAME` for details)")
+    for col in ("task", "size options", "seq_len", "vocab", "features"):
         table.add_column(col)
     for d in described:
-        sizes = "\n".join(f"{k}={v['value']} ({v['allowed']})" for k, v in d["sizes"].items())
-        feats = "\n".join(f"{k}: {v}" for k, v in d["features"].items())
+        sizes = "\n".join(f"--{k.replace('_', '-')} {v['value']} ({v['allowed']})" for k, v in d["sizes"].items())
+        feats = ", ".join(f"{k} ({v.split(':', 1)[0]})" for k, v in d["features"].items())
         table.add_row(d["name"], sizes, str(d["seq_len"]), d["vocab"], feats)
     console.print(table)
 
@@ -107,8 +119,81 @@ def sample_cmd(
         print(json.dumps(batch_to_json(t, batch), indent=1))
         return
     for i in range(n):
-        console.print(render_example(t, batch, i), highlight=False, markup=False)
-        console.print()
+        print(render_example(t, batch, i), end="\n\n")
+
+
+@app.command("train", context_settings=TASK_SIZES)
+@one_line_errors
+def train_cmd(
+    ctx: typer.Context,
+    task: str = typer.Argument(..., help="Task name; `quietlab tasks` lists them with their size options."),
+    d_model: int = typer.Option(128, "--d-model", help="Residual stream width."),
+    n_layers: int = typer.Option(4, "--layers", help="Transformer blocks."),
+    n_heads: int = typer.Option(4, "--heads", help="Attention heads (the head size must be even, for RoPE)."),
+    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (10% linear warm-up, cosine to 0.1·lr)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Fresh examples per step."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (or give --flops)."),
+    flops: Optional[float] = typer.Option(None, "--flops", help="Compute budget, e.g. 1e12 (6·N + attention FLOPs per token)."),
+    attention: str = typer.Option("softmax", "--attention", help="softmax, temperature, normsoftmax or heat."),
+    tau: Optional[float] = typer.Option(None, "--tau", help="temperature / normsoftmax: τ (default √d_head)."),
+    norm_form: str = typer.Option("std", "--norm-form", help="normsoftmax: std or var."),
+    heat_start: float = typer.Option(3.0, "--heat-start", help="heat: inverse temperature at step 0."),
+    heat_fraction: float = typer.Option(0.5, "--heat-fraction", help="heat: fraction of training to anneal over."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the initialisation and the training examples."),
+    eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Evaluate every N steps (default: ~50 evaluations), plus log-spaced."),
+    eval_examples: int = typer.Option(512, "--eval-examples", help="Held-out examples per evaluation."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Checkpoint every N steps (default: ~20), plus log-spaced."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda, cuda:N."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the training step (GPU)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Run folder (default runs/TASK-DATE-TIME)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    no_monitor: bool = typer.Option(False, "--no-monitor", help="Train without probes and attention statistics."),
+    as_json: bool = typer.Option(False, "--json", help="Print the final metrics as one JSON object."),
+):
+    """Train a Transformer++ on a task with the paper's recipe, evaluating and checkpointing as it goes.
+
+    Size options follow the task's knobs, e.g. `quietlab train addition --n-bits 8 --steps 2000 --out runs/add8`.
+    With --resume, settings not given on the command line are taken from the run's config.json."""
+    settings = {k: v for k, v in locals().items() if k not in ("ctx", "out", "resume", "no_monitor", "as_json")}
+    import dataclasses
+    import time
+    from pathlib import Path
+
+    from .runs import RunFolder
+    from .train import TrainConfig, TrainingInterrupted, train
+
+    settings["task_sizes"] = parse_sizes(ctx.args)
+    run_dir = Path(out or f"runs/{task}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if resume and RunFolder(run_dir).exists():  # the run's saved settings, overridden by those typed now
+        typed = {k: v for k, v in settings.items()
+                 if k in ("task", "task_sizes") or getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
+        if not ctx.args:
+            typed.pop("task_sizes")
+        cfg = dataclasses.replace(TrainConfig.from_dict(RunFolder(run_dir).read_config()), **typed)
+    else:
+        cfg = TrainConfig(**settings)
+    hooks = None
+    if not no_monitor:
+        try:
+            from .monitor import Monitor
+        except ImportError:  # the monitor is optional: train without it
+            Monitor = None
+        hooks = Monitor() if Monitor is not None else None
+    try:
+        final = train(cfg, run_dir, hooks=hooks, progress=True, resume=resume)
+    except TrainingInterrupted as stop:
+        err_console.print(f"[yellow]{stop}[/yellow]", highlight=False, soft_wrap=True)
+        raise typer.Exit(130)
+    if as_json:
+        print(json.dumps(final))
+        return
+    table = Table(title=f"{task} · step {final['steps']} · {run_dir}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in final.items():
+        if isinstance(value, float):
+            table.add_row(key, f"{value:.4g}")
+    console.print(table)
 
 
 @app.command("report")
@@ -125,6 +210,63 @@ def report_cmd(
 
     target = Path(out) if out else (Path(runs[0]) / "report.html" if len(runs) == 1 else Path("report.html"))
     print(write_report([Path(r) for r in runs], target))
+
+
+@app.command("ablate")
+@one_line_errors
+def ablate_cmd(
+    run: str = typer.Argument(..., metavar="RUN", help="A run folder written by `quietlab train`."),
+    feature: Optional[str] = typer.Option(None, "--feature", help="The feature to ablate (see `quietlab tasks`)."),
+    all_features: bool = typer.Option(False, "--all", help="Ablate every feature of the task."),
+    method: str = typer.Option("boundary", "--method", help="boundary, mean, erase (LEACE) or resample."),
+    layer: str = typer.Option("auto", "--layer", help="'auto' (best probe layer at each position) or a layer: 0 = embeddings, l+1 = block l."),
+    examples: int = typer.Option(1000, "--examples", help="Held-out examples to generate with and without the ablation."),
+    controls: int = typer.Option(32, "--controls", help="Random-direction controls."),
+    step: Optional[int] = typer.Option(None, "--step", help="Checkpoint step (default: the last)."),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+):
+    """Ablate a probed feature and compare with random directions: does the model need it?"""
+    from rich.progress import Progress
+
+    from .interventions.ablation import ablate
+    from .runs import RunFolder
+    from .train.checkpoint import load_run
+
+    if (feature is None) == (not all_features):
+        raise ValueError("give --feature NAME or --all")
+    if examples < 1 or controls < 0:
+        raise ValueError("--examples must be >= 1 and --controls >= 0")
+    layer_arg = layer if layer == "auto" else _int_option("--layer", layer)
+    model, task, _, at_step = load_run(run, step=step)
+    names = list(task.sample(1, split="test").features) if all_features else [feature]
+    results = []
+    with Progress(console=err_console, transient=True, disable=as_json) as bar:
+        for name in names:
+            job = bar.add_task(f"ablating {name} ({method})", total=controls + 2)
+            result = ablate(model, task, name, method=method, layer=layer_arg, n_eval=examples, n_controls=controls,
+                            seed=seed, progress=lambda done, total, job=job: bar.update(job, completed=done + 2))
+            with RunFolder(run).store() as store:
+                store.put("ablation", f"{name}/{method}", {**result.to_dict(), "step": at_step}, step=at_step)
+            results.append(result)
+    if as_json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+        return
+    table = Table(title=f"ablations at step {at_step} ({examples} held-out examples, {controls} random controls)")
+    for col in ("feature", "method", "probe", "exact match", "ablated", "drop % [95% CI]", "random dirs", "random drop % [95% CI]"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(r.feature, r.method, f"{r.probe_acc:.2f}", f"{r.baseline_acc:.1%}", f"{r.ablated_acc:.1%}",
+                      f"{r.drop_pct:.1f} [{r.drop_ci[0]:.1f}, {r.drop_ci[1]:.1f}]", f"{r.control_acc:.1%}",
+                      f"{r.control_drop_pct:.1f} [{r.control_drop_ci[0]:.1f}, {r.control_drop_ci[1]:.1f}]")
+    console.print(table)
+
+
+def _int_option(flag: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{flag} must be an integer or 'auto', got {value!r}") from None
 
 
 def main() -> None:  # pragma: no cover

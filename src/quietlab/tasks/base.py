@@ -18,6 +18,7 @@ import numpy as np
 FEATURE_KINDS = ("binary", "categorical", "multilabel", "scalar")
 PAD = "."
 SPLITS = ("train", "test")
+TOKEN_DTYPE = np.uint8  # character-level vocabularies are small; consumers cast to long at the torch boundary
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class Feature:
 
 @dataclass(frozen=True)
 class Batch:
-    tokens: np.ndarray  # int (n, seq_len)
+    tokens: np.ndarray  # TOKEN_DTYPE (n, seq_len)
     loss_mask: np.ndarray  # bool (n, seq_len): True where the NEXT token is part of the answer (EOS included)
     features: dict[str, Feature] = field(default_factory=dict)
 
@@ -107,14 +108,26 @@ class FeatureRecorder:
     def declare(self, name: str, kind: str, k: int = 1, n_classes: int = 2, description: str = "") -> None:
         if kind not in FEATURE_KINDS:
             raise ValueError(f"feature kind {kind!r} is not one of {', '.join(FEATURE_KINDS)}")
-        self._values[name] = np.zeros((self.n, self.seq_len, k), dtype=self._DTYPES[kind])
-        self._masks[name] = np.zeros((self.n, self.seq_len), dtype=bool)
+        # (n, seq_len, k) views of position-major buffers: a push at one position writes one contiguous
+        # block, and a probe's values[:, t] reads one (2-3x faster generation than row-major storage)
+        self._values[name] = np.zeros((self.seq_len, self.n, k), dtype=self._DTYPES[kind]).transpose(1, 0, 2)
+        self._masks[name] = np.zeros((self.seq_len, self.n), dtype=bool).T
         self._meta[name] = (kind, n_classes, description)
 
     def push(self, name: str, pos, value, where=None) -> None:
         """Record ``value`` at position ``pos`` of every row (or of the rows where ``where`` is True)."""
         values = self._values[name]
         value = np.asarray(value)
+        if np.ndim(pos) == 0:  # fast path, one position for every row: plain slicing, no scatter
+            target, value = values[:, pos], value.reshape(-1, 1) if value.ndim == 1 else value
+            if where is None:
+                target[...] = value
+                self._masks[name][:, pos] = True
+            else:
+                where = np.asarray(where, dtype=bool)
+                np.copyto(target, value, casting="unsafe", where=where[:, None])
+                self._masks[name][:, pos] |= where
+            return
         if value.ndim <= 1:
             value = np.broadcast_to(value.reshape(-1, 1) if value.ndim == 1 else value, (self.n, values.shape[2]))
         pos = np.broadcast_to(np.asarray(pos), (self.n,))
@@ -171,8 +184,8 @@ def _splitmix(x: np.ndarray) -> np.ndarray:
 def hash_rows(columns: np.ndarray, seed: int) -> np.ndarray:
     """A 64-bit hash of each row of an integer matrix, a pure function of (row, seed)."""
     columns = np.ascontiguousarray(columns).astype(np.int64).view(np.uint64)
-    h = np.full(len(columns), np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15), dtype=np.uint64)
     with np.errstate(over="ignore"):
+        h = np.full(len(columns), np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15), dtype=np.uint64)
         for j in range(columns.shape[1]):
             h = _splitmix(h ^ columns[:, j])
     return h

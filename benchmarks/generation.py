@@ -1,0 +1,197 @@
+"""Examples per second of ``task.sample(n)``, with every feature, against plain per-example Python.
+
+    .venv/bin/python benchmarks/generation.py [--n 10000] [--repeats 7] [--tasks addition,bfs]
+
+Each task runs at its default (paper) size, in a fresh Python process of its own, on one core
+(numerical libraries held to one thread). quietlab and the reference are timed in that same
+process, as CPU seconds of the process (other work on the machine does not count against either),
+best of --repeats.
+
+Two allocator settings, both in the same process: glibc's defaults, then glibc told to keep freed
+memory (mallopt: M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 1 GiB). With the defaults, a batch of
+10,000 examples frees tens of MB that glibc hands back to the kernel, so the next batch's arrays
+are fresh pages and the vectorised side pays a page fault for every 4 KiB it writes: 2-5 us a page
+in the VM this was written on (a fraction of a microsecond on bare metal), which can cost more than
+the algorithm. The second setting measures the generators themselves; a long-running trainer gets
+it with MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824 in its environment.
+
+The references are benchmarks/reference_arithmetic.py (addition, multiplication,
+majority_of_majorities, max_subarray, activity_selection) and benchmarks/reference_graphs.py (bfs,
+dfs, shortest_path, topological_sort, mst), each ``REFERENCES[name](n, seed) -> list``; a task whose
+reference or module is missing is skipped or timed alone. Where the reference module has
+``SOLVERS``, it is first checked to give exactly quietlab's text, tokens, loss mask and feature
+labels on the same inputs.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+    os.environ[_var] = "1"  # one thread, set before numpy is imported
+
+import argparse  # noqa: E402
+import ctypes  # noqa: E402
+import importlib  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "src"))
+
+# task -> (quietlab module, reference module)
+TASKS = {
+    "addition": ("arithmetic", "reference_arithmetic"),
+    "multiplication": ("arithmetic", "reference_arithmetic"),
+    "majority_of_majorities": ("arithmetic", "reference_arithmetic"),
+    "max_subarray": ("sequences", "reference_arithmetic"),
+    "activity_selection": ("sequences", "reference_arithmetic"),
+    "bfs": ("graphs", "reference_graphs"),
+    "dfs": ("graphs", "reference_graphs"),
+    "shortest_path": ("graphs", "reference_graphs"),
+    "topological_sort": ("graphs", "reference_graphs"),
+    "mst": ("graphs", "reference_graphs"),
+}
+TARGET_RATIO = 50
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory for reuse instead of handing it back to the kernel."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
+def check_agreement(task, solve, count: int = 300) -> None:
+    """The reference gives quietlab's text, tokens, loss mask and labels on the same raw inputs."""
+    import numpy as np
+
+    inputs = task._draw(count, np.random.default_rng(123))
+    batch = task._build(inputs)
+    for i in range(count):
+        ref = solve({k: v[i].tolist() for k, v in inputs.items()}, task)
+        where = f"{task.name} example {i}"
+        assert task.decode(batch.tokens[i]) == ref["text"], where
+        assert batch.tokens[i].tolist() == ref["tokens"], where
+        assert batch.loss_mask[i].tolist() == ref["loss_mask"], where
+        assert set(ref["features"]) == set(batch.features), where
+        for name, feat in batch.features.items():
+            labels = ref["features"][name]
+            for t in range(task.seq_len):
+                if labels[t] is None:
+                    assert not feat.mask[i, t], (where, name, t)
+                else:
+                    assert feat.mask[i, t], (where, name, t)
+                    assert np.array_equal(feat.values[i, t], np.atleast_1d(labels[t])), (where, name, t)
+
+
+def cpu_rate(make, n: int, repeats: int) -> float:
+    """Examples per CPU second of ``make(n, seed)``, best of ``repeats`` after one warm-up call."""
+    make(n, 10_000)
+    best = float("inf")
+    for seed in range(repeats):
+        start = time.process_time()
+        make(n, seed)
+        best = min(best, time.process_time() - start)
+    return n / best
+
+
+def worker(name: str, args) -> dict:
+    """Measure one task in this (fresh) process; returns the numbers as a dict."""
+    module, ref_module = TASKS[name]
+    importlib.import_module(f"quietlab.tasks.{module}")
+    from quietlab import tasks
+
+    task = tasks._REGISTRY[name]()
+    result = {"task": name, "size": ",".join(f"{k}={v}" for k, v in task.sizes.items())}
+    reference = solver = None
+    try:
+        refs = importlib.import_module(ref_module)
+        reference = getattr(refs, "REFERENCES", {}).get(name)
+        solver = getattr(refs, "SOLVERS", {}).get(name)
+    except ImportError as exc:
+        result["note"] = f"no {ref_module}: {exc}"
+    if solver is not None:
+        check_agreement(task, solver)
+        result["checked"] = True
+
+    def ours(n, seed):
+        return task.sample(n, seed=seed)
+
+    ref_repeats = max(3, args.repeats // 2)
+    result["ours"] = cpu_rate(ours, args.n, args.repeats)
+    if reference is not None:
+        result["reference"] = cpu_rate(reference, args.n_reference, ref_repeats)
+    if keep_freed_memory():
+        result["ours_kept"] = cpu_rate(ours, args.n, args.repeats)
+        if reference is not None:
+            result["reference_kept"] = cpu_rate(reference, args.n_reference, ref_repeats)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=10_000, help="examples per quietlab sample() call")
+    parser.add_argument("--n-reference", type=int, default=2_000, help="examples per reference call")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--tasks", default="", help="comma-separated task names (default: all)")
+    parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        print(json.dumps(worker(args.worker, args)))
+        return
+
+    import numpy as np
+
+    wanted = [t for t in args.tasks.split(",") if t] or list(TASKS)
+    unknown = sorted(set(wanted) - set(TASKS))
+    if unknown:
+        parser.error(f"unknown tasks {', '.join(unknown)}; choose from {', '.join(TASKS)}")
+    print(f"numpy {np.__version__}, Python {platform.python_version()}, {platform.machine()}, one core per task")
+    print(f"quietlab: task.sample({args.n}) with every feature; reference: {args.n_reference} examples one at a time")
+    print("ex/s = examples per CPU second, best of the repeats; ratio = quietlab / reference in the same process")
+    print()
+    head = (
+        f"{'task':<23}{'size':<22}{'quietlab':>11}{'reference':>11}{'ratio':>8}  |"
+        f"{'quietlab':>11}{'reference':>11}{'ratio':>8}"
+    )
+    print(f"{'':<45}{'glibc default allocator':^30}  |{'freed memory kept':^30}")
+    print(head)
+    print("-" * len(head))
+    for name in wanted:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--n", str(args.n)]
+        cmd += ["--n-reference", str(args.n_reference), "--repeats", str(args.repeats)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["?"])[-1]
+            print(f"{name:<23}(skipped: {last})")
+            continue
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+
+        def cells(ours, ref):
+            if ours is None:
+                return f"{'-':>11}{'-':>11}{'-':>8}"
+            if ref is None:
+                return f"{ours:>11,.0f}{'-':>11}{'-':>8}"
+            return f"{ours:>11,.0f}{ref:>11,.0f}{ours / ref:>7.1f}x"
+
+        line = f"{name:<23}{r['size']:<22}{cells(r['ours'], r.get('reference'))}  |"
+        line += cells(r.get("ours_kept"), r.get("reference_kept"))
+        if "note" in r:
+            line += f"  ({r['note']})"
+        print(line)
+    print()
+    print(f"target: quietlab >= {TARGET_RATIO}x the reference and >= 50,000 ex/s")
+
+
+if __name__ == "__main__":
+    main()
