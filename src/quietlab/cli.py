@@ -144,7 +144,7 @@ def train_cmd(
     eval_examples: int = typer.Option(512, "--eval-examples", help="Held-out examples per evaluation."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Checkpoint every N steps (default: ~20), plus log-spaced."),
     device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda, cuda:N."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the training step (GPU)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the training step (on GPU with CUDA graphs; several times faster for small models)."),
     out: Optional[str] = typer.Option(None, "--out", help="Run folder (default runs/TASK-DATE-TIME)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     no_monitor: bool = typer.Option(False, "--no-monitor", help="Train without probes and attention statistics."),
@@ -184,15 +184,15 @@ def train_cmd(
     except TrainingInterrupted as stop:
         err_console.print(f"[yellow]{stop}[/yellow]", highlight=False, soft_wrap=True)
         raise typer.Exit(130)
-    if as_json:
-        print(json.dumps(final))
+    if as_json:  # strict JSON: a diverged (NaN) metric becomes null
+        print(json.dumps({k: None if isinstance(v, float) and v != v else v for k, v in final.items()}))
         return
     table = Table(title=f"{task} · step {final['steps']} · {run_dir}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in final.items():
-        if isinstance(value, float):
-            table.add_row(key, f"{value:.4g}")
+        if isinstance(value, (int, float)) and key != "step":
+            table.add_row(key, f"{value:,}" if isinstance(value, int) else f"{value:.4g}")
     console.print(table)
 
 
@@ -267,6 +267,71 @@ def _int_option(flag: str, value: str) -> int:
         return int(value)
     except ValueError:
         raise ValueError(f"{flag} must be an integer or 'auto', got {value!r}") from None
+
+
+@app.command("probe")
+@one_line_errors
+def probe_cmd(
+    run: str = typer.Argument(..., metavar="RUN", help="A run folder written by `quietlab train`."),
+    features: Optional[str] = typer.Option(None, "--features", help="Comma-separated features (default: all of the task's)."),
+    examples: int = typer.Option(2000, "--examples", help="Held-out probe examples (a fifth of them test the probes)."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda, cuda:N."),
+    as_json: bool = typer.Option(False, "--json", help="Print the classification as JSON."),
+):
+    """Re-fit probes on every checkpoint of a run, find the loss transition, and call each feature quiet, loud or absent."""
+    from rich.progress import Progress
+
+    from .monitor.monitor import probe_run
+    from .train.loop import resolve_device
+
+    names = [f.strip() for f in features.split(",") if f.strip()] if features else None
+    if examples < 20:
+        raise ValueError(f"--examples must be at least 20, got {examples}")
+    dev = resolve_device(device)
+    with Progress(console=err_console, transient=True, disable=as_json) as bar:
+        job = bar.add_task("probing checkpoints", total=None)
+        out = probe_run(run, features=names, probe_examples=examples, device=dev,
+                        progress=lambda done, total, step: bar.update(job, completed=done, total=total,
+                                                                      description=f"probed step {step}"))
+    rows = [out["features"][n] for n in out["feature_order"] if n in out["features"]]
+    if as_json:
+        print(json.dumps({"run": run, "checkpoints": out["steps"], "transition": out["main"],
+                          "transitions": out["transitions"], "features": rows}, indent=2))
+        return
+    t = out["main"]
+    where = (f"transition in eval/loss from step {t['onset']:g} to {t['end']:g} "
+             f"(loss {t['level_before']:.3g} → {t['level_after']:.3g})" if t else "no transition in eval/loss")
+    table = Table(title=f"{run} · {len(out['steps'])} checkpoints · {where}")
+    for col in ("feature", "layer", "decodable from", "before drop", "final", "random init", "class"):
+        table.add_column(col, justify="left" if col in ("feature", "class") else "right", no_wrap=col == "feature")
+    colour = {"quiet": "green", "loud": "yellow", "absent": "dim", "unresolved": "cyan"}
+
+    def fmt(x):
+        return "—" if x is None else f"{x:.3f}"
+
+    for fc in rows:
+        m = fc["metric"]
+        table.add_row(fc["feature"] + (" (R²)" if m == "r2" else ""), str(fc["best_layer"]),
+                      "—" if fc["decodable_step"] is None else str(fc["decodable_step"]),
+                      fmt(fc.get(f"{m}_before_transition")), fmt(fc.get(f"{m}_final")), fmt(fc.get(f"baseline_{m}")),
+                      f"[{colour.get(fc['class'], 'white')}]{fc['class']}[/]")
+    console.print(table)
+
+
+@app.command("demo")
+@one_line_errors
+def demo_cmd(
+    out: str = typer.Option("runs/demo", "--out", help="Run folder to write (an interrupted demo resumes there)."),
+    seed: int = typer.Option(0, "--seed"),
+    controls: int = typer.Option(32, "--controls", help="Random-direction controls for the ablation."),
+):
+    """Train, probe, find the transition, ablate the quiet feature and write the report (CPU, minutes)."""
+    from .recipes.demo import run_demo
+
+    lines = run_demo(out, seed=seed, n_controls=controls, log=lambda s: err_console.print(s, highlight=False))
+    console.print()
+    for line in lines:
+        console.print(line, highlight=False, markup=False)
 
 
 def main() -> None:  # pragma: no cover

@@ -117,7 +117,8 @@ class CausalSelfAttention(nn.Module):
             n_visible = visible.sum(-1, keepdim=True)
             mean = logits.masked_fill(~visible, 0).sum(-1, keepdim=True) / n_visible
             var = ((logits - mean) ** 2).masked_fill(~visible, 0).sum(-1, keepdim=True) / n_visible
-            spread = var if self.norm_form == "var" else var.sqrt()
+            # clamp before the root: a query that sees one key has zero variance, and sqrt's slope there is infinite
+            spread = var if self.norm_form == "var" else var.clamp(min=1e-12).sqrt()
             scaled = logits / torch.clamp(spread, min=1e-6).clamp(max=self.tau)
         else:
             scaled = logits * self.inverse_temperature()

@@ -1,0 +1,140 @@
+"""Checkpoints: ``runs/NAME/checkpoints/step_000123.pt``, each written atomically.
+
+A checkpoint is one ``torch.save`` of a dict (loadable with ``weights_only=True``):
+
+    format        1
+    step          optimizer updates done (0 = the untrained model)
+    model         the Transformer's state_dict (CPU tensors; includes the heat-treatment progress)
+    model_config  TransformerConfig.to_dict()
+    optimizer     AdamW state_dict
+    config        TrainConfig.to_dict()
+    rng           torch CPU (and CUDA) generator states, Python's and NumPy's global states
+
+The bytes are serialised in memory and handed to ``write_atomic`` (temp file, fsync, rename), so a
+run killed at any moment leaves only complete checkpoints under their final names.
+
+Other verbs load a trained model with ``load_run(run_dir, step=None)``.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..models.transformer import Transformer, TransformerConfig
+from ..runs.folder import RunFolder, write_atomic
+
+FORMAT = 1
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": _plain(random.getstate()),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_tuples(state["python"]))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        try:
+            torch.cuda.set_rng_state_all(state["cuda"])
+        except (RuntimeError, IndexError):  # resumed on a machine with fewer GPUs: leave CUDA's generators
+            pass
+
+
+def _plain(x):
+    return [_plain(v) for v in x] if isinstance(x, tuple) else x
+
+
+def _tuples(x):
+    return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
+
+
+def save_checkpoint(run_dir, step: int, model, optimizer, config: dict) -> Path:
+    """Write ``checkpoints/step_{step:06d}.pt`` atomically and return its path."""
+    folder = RunFolder(run_dir)
+    payload = {
+        "format": FORMAT,
+        "step": int(step),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model_config": model.config.to_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "config": config,
+        "rng": rng_state(),
+        "quietlab_version": __version__,
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    path = folder.checkpoint_path(step)
+    write_atomic(path, buf.getvalue())
+    return path
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def list_checkpoints(run_dir) -> list[int]:
+    """Steps of every complete checkpoint of a run, oldest first."""
+    return [step for step, _ in RunFolder(run_dir).checkpoints()]
+
+
+def latest_checkpoint(run_dir, map_location="cpu") -> dict | None:
+    """The newest checkpoint that loads (older ones are tried if the newest cannot be read), or None."""
+    for step, path in reversed(RunFolder(run_dir).checkpoints()):
+        try:
+            return load_checkpoint(path, map_location)
+        except Exception:  # unreadable (e.g. a disk fault): fall back to the one before
+            continue
+    return None
+
+
+def remove_stale_temp_files(run_dir) -> None:
+    """Delete temp files a killed ``write_atomic`` left behind (they never carry a final name)."""
+    ckpt_dir = RunFolder(run_dir).checkpoint_dir
+    if ckpt_dir.exists():
+        for p in ckpt_dir.glob(".step_*.tmp"):
+            p.unlink(missing_ok=True)
+
+
+def load_run(run_dir, step: int | None = None, device="cpu"):
+    """(model, task, cfg, step) of a trained run: the model of checkpoint ``step`` (default: the last),
+    in eval mode on ``device``; the task it was trained on; its TrainConfig."""
+    from ..tasks import get_task
+    from .loop import TrainConfig
+
+    folder = RunFolder(run_dir)
+    if not folder.path.exists():
+        raise FileNotFoundError(f"no run folder at {folder.path}")
+    steps = list_checkpoints(run_dir)
+    if not steps:
+        raise ValueError(f"{folder.path} has no checkpoints yet")
+    if step is None:
+        step = steps[-1]
+    elif step not in steps:
+        raise ValueError(f"{folder.path} has no checkpoint at step {step}; it has steps {_ranges(steps)}")
+    payload = load_checkpoint(folder.checkpoint_path(step), map_location="cpu")
+    cfg = TrainConfig.from_dict(payload["config"])
+    task = get_task(cfg.task, **cfg.task_sizes)
+    model = Transformer(TransformerConfig(**payload["model_config"]))
+    model.load_state_dict(payload["model"])
+    model.to(device).eval()
+    return model, task, cfg, int(payload["step"])
+
+
+def _ranges(steps: list[int]) -> str:
+    return ", ".join(map(str, steps)) if len(steps) <= 12 else f"{', '.join(map(str, steps[:6]))}, ..., {', '.join(map(str, steps[-3:]))}"

@@ -1,0 +1,79 @@
+"""Held-out evaluation: teacher-forced loss and accuracy on the answer tokens, and greedy exact match.
+
+Metrics (names as logged in metrics.sqlite):
+
+- ``eval/loss``          mean cross-entropy over answer tokens (EOS included), teacher-forced
+- ``eval/token_acc``     fraction of answer tokens whose argmax prediction is right, teacher-forced
+- ``eval/pos_acc/{i}``   the same at the i-th answer token (i = 0 is the first token after ``=``)
+- ``eval/exact_match``   fraction of examples whose greedy, KV-cached generation equals the answer
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from .decode import exact_match, greedy_decode
+
+
+def as_tensors(batch, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(tokens long, loss_mask bool, answer_start long) of a task Batch, on ``device``."""
+    tokens = torch.as_tensor(batch.tokens, dtype=torch.long).to(device)
+    mask = torch.as_tensor(batch.loss_mask, dtype=torch.bool).to(device)
+    start = torch.as_tensor(batch.answer_start, dtype=torch.long).to(device)
+    return tokens, mask, start
+
+
+def masked_loss(logits: torch.Tensor, tokens: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the next token over the positions where ``loss_mask`` is True
+    (logits[:, t] predicts tokens[:, t+1]). Weighted rather than indexed, so it never waits for the GPU."""
+    m = loss_mask[:, :-1].float()
+    ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), tokens[:, 1:], reduction="none")
+    return (ce * m).sum() / m.sum().clamp(min=1)
+
+
+@torch.no_grad()
+def evaluate(model, task, batch, device=None, autocast_dtype: torch.dtype | None = None,
+             chunk: int = 512) -> dict[str, float]:
+    """Evaluate ``model`` on a task Batch (usually the held-out side); returns the metrics above.
+
+    ``task`` is accepted for symmetry with the other verbs (answers are scored against the batch's
+    own tokens, which the task generated with its solver). The model's train/eval mode is restored.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                else contextlib.nullcontext())
+    seq_len = batch.tokens.shape[1]
+    pos_correct = torch.zeros(seq_len, device=device)
+    pos_count = torch.zeros(seq_len, device=device)
+    loss_sum, n_tokens, n_exact = 0.0, 0, 0
+    try:
+        for lo in range(0, len(batch), chunk):
+            tokens, mask, start = as_tensors(batch.take(slice(lo, lo + chunk)), device)
+            with autocast:
+                logits = model(tokens)
+                generated = greedy_decode(model, tokens, start)
+            m, target = mask[:, :-1], tokens[:, 1:]
+            logits = logits[:, :-1].float()
+            loss_sum += float(F.cross_entropy(logits[m], target[m], reduction="sum"))
+            n_tokens += int(m.sum())
+            correct = (logits.argmax(-1) == target)[m].float()
+            index = (torch.cumsum(m, dim=1) - 1)[m]  # i-th answer token of its row
+            pos_correct.index_add_(0, index, correct)
+            pos_count.index_add_(0, index, torch.ones_like(correct))
+            n_exact += int(exact_match(generated, tokens, mask).sum())
+    finally:
+        model.train(was_training)
+    out = {
+        "eval/loss": loss_sum / max(n_tokens, 1),
+        "eval/token_acc": float(pos_correct.sum()) / max(n_tokens, 1),
+        "eval/exact_match": n_exact / max(len(batch), 1),
+    }
+    for i, (c, n) in enumerate(zip(pos_correct.tolist(), pos_count.tolist())):
+        if n:
+            out[f"eval/pos_acc/{i}"] = c / n
+    return out
