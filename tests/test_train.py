@@ -380,10 +380,7 @@ def test_cli_refuses_an_existing_run_folder_without_resume(tmp_path):
 
 
 # --- functional: a small model learns addition --------------------------------------------------------
-def test_small_model_learns_5_bit_addition(tmp_path):
-    cfg = TrainConfig(task="addition", task_sizes={"n_bits": 5}, d_model=32, n_layers=2, n_heads=4, lr=1e-2,
-                      batch_size=64, steps=1000, seed=0, eval_every=500, eval_per_decade=0, eval_examples=512,
-                      checkpoint_every=1000, checkpoint_per_decade=0, device="cpu")
-    final = train(cfg, tmp_path / "add5", progress=False)
+def test_small_model_learns_5_bit_addition(trained_addition):
+    run_dir, final = trained_addition  # conftest.ADDITION_RUN: 5-bit, d32, 2 layers, 1000 steps
     assert final["eval/exact_match"] >= 0.99, final
-    assert store_series(tmp_path / "add5", "eval/exact_match")[1][0] == 0.0  # it started from nothing
+    assert store_series(run_dir, "eval/exact_match")[1][0] == 0.0  # it started from nothing

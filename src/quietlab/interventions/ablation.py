@@ -101,7 +101,8 @@ class _Run:
 
 def ablate(model, task, feature: str, *, method: str = "boundary", layer: int | str = "auto",
            probe_batch: Batch | None = None, eval_batch: Batch | None = None, n_probe: int = 2000,
-           n_eval: int = 1000, n_controls: int = 32, seed: int = 0, progress=None) -> AblationResult:
+           n_eval: int = 1000, n_controls: int = 32, seed: int = 0, probe_l2: float = 1e-3,
+           progress=None) -> AblationResult:
     """Ablate ``feature`` in ``model`` (see the module docstring); ``layer``: "auto" or a probe layer index
     (0 = embeddings, l+1 = output of block l). ``progress(done, total)`` is called as the controls run."""
     if method not in METHODS:
@@ -121,7 +122,7 @@ def ablate(model, task, feature: str, *, method: str = "boundary", layer: int | 
     acts = capture_layers(model, probe_batch.tokens, layers=layers, device="cpu")
     f = probe_batch.features[feature]
     train_idx, test_idx = split_probe_set(len(probe_batch), seed=seed)
-    probes = fit_probes(acts, f, train_idx, test_idx, name=feature)
+    probes = fit_probes(acts, f, train_idx, test_idx, name=feature, l2=probe_l2)
     if not probes.pairs:
         raise ValueError(f"feature {feature!r} is defined at too few places to fit a probe")
 

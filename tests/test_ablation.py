@@ -1,0 +1,95 @@
+"""Ablations on a small trained addition model: the carry matters, a feature the model never saw does not."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from quietlab.cli import app
+from quietlab.interventions.ablation import ablate, bootstrap_drop, relative_drop
+from quietlab.tasks.base import Batch, Feature
+from quietlab.train.checkpoint import load_run
+from quietlab.train.decode import exact_match, greedy_decode
+
+
+@pytest.fixture(scope="module")
+def model_and_task(trained_addition):
+    torch.set_num_threads(1)
+    model, task, _, _ = load_run(trained_addition[0])
+    return model, task
+
+
+def with_random_feature(batch: Batch, seed: int) -> Batch:
+    """The batch plus a feature of coin flips at the carry's positions: nothing the model could use."""
+    carry = batch.features["carry"]
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, 2, size=carry.values.shape).astype(np.uint8)
+    return Batch(batch.tokens, batch.loss_mask, {**batch.features, "coin": Feature(values, carry.mask, "binary")})
+
+
+def test_relative_drop_and_bootstrap_against_hand_counts():
+    base = np.array([1, 1, 1, 1, 0] * 20, dtype=float)  # 80%
+    other = np.array([1, 0, 0, 0, 0] * 20, dtype=float)  # 20%
+    assert relative_drop(base, other) == pytest.approx(75.0)
+    lo, hi = bootstrap_drop(base, other, np.random.default_rng(0))
+    assert lo < 75.0 < hi and hi - lo < 40
+
+
+def test_baseline_accuracy_is_the_models_own_exact_match(model_and_task):
+    model, task = model_and_task
+    eval_batch = task.sample(300, seed=5, split="test")
+    result = ablate(model, task, "carry", method="mean", layer=1, n_probe=600, eval_batch=eval_batch, n_controls=2)
+    tokens = torch.as_tensor(eval_batch.tokens).long()
+    out = greedy_decode(model, tokens, torch.as_tensor(eval_batch.answer_start))
+    direct = exact_match(out, tokens, torch.as_tensor(eval_batch.loss_mask)).float().mean().item()
+    # and against the task's own solver, row by row
+    solver = np.mean([task.is_correct(row) for row in out.numpy()])
+    assert result.baseline_acc == pytest.approx(direct) == pytest.approx(solver)
+    assert result.baseline_acc >= 0.99
+
+
+def test_erasing_the_carry_breaks_the_model_and_random_subspaces_do_not(model_and_task):
+    model, task = model_and_task
+    result = ablate(model, task, "carry", method="erase", layer=2, n_probe=1000, n_eval=300, n_controls=8)
+    assert result.drop_pct >= 20.0, result
+    assert result.drop_ci[0] > result.control_drop_ci[1], result
+    assert result.control_drop_pct < 5.0, result
+
+
+@pytest.mark.parametrize("method", ["boundary", "mean", "erase", "resample"])
+def test_ablating_a_feature_the_model_does_not_use_stays_within_the_control_interval(model_and_task, method):
+    model, task = model_and_task
+    probe_batch = with_random_feature(task.sample(800, seed=11, split="test"), seed=1)
+    eval_batch = with_random_feature(task.sample(300, seed=12, split="test"), seed=2)
+    result = ablate(model, task, "coin", method=method, layer=1, probe_batch=probe_batch, eval_batch=eval_batch,
+                    n_controls=8)
+    assert result.probe_acc < 0.6  # coin flips are not decodable
+    lo, hi = result.control_drop_ci
+    assert lo - 1.0 <= result.drop_pct <= hi + 1.0, result
+
+
+def test_ablate_cli_stores_the_result_and_prints_json(trained_addition):
+    run_dir = trained_addition[0]
+    res = CliRunner().invoke(app, ["ablate", str(run_dir), "--feature", "carry", "--method", "erase", "--layer", "2",
+                                   "--examples", "200", "--controls", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    printed = json.loads(res.stdout)[0]
+    assert printed["feature"] == "carry" and printed["n_examples"] == 200 and printed["n_controls"] == 2
+    from quietlab.runs import RunFolder
+
+    with RunFolder(run_dir).store() as store:
+        assert store.get("ablation", "carry/erase")["ablated_acc"] == pytest.approx(printed["ablated_acc"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--feature", "nope"], "no feature 'nope'"),
+    (["--feature", "carry", "--method", "zap"], "method must be one of"),
+    (["--feature", "carry", "--layer", "9"], "layer must be 'auto' or one of"),
+    ([], "give --feature NAME or --all"),
+])
+def test_ablate_cli_bad_input_is_one_line(trained_addition, args, message):
+    res = CliRunner().invoke(app, ["ablate", str(trained_addition[0]), "--examples", "20", "--controls", "1", *args])
+    assert res.exit_code == 2
+    assert message in res.output and "Traceback" not in res.output
