@@ -25,7 +25,7 @@ GRIDS = {
              for nb, d, L, lr, steps in itertools.product((8, 12, 16), (32, 64), (2, 4), (1e-3, 3e-3), (3000,))],
     "focus": [dict(n_bits=nb, d_model=d, n_layers=4, lr=lr, steps=3000, batch_size=64)
               for nb, d, lr in itertools.product((12, 16, 20), (32, 64), (1e-3, 3e-4))],
-    "pair": [dict(n_bits=nb, d_model=64, n_layers=4, lr=1e-3, steps=3000, batch_size=64) for nb in (16, 20)],
+    "pair": [dict(n_bits=12, d_model=64, n_layers=4, lr=lr, steps=2000, batch_size=64) for lr in (1e-3, 5e-4)],
     "demo": [dict(n_bits=12, d_model=64, n_layers=4, lr=1e-3, steps=3000, batch_size=64)],
 }
 
@@ -58,6 +58,7 @@ def run_one(job: dict, threads: int) -> dict:
         "loss_before": round(first.level_before, 3) if first else None,
         "loss_after": round(first.level_after, 3) if first else None,
         "final": {k: v for k, v in final.items() if isinstance(v, (int, float))},
+        "curve": {"steps": steps, "eval_loss": [round(v, 4) for v in loss], "exact_match": acc},
     }
 
 

@@ -648,7 +648,9 @@ class _Analysis:
             if ramp_pending:  # the first significant improvement is the initial ramp
                 ramp_pending = False
                 self.ramp = (a, e)
-                u_lb = end
+                # its 75% point, not its extrapolated end: a ramp's run can take in the slowly
+                # sloping plateau after it, and its end would then fall inside that plateau
+                u_lb = q75
                 continue
             if e == U.size - 1 and self.last_falls:
                 continue  # still falling at the last point: not over yet

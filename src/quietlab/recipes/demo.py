@@ -21,9 +21,9 @@ DEMO_CONFIG = dict(
     d_model=64,
     n_layers=4,
     n_heads=4,
-    lr=1e-3,
+    lr=5e-4,
     batch_size=64,
-    steps=3000,
+    steps=1000,
     eval_examples=256,
 )
 #: the feature to ablate when the run finds several quiet ones (the paper's causal claim is on it)
@@ -58,7 +58,8 @@ def run_demo(out: Path, seed: int = 0, progress: bool = True, n_controls: int = 
     resume = folder.exists()
     log(f"training {cfg.task} ({cfg.task_sizes['n_bits']}-bit) with the monitor into {out}"
         + (" (resuming)" if resume else ""))
-    train(cfg, out, hooks=Monitor(), progress=progress, resume=resume)
+    # probe at every evaluation: the plateau is short on a laptop budget and every point on it counts
+    train(cfg, out, hooks=Monitor(schedule="eval", max_overhead=None), progress=progress, resume=resume)
 
     with folder.store() as store:
         classes = store.results("feature_class")

@@ -1,0 +1,211 @@
+"""Quiet, loud or absent: the paper's classification of features, made automatic.
+
+Inputs: the probe rows of a run (step, feature, layer, position, metric, value) and its loss curve.
+
+Per feature, with ``m`` its score (``acc`` for classification features, ``r2`` for scalar ones) and
+``m_lo``/``m_hi`` the ends of its 95% interval (``acc_lo``/``acc_hi``, ``r2_lo``/``r2_hi``; the score
+itself where they were not logged):
+
+- *Aggregate.* At each probed step and layer, the mean over the positions where the feature was
+  probed of m, of m_lo and of m_hi (the mean of the bounds is a conservative bound for the mean).
+- *Best layer*: the layer with the highest aggregate m at the last probed step (ties: the lower layer).
+- *Baseline*: the aggregate at step 0, the random-init model, layer by layer (the earliest probed step
+  if step 0 was not probed).
+- *Decodable step*: the first probed step s > baseline step at which some layer l clearly beats its
+  own baseline, ``m_lo(l, s) > m_hi(l, 0) + margin`` (default margin 0.02: two points of accuracy or
+  of R²), and does so again at the next probed step (when there is one): one lucky checkpoint is not
+  enough. ``decodable_layer`` says which layer did it first.
+- *Transition*: ``detect_transitions`` on the loss curve (``eval/loss`` by default, log-step axis);
+  with several, the one with the largest drop.
+
+Classes, with ``start`` the transition's onset moved back by ``guard`` (default ½) of the drop's width
+on the log-step axis, ``start = onset / 10^(guard · width)``: the detector's onset is where the steepest
+tangent meets the plateau level, by which point a logistic drop has already done about 12% of its fall,
+so a feature first decodable just before it cannot be told apart from the drop:
+- ``quiet``: decodable before ``start`` (during the plateau or earlier);
+- ``loud``: decodable from ``start`` to the end of the drop (inclusive);
+- ``absent``: never decodable beyond the baseline, or only after the drop was over (``note`` says which).
+
+Runs without a transition (none yet, or a smooth curve): a feature that became decodable while the loss
+sat on the plateau it ends on (``current_plateau``; decodable step at or after the plateau's start) was
+learned while the loss did not move: ``quiet``. One that became decodable while the loss was still
+falling without an abrupt drop has no phase to be compared with: ``unresolved``. The others ``absent``.
+
+Each classification is a plain dict (stored as result ``feature_class``, key = feature name):
+``feature, class, metric, best_layer, decodable_step, decodable_layer, {m}_before_transition,
+{m}_final, baseline_{m}, onset, end, transition_curve, margin, note``; ``{m}_before_transition`` is the
+best layer's aggregate at the last probed step before the onset (None without a transition).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import defaultdict
+from typing import Iterable
+
+import numpy as np
+
+CLASSES = ("quiet", "loud", "absent", "unresolved")
+
+
+def probe_curves(rows: Iterable[tuple], feature: str) -> dict | None:
+    """Aggregates of one feature: {"metric", "steps", "layers", "m", "lo", "hi"} with (S, L) arrays (NaN
+    where a layer was not probed at a step), or None when the feature has no probe rows."""
+    by = defaultdict(lambda: defaultdict(list))  # (metric) -> (step, layer) -> values
+    for step, feat, layer, _pos, metric, value in rows:
+        if feat == feature and value is not None:
+            by[metric][(int(step), int(layer))].append(float(value))
+    metric = "acc" if "acc" in by else "r2" if "r2" in by else None
+    if metric is None:
+        return None
+    keys = by[metric]
+    steps = sorted({s for s, _ in keys})
+    layers = sorted({l for _, l in keys})
+    si, li = {s: i for i, s in enumerate(steps)}, {l: i for i, l in enumerate(layers)}
+
+    def grid(name):
+        src = by.get(name) or keys
+        out = np.full((len(steps), len(layers)), np.nan)
+        for (s, l), vals in src.items():
+            if s in si and l in li:
+                out[si[s], li[l]] = float(np.mean(vals))
+        return out
+
+    return {"metric": metric, "steps": steps, "layers": layers, "m": grid(metric), "lo": grid(f"{metric}_lo"),
+            "hi": grid(f"{metric}_hi")}
+
+
+def main_transition(transitions) -> object | None:
+    """The transition with the largest drop, or None."""
+    transitions = list(transitions or [])
+    return max(transitions, key=lambda t: _get(t, "drop") or 0.0) if transitions else None
+
+
+def classify_feature(curves: dict, transition=None, *, feature: str = "", margin: float = 0.02,
+                     guard: float = 0.5, plateau_start: float | None = None, curve_name: str = "eval/loss") -> dict:
+    """The classification dict of one feature from its ``probe_curves`` and the main transition (an
+    object or dict with ``onset``, ``end`` and ``width``; None without one). ``plateau_start`` matters
+    only without a transition: where the plateau the loss ends on began (None: it ends falling)."""
+    metric, steps, layers = curves["metric"], curves["steps"], curves["layers"]
+    m, lo, hi = curves["m"], curves["lo"], curves["hi"]
+    last = len(steps) - 1
+    final = m[last]
+    best = int(np.nanargmax(np.where(np.isnan(final), -np.inf, final))) if np.isfinite(final).any() else 0
+    base_row = 0  # step 0 if probed, else the earliest probed step
+    base_hi = hi[base_row]
+
+    beats = lo > (base_hi[None, :] + margin)  # (S, L); NaN compares False
+    beats[base_row] = False
+    any_layer = beats.any(axis=1)
+    decodable_step = decodable_layer = None
+    for i in range(base_row + 1, len(steps)):
+        if any_layer[i] and (i == last or any_layer[i + 1]):
+            decodable_step = steps[i]
+            decodable_layer = layers[int(np.flatnonzero(beats[i])[0])]
+            break
+
+    onset = end = start = None
+    before = None
+    if transition is not None:
+        onset, end = float(_get(transition, "onset")), float(_get(transition, "end"))
+        width = _get(transition, "width")
+        start = onset / 10 ** (guard * float(width)) if width is not None and onset > 0 else onset
+        prior = [i for i, s in enumerate(steps) if s < start]
+        if prior:
+            before = _num(m[prior[-1], best])
+    note = ""
+    if decodable_step is None:
+        cls = "absent"
+        note = "never decodable beyond the random-init baseline"
+    elif transition is not None:
+        if decodable_step < start:
+            cls = "quiet"
+        elif decodable_step <= end:
+            cls = "loud"
+        else:
+            cls = "absent"
+            note = f"decodable only after the transition (from step {decodable_step})"
+    elif plateau_start is not None and decodable_step >= plateau_start:
+        cls = "quiet"
+        note = f"no transition: decodable while the loss sat on its plateau (since step {plateau_start:g})"
+    else:
+        cls = "unresolved"
+        note = "no transition in the loss curve, which was still falling when the feature became decodable"
+
+    return {
+        "feature": feature,
+        "class": cls,
+        "metric": metric,
+        "best_layer": int(layers[best]),
+        "decodable_step": None if decodable_step is None else int(decodable_step),
+        "decodable_layer": None if decodable_layer is None else int(decodable_layer),
+        f"{metric}_before_transition": before,
+        f"{metric}_final": _num(final[best]),
+        f"baseline_{metric}": _num(m[base_row, best]),
+        "baseline_step": int(steps[base_row]),
+        "final_step": int(steps[last]),
+        "onset": onset,
+        "end": end,
+        "drop_start": start,
+        "transition_curve": curve_name if transition is not None else None,
+        "margin": margin,
+        "note": note,
+    }
+
+
+def classify_features(probe_rows, loss_steps, loss_values, *, features: Iterable[str] | None = None,
+                      margin: float = 0.02, guard: float = 0.5, curve_name: str = "eval/loss",
+                      transitions=None) -> tuple[list, dict]:
+    """(transitions found in the loss curve, {feature: classification dict})."""
+    from .transitions import current_plateau, detect_transitions
+
+    rows = list(probe_rows)
+    names = sorted({r[1] for r in rows}) if features is None else list(features)
+    steps = np.asarray(loss_steps, dtype=float)
+    values = np.asarray([np.nan if v is None else v for v in loss_values], dtype=float)
+    if transitions is None:
+        transitions = detect_transitions(steps, values, log_x=True, direction="down") if len(steps) >= 8 else []
+    main = main_transition(transitions)
+    plateau_start = None
+    if main is None and len(steps) >= 8:
+        plateau = current_plateau(steps, values, log_x=True, direction="down")
+        plateau_start = None if plateau is None else float(plateau.start)
+    out = {}
+    for name in names:
+        curves = probe_curves(rows, name)
+        if curves is not None:
+            out[name] = classify_feature(curves, main, feature=name, margin=margin, guard=guard,
+                                         plateau_start=plateau_start, curve_name=curve_name)
+    return transitions, out
+
+
+def classify_run(store, *, features: Iterable[str] | None = None, curve: str = "eval/loss", margin: float = 0.02,
+                 write: bool = True) -> dict:
+    """Classify a run's probed features from its store; writes results ``transition`` (key ``curve``: a
+    list of transition dicts) and ``feature_class`` (one per feature). Returns
+    {"transitions": [...], "main": dict | None, "features": {name: dict}}."""
+    steps, values = store.series(curve)
+    rows = store.probes() if features is None else [r for f in features for r in store.probes(f)]
+    transitions, classes = classify_features(rows, steps, values, features=features, margin=margin, curve_name=curve)
+    tdicts = [_as_dict(t) for t in transitions]
+    main = main_transition(transitions)
+    if write:
+        store.put("transition", curve, tdicts)
+        for name, c in classes.items():
+            store.put("feature_class", name, c)
+    return {"transitions": tdicts, "main": None if main is None else _as_dict(main), "features": classes}
+
+
+# ------------------------------------------------------------------------------------------------
+def _get(t, key):
+    return t.get(key) if isinstance(t, dict) else getattr(t, key, None)
+
+
+def _as_dict(t) -> dict:
+    d = dataclasses.asdict(t) if dataclasses.is_dataclass(t) else dict(t)
+    return {k: (float(v) if isinstance(v, (np.floating, np.integer)) else v) for k, v in d.items()}
+
+
+def _num(x) -> float | None:
+    return float(x) if x is not None and math.isfinite(float(x)) else None

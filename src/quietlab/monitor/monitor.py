@@ -1,0 +1,390 @@
+"""The Monitor: what a model learns while it trains, written to the run's store as it happens.
+
+    from quietlab.monitor import Monitor
+    train(cfg, "runs/add8", hooks=Monitor())            # or Monitor(features=["carry"], device="cuda")
+
+It implements the training loop's hooks (``train.loop.TrainHooks``) and sees the model only through
+its named activation taps (``embed``, ``resid.{l}``, ``attn.{l}.pattern``) and, for the gradient
+statistics, the ``qkv`` weight of each block's attention.
+
+What it records (names as in metrics.sqlite):
+
+- probes, on the probe schedule (``schedule="log"``: step 0, about ``per_decade`` log-spaced steps per
+  decade, and the last step; each probe runs at the first evaluation or checkpoint at or after its
+  scheduled step): linear probes of every task feature at every (layer, position) on a fixed probe set
+  of ``probe_examples`` held-out examples (``task.sample(n, seed, split="test")``, never training
+  data), split into probe-train and probe-test; rows (step, feature, layer, position, metric, value)
+  with the metrics of ``probes.py`` (acc, logloss, acc_lo, acc_hi, n_test; r2, mse, r2_lo, r2_hi);
+  step 0 is the random-init baseline. ``monitor/probe_s``: seconds the probes took.
+- ``attn/entropy/L{l}/H{h}`` at every evaluation: normalised attention entropy on the first
+  ``entropy_examples`` probe examples (each query's entropy over the keys it may see divided by
+  log(#keys), averaged over queries that see at least two keys); 1 = uniform attention.
+- ``grad/q|k|v/L{l}/H{h}``: mean |gradient| of that head's rows of the Q, K and V parts of the ``qkv``
+  weight, taken in ``after_backward`` at about ``stats_per_decade`` log-spaced steps per decade.
+- results ``event`` (key ``f"{step}:{kind}"``): "plateau since step N" and "transition at step M",
+  from an :class:`~quietlab.monitor.transitions.OnlineDetector` fed with ``eval/loss``; ``status()``
+  shows the latest for the progress bar.
+- at the last step (``classify_at_end``): results ``transition`` and ``feature_class`` (features.py).
+
+Cost: the probe set is captured in one no-grad pass, features that share a solver and a mask are fitted
+as one batched problem, on the model's device by default. A time budget (``max_overhead``, default
+10%) puts a scheduled probe off to a later evaluation while the monitor's time would exceed that
+fraction of the training time so far (step 0 and the last step are always probed), so short CPU runs
+get fewer early probes rather than a slower run; benchmarks/monitor_overhead.py measures it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from .probes import capture_layers, fit_features, split_probe_set
+from .transitions import OnlineDetector
+
+#: the probe set's seed is the run's seed plus this, so that ``quietlab probe`` redraws the same set
+PROBE_SEED_OFFSET = 0x960BE
+
+
+def log_schedule(total: int | None, per_decade: float, horizon: int = 10**9) -> list[int]:
+    """0, 1 and about ``per_decade`` rounded log-spaced steps per decade, up to ``total`` (included)."""
+    end = total if total is not None else horizon
+    steps, i = {0}, 0
+    while per_decade > 0:
+        s = round(10 ** (i / per_decade))
+        if s > end:
+            break
+        steps.add(s)
+        i += 1
+    if total is not None:
+        steps.add(int(total))
+    return sorted(steps)
+
+
+def probe_set(task, n: int, seed: int = 0):
+    """The held-out examples the monitor and ``quietlab probe`` fit probes on (a task Batch)."""
+    return task.sample(int(n), seed=int(seed) + PROBE_SEED_OFFSET, split="test")
+
+
+def trim_to_features(tokens: np.ndarray, features: dict) -> tuple[np.ndarray, dict]:
+    """Cut the sequences after the last position any feature is defined at: a causal model's activations
+    there do not depend on what follows, so the capture pass can skip it."""
+    from ..tasks.base import Feature
+
+    used = np.zeros(tokens.shape[1], dtype=bool)
+    for f in features.values():
+        used |= f.mask.any(axis=0)
+    end = int(np.flatnonzero(used)[-1]) + 1 if used.any() else 1
+    if end == tokens.shape[1]:
+        return tokens, features
+    return tokens[:, :end], {n: Feature(f.values[:, :end], f.mask[:, :end], f.kind, f.n_classes, f.description)
+                             for n, f in features.items()}
+
+
+@torch.no_grad()
+def attention_entropy(model, tokens: torch.Tensor) -> dict[str, float]:
+    """{``attn/entropy/L{l}/H{h}``: normalised entropy} of every attention pattern the model exposes."""
+    names = [n for n in model.tap_names() if n.startswith("attn.") and n.endswith(".pattern")]
+    if not names:
+        return {}
+    was_training = model.training
+    model.eval()
+    try:
+        _, acts = model(tokens, capture=names)
+    finally:
+        model.train(was_training)
+    out = {}
+    for name in names:
+        p = acts[name].float()  # (B, H, Tq, Tk)
+        Tq, Tk = p.shape[-2:]
+        causal = Tq == Tk and Tq > 1 and float(p.triu(1).abs().amax()) == 0.0
+        n_keys = torch.arange(1, Tk + 1, device=p.device, dtype=p.dtype) if causal else \
+            torch.full((Tq,), float(Tk), device=p.device, dtype=p.dtype)
+        ent = -(p * torch.log(p.clamp_min(1e-30))).sum(-1)  # (B, H, Tq)
+        use = n_keys >= 2
+        if not bool(use.any()):
+            continue
+        norm = ent[..., use] / torch.log(n_keys[use])
+        per_head = norm.mean(dim=(0, 2)).tolist()
+        layer = int(name.split(".")[1])
+        out.update({f"attn/entropy/L{layer}/H{h}": v for h, v in enumerate(per_head)})
+    return out
+
+
+def qkv_grad_stats(model) -> dict[str, float]:
+    """{``grad/q|k|v/L{l}/H{h}``: mean |grad|} over each head's rows of every block's ``attn.qkv`` weight."""
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        return {}
+    stats, where = [], []
+    for l, block in enumerate(blocks):
+        attn = getattr(block, "attn", None)
+        qkv = getattr(attn, "qkv", None)
+        g = getattr(getattr(qkv, "weight", None), "grad", None)
+        if g is None:
+            continue
+        H = attn.n_heads
+        stats.append(g.detach().float().view(3, H, -1, g.shape[1]).abs().mean(dim=(2, 3)))  # (3, H)
+        where.append(l)
+    if not stats:
+        return {}
+    values = torch.stack(stats).cpu().tolist()  # one device sync for all layers
+    out = {}
+    for l, per in zip(where, values):
+        for part, row in zip("qkv", per):
+            out.update({f"grad/{part}/L{l}/H{h}": v for h, v in enumerate(row)})
+    return out
+
+
+class Monitor:
+    """Training hooks: probes, attention entropy, Q/K/V gradients and plateau/transition events.
+
+    ``schedule``: when to probe. ``"log"`` (default): step 0, ``per_decade`` log-spaced steps per
+    decade and the last step, each taken at the first evaluation/checkpoint at or after it;
+    ``"eval"``: at every evaluation; an int n: every n steps (plus 0 and the last); a list of steps;
+    ``None``: never (the other statistics are still logged).
+    ``probe_examples``: size of the fixed held-out probe set (``test_fraction`` of it is probe-test).
+    ``features``: names of the task's features to probe (default: all). ``device``: where probes are
+    fitted (default: the model's device). ``probe_kwargs`` go to ``probes.fit_features``.
+    ``max_overhead`` (default 0.1): a scheduled probe (other than step 0 and the last step) is put off
+    to a later evaluation while running it would bring the monitor's own time above this fraction of
+    the training time so far; None probes strictly on schedule. ``deferred`` counts the put-offs.
+    """
+
+    def __init__(
+        self,
+        schedule: str | int | Sequence[int] | None = "log",
+        probe_examples: int = 2000,
+        features: Iterable[str] | None = None,
+        device=None,
+        *,
+        per_decade: float = 8,
+        stats_per_decade: float = 16,
+        test_fraction: float = 0.2,
+        entropy_examples: int = 64,
+        classify_at_end: bool = True,
+        margin: float = 0.02,
+        max_overhead: float | None = 0.1,
+        probe_kwargs: dict | None = None,
+    ):
+        if isinstance(schedule, str) and schedule not in ("log", "eval"):
+            raise ValueError(f"schedule must be 'log', 'eval', a step interval, a list of steps or None, got {schedule!r}")
+        if isinstance(schedule, int) and schedule < 1:
+            raise ValueError(f"a probe interval must be >= 1 step, got {schedule}")
+        if probe_examples < 20:
+            raise ValueError(f"probe_examples must be at least 20, got {probe_examples}")
+        self.schedule = schedule
+        self.probe_examples = int(probe_examples)
+        self.features = None if features is None else list(features)
+        self.device = device
+        self.per_decade = per_decade
+        self.stats_per_decade = stats_per_decade
+        self.test_fraction = test_fraction
+        self.entropy_examples = entropy_examples
+        self.classify_at_end = classify_at_end
+        self.margin = margin
+        self.max_overhead = max_overhead
+        self.probe_kwargs = dict(probe_kwargs or {})
+        self.store = None
+        self.total: int | None = None
+        self.detector = None
+        self.last_probe_step = -1
+        self.probe_seconds = 0.0  # in probes (capture + fit + store)
+        self.spent = 0.0  # in all of the monitor's hooks
+        self.deferred = 0  # evaluations at which a due probe was put off by the overhead budget
+        self._t0 = time.perf_counter()
+        self._last_cost = 0.0
+        self._status = ""
+
+    # --- the hooks -------------------------------------------------------------------------------
+    def attach(self, model, task, store, run_cfg) -> None:
+        """Once before training (and on resume): draw the probe set, set up the schedules and detector."""
+        self._t0 = time.perf_counter()
+        self.spent = self.probe_seconds = 0.0
+        self.store, self.task = store, task
+        self.total = getattr(run_cfg, "steps", None) if run_cfg is not None else None
+        if isinstance(run_cfg, dict):
+            self.total = run_cfg.get("steps")
+        seed = getattr(run_cfg, "seed", 0) if not isinstance(run_cfg, dict) else run_cfg.get("seed", 0)
+        batch = probe_set(task, self.probe_examples, seed or 0)
+        available = list(batch.features)
+        names = available if self.features is None else self.features
+        unknown = [n for n in names if n not in batch.features]
+        if unknown:
+            raise ValueError(f"unknown feature(s) {', '.join(map(repr, unknown))} for {getattr(task, 'name', 'this task')}; "
+                             f"it has: {', '.join(available) or 'none'}")
+        self.tokens, self.feature_set = trim_to_features(batch.tokens, {n: batch.features[n] for n in names})
+        self.train_idx, self.test_idx = split_probe_set(len(batch), self.test_fraction, seed=seed or 0)
+        p = next(model.parameters())
+        self._entropy_tokens = torch.as_tensor(batch.tokens[: self.entropy_examples], dtype=torch.long, device=p.device)
+        self._probe_steps = self._make_probe_steps()
+        self._grad_steps = set(log_schedule(self.total, self.stats_per_decade))
+        # resume: continue after what the store already holds
+        probed = sorted({r[0] for r in store.probes(names[0])}) if names else []
+        self.last_probe_step = probed[-1] if probed else -1
+        # the detector sees the whole eval/loss curve, also the part logged before a resume
+        self.detector = OnlineDetector(log_x=True, direction="down", unit="step")
+        for s, v in zip(*store.series("eval/loss")):
+            if v is not None:
+                self.detector.update(s, v)
+        self._status = self.detector.status
+        self.spent = time.perf_counter() - self._t0
+
+    def after_backward(self, step: int, model) -> None:
+        if step in self._grad_steps:
+            t0 = time.perf_counter()
+            stats = qkv_grad_stats(model)
+            if stats:
+                self.store.log(step, stats)
+            self.spent += time.perf_counter() - t0
+
+    def on_eval(self, step: int, model, metrics: dict) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._on_eval(int(step), model, metrics)
+        finally:
+            self.spent += time.perf_counter() - t0
+
+    def _on_eval(self, step: int, model, metrics: dict) -> None:
+        loss = metrics.get("eval/loss") if metrics else None
+        if loss is not None and math.isfinite(loss):
+            for ev in self.detector.update(step, loss):
+                self._record_event(ev)
+            self._status = self.detector.status
+        entropy = attention_entropy(model, self._entropy_tokens)
+        if entropy:
+            self.store.log(step, entropy)
+        if self._probe_due(step):
+            self.probe(step, model)
+        if self.total is not None and step == self.total:
+            self.finish(step)
+
+    def on_checkpoint(self, step: int, model) -> None:
+        t0 = time.perf_counter()
+        try:
+            if self._probe_due(int(step)):
+                self.probe(int(step), model)
+        finally:
+            self.spent += time.perf_counter() - t0
+
+    def status(self) -> str:
+        return self._status
+
+    # --- work ------------------------------------------------------------------------------------
+    def probe(self, step: int, model) -> dict:
+        """Capture the probe set, fit every feature's probes, write their rows; returns the ProbeResults."""
+        t0 = time.perf_counter()
+        acts = capture_layers(model, self.tokens, device=self.device)
+        kwargs = {"max_iter": 60, **self.probe_kwargs}
+        results = fit_features(acts, self.feature_set, self.train_idx, self.test_idx, device=self.device, **kwargs)
+        del acts
+        rows = [r for name, res in results.items() for r in res.rows(step, name)]
+        self.store.log_probes(rows)
+        cost = time.perf_counter() - t0
+        self.store.log(step, {"monitor/probe_s": cost})
+        self.probe_seconds += cost
+        self._last_cost = cost
+        self.last_probe_step = step
+        return results
+
+    def finish(self, step: int | None = None) -> dict:
+        """End of training: last detector pass, then transitions and feature classes into the store."""
+        if self.detector is None:
+            raise RuntimeError("Monitor.finish() before attach()")
+        for ev in self.detector.finish():
+            self._record_event(ev)
+        self._status = self.detector.status
+        if not self.classify_at_end or self.store is None:
+            return {}
+        from .features import classify_run
+
+        return classify_run(self.store, features=list(self.feature_set), margin=self.margin)
+
+    # --- helpers ---------------------------------------------------------------------------------
+    def _make_probe_steps(self) -> list[int] | None:
+        s = self.schedule
+        if s is None:
+            return []
+        if s == "eval":
+            return None  # every evaluation
+        if s == "log":
+            return log_schedule(self.total, self.per_decade)
+        if isinstance(s, int):
+            end = self.total if self.total is not None else 10**9
+            return sorted(set(range(0, end + 1, s)) | ({self.total} if self.total is not None else set()))
+        return sorted({int(x) for x in s})
+
+    def _probe_due(self, step: int) -> bool:
+        if step <= self.last_probe_step or self.schedule is None:
+            return False
+        if step == 0 or (self.total is not None and step == self.total):
+            return True  # the random-init baseline and the final model are always probed
+        if self._probe_steps is not None:  # else: every evaluation
+            # a scheduled step in (last probe, step]
+            i = np.searchsorted(self._probe_steps, self.last_probe_step, side="right")
+            if not (i < len(self._probe_steps) and self._probe_steps[i] <= step):
+                return False
+        if self.max_overhead is not None:
+            # overhead budget: put the probe off while it would take the monitor over max_overhead
+            # of the training time so far (it runs at a later evaluation instead)
+            train_time = time.perf_counter() - self._t0 - self.spent
+            if self.spent + self._last_cost > self.max_overhead * train_time:
+                self.deferred += 1
+                return False
+        return True
+
+    def _record_event(self, ev) -> None:
+        step = int(round(ev.step))
+        self.store.put("event", f"{step}:{ev.kind}",
+                       {"step": step, "kind": ev.kind, "text": ev.text, "reported_at": int(round(ev.reported_at))},
+                       step=step)
+
+
+def probe_run(run_dir, features: Sequence[str] | None = None, probe_examples: int = 2000, device=None,
+              steps: Sequence[int] | None = None, margin: float = 0.02, progress=None, **probe_kwargs) -> dict:
+    """Re-fit probes on a finished run's checkpoints (all of them by default), write their rows to the
+    run's store, then detect the transition and classify the features (``features.classify_run``).
+
+    The probe set is the monitor's (same size, same seed), so rows line up with those it logged.
+    ``progress(done, total, step)`` is called after each checkpoint. Returns classify_run's dict plus
+    ``steps`` (the checkpoints probed) and ``features`` in the order asked.
+    """
+    from ..runs.folder import RunFolder
+    from ..train.checkpoint import list_checkpoints, load_run
+    from .features import classify_run
+
+    folder = RunFolder(run_dir)
+    if not folder.path.is_dir():
+        raise FileNotFoundError(f"no run folder at {folder.path}")
+    if not folder.exists():
+        raise ValueError(f"{folder.path} is not a run folder (no config.json)")
+    available = list_checkpoints(folder.path)
+    if not available:
+        raise ValueError(f"{folder.path} has no checkpoints to probe")
+    todo = available if steps is None else [int(s) for s in steps]
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    batch = names = tokens = feats = None
+    train_idx = test_idx = None
+    with folder.store() as store:
+        for i, step in enumerate(todo):
+            model, task, cfg, step = load_run(folder.path, step=step, device=device)
+            if batch is None:
+                batch = probe_set(task, probe_examples, cfg.seed)
+                names = list(batch.features) if features is None else list(features)
+                unknown = [n for n in names if n not in batch.features]
+                if unknown:
+                    raise ValueError(f"unknown feature(s) {', '.join(map(repr, unknown))} for {task.name}; "
+                                     f"it has: {', '.join(batch.features)}")
+                train_idx, test_idx = split_probe_set(len(batch), 0.2, seed=cfg.seed)
+                tokens, feats = trim_to_features(batch.tokens, {n: batch.features[n] for n in names})
+            acts = capture_layers(model, tokens, device=device)
+            results = fit_features(acts, feats, train_idx, test_idx, device=device, **probe_kwargs)
+            store.log_probes([r for n, res in results.items() for r in res.rows(step, n)])
+            del acts, model
+            if progress is not None:
+                progress(i + 1, len(todo), step)
+        out = classify_run(store, features=names, margin=margin)
+    return {**out, "steps": todo, "feature_order": names}

@@ -1,0 +1,614 @@
+"""Linear probes on the residual stream, fitted for every (layer, position) of a checkpoint at once.
+
+A probe reads one feature (see ``tasks.base.Feature``) from the activations at one layer and one token
+position. Layers follow the project convention: layer 0 is ``embed``, layer l+1 is ``resid.l``.
+
+Kinds and models (all linear in the activation x, fitted on standardised x, reported in x's own space):
+
+- ``binary`` / ``multilabel``: k independent logistic regressions (sigmoid per label);
+- ``categorical``: k independent multinomial logistic regressions (softmax per variable over n_classes);
+- ``scalar``: ridge regression, closed form, k outputs.
+
+Objective per pair (classification), with weights ω_i = 1/n over the n training examples defined there:
+    Σ_i ω_i CE_i(W, b) + ½ λ ‖W‖²          (bias unpenalised; λ = ``l2``; sklearn's C = 1 / (λ n))
+and for ridge Σ_i ω_i ‖y_i − W x_i − b‖² + λ ‖W‖² (sklearn's alpha = λ n), both on standardised x.
+
+All pairs of a chunk are solved together in torch (CPU or GPU): activations are stacked into X of shape
+(P, N, d) with per-pair example weights (zero where the feature is undefined). Features of one solver
+family defined at the same places (e.g. several binary features) share one multi-output problem.
+Logistic fits run a batched, preconditioned L-BFGS: Böhning's bound (the logistic Hessian is at most
+¼ XᵀΩX, the softmax Hessian at most ½ I ⊗ XᵀΩX) gives one fixed preconditioner per pair,
+A = c XᵀΩX + λI (inverted once, in float64), used as L-BFGS's initial inverse Hessian; the bound step
+−A⁻¹∇f alone never increases the loss, and the quasi-Newton memory makes the method converge in tens
+of passes. Every output (sigmoid) or variable (softmax) is its own problem, with its own Armijo line
+search, memory and stopping test. Ridge is one solve per pair.
+
+Metrics on the probe-test examples (mean over the k outputs when k > 1):
+``acc`` (accuracy), ``logloss`` (mean cross-entropy, nats), ``acc_lo``/``acc_hi`` (95% Wilson interval;
+for k > 1 with the effective sample size n·p(1−p)/s², s² the variance over test examples of their
+mean-over-outputs correctness, so correlated outputs do not narrow it), ``n_test``; for scalars ``r2``,
+``mse``, ``r2_lo``/``r2_hi`` (95% bootstrap interval over test examples, fixed seed), ``n_test``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..tasks.base import Feature
+
+CLASSIFICATION = ("binary", "multilabel", "categorical")
+_MASKED_LOGIT = -30.0  # logit given to classes never seen on a pair's probe-train side
+Z95 = 1.959963984540054
+
+
+# --------------------------------------------------------------------------------------------------
+# results
+@dataclass
+class ProbeResult:
+    """Probes of one feature at every fitted (layer, position) pair, in the order of ``pairs``.
+
+    ``weight``: (P, k, d) for binary/multilabel/scalar, (P, k, C, d) for categorical; ``bias``: (P, k)
+    or (P, k, C). Both act on the ORIGINAL activations: output = weight · x + bias (a logit, class
+    logits, or the predicted value). ``metrics[name]`` is a (P,) float64 array (names in the module
+    docstring); ``per_output`` (P, k): accuracy (R² for scalars) of each output on its own.
+    ``skipped``: (layer, position, reason) of pairs not fitted; ``n_iter``: solver passes used.
+    """
+
+    feature: str
+    kind: str
+    pairs: list[tuple[int, int]]
+    weight: torch.Tensor
+    bias: torch.Tensor
+    metrics: dict[str, np.ndarray]
+    per_output: np.ndarray
+    n_train: np.ndarray
+    skipped: list[tuple[int, int, str]] = field(default_factory=list)
+    n_iter: int = 0
+
+    @property
+    def main_metric(self) -> str:
+        return "r2" if self.kind == "scalar" else "acc"
+
+    def index(self, layer: int, position: int) -> int:
+        return self.pairs.index((int(layer), int(position)))
+
+    def probe(self, layer: int, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(w, b) of the probe at (layer, position): x → w·x + b in residual space."""
+        i = self.index(layer, position)
+        return self.weight[i], self.bias[i]
+
+    def get(self, layer: int, position: int) -> dict[str, float]:
+        i = self.index(layer, position)
+        return {k: float(v[i]) for k, v in self.metrics.items()}
+
+    def grid(self, metric: str | None = None) -> tuple[list[int], list[int], np.ndarray]:
+        """(layers, positions, values (L, T) with NaN where no probe was fitted)."""
+        metric = metric or self.main_metric
+        layers = sorted({l for l, _ in self.pairs})
+        positions = sorted({t for _, t in self.pairs})
+        out = np.full((len(layers), len(positions)), np.nan)
+        li, ti = {l: i for i, l in enumerate(layers)}, {t: i for i, t in enumerate(positions)}
+        for (l, t), v in zip(self.pairs, self.metrics[metric]):
+            out[li[l], ti[t]] = v
+        return layers, positions, out
+
+    def rows(self, step: int, name: str | None = None) -> list[tuple]:
+        """Store rows (step, feature, layer, position, metric, value) of every fitted pair."""
+        name = name or self.feature
+        rows = []
+        for metric, values in self.metrics.items():
+            for (l, t), v in zip(self.pairs, values):
+                if np.isfinite(v):
+                    rows.append((int(step), name, int(l), int(t), metric, float(v)))
+        return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers used by the monitor and the CLI
+def split_probe_set(n: int, test_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint probe-train / probe-test indices into a probe set of ``n`` held-out examples."""
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_test = max(1, int(round(n * test_fraction)))
+    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+
+
+def layer_taps(model) -> dict[int, str]:
+    """Probe layer index → tap name: 0 → ``embed``, l+1 → ``resid.l``."""
+    names = model.tap_names() if hasattr(model, "tap_names") else None
+    if names is None:
+        n = model.config.n_layers
+        names = ["embed"] + [f"resid.{l}" for l in range(n)]
+    out = {0: "embed"} if "embed" in names else {}
+    for name in names:
+        if name.startswith("resid."):
+            out[int(name.split(".")[1]) + 1] = name
+    return out
+
+
+@torch.no_grad()
+def capture_layers(model, tokens, batch_size: int = 500, device=None, layers: Iterable[int] | None = None,
+                   dtype=torch.float32) -> dict[int, torch.Tensor]:
+    """Residual-stream activations {layer: (N, T, d)} of ``tokens`` (numpy or tensor), in eval mode.
+
+    Kept on ``device`` (default: the model's), in ``dtype``."""
+    taps = layer_taps(model)
+    if layers is not None:
+        taps = {l: taps[l] for l in layers}
+    p = next(model.parameters())
+    device = torch.device(device) if device is not None else p.device
+    tokens = torch.as_tensor(np.asarray(tokens) if not isinstance(tokens, torch.Tensor) else tokens).long()
+    was_training = model.training
+    model.eval()
+    try:
+        chunks: dict[int, list[torch.Tensor]] = {l: [] for l in taps}
+        for s in range(0, len(tokens), batch_size):
+            _, acts = model(tokens[s : s + batch_size].to(p.device), capture=list(taps.values()))
+            for l, name in taps.items():
+                chunks[l].append(acts[name].to(device=device, dtype=dtype))
+    finally:
+        model.train(was_training)
+    return {l: torch.cat(c) for l, c in chunks.items()}
+
+
+def wilson_interval(p: np.ndarray, n: np.ndarray, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval of a proportion ``p`` observed on ``n`` (possibly fractional) trials."""
+    p, n = np.asarray(p, float), np.maximum(np.asarray(n, float), 1e-12)
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(np.maximum(p * (1 - p) / n + z * z / (4 * n * n), 0)) / denom
+    return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# fitting
+def fit_probes(acts: Mapping[int, torch.Tensor], feature: Feature, train_idx: Sequence[int], test_idx: Sequence[int],
+               *, name: str = "", **kwargs) -> ProbeResult:
+    """Fit one probe per (layer, position) where ``feature`` is defined, all pairs batched.
+
+    ``acts[layer]``: (N, T, d) activations of the probe set (layer 0 = embed, l+1 = resid.l);
+    ``feature``: the labels of the same N examples; ``train_idx`` / ``test_idx``: disjoint indices into
+    the probe set. Keyword options as in ``fit_features``.
+    """
+    return fit_features(acts, {name: feature}, train_idx, test_idx, **kwargs)[name]
+
+
+def fit_features(
+    acts: Mapping[int, torch.Tensor],
+    features: Mapping[str, Feature],
+    train_idx: Sequence[int],
+    test_idx: Sequence[int],
+    *,
+    layers: Iterable[int] | None = None,
+    positions: Iterable[int] | None = None,
+    l2: float = 1e-3,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    min_train: int = 8,
+    min_test: int = 4,
+    device=None,
+    max_chunk_bytes: int | None = None,
+    bootstrap: int = 400,
+    seed: int = 0,
+    standardize: bool = True,
+) -> dict[str, ProbeResult]:
+    """Probes of several features on the same activations: {name: ProbeResult}.
+
+    Features of one solver family (sigmoid: binary + multilabel; softmax with the same n_classes;
+    ridge) that are defined at the same places are solved together as one multi-output problem: their
+    outputs are independent, so this gives the same probes as fitting them one by one, for the price of
+    one pass over the activations.
+
+    A pair is skipped for a feature (listed in ``result.skipped``) when the feature is defined on fewer
+    than ``min_train`` probe-train or ``min_test`` probe-test examples there, or is constant on its
+    probe-train examples. Outputs of a multi-output feature that are constant on train keep a
+    bias-only probe (w = 0) and still count in the mean over outputs. ``tol``: a problem stops when a
+    bound-scaled Newton step would move no standardised logit by more than about ``tol``, or the
+    objective stops falling; ``max_iter`` caps the passes. ``max_chunk_bytes`` bounds the memory of one
+    batch of pairs (default 256 MiB on CPU; on a GPU 40% of its free memory, at most 8 GiB).
+    ``standardize=False`` fits on centred but unscaled activations, so that the L2 penalty acts on the
+    weights in residual space (as scikit-learn's probes on raw activations do); the ablations use it.
+    """
+    train_idx = np.asarray(train_idx, dtype=np.int64)
+    test_idx = np.asarray(test_idx, dtype=np.int64)
+    if np.intersect1d(train_idx, test_idx).size:
+        raise ValueError("probe-train and probe-test examples overlap")
+    layer_list = sorted(acts) if layers is None else [int(l) for l in layers]
+    first = acts[layer_list[0]]
+    N, T, d = first.shape
+    for name, f in features.items():
+        if f.values.shape[:2] != (N, T):
+            raise ValueError(f"feature {name!r} of shape {f.values.shape[:2]} does not match activations {(N, T)}")
+    device = torch.device(device) if device is not None else first.device
+    if max_chunk_bytes is None:
+        max_chunk_bytes = 256 << 20
+        if device.type == "cuda":  # big batches: a GPU is bound by kernel launches, not by memory
+            free, _ = torch.cuda.mem_get_info(device)
+            max_chunk_bytes = int(min(8 << 30, 0.4 * free))
+    pos_list = list(range(T)) if positions is None else [int(t) for t in positions]
+
+    groups: dict[tuple, list[str]] = {}
+    for name, f in features.items():
+        family = {"binary": "sigmoid", "multilabel": "sigmoid", "categorical": "softmax", "scalar": "ridge"}[f.kind]
+        key = (family, int(f.n_classes) if family == "softmax" else 0, f.mask.tobytes())
+        groups.setdefault(key, []).append(name)
+
+    cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    out: dict[str, ProbeResult] = {}
+    with _full_precision():
+        for (family, C, _), names in groups.items():
+            feats = [features[n] for n in names]
+            out.update(_fit_group(acts, names, feats, family, C, train_idx, test_idx, layer_list, pos_list, device,
+                                  l2, max_iter, tol, min_train, min_test, max_chunk_bytes, bootstrap, seed, cache,
+                                  standardize))
+    return {name: out[name] for name in features}
+
+
+@contextlib.contextmanager
+def _full_precision():
+    """float32 matrix products in full precision while probes are fitted (the training loop may have
+    switched TF32 on, whose 10-bit mantissa is too coarse for Gram matrices)."""
+    old = torch.get_float32_matmul_precision()
+    old_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(old)
+        torch.backends.cuda.matmul.allow_tf32 = old_tf32
+
+
+def _spd_inverse(A: torch.Tensor) -> torch.Tensor:
+    """Inverse of a batch of symmetric positive definite matrices, factorised in float64; a matrix whose
+    factorisation fails (rounding in a rank-deficient Gram matrix) gets a growing ridge until it works."""
+    A64 = A.double()
+    A64 = 0.5 * (A64 + A64.transpose(1, 2))
+    eye = torch.eye(A.shape[-1], dtype=torch.float64, device=A.device)
+    scale = A64.diagonal(dim1=1, dim2=2).mean(-1).clamp(min=1e-12)
+    L, info = torch.linalg.cholesky_ex(A64)
+    for k in range(1, 8):
+        bad = info != 0
+        if not bool(bad.any()):
+            break
+        jitter = (scale * 10.0 ** (k - 9)) * bad
+        L2, info2 = torch.linalg.cholesky_ex(A64 + jitter[:, None, None] * eye)
+        L = torch.where(bad[:, None, None], L2, L)
+        info = torch.where(bad, info2, info)
+    return torch.cholesky_inverse(L).to(A.dtype)
+
+
+def _fit_group(acts, names, feats, family, C, train_idx, test_idx, layer_list, pos_list, device, l2, max_iter,
+               tol, min_train, min_test, max_chunk_bytes, bootstrap, seed, cache, standardize=True):
+    first = acts[layer_list[0]]
+    N, T, d = first.shape
+    mask = feats[0].mask
+    mask_tr, mask_te = mask[train_idx], mask[test_idx]
+    dtype = np.int64 if family == "softmax" else np.float32
+    vals = np.concatenate([f.values.astype(dtype, copy=False) for f in feats], axis=2)
+    vals_tr, vals_te = vals[train_idx], vals[test_idx]
+    bounds = np.cumsum([0] + [f.k for f in feats])
+    slices = [slice(int(bounds[i]), int(bounds[i + 1])) for i in range(len(feats))]
+
+    # per feature: the positions it can be probed at
+    usable = {n: [] for n in names}
+    skipped = {n: [] for n in names}
+    for t in pos_list:
+        ntr, nte = int(mask_tr[:, t].sum()), int(mask_te[:, t].sum())
+        if ntr == 0:
+            continue  # undefined here: not a probe site at all
+        if ntr < min_train or nte < min_test:
+            for n in names:
+                skipped[n] += [(l, t, "too few examples") for l in layer_list]
+            continue
+        v = vals_tr[mask_tr[:, t], t]
+        for n, sl in zip(names, slices):
+            if np.all(v[:, sl] == v[:1, sl]):
+                skipped[n] += [(l, t, "constant") for l in layer_list]
+            else:
+                usable[n].append(t)
+    fit_pos = sorted(set().union(*usable.values()))
+    pairs = [(l, t) for l in layer_list for t in fit_pos]
+
+    bytes_per_pair = (len(train_idx) + len(test_idx)) * (d * 4 * 3 + vals.shape[2] * C * 4 * 4 + 64) + d * d * 8
+    chunk = max(1, int(max_chunk_bytes // bytes_per_pair))
+    parts, n_iter = [], 0
+    tr_i = torch.as_tensor(train_idx, device=first.device)
+    te_i = torch.as_tensor(test_idx, device=first.device)
+    for s in range(0, len(pairs), chunk):
+        sub = pairs[s : s + chunk]
+        Xtr, Xte = [], []
+        for l, t in sub:
+            if l not in cache:
+                cache.clear()
+                a = acts[l]
+                cache[l] = (a.index_select(0, tr_i), a.index_select(0, te_i))
+            Xtr.append(cache[l][0][:, t])
+            Xte.append(cache[l][1][:, t])
+        ts = [t for _, t in sub]
+        Xtr = torch.stack(Xtr).to(device=device, dtype=torch.float32)
+        Xte = torch.stack(Xte).to(device=device, dtype=torch.float32)
+        mtr = torch.as_tensor(np.ascontiguousarray(mask_tr[:, ts].T), device=device)
+        mte = torch.as_tensor(np.ascontiguousarray(mask_te[:, ts].T), device=device)
+        ytr = torch.as_tensor(np.ascontiguousarray(vals_tr[:, ts].transpose(1, 0, 2)), device=device)
+        yte = torch.as_tensor(np.ascontiguousarray(vals_te[:, ts].transpose(1, 0, 2)), device=device)
+        part = _fit_chunk(Xtr, mtr, ytr, Xte, mte, yte, family, C, slices, l2, max_iter, tol, bootstrap, seed + s,
+                          standardize)
+        n_iter = max(n_iter, part["n_iter"])
+        parts.append(part)
+
+    results = {}
+    for i, (n, f, sl) in enumerate(zip(names, feats, slices)):
+        keep = [j for j, (l, t) in enumerate(pairs) if t in set(usable[n])]
+        metric_names = _METRICS["scalar" if family == "ridge" else "classification"]
+        if parts:
+            W = torch.cat([p["weight"][:, sl] for p in parts])[keep]
+            B = torch.cat([p["bias"][:, sl] for p in parts])[keep]
+            metrics = {m: np.concatenate([p["metrics"][i][m] for p in parts])[keep] for m in metric_names}
+            per_output = np.concatenate([p["metrics"][i]["per_output"] for p in parts])[keep]
+            n_train = np.concatenate([p["n_train"] for p in parts])[keep]
+        else:
+            shape = (0, f.k, C, d) if family == "softmax" else (0, f.k, d)
+            W, B = torch.zeros(shape), torch.zeros(shape[:-1])
+            metrics = {m: np.zeros(0) for m in metric_names}
+            per_output, n_train = np.zeros((0, f.k)), np.zeros(0)
+        results[n] = ProbeResult(feature=n, kind=f.kind, pairs=[pairs[j] for j in keep], weight=W, bias=B,
+                                 metrics=metrics, per_output=per_output, n_train=n_train, skipped=skipped[n],
+                                 n_iter=n_iter)
+    return results
+
+
+_METRICS = {"classification": ("acc", "logloss", "acc_lo", "acc_hi", "n_test"),
+            "scalar": ("r2", "mse", "r2_lo", "r2_hi", "n_test")}
+
+
+# --------------------------------------------------------------------------------------------------
+# the batched solvers
+def _standardise(X: torch.Tensor, w: torch.Tensor, scale: bool = True):
+    """Weighted mean/std per pair and dim; returns (Xs zeroed where w == 0, mu, sd); sd = 1 without ``scale``."""
+    mu = torch.einsum("pn,pnd->pd", w, X)
+    Xc = X - mu[:, None]
+    if scale:
+        var = torch.einsum("pn,pnd->pd", w, Xc * Xc)
+        sd = var.sqrt()
+        sd = torch.where(sd > 1e-6 * (1 + mu.abs()), sd, torch.ones_like(sd))
+    else:
+        sd = torch.ones_like(mu)
+    Xc = Xc / sd[:, None]
+    return Xc * (w > 0)[..., None], mu, sd
+
+
+def _fit_chunk(Xtr, mtr, ytr, Xte, mte, yte, family, C, slices, l2, max_iter, tol, bootstrap, seed, standardize=True):
+    P, N, d = Xtr.shape
+    dev = Xtr.device
+    n_tr = mtr.sum(1).float()
+    wtr = mtr.float() / n_tr[:, None]
+    Xs, mu, sd = _standardise(Xtr, wtr, scale=standardize)
+    del Xtr
+    n_te = mte.sum(1).float()
+    wte = mte.float() / n_te.clamp(min=1)[:, None]
+    Xts = ((Xte - mu[:, None]) / sd[:, None]) * mte[..., None]
+    del Xte
+    gram = torch.bmm((Xs * wtr[..., None]).transpose(1, 2), Xs)  # (P, d, d) = XᵀΩX
+
+    if family == "ridge":
+        y = ytr.float()
+        ybar = torch.einsum("pn,pnk->pk", wtr, y)
+        rhs = torch.bmm((Xs * wtr[..., None]).transpose(1, 2), y - ybar[:, None])  # (P, d, k)
+        Ws = torch.bmm(_spd_inverse(gram + l2 * torch.eye(d, device=dev)), rhs).transpose(1, 2)  # (P, k, d)
+        bs = ybar
+        n_iter = 1
+        metrics = _eval_scalar(Xts, Ws, bs, yte.float(), mte, wte, slices, bootstrap, seed)
+    else:
+        kind = "categorical" if family == "softmax" else "binary"
+        Ws, bs, class_off, n_iter = _fit_logistic(Xs, wtr, ytr, kind, C, gram, l2, max_iter, tol)
+        metrics = _eval_logistic(Xts, Ws, bs, class_off, yte, mte, wte, kind, C, slices)
+    # back to the original activation space: w·(x−μ)/σ + b_s = (w/σ)·x + (b_s − (w/σ)·μ)
+    if family == "softmax":
+        k = ytr.shape[2]
+        W = Ws.view(P, k, C, d) / sd[:, None, None]
+        b = bs.view(P, k, C) - torch.einsum("pkcd,pd->pkc", W, mu)
+    else:
+        W = Ws / sd[:, None]
+        b = bs - torch.einsum("pkd,pd->pk", W, mu)
+    return {"weight": W.cpu(), "bias": b.cpu(), "n_train": n_tr.cpu().double().numpy(), "n_iter": n_iter,
+            "metrics": metrics}
+
+
+def _fit_logistic(X, w, y, kind, C, gram, l2, max_iter, tol, history=10, ftol=1e-5):
+    """Preconditioned L-BFGS, all pairs at once; each output (sigmoid) or variable (softmax) is its own
+    problem with its own line search and curvature memory, sharing only the pair's preconditioner."""
+    P, N, d = X.shape
+    dev = X.device
+    if kind == "categorical":
+        G, g = y.shape[2], C  # G softmax variables of C classes each
+        labels = y.long()
+        onehot = torch.zeros(P, N, G, C, device=dev)
+        onehot.scatter_(3, labels.unsqueeze(-1), 1.0)
+        onehot = onehot * (w > 0)[..., None, None]
+        freq = torch.einsum("pn,pnkc->pkc", w, onehot)
+        present = freq > 0  # (P, G, C): classes seen on train
+        frozen = present.sum(-1) <= 1  # (P, G): variable constant on train
+        class_off = torch.where(present, 0.0, _MASKED_LOGIT).reshape(P, 1, G * C)
+        b = torch.log(freq.clamp(min=1e-6))
+        b = b - b.mean(-1, keepdim=True)
+        target = onehot.reshape(P, N, G * C)
+        curv = 0.5  # softmax Hessian ≤ ½ I ⊗ xxᵀ
+    else:
+        G, g = y.shape[2], 1
+        target = y.float()
+        rate = torch.einsum("pn,pnk->pk", w, target)
+        frozen = (rate <= 0) | (rate >= 1)
+        b = torch.logit(rate.clamp(1e-4, 1 - 1e-4)).view(P, G, 1)
+        class_off = None
+        curv = 0.25  # sigmoid Hessian ≤ ¼ xxᵀ (Böhning)
+    K = G * g
+    live = (~frozen).float()[..., None]  # (P, G, 1)
+
+    def fg(W, b):
+        """Objective (P, G) and gradient of every problem at W (P, G, g, d), b (P, G, g)."""
+        Z = torch.baddbmm(b.view(P, 1, K), X, W.view(P, K, d).transpose(1, 2))  # (P, N, K)
+        if kind == "categorical":
+            logp = torch.log_softmax((Z + class_off).view(P, N, G, g), dim=-1)
+            loss = -(logp * target.view(P, N, G, g)).sum(3)
+            prob = logp.exp().view(P, N, K)
+        else:
+            loss = torch.nn.functional.softplus(Z) - target * Z
+            prob = torch.sigmoid(Z)
+        R = (prob - target) * w[..., None]
+        f = torch.einsum("pn,pnk->pk", w, loss) + 0.5 * l2 * (W * W).sum((2, 3))
+        gW = (torch.bmm(R.transpose(1, 2), X).view(P, G, g, d) + l2 * W) * live[..., None]
+        gb = R.sum(1).view(P, G, g) * live
+        return f, gW, gb
+
+    Ainv = _spd_inverse(curv * gram + l2 * torch.eye(d, device=dev))  # (P, d, d): Böhning's bound, inverted
+
+    def h0(gW, gb):
+        return torch.bmm(gW.view(P, K, d), Ainv).view(P, G, g, d), gb / curv
+
+    def dot(aW, ab, bW, bb):
+        return (aW * bW).sum((2, 3)) + (ab * bb).sum(2)
+
+    def e4(v):  # (P, G) -> broadcastable against (P, G, g, d)
+        return v[..., None, None]
+
+    def e3(v):
+        return v[..., None]
+
+    W = torch.zeros(P, G, g, d, device=dev)
+    f, gW, gb = fg(W, b)
+    mem = []  # (sW, sb, yW, yb, rho), newest last; rho = 0 marks an entry a problem does not use
+    pW, pb = h0(gW, gb)
+    dW, db = -pW, -pb
+    alpha = torch.ones(P, G, device=dev)
+    plain = torch.ones(P, G, dtype=torch.bool, device=dev)  # direction is the bound (MM) step -H0 g
+    active = ~frozen
+    it = 0
+    for it in range(1, max_iter + 1):
+        slope = dot(gW, gb, dW, db)
+        step = alpha * active
+        Wt, bt = W + e4(step) * dW, b + e3(step) * db
+        ft, gWt, gbt = fg(Wt, bt)
+        slack = 1e-6 * f.abs()  # float32 rounding of f: do not backtrack on noise
+        ok = active & torch.isfinite(ft) & (ft <= f + 1e-4 * alpha * slope + slack)  # Armijo
+        sW, sb = torch.where(e4(ok), Wt - W, 0.0), torch.where(e3(ok), bt - b, 0.0)
+        yW, yb = torch.where(e4(ok), gWt - gW, 0.0), torch.where(e3(ok), gbt - gb, 0.0)
+        sy = dot(sW, sb, yW, yb)
+        rho = torch.where(ok & (sy > 1e-12), 1.0 / sy.clamp(min=1e-12), torch.zeros_like(sy))
+        mem = (mem + [(sW, sb, yW, yb, rho)])[-history:]
+        decrease = f - ft
+        W, b = torch.where(e4(ok), Wt, W), torch.where(e3(ok), bt, b)
+        f = torch.where(ok, ft, f)
+        gW, gb = torch.where(e4(ok), gWt, gW), torch.where(e3(ok), gbt, gb)
+        # stop when one bound-scaled (MM) step would move no standardised logit by more than ~tol, or
+        # when a full step no longer lowers the objective
+        pW, pb = h0(gW, gb)
+        gnorm = dot(gW, gb, pW, pb).clamp(min=0).sqrt()
+        flat = decrease.abs() <= slack + ftol * f.abs()
+        done = ok & ((gnorm < tol) | (flat & (alpha == 1)))
+        failed = ~ok & active & (alpha < 1e-3)  # the line search gave up on this direction
+        stuck = failed & plain  # even the bound step, which cannot fail in exact arithmetic
+        reset = failed & ~plain  # a bad quasi-Newton direction: forget the memory, take the bound step
+        active = active & ~done & ~stuck
+        if it % 4 == 0 and not bool(active.any()):  # a device sync: not every iteration
+            break
+        if bool(reset.any()):
+            mem = [(a, b_, c, d_, torch.where(reset, 0.0, r)) for a, b_, c, d_, r in mem]
+        fresh = ok | reset
+        # two-loop recursion (entries with rho = 0 are no-ops)
+        qW, qb = gW, gb
+        coef = []
+        for sW_, sb_, yW_, yb_, r in reversed(mem):
+            a = r * dot(sW_, sb_, qW, qb)
+            coef.append(a)
+            qW, qb = qW - e4(a) * yW_, qb - e3(a) * yb_
+        rW, rb = h0(qW, qb)
+        gamma = torch.ones_like(alpha)  # H0 scaled by the newest usable sᵀy / yᵀH0y
+        for sW_, sb_, yW_, yb_, r in mem:
+            hW, hb = h0(yW_, yb_)
+            gamma = torch.where(r > 0, 1.0 / (r * dot(yW_, yb_, hW, hb)).clamp(min=1e-30), gamma)
+        rW, rb = rW * e4(gamma), rb * e3(gamma)
+        for (sW_, sb_, yW_, yb_, r), a in zip(mem, reversed(coef)):
+            bcoef = r * dot(yW_, yb_, rW, rb)
+            rW, rb = rW + e4(a - bcoef) * sW_, rb + e3(a - bcoef) * sb_
+        descent = (dot(gW, gb, rW, rb) > 0) & ~reset  # H g must point uphill so that -H g descends
+        rW, rb = torch.where(e4(descent), rW, pW), torch.where(e3(descent), rb, pb)
+        dW, db = torch.where(e4(fresh), -rW, dW), torch.where(e3(fresh), -rb, db)
+        plain = torch.where(fresh, ~descent, plain)
+        alpha = torch.where(fresh, torch.ones_like(alpha), alpha * 0.5)
+    return W.reshape(P, K, d), b.reshape(P, K), class_off, it
+
+
+def _eval_logistic(X, W, b, class_off, y, m, w, kind, C, slices):
+    """Test metrics of each feature (a slice of the outputs / variables)."""
+    P, N, d = X.shape
+    Z = torch.baddbmm(b[:, None, :], X, W.transpose(1, 2))
+    if kind == "categorical":
+        k = y.shape[2]
+        Z = (Z + class_off).view(P, N, k, C)
+        logp = torch.log_softmax(Z, dim=-1)
+        labels = y.long()
+        correct = (Z.argmax(-1) == labels).float()  # (P, N, k)
+        nll = -logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    else:
+        yf = y.float()
+        correct = ((Z > 0).float() == yf).float()
+        nll = torch.nn.functional.binary_cross_entropy_with_logits(Z, yf, reduction="none")
+    n = m.float().sum(1)
+    n_np = n.double().cpu().numpy()
+    per_output_all = torch.einsum("pn,pnk->pk", w, correct)
+    out = []
+    for sl in slices:
+        k = sl.stop - sl.start
+        ex_acc = correct[..., sl].mean(-1)  # (P, N): each test example's mean correctness over outputs
+        acc = (w * ex_acc).sum(1)
+        logloss = (w * nll[..., sl].mean(-1)).sum(1)
+        var = (w * (ex_acc - acc[:, None]) ** 2).sum(1) * n / (n - 1).clamp(min=1)
+        acc_np, var_np = acc.double().cpu().numpy(), var.double().cpu().numpy()
+        pq = acc_np * (1 - acc_np)
+        n_eff = np.where(var_np > 1e-12, n_np * pq / np.maximum(var_np, 1e-12), n_np * k)
+        n_eff = np.clip(n_eff, np.minimum(n_np, 1), n_np * k)
+        lo, hi = wilson_interval(acc_np, n_eff)
+        out.append({"acc": acc_np, "logloss": logloss.double().cpu().numpy(), "acc_lo": lo, "acc_hi": hi,
+                    "n_test": n_np, "per_output": per_output_all[:, sl].double().cpu().numpy()})
+    return out
+
+
+def _eval_scalar(X, W, b, y, m, w, slices, bootstrap, seed):
+    P, N, d = X.shape
+    pred = torch.baddbmm(b[:, None, :], X, W.transpose(1, 2))
+    mf = m.float()
+    err2 = (pred - y) ** 2 * mf[..., None]
+    ybar = torch.einsum("pn,pnk->pk", w, y)
+    sse, sst = err2.sum(1), ((y - ybar[:, None]) ** 2 * mf[..., None]).sum(1)  # (P, k)
+    ok = sst > 1e-12 * (1 + ybar.abs())
+    r2_out = torch.where(ok, 1 - sse / sst.clamp(min=1e-30), torch.full_like(sse, float("nan")))
+    n = mf.sum(1)
+    # bootstrap over test examples: example i drawn c_i times in each of the resamples
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    idx = torch.randint(0, N, (bootstrap, N), generator=gen)
+    counts = torch.zeros(bootstrap, N).scatter_add_(1, idx, torch.ones(bootstrap, N)).to(X.device)  # (B, N)
+    ym = y * mf[..., None]
+    s0 = (counts @ mf.T).clamp(min=1)  # (B, P)
+    s_err = torch.einsum("bn,pnk->bpk", counts, err2)
+    s_y = torch.einsum("bn,pnk->bpk", counts, ym)
+    s_yy = torch.einsum("bn,pnk->bpk", counts, ym * y)
+    sst_b = s_yy - s_y * s_y / s0[..., None]
+    r2_b = torch.where(sst_b > 1e-12, 1 - s_err / sst_b.clamp(min=1e-30), torch.full_like(sst_b, float("nan")))
+    out = []
+    for sl in slices:
+        mse = (sse[:, sl] / n.clamp(min=1)[:, None]).mean(1)
+        r2 = torch.nanmean(r2_out[:, sl], dim=1)
+        rb = torch.nanmean(r2_b[..., sl], dim=-1)  # (B, P)
+        lo, hi = torch.nanquantile(rb, 0.025, dim=0), torch.nanquantile(rb, 0.975, dim=0)
+        out.append({"r2": r2.double().cpu().numpy(), "mse": mse.double().cpu().numpy(),
+                    "r2_lo": lo.double().cpu().numpy(), "r2_hi": hi.double().cpu().numpy(),
+                    "n_test": n.double().cpu().numpy(), "per_output": r2_out[:, sl].double().cpu().numpy()})
+    return out

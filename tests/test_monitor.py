@@ -1,0 +1,277 @@
+"""The monitor's hooks, its attention and gradient statistics, the quiet/loud classification, and the
+`quietlab probe` verb, each against an independent oracle (planted curves, hand computation, a task's
+own held-out test)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from quietlab.models import Transformer, TransformerConfig
+from quietlab.monitor import Monitor, attention_entropy, classify_features, probe_set, qkv_grad_stats
+from quietlab.monitor.features import CLASSES
+from quietlab.monitor.monitor import log_schedule
+from quietlab.monitor.transitions import detect_transitions
+from quietlab.runs import RunFolder, RunStore
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+# --- the classification, on planted probe and loss curves ----------------------------------------
+ONSET, END = 4000, 5000  # where the planted loss drops (10%..90% of the fall lie inside)
+LOSS_STEPS = sorted({0} | {int(round(10 ** (i / 25))) for i in range(0, 109)})  # 0 .. ~20000, 25 per decade
+PROBE_STEPS = sorted({0} | {int(round(10 ** (i / 8))) for i in range(0, 35)})  # 8 per decade
+
+
+def loss_curve(kind, rng):
+    s = np.asarray(LOSS_STEPS, float)
+    ramp = 1.6 * np.exp(-s / 20)  # the initial ramp: from 2.3 to the plateau within ~100 steps
+    if kind == "transition":
+        mid, scale = math.log10(4470), 0.022  # logistic in log10(step): 10% at ~4000, 90% at ~5000
+        body = 0.05 + 0.65 * (1 - sigmoid((np.log10(np.maximum(s, 1)) - mid) / scale))
+    elif kind == "flat":
+        body = np.full_like(s, 0.7)
+    else:  # a smooth power law, no plateau at the end
+        body = 0.7 * np.maximum(s, 1) ** -0.35
+        ramp = 0 * ramp
+    return LOSS_STEPS, list(body + ramp + rng.normal(0, 0.004, s.size))
+
+
+def rising(step, at, best=0.95, width=0.05):
+    """A probe accuracy that leaves chance (0.5) around ``at`` on a log axis (never, for at=None)."""
+    if at is None:
+        return 0.5
+    return 0.5 + (best - 0.5) * sigmoid((math.log10(max(step, 1)) - math.log10(at)) / width)
+
+
+def probe_rows(curves, rng, metric="acc"):
+    """curves: {feature: {layer: fn(step) -> score}}; rows at 3 positions, ±0.02 intervals, tiny noise."""
+    rows = []
+    for feat, per_layer in curves.items():
+        m = "r2" if feat.startswith("scalar") else metric
+        for step in PROBE_STEPS:
+            for layer in range(4):
+                fn = per_layer.get(layer, lambda s: 0.5 if m == "acc" else 0.0)
+                for pos in range(3):
+                    v = fn(step) + rng.normal(0, 0.002)
+                    rows += [(step, feat, layer, pos, m, v), (step, feat, layer, pos, f"{m}_lo", v - 0.02),
+                             (step, feat, layer, pos, f"{m}_hi", v + 0.02)]
+    return rows
+
+
+def test_planted_quiet_loud_and_absent_features_are_told_apart():
+    rng = np.random.default_rng(0)
+    steps, losses = loss_curve("transition", rng)
+    found = detect_transitions(steps, losses)  # the detector sees the planted drop
+    assert len(found) == 1 and 2500 <= found[0].onset <= ONSET + 300 and END - 600 <= found[0].end <= 7000
+    blip = lambda s: 0.9 if s == 100 else rising(s, 4500)  # noqa: E731 - one lucky checkpoint, then with the drop
+    curves = {
+        "quiet_f": {1: lambda s: rising(s, 300, 0.8), 2: lambda s: rising(s, 400)},
+        "loud_f": {3: lambda s: rising(s, 4500)},
+        "absent_f": {},
+        "late_f": {2: lambda s: rising(s, 15000)},
+        "blip_f": {1: blip},
+        "scalar_quiet": {0: lambda s: rising(s, 1000) - 0.5},
+    }
+    transitions, classes = classify_features(probe_rows(curves, rng), steps, losses)
+    assert len(transitions) == 1
+    got = {name: c["class"] for name, c in classes.items()}
+    assert got == {"quiet_f": "quiet", "loud_f": "loud", "absent_f": "absent", "late_f": "absent",
+                   "blip_f": "loud", "scalar_quiet": "quiet"}
+    q = classes["quiet_f"]
+    assert q["best_layer"] == 2 and q["metric"] == "acc"
+    assert 200 <= q["decodable_step"] <= 500  # planted rise at 300 (layer 1) / 400 (layer 2)
+    assert q["acc_before_transition"] == pytest.approx(0.95, abs=0.01)
+    assert q["acc_final"] == pytest.approx(0.95, abs=0.01) and q["baseline_acc"] == pytest.approx(0.5, abs=0.01)
+    assert 3000 <= classes["loud_f"]["decodable_step"] <= 5000
+    assert classes["loud_f"]["acc_before_transition"] < 0.55  # near chance before the drop
+    assert classes["absent_f"]["decodable_step"] is None
+    assert classes["late_f"]["decodable_step"] >= 10000 and "after" in classes["late_f"]["note"]
+    assert classes["scalar_quiet"]["metric"] == "r2" and "r2_final" in classes["scalar_quiet"]
+
+
+def test_runs_without_a_transition():
+    rng = np.random.default_rng(1)
+    curves = {"early": {2: lambda s: rising(s, 300)}, "late": {2: lambda s: rising(s, 6000)}, "never": {}}
+    rows = probe_rows(curves, rng)
+    steps, flat = loss_curve("flat", rng)
+    transitions, classes = classify_features(rows, steps, flat)
+    assert transitions == []
+    # the loss never moved after its initial ramp: whatever became decodable was learned quietly
+    assert {n: c["class"] for n, c in classes.items()} == {"early": "quiet", "late": "quiet", "never": "absent"}
+    steps, smooth = loss_curve("power", rng)
+    transitions, classes = classify_features(rows, steps, smooth)
+    assert transitions == []
+    # the loss was still falling smoothly when `early` appeared: no phase to compare with
+    assert classes["early"]["class"] == "unresolved" and classes["never"]["class"] == "absent"
+    assert all(c["class"] in CLASSES for c in classes.values())
+
+
+# --- attention entropy and Q/K/V gradients, by hand -------------------------------------------------
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return Transformer(TransformerConfig(vocab_size=7, seq_len=9, d_model=16, n_layers=2, n_heads=2))
+
+
+def test_uniform_attention_has_entropy_one_and_a_random_model_matches_a_hand_count():
+    model = tiny_model()
+    tokens = torch.randint(0, 7, (5, 9))
+    with torch.no_grad():
+        model.blocks[0].attn.qkv.weight.zero_()  # q = k = 0: every query attends uniformly
+    got = attention_entropy(model, tokens)
+    assert set(got) == {f"attn/entropy/L{l}/H{h}" for l in range(2) for h in range(2)}
+    assert got["attn/entropy/L0/H0"] == pytest.approx(1.0, abs=1e-5)
+    assert got["attn/entropy/L0/H1"] == pytest.approx(1.0, abs=1e-5)
+    # layer 1 is random: recompute from the pattern, query by query, in float64
+    _, acts = model(tokens, capture=["attn.1.pattern"])
+    p = acts["attn.1.pattern"].detach().double().numpy()
+    for h in range(2):
+        vals = []
+        for b in range(5):
+            for q in range(1, 9):  # query q sees keys 0..q
+                row = p[b, h, q, : q + 1]
+                vals.append(-(row * np.log(row)).sum() / math.log(q + 1))
+        assert got[f"attn/entropy/L1/H{h}"] == pytest.approx(np.mean(vals), abs=1e-5)
+        assert 0 < got[f"attn/entropy/L1/H{h}"] <= 1
+
+
+def test_qkv_gradient_statistics_by_hand():
+    model = tiny_model(1)
+    tokens = torch.randint(0, 7, (4, 9))
+    model(tokens).logsumexp(-1).mean().backward()
+    got = qkv_grad_stats(model)
+    d, dh = 16, 8
+    for l in range(2):
+        g = model.blocks[l].attn.qkv.weight.grad.numpy()
+        for part, offset in zip("qkv", (0, d, 2 * d)):
+            for h in range(2):
+                rows = g[offset + h * dh : offset + (h + 1) * dh]
+                assert got[f"grad/{part}/L{l}/H{h}"] == pytest.approx(np.abs(rows).mean(), rel=1e-5)
+
+
+def test_log_schedule():
+    assert log_schedule(100, 8)[:9] == [0, 1, 2, 3, 4, 6, 7, 10, 13]
+    assert log_schedule(100, 8)[-1] == 100 and log_schedule(50, 8)[-1] == 50
+
+
+# --- the monitor in a real (tiny) training run, and `quietlab probe` --------------------------------
+def tiny_cfg(**kw):
+    from quietlab.train import TrainConfig
+
+    base = dict(task="addition", task_sizes={"n_bits": 4}, d_model=16, n_layers=2, n_heads=2, lr=1e-2,
+                batch_size=16, steps=40, eval_every=5, eval_per_decade=0, eval_examples=32, checkpoint_every=20,
+                checkpoint_per_decade=0, data_chunk=5, device="cpu")
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def monitored_run(tmp_path_factory):
+    from quietlab.train import train
+
+    torch.set_num_threads(1)
+    run = tmp_path_factory.mktemp("runs") / "add4"
+    monitor = Monitor(probe_examples=200, per_decade=4, stats_per_decade=4, max_overhead=None)
+    train(tiny_cfg(), run, hooks=monitor, progress=False)
+    return run, monitor
+
+
+def test_monitor_writes_probes_statistics_and_classes(monitored_run):
+    run, monitor = monitored_run
+    from quietlab.tasks import get_task
+
+    task = get_task("addition", n_bits=4)
+    features = list(task.sample(1, split="test").features)
+    with RunFolder(run).store() as store:
+        probe_steps = sorted({r[0] for r in store.probes()})
+        eval_steps = store.series("eval/loss")[0]
+        # probes at step 0, at the first evaluation at or after each scheduled step, and at the end
+        expected = sorted({min(e for e in eval_steps if e >= s) for s in log_schedule(40, 4)})
+        assert probe_steps == expected and probe_steps[0] == 0 and probe_steps[-1] == 40
+        for f in features:
+            rows = store.probes(f, "acc")
+            assert rows and all(0 <= r[5] <= 1 for r in rows)
+            layers = {r[2] for r in rows}
+            assert layers == {0, 1, 2}  # embed, resid.0, resid.1
+            mask = task.sample(200, split="test").features[f].mask
+            assert {r[3] for r in rows} <= set(np.flatnonzero(mask.any(0)))  # only where the feature is defined
+            for m in ("logloss", "acc_lo", "acc_hi", "n_test"):
+                assert len(store.probes(f, m)) == len(rows)
+        for l in range(2):
+            for h in range(2):
+                s, v = store.series(f"attn/entropy/L{l}/H{h}")
+                assert s == eval_steps and all(0 < x <= 1 for x in v)
+                for part in "qkv":
+                    s, v = store.series(f"grad/{part}/L{l}/H{h}")
+                    assert s and set(s) <= set(log_schedule(40, 4)) and all(x > 0 for x in v)
+        classes = store.results("feature_class")
+        assert set(classes) == set(features)
+        assert all(c["class"] in CLASSES and c["best_layer"] in (0, 1, 2) for c in classes.values())
+        assert "eval/loss" in store.results("transition")
+    assert monitor.status() == monitor.detector.status
+
+
+def test_probe_set_is_held_out_and_fixed():
+    from quietlab.tasks import get_task
+
+    task = get_task("addition", n_bits=4)
+    batch = probe_set(task, 50, seed=3)
+    for row in batch.tokens:  # the task's own split test, example by example
+        prompt = task.decode(row).partition("=")[0]
+        assert task.in_heldout(task._parse(prompt)).all()
+    np.testing.assert_array_equal(batch.tokens, probe_set(task, 50, seed=3).tokens)
+
+
+def test_monitor_does_not_change_training(tmp_path):
+    from quietlab.train import train
+
+    plain = train(tiny_cfg(steps=12, eval_every=4, checkpoint_every=12), tmp_path / "a", progress=False)
+    watched = train(tiny_cfg(steps=12, eval_every=4, checkpoint_every=12), tmp_path / "b", progress=False,
+                    hooks=Monitor(probe_examples=100, max_overhead=None))
+    assert plain["eval/loss"] == watched["eval/loss"] and plain["train/loss"] == watched["train/loss"]
+
+
+def test_unknown_feature_is_one_clear_error(tmp_path):
+    from quietlab.train import train
+
+    with pytest.raises(ValueError, match="unknown feature.*'nope'.*carry"):
+        train(tiny_cfg(steps=4), tmp_path / "x", progress=False, hooks=Monitor(features=["nope"], probe_examples=50))
+
+
+def test_cli_probe_refits_every_checkpoint(monitored_run):
+    from quietlab.cli import app
+    from quietlab.train import list_checkpoints
+
+    run, _ = monitored_run
+    result = CliRunner().invoke(app, ["probe", str(run), "--features", "carry,first_operand", "--examples", "200",
+                                      "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert [f["feature"] for f in out["features"]] == ["carry", "first_operand"]
+    assert all(f["class"] in CLASSES for f in out["features"])
+    assert out["checkpoints"] == list_checkpoints(run) == [0, 20, 40]
+    with RunStore(RunFolder(run).path / "metrics.sqlite") as store:
+        assert {r[0] for r in store.probes("carry", "acc")} >= {0, 20, 40}
+    table = CliRunner().invoke(app, ["probe", str(run), "--features", "carry", "--examples", "200", "--device", "cpu"])
+    assert table.exit_code == 0 and "carry" in table.stdout and "decodable" in table.stdout
+
+
+def test_cli_probe_bad_run_is_one_line(tmp_path):
+    from quietlab.cli import app
+
+    for args in (["probe", str(tmp_path / "missing")], ["probe", str(tmp_path)]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2
+        assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1

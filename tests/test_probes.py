@@ -1,0 +1,193 @@
+"""Batched linear probes against scikit-learn (the oracle) and against planted ground truth."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from quietlab.monitor.probes import fit_features, fit_probes, split_probe_set, wilson_interval
+from quietlab.runs import RunStore
+from quietlab.tasks.base import Feature
+
+sklearn = pytest.importorskip("sklearn")
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.linear_model import LogisticRegression, Ridge  # noqa: E402
+from sklearn.metrics import log_loss, r2_score  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+
+L2 = 1e-3
+N, T, D = 500, 3, 10
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small problems: one thread for torch and for the BLAS under sklearn (spinning BLAS threads on a
+    busy 2-core machine make sklearn a hundred times slower)."""
+    from threadpoolctl import threadpool_limits
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(old)
+
+
+def correlated_acts(rng, layers=2, n=N, t=T, d=D):
+    """Anisotropic, shifted activations, like a residual stream's (a few large, correlated directions)."""
+    mix = rng.standard_normal((d, d)) * np.exp(-np.arange(d) / 3)[None]
+    return {l: torch.tensor(rng.standard_normal((n, t, d)) @ mix.T * 4 + rng.standard_normal(d) * 3,
+                            dtype=torch.float32) for l in range(layers)}
+
+
+def sk_logistic(Xtr, ytr, Xte, n_train):
+    scaler = StandardScaler().fit(Xtr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = LogisticRegression(C=1.0 / (L2 * n_train), max_iter=1000, tol=1e-6).fit(scaler.transform(Xtr), ytr)
+    return model, scaler
+
+
+def logits_of(result, layer, t, X):
+    w, b = result.probe(layer, t)
+    return np.einsum("...d,nd->...n", w.double().numpy(), X.astype(np.float64)) + b.double().numpy()[..., None]
+
+
+@pytest.mark.parametrize("kind,k,n_classes", [("binary", 1, 2), ("multilabel", 3, 2), ("categorical", 2, 4)])
+def test_classification_probes_match_sklearn(kind, k, n_classes):
+    rng = np.random.default_rng(1)
+    acts = correlated_acts(rng)
+    X0 = acts[0].numpy()
+    planted = rng.standard_normal((T, D, k * n_classes)) / 2
+    z = np.einsum("ntd,tdk->ntk", (X0 - X0.mean((0, 1))) / X0.std((0, 1)), planted) + rng.standard_normal((N, T, k * n_classes))
+    if kind == "categorical":
+        values = z.reshape(N, T, k, n_classes).argmax(-1).astype(np.int16)
+    else:
+        values = (z[..., :k] > 0).astype(np.uint8)
+    feature = Feature(values, np.ones((N, T), bool), kind, n_classes)
+    tr, te = split_probe_set(N, 0.3, seed=0)
+    res = fit_probes(acts, feature, tr, te, l2=L2, max_iter=300, tol=1e-4)
+    assert sorted(res.pairs) == [(l, t) for l in range(2) for t in range(T)]
+    for layer in range(2):
+        X = acts[layer].numpy()
+        for t in range(T):
+            accs, losses = [], []
+            ours = logits_of(res, layer, t, X[te, t])
+            for j in range(k):
+                model, scaler = sk_logistic(X[tr, t], values[tr, t, j], X[te, t], len(tr))
+                Xs = scaler.transform(X[te, t])
+                accs.append(model.score(Xs, values[te, t, j]))
+                proba = model.predict_proba(Xs)
+                losses.append(log_loss(values[te, t, j], proba, labels=model.classes_))
+                # the probe itself, in activation space, agrees with sklearn's decision function
+                if kind == "categorical":
+                    mine = torch.log_softmax(torch.tensor(ours[j]).T, -1).exp().numpy()[:, model.classes_]
+                    np.testing.assert_allclose(mine, proba, atol=0.03)
+                else:
+                    mine = 1 / (1 + np.exp(-ours[j]))
+                    np.testing.assert_allclose(mine, proba[:, 1], atol=0.03)
+            got = res.get(layer, t)
+            assert abs(got["acc"] - np.mean(accs)) <= 0.02, (layer, t, got, accs)
+            assert abs(got["logloss"] - np.mean(losses)) <= 0.01 * max(1.0, np.mean(losses)), (got, losses)
+            assert got["n_test"] == len(te)
+            assert got["acc_lo"] <= got["acc"] <= got["acc_hi"]
+            np.testing.assert_allclose(res.per_output[res.index(layer, t)], accs, atol=0.02)
+
+
+def test_ridge_probes_match_sklearn():
+    rng = np.random.default_rng(2)
+    acts = correlated_acts(rng)
+    X = acts[1].numpy()
+    values = (np.einsum("ntd,dk->ntk", X, rng.standard_normal((D, 2))) / 10 + rng.standard_normal((N, T, 2))).astype(np.float32)
+    feature = Feature(values, np.ones((N, T), bool), "scalar")
+    tr, te = split_probe_set(N, 0.3, seed=1)
+    res = fit_probes(acts, feature, tr, te, l2=L2)
+    for t in range(T):
+        scaler = StandardScaler().fit(X[tr, t])
+        model = Ridge(alpha=L2 * len(tr)).fit(scaler.transform(X[tr, t]), values[tr, t])
+        expected = model.predict(scaler.transform(X[te, t]))
+        np.testing.assert_allclose(logits_of(res, 1, t, X[te, t]).T, expected, rtol=1e-3, atol=1e-3)
+        got = res.get(1, t)
+        assert got["r2"] == pytest.approx(r2_score(values[te, t], expected), abs=1e-3)
+        assert got["mse"] == pytest.approx(np.mean((values[te, t] - expected) ** 2), rel=1e-3)
+        assert got["r2_lo"] < got["r2"] < got["r2_hi"]
+
+
+def test_planted_direction_is_recovered_and_random_labels_read_chance():
+    rng = np.random.default_rng(3)
+    n, d = 2000, 32
+    acts = {0: torch.tensor(rng.standard_normal((n, 2, d)), dtype=torch.float32),
+            1: torch.tensor(rng.standard_normal((n, 2, d)) * 5 + 7, dtype=torch.float32)}
+    u = rng.standard_normal(d)
+    u /= np.linalg.norm(u)
+    values = np.zeros((n, 2, 1), np.uint8)
+    values[:, 0, 0] = acts[1][:, 0].numpy() @ u > 7 * u.sum()  # planted at layer 1, position 0
+    values[:, 1, 0] = rng.integers(0, 2, n)  # position 1: labels unrelated to anything
+    tr, te = split_probe_set(n, 0.25, seed=0)
+    res = fit_probes({l: acts[l] for l in (0, 1)}, Feature(values, np.ones((n, 2), bool), "binary"), tr, te)
+    planted = res.get(1, 0)
+    assert planted["acc"] > 0.95 and planted["acc_lo"] > 0.9
+    w, _ = res.probe(1, 0)
+    assert abs(float(w[0].double().numpy() @ u) / float(w[0].norm())) > 0.95  # it found the planted direction
+    for layer, t in [(0, 0), (0, 1), (1, 1)]:  # no signal there: chance, and the interval says so
+        got = res.get(layer, t)
+        assert abs(got["acc"] - 0.5) < 0.07, (layer, t, got)
+        assert got["acc_lo"] < 0.5 + 0.02 and got["acc_hi"] > 0.5 - 0.02
+
+
+def test_undefined_and_constant_pairs_are_skipped_and_features_fit_together_as_alone():
+    rng = np.random.default_rng(4)
+    acts = correlated_acts(rng, t=4)
+    mask = np.zeros((N, 4), bool)
+    mask[:, 1:] = True  # position 0: undefined
+    mask[: N // 2, 3] = False  # position 3: defined on half the examples
+    X = acts[0].numpy()
+    a = np.zeros((N, 4, 1), np.uint8)
+    a[:, 1:3, 0] = X[:, 1:3, 0] > X[:, 1:3, 0].mean()
+    a[:, 3, 0] = X[:, 3, 1] > np.median(X[:, 3, 1])
+    b = a.copy()
+    b[:, 2] = 1  # b is constant at position 2
+    feats = {"a": Feature(a, mask, "binary"), "b": Feature(b, mask, "binary")}
+    tr, te = split_probe_set(N, 0.3, seed=0)
+    both = fit_features(acts, feats, tr, te)
+    assert sorted({t for _, t in both["a"].pairs}) == [1, 2, 3]
+    assert sorted({t for _, t in both["b"].pairs}) == [1, 3]
+    assert {(t, why) for _, t, why in both["b"].skipped} == {(2, "constant")}
+    assert both["a"].get(0, 3)["n_test"] == mask[te, 3].sum()
+    alone = fit_probes(acts, feats["b"], tr, te)
+    np.testing.assert_allclose(alone.metrics["acc"], both["b"].metrics["acc"], atol=1e-3)
+    np.testing.assert_allclose(alone.weight.numpy(), both["b"].weight.numpy(), rtol=1e-2, atol=1e-3)
+    # the half-defined position was fitted and scored on its defined examples only
+    tr_def = tr[mask[tr, 3]]
+    model, scaler = sk_logistic(X[tr_def, 3], a[tr_def, 3, 0], None, len(tr_def))
+    te_def = te[mask[te, 3]]
+    assert both["a"].get(0, 3)["acc"] == pytest.approx(model.score(scaler.transform(X[te_def, 3]), a[te_def, 3, 0]), abs=0.02)
+
+
+def test_wilson_interval_matches_the_textbook_value():
+    lo, hi = wilson_interval(np.array([0.8]), np.array([100]))
+    assert lo[0] == pytest.approx(0.7112, abs=1e-4) and hi[0] == pytest.approx(0.8666, abs=1e-4)
+
+
+def test_rows_go_into_the_store(tmp_path):
+    rng = np.random.default_rng(5)
+    acts = correlated_acts(rng)
+    values = (acts[0].numpy()[..., :1] > 0).astype(np.uint8)
+    res = fit_probes(acts, Feature(values, np.ones((N, T), bool), "binary"), *split_probe_set(N), name="sign")
+    with RunStore(tmp_path / "m.sqlite") as store:
+        store.log_probes(res.rows(7))
+        rows = store.probes("sign", "acc")
+    assert len(rows) == 2 * T and {r[0] for r in rows} == {7}
+    assert {(r[2], r[3]) for r in rows} == set(res.pairs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_gpu_gives_the_cpu_probes():
+    rng = np.random.default_rng(6)
+    acts = correlated_acts(rng)
+    values = (acts[1].numpy()[..., :1] > 0).astype(np.uint8)
+    f = Feature(values, np.ones((N, T), bool), "binary")
+    tr, te = split_probe_set(N)
+    cpu = fit_probes(acts, f, tr, te)
+    gpu = fit_probes({l: a.cuda() for l, a in acts.items()}, f, tr, te)
+    np.testing.assert_allclose(cpu.metrics["acc"], gpu.metrics["acc"], atol=0.01)
