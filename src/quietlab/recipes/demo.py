@@ -58,8 +58,10 @@ def run_demo(out: Path, seed: int = 0, progress: bool = True, n_controls: int = 
     resume = folder.exists()
     log(f"training {cfg.task} ({cfg.task_sizes['n_bits']}-bit) with the monitor into {out}"
         + (" (resuming)" if resume else ""))
-    # probe at every evaluation: the plateau is short on a laptop budget and every point on it counts
-    train(cfg, out, hooks=Monitor(schedule="eval", max_overhead=None), progress=progress, resume=resume)
+    # dense probes (20 per decade, none put off): the plateau is short on a laptop budget and every
+    # probe on it counts
+    monitor = Monitor(schedule="log", per_decade=20, probe_examples=1000, max_overhead=None)
+    train(cfg, out, hooks=monitor, progress=progress, resume=resume)
 
     with folder.store() as store:
         classes = store.results("feature_class")
