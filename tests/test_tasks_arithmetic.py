@@ -13,45 +13,12 @@ import pytest
 
 from quietlab.tasks.arithmetic import Addition, Multiplication, MajorityOfMajorities
 
+from task_checks import check_layout, expect_feature, texts
+
 
 def as_int(bits: str) -> int:
     """LSB-first binary string -> int."""
     return sum(1 << i for i, ch in enumerate(bits) if ch == "1")
-
-
-def texts(task, batch) -> list[str]:
-    """Each row as its full text, padding included, read through the vocabulary by hand."""
-    return ["".join(task.vocab[t] for t in row) for row in batch.tokens]
-
-
-def check_layout(task, batch, text_re: str) -> list[re.Match]:
-    """The rows are `input=answer` + '.' padding, and the loss mask covers '=' .. last answer token."""
-    assert batch.tokens.shape == (len(batch), task.seq_len)
-    assert task.vocab[0] == "."
-    matches = []
-    for row, mask in zip(texts(task, batch), batch.loss_mask):
-        body = row.rstrip(".")
-        assert len(row) == task.seq_len and len(body) < task.seq_len  # room for the end-of-sequence '.'
-        match = re.fullmatch(text_re, body)
-        assert match, body
-        expected = np.zeros(task.seq_len, dtype=bool)
-        expected[body.index("=") : len(body)] = True
-        np.testing.assert_array_equal(mask, expected)
-        matches.append(match)
-    return matches
-
-
-def expect_feature(batch, name, expected: dict[tuple[int, int], object]):
-    """Feature `name` is defined exactly at the (row, position) keys of `expected`, with those values."""
-    feat = batch.features[name]
-    assert feat.values.shape[:2] == feat.mask.shape == batch.tokens.shape
-    want_mask = np.zeros(feat.mask.shape, dtype=bool)
-    want = np.zeros(feat.values.shape, dtype=np.float64)
-    for (i, t), value in expected.items():
-        want_mask[i, t] = True
-        want[i, t] = value
-    np.testing.assert_array_equal(feat.mask, want_mask, err_msg=name)
-    np.testing.assert_array_equal(feat.values[want_mask], want[want_mask], err_msg=name)
 
 
 # --- addition -----------------------------------------------------------------------------------
