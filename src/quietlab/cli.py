@@ -329,9 +329,9 @@ def demo_cmd(
     from .recipes.demo import run_demo
 
     lines = run_demo(out, seed=seed, n_controls=controls, log=lambda s: err_console.print(s, highlight=False))
-    console.print()
+    print()
     for line in lines:
-        console.print(line, highlight=False, markup=False)
+        print(line)
 
 
 def main() -> None:  # pragma: no cover
