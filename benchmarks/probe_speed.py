@@ -7,8 +7,9 @@ probe-test), probes of every feature at every (layer, position) where it is defi
   ``fit_probes`` one feature at a time, on CPU and, when there is one, on the GPU;
 - sklearn: for each feature and pair, StandardScaler + LogisticRegression (one per output; multinomial
   per variable for categorical features) or Ridge, with the same L2 strength (C = 1/(λ·n)) and
-  sklearn's default tolerance. The loop is timed on a spread-out subset of the pairs and extrapolated
-  linearly to all of them (the output says how many were timed).
+  sklearn's default tolerance, at its faster BLAS thread count (1 or all: many threads make its small
+  matrix-vector products slower). The loop is timed on a spread-out subset of the pairs and
+  extrapolated linearly to all of them (the output says how many were timed).
 
 The model is randomly initialised unless ``--run`` gives a trained run (its last checkpoint): trained
 activations make probes more separable and every solver slower. Run:

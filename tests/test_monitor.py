@@ -103,6 +103,15 @@ def test_planted_quiet_loud_and_absent_features_are_told_apart():
     assert classes["scalar_quiet"]["metric"] == "r2" and "r2_final" in classes["scalar_quiet"]
 
 
+def test_too_sparse_probes_leave_a_feature_unresolved():
+    rng = np.random.default_rng(2)
+    steps, losses = loss_curve("transition", rng)
+    rows = [r for r in probe_rows({"f": {2: lambda s: rising(s, 4500)}}, rng) if r[0] in (0, 1000, 17783)]
+    _, classes = classify_features(rows, steps, losses)
+    # not decodable at 1000 (before the drop), decodable at 17783 (after it): it may have come with the drop
+    assert classes["f"]["class"] == "unresolved" and classes["f"]["decodable_step"] == 17783
+
+
 def test_runs_without_a_transition():
     rng = np.random.default_rng(1)
     curves = {"early": {2: lambda s: rising(s, 300)}, "late": {2: lambda s: rising(s, 6000)}, "never": {}}

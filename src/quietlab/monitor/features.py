@@ -24,7 +24,9 @@ tangent meets the plateau level, by which point a logistic drop has already done
 so a feature first decodable just before it cannot be told apart from the drop:
 - ``quiet``: decodable before ``start`` (during the plateau or earlier);
 - ``loud``: decodable from ``start`` to the end of the drop (inclusive);
-- ``absent``: never decodable beyond the baseline, or only after the drop was over (``note`` says which).
+- ``absent``: never decodable beyond the baseline, or only after the drop was over (``note`` says which);
+- ``unresolved``: first decodable after the drop while the probe before that came before it: with no
+  probe in between (a run probed too sparsely), the feature cannot be placed.
 
 Runs without a transition (none yet, or a smooth curve): a feature that became decodable while the loss
 sat on the plateau it ends on (``current_plateau``; decodable step at or after the plateau's start) was
@@ -33,8 +35,9 @@ falling without an abrupt drop has no phase to be compared with: ``unresolved``.
 
 Each classification is a plain dict (stored as result ``feature_class``, key = feature name):
 ``feature, class, metric, best_layer, decodable_step, decodable_layer, {m}_before_transition,
-{m}_final, baseline_{m}, onset, end, transition_curve, margin, note``; ``{m}_before_transition`` is the
-best layer's aggregate at the last probed step before the onset (None without a transition).
+{m}_final, baseline_{m}, baseline_step, final_step, onset, end, drop_start, transition_curve, margin,
+note`` ({m} is ``acc`` or ``r2``); ``{m}_before_transition`` is the best layer's aggregate at the last
+probed step before ``drop_start`` (None without a transition).
 """
 
 from __future__ import annotations
@@ -98,10 +101,10 @@ def classify_feature(curves: dict, transition=None, *, feature: str = "", margin
     beats = lo > (base_hi[None, :] + margin)  # (S, L); NaN compares False
     beats[base_row] = False
     any_layer = beats.any(axis=1)
-    decodable_step = decodable_layer = None
+    decodable_step = decodable_layer = prev_step = None
     for i in range(base_row + 1, len(steps)):
         if any_layer[i] and (i == last or any_layer[i + 1]):
-            decodable_step = steps[i]
+            decodable_step, prev_step = steps[i], steps[i - 1]
             decodable_layer = layers[int(np.flatnonzero(beats[i])[0])]
             break
 
@@ -123,6 +126,10 @@ def classify_feature(curves: dict, transition=None, *, feature: str = "", margin
             cls = "quiet"
         elif decodable_step <= end:
             cls = "loud"
+        elif prev_step is not None and prev_step < start:
+            cls = "unresolved"  # not decodable at prev_step, decodable at decodable_step: no probe in between
+            note = (f"no probe between step {prev_step} (before the drop) and step {decodable_step} (after it): "
+                    "too few probes to place the feature")
         else:
             cls = "absent"
             note = f"decodable only after the transition (from step {decodable_step})"
