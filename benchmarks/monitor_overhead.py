@@ -61,19 +61,21 @@ def main():
             final = train(cfg, run_dir, hooks=hooks, progress=False)
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             with RunFolder(run_dir).store() as store:
-                n_probes = len({r[0] for r in store.probes()})
+                probed = sorted({r[0] for r in store.probes()})
                 classes = {k: v["class"] for k, v in store.results("feature_class").items()}
             results[name] = (wall, cpu)
             line = (f"{name:26s} wall {wall:7.1f} s  cpu {cpu:7.1f} s  eval/loss {final['eval/loss']:.4f}  "
                     f"exact {final['eval/exact_match']:.3f}")
             if hooks is not None:
                 base_wall, base_cpu = results["plain"]
-                line += (f"\n{'':26s} overhead: wall {100 * (wall - base_wall) / base_wall:+5.1f}%, "
-                         f"cpu {100 * (cpu - base_cpu) / base_cpu:+5.1f}%; monitor's own time {hooks.spent:.1f} s = "
-                         f"{100 * hooks.spent / max(wall - hooks.spent, 1e-9):.1f}% of the rest; {n_probes} probe steps, "
-                         f"{hooks.deferred} deferrals)\n{'':26s} monitor time by part: "
+                pad = " " * 27
+                line += (f"\n{pad}overhead vs plain: wall {100 * (wall - base_wall) / base_wall:+5.1f}%, "
+                         f"cpu {100 * (cpu - base_cpu) / base_cpu:+5.1f}%"
+                         f"\n{pad}monitor's own time {hooks.spent:.1f} s = "
+                         f"{100 * hooks.spent / max(wall - hooks.spent, 1e-9):.1f}% of the rest of the run: "
                          + ", ".join(f"{k} {v:.1f} s" for k, v in hooks.timings.items())
-                         + f"\n{'':26s} classes {classes}")
+                         + f"\n{pad}{len(probed)} probe steps {probed}, {hooks.deferred} deferrals"
+                         + f"\n{pad}classes {classes}")
             print(line, flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -104,8 +104,8 @@ def main():
             fit_probes(gacts, f, tr, te, name=n, **kw)
         torch.cuda.synchronize()
         gpu_each = time.perf_counter() - t0
-        diffs = {n: float(np.nanmax(np.abs(g[n].metrics[g[n].main_metric] - together[n].metrics[together[n].main_metric])))
-                 for n in feats if len(g[n].pairs)}
+        diffs = {n: float(np.nanmax(np.abs(g[n].metrics[g[n].main_metric] - r.metrics[r.main_metric])))
+                 for n, r in together.items() if len(g[n].pairs)}
         worst = max(diffs, key=diffs.get)
         print(f"ours, GPU ({torch.cuda.get_device_name()}): {gpu_all:.3f} s together, {gpu_each:.3f} s one at a time "
               f"(largest |CPU - GPU| test score difference {diffs[worst]:.4f}, {worst})")

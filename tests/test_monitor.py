@@ -252,6 +252,16 @@ def test_monitor_does_not_change_training(tmp_path):
     assert plain["eval/loss"] == watched["eval/loss"] and plain["train/loss"] == watched["train/loss"]
 
 
+def test_a_zero_overhead_budget_keeps_only_the_mandatory_probes(tmp_path):
+    from quietlab.train import train
+
+    monitor = Monitor(probe_examples=100, max_overhead=0.0)
+    train(tiny_cfg(steps=12, eval_every=4, checkpoint_every=12), tmp_path / "z", progress=False, hooks=monitor)
+    with RunFolder(tmp_path / "z").store() as store:
+        assert sorted({r[0] for r in store.probes()}) == [0, 12]  # the random-init baseline and the end
+    assert monitor.deferred > 0
+
+
 def test_unknown_feature_is_one_clear_error(tmp_path):
     from quietlab.train import train
 

@@ -59,7 +59,8 @@ def test_classification_probes_match_sklearn(kind, k, n_classes):
     acts = correlated_acts(rng)
     X0 = acts[0].numpy()
     planted = rng.standard_normal((T, D, k * n_classes)) / 2
-    z = np.einsum("ntd,tdk->ntk", (X0 - X0.mean((0, 1))) / X0.std((0, 1)), planted) + rng.standard_normal((N, T, k * n_classes))
+    z = np.einsum("ntd,tdk->ntk", (X0 - X0.mean((0, 1))) / X0.std((0, 1)), planted)
+    z = z + rng.standard_normal((N, T, k * n_classes))
     if kind == "categorical":
         values = z.reshape(N, T, k, n_classes).argmax(-1).astype(np.int16)
     else:
@@ -98,7 +99,8 @@ def test_ridge_probes_match_sklearn():
     rng = np.random.default_rng(2)
     acts = correlated_acts(rng)
     X = acts[1].numpy()
-    values = (np.einsum("ntd,dk->ntk", X, rng.standard_normal((D, 2))) / 10 + rng.standard_normal((N, T, 2))).astype(np.float32)
+    values = np.einsum("ntd,dk->ntk", X, rng.standard_normal((D, 2))) / 10 + rng.standard_normal((N, T, 2))
+    values = values.astype(np.float32)
     feature = Feature(values, np.ones((N, T), bool), "scalar")
     tr, te = split_probe_set(N, 0.3, seed=1)
     res = fit_probes(acts, feature, tr, te, l2=L2)
@@ -161,7 +163,8 @@ def test_undefined_and_constant_pairs_are_skipped_and_features_fit_together_as_a
     tr_def = tr[mask[tr, 3]]
     model, scaler = sk_logistic(X[tr_def, 3], a[tr_def, 3, 0], None, len(tr_def))
     te_def = te[mask[te, 3]]
-    assert both["a"].get(0, 3)["acc"] == pytest.approx(model.score(scaler.transform(X[te_def, 3]), a[te_def, 3, 0]), abs=0.02)
+    expected = model.score(scaler.transform(X[te_def, 3]), a[te_def, 3, 0])
+    assert both["a"].get(0, 3)["acc"] == pytest.approx(expected, abs=0.02)
 
 
 def test_wilson_interval_matches_the_textbook_value():

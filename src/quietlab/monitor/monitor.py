@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -152,8 +153,10 @@ class Monitor:
     fitted (default: the model's device). ``probe_kwargs`` go to ``probes.fit_features``.
     ``max_overhead`` (default 0.08): a scheduled probe (other than step 0 and the last step) is put off
     to a later evaluation while running it would bring the monitor's optional time (everything but
-    attach and the two mandatory probes, about a second each on a CPU) above this fraction of the
-    training time so far; None probes strictly on schedule. ``deferred`` counts the put-offs;
+    attach and the two mandatory probes, about half a second each on a CPU) above its allowance: this
+    fraction of the expected training time, shared evenly among the scheduled probe points (of the
+    training time so far when the run's length is unknown); None probes strictly on schedule.
+    ``deferred`` counts the put-offs;
     ``spent`` is the monitor's whole time, ``probe_seconds`` the part spent in probes.
     """
 
@@ -174,7 +177,8 @@ class Monitor:
         probe_kwargs: dict | None = None,
     ):
         if isinstance(schedule, str) and schedule not in ("log", "eval"):
-            raise ValueError(f"schedule must be 'log', 'eval', a step interval, a list of steps or None, got {schedule!r}")
+            raise ValueError(f"schedule must be 'log', 'eval', a step interval, a list of steps or None, "
+                             f"got {schedule!r}")
         if isinstance(schedule, int) and schedule < 1:
             raise ValueError(f"a probe interval must be >= 1 step, got {schedule}")
         if probe_examples < 20:
@@ -202,6 +206,9 @@ class Monitor:
         self._t0 = time.perf_counter()
         self._fixed = 0.0  # attach and the mandatory probes (step 0, last step): outside the budget
         self._costs: list[float] = []  # seconds of each probe so far
+        self._step_times: deque[float] = deque(maxlen=64)  # seconds of recent plain training steps
+        self._last_backward: tuple[int, float] | None = None
+        self._interrupted = False
         self._status = ""
 
     # --- the hooks -------------------------------------------------------------------------------
@@ -210,6 +217,9 @@ class Monitor:
         self._t0 = time.perf_counter()
         self.spent = self.probe_seconds = self._fixed = 0.0
         self._costs, self.timings = [], {}
+        self._step_times: deque[float] = deque(maxlen=64)
+        self._last_backward: tuple[int, float] | None = None
+        self._interrupted = False
         self.store, self.task = store, task
         self.total = getattr(run_cfg, "steps", None) if run_cfg is not None else None
         if isinstance(run_cfg, dict):
@@ -220,8 +230,8 @@ class Monitor:
         names = available if self.features is None else self.features
         unknown = [n for n in names if n not in batch.features]
         if unknown:
-            raise ValueError(f"unknown feature(s) {', '.join(map(repr, unknown))} for {getattr(task, 'name', 'this task')}; "
-                             f"it has: {', '.join(available) or 'none'}")
+            raise ValueError(f"unknown feature(s) {', '.join(map(repr, unknown))} for "
+                             f"{getattr(task, 'name', 'this task')}; it has: {', '.join(available) or 'none'}")
         self.tokens, self.feature_set = trim_to_features(batch.tokens, {n: batch.features[n] for n in names})
         self.train_idx, self.test_idx = split_probe_set(len(batch), self.test_fraction, seed=seed or 0)
         p = next(model.parameters())
@@ -240,6 +250,11 @@ class Monitor:
         self.spent = self._fixed = self.timings["attach"] = time.perf_counter() - self._t0
 
     def after_backward(self, step: int, model) -> None:
+        # the plain step time, from consecutive calls with no evaluation or checkpoint in between
+        now = time.perf_counter()
+        if self._last_backward is not None and step == self._last_backward[0] + 1 and not self._interrupted:
+            self._step_times.append(now - self._last_backward[1])
+        self._last_backward, self._interrupted = (step, now), False
         if step in self._grad_steps:
             t0 = time.perf_counter()
             stats = qkv_grad_stats(model)
@@ -249,6 +264,7 @@ class Monitor:
             self.spent += time.perf_counter() - t0
 
     def on_eval(self, step: int, model, metrics: dict) -> None:
+        self._interrupted = True
         t0 = time.perf_counter()
         try:
             self._on_eval(int(step), model, metrics)
@@ -273,6 +289,7 @@ class Monitor:
             self.finish(step)
 
     def on_checkpoint(self, step: int, model) -> None:
+        self._interrupted = True
         t0 = time.perf_counter()
         try:
             if self._probe_due(int(step)):
@@ -349,14 +366,26 @@ class Monitor:
             if not (i < len(self._probe_steps) and self._probe_steps[i] <= step):
                 return False
         if self.max_overhead is not None:
-            # overhead budget: put the probe off while it would take the monitor's optional work (all
-            # but attach and the step-0 and last-step probes) over max_overhead of the training time
-            # so far; it then runs at a later evaluation. A probe's cost: the median of the last five.
-            now = time.perf_counter()
-            train_time = now - self._t0 - self.spent
+            # overhead budget: a probe is put off (to a later evaluation) while it would take the
+            # monitor's optional work (all but attach and the step-0 and last-step probes) over its
+            # allowance. With the run's length known, the allowance is max_overhead of the expected
+            # training time (time so far + median plain step time × steps left; evaluations ahead are
+            # not counted, so it errs low), shared evenly among the scheduled probe points passed so
+            # far: probes thin out evenly along the log schedule instead of the early ones all being
+            # dropped. Otherwise it is max_overhead of the training time so far. A probe's cost: the
+            # median of the last five.
+            train_time = time.perf_counter() - self._t0 - self.spent
             optional = self.spent - self._fixed
             cost = float(np.median(self._costs[-5:])) if self._costs else 0.0
-            if optional + cost > self.max_overhead * train_time:
+            points = [s for s in (self._probe_steps or []) if 0 < s < (self.total or 0)]
+            if self.total and step > 0 and points:
+                share = np.searchsorted(points, step, side="right") / len(points)
+                per_step = float(np.median(self._step_times)) if self._step_times else train_time / step
+                expected = train_time + per_step * max(self.total - step, 0)
+                allowed = self.max_overhead * expected * share
+            else:
+                allowed = self.max_overhead * train_time
+            if optional + cost > allowed:
                 self.deferred += 1
                 return False
         return True
