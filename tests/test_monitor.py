@@ -294,3 +294,23 @@ def test_cli_probe_bad_run_is_one_line(tmp_path):
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 2
         assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_a_trained_models_next_token_is_linearly_decodable_at_its_last_layer(trained_addition, tmp_path):
+    """Oracle: the model's own readout of the next sum bit is a linear threshold of its last residual
+    stream (RMSNorm only rescales), and it is right on every held-out example; so the probe must be too."""
+    import shutil
+
+    from quietlab.monitor.monitor import probe_run
+
+    run_dir, final = trained_addition
+    assert final["eval/exact_match"] >= 0.99
+    run = tmp_path / "copy"
+    shutil.copytree(run_dir, run)
+    out = probe_run(run, features=["next_sum_bit"], probe_examples=600)
+    with RunStore(run / "metrics.sqlite") as store:
+        rows = store.probes("next_sum_bit", "acc")
+    last = max(r[0] for r in rows)
+    top = [r[5] for r in rows if r[0] == last and r[2] == 2]  # layer 2 = resid.1, the last block
+    assert min(top) >= 0.98
+    assert out["features"]["next_sum_bit"]["acc_final"] >= 0.98

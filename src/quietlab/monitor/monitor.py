@@ -372,16 +372,16 @@ class Monitor:
             # training time (time so far + median plain step time × steps left; evaluations ahead are
             # not counted, so it errs low), shared evenly among the scheduled probe points passed so
             # far: probes thin out evenly along the log schedule instead of the early ones all being
-            # dropped. Otherwise it is max_overhead of the training time so far. A probe's cost: the
-            # median of the last five.
+            # dropped. Until a few plain steps have been timed (early evaluations interrupt them), or
+            # without the run's length, it is max_overhead of the training time so far. A probe's
+            # cost: the median of the last five.
             train_time = time.perf_counter() - self._t0 - self.spent
             optional = self.spent - self._fixed
             cost = float(np.median(self._costs[-5:])) if self._costs else 0.0
             points = [s for s in (self._probe_steps or []) if 0 < s < (self.total or 0)]
-            if self.total and step > 0 and points:
+            if self.total and points and len(self._step_times) >= 3:
                 share = np.searchsorted(points, step, side="right") / len(points)
-                per_step = float(np.median(self._step_times)) if self._step_times else train_time / step
-                expected = train_time + per_step * max(self.total - step, 0)
+                expected = train_time + float(np.median(self._step_times)) * max(self.total - step, 0)
                 allowed = self.max_overhead * expected * share
             else:
                 allowed = self.max_overhead * train_time

@@ -33,7 +33,6 @@ mean-over-outputs correctness, so correlated outputs do not narrow it), ``n_test
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
