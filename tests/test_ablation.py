@@ -66,8 +66,11 @@ def test_ablating_a_feature_the_model_does_not_use_stays_within_the_control_inte
     result = ablate(model, task, "coin", method=method, layer=1, probe_batch=probe_batch, eval_batch=eval_batch,
                     n_controls=8)
     assert result.probe_acc < 0.6  # coin flips are not decodable
-    lo, hi = result.control_drop_ci
-    assert lo - 1.0 <= result.drop_pct <= hi + 1.0, result
+    # the coin's ablation is one more draw from the controls' distribution: within three of their
+    # standard deviations of their mean drop (a used feature, like carry above, lies far outside)
+    base = result.baseline_acc
+    drops = 100.0 * (base - np.array(result.control_accs)) / base
+    assert abs(result.drop_pct - drops.mean()) <= 3 * drops.std() + 1.0, (result.drop_pct, drops)
 
 
 def test_ablate_cli_stores_the_result_and_prints_json(trained_addition):

@@ -26,7 +26,7 @@ from ..monitor.probes import capture_layers, fit_probes, layer_taps, split_probe
 from ..tasks.base import Batch, Feature
 from ..train.decode import exact_match, greedy_decode
 from ..train.evaluate import masked_loss
-from .edits import METHODS, AffineEdit, build_edit, leace_params, probe_rank, random_probes
+from .edits import METHODS, AffineEdit, build_edit, probe_rank, random_probes
 
 
 @dataclass
@@ -125,7 +125,9 @@ def ablate(model, task, feature: str, *, method: str = "boundary", layer: int | 
         raise ValueError(f"layer must be 'auto' or one of {', '.join(map(str, taps))}, got {layer!r}")
     layers = list(taps) if layer == "auto" else [int(layer)]
 
-    acts = capture_layers(model, probe_batch.tokens, layers=layers, device="cpu")
+    # probes are fitted where the model is: on a GPU a trained model's near-separable features take
+    # Newton's full max_iter in raw space, which is minutes of float64 work on a CPU
+    acts = capture_layers(model, probe_batch.tokens, layers=layers)
     f = probe_batch.features[feature]
     train_idx, test_idx = split_probe_set(len(probe_batch), seed=seed)
     probes = fit_probes(acts, f, train_idx, test_idx, name=feature, l2=probe_l2, standardize=False)
@@ -144,10 +146,10 @@ def ablate(model, task, feature: str, *, method: str = "boundary", layer: int | 
     d = model.config.d_model
     where = eval_batch.features[feature].mask
     defined = {t: np.nonzero(f.mask[:, t])[0] for t in chosen}
-    reference = {t: acts[chosen[t]][defined[t], t].double().numpy() for t in chosen}
+    reference = {t: acts[chosen[t]][torch.as_tensor(defined[t], device=device), t].double().cpu().numpy() for t in chosen}
     labels = {t: _labels_matrix(f, defined[t], t) for t in chosen} if method == "erase" else None
 
-    def edits_for(method_: str, per_position: dict[int, tuple[np.ndarray, np.ndarray]]):
+    def edits_for(method_: str, per_position: dict[int, tuple[np.ndarray, np.ndarray]], labels_=None):
         """One edit per tap: the positions whose chosen layer is that tap's."""
         edits = {}
         for l in sorted(set(chosen.values())):
@@ -156,7 +158,7 @@ def ablate(model, task, feature: str, *, method: str = "boundary", layer: int | 
             here[:, positions] = where[:, positions]
             edit = build_edit(method_, {t: per_position[t] for t in positions}, here, d,
                               {t: reference[t] for t in positions},
-                              {t: labels[t] for t in positions} if labels else None,
+                              {t: labels_[t] for t in positions} if labels_ else None,
                               rng=rng, batch_size=len(eval_batch))
             edits[taps[l]] = edit.to(device)
         return edits
@@ -164,18 +166,21 @@ def ablate(model, task, feature: str, *, method: str = "boundary", layer: int | 
     real = {t: _flat(*probes.probe(chosen[t], t)) for t in chosen}
     run = _Run(model, eval_batch, device)
     base_correct, base_loss = run(None)
-    abl_correct, abl_loss = run(edits_for(method, real))
+    abl_correct, abl_loss = run(edits_for(method, real, labels))
 
-    # controls: the same method along random directions of the same rank; LEACE's control mean-ablates
-    # random subspaces of the eraser's rank, since a random subspace has no labels to erase
-    if method == "erase":
-        ranks = {t: leace_params(reference[t], labels[t])[0].shape[1] for t in chosen}
-    else:
-        ranks = {t: probe_rank(W) for t, (W, _) in real.items()}
-    control_method = "mean" if method == "erase" else method
+    # controls: the same method along random directions of the same rank. LEACE's control is LEACE
+    # fitted to the labels shuffled across examples: a random subspace of the same rank, drawn the way
+    # LEACE draws one (through the whitening, so leaning on high-variance directions as it does), which
+    # is what erasing a feature the model does not carry costs. Plain random directions would understate it.
+    ranks = {t: probe_rank(W) for t, (W, _) in real.items()}
     ctl_correct, ctl_losses = [], []
     for c in range(n_controls):
-        correct, loss = run(edits_for(control_method, random_probes(ranks, d, rng, reference)))
+        if method == "erase":
+            shuffled = {t: z[rng.permutation(len(z))] for t, z in labels.items()}
+            edits = edits_for("erase", real, shuffled)
+        else:
+            edits = edits_for(method, random_probes(ranks, d, rng, reference))
+        correct, loss = run(edits)
         ctl_correct.append(correct)
         ctl_losses.append(loss)
         if progress is not None:
