@@ -1,7 +1,8 @@
-"""Monitor overhead: the same CPU training run with and without the Monitor, wall time compared.
+"""Monitor overhead: the same training run with and without the Monitor, wall time compared.
 
-The run is the demo's kind: 8-bit addition, a 4-layer d_model 64 Transformer++, batch 64, the
-training loop's default evaluation and checkpoint schedule. It is trained
+By default the run is the demo's kind on CPU: 8-bit addition, a 4-layer d_model 64 Transformer++,
+batch 64, the training loop's default evaluation and checkpoint schedule (``--task bfs --size 11
+--device cuda --compile --d-model 256`` is the GPU setting of the BFS runs). It is trained
 
 - without hooks (``plain``),
 - with ``Monitor()`` at its defaults (log schedule, 8 probes per decade, 2000 probe examples,
@@ -14,6 +15,7 @@ how many probes ran. The runs train the same model on the same data (the monitor
 numbers), so the difference is the monitor's cost.
 
     .venv/bin/python benchmarks/monitor_overhead.py --steps 2000 --threads 2
+    python benchmarks/monitor_overhead.py --task bfs --size 11 --d-model 256 --steps 20000 --device cuda --compile
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ from pathlib import Path
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--n-bits", type=int, default=8)
+    ap.add_argument("--task", default="addition")
+    ap.add_argument("--size", type=int, default=8, help="the task's first size knob (n_bits, n_nodes, ...)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--compile", action="store_true")
     ap.add_argument("--d-model", type=int, default=64)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=64)
@@ -41,17 +46,21 @@ def main():
 
     from quietlab.monitor import Monitor
     from quietlab.runs import RunFolder
+    from quietlab.tasks import get_task
     from quietlab.train import TrainConfig, train
 
     torch.set_num_threads(args.threads)
-    cfg = TrainConfig(task="addition", task_sizes={"n_bits": args.n_bits}, d_model=args.d_model, n_layers=args.layers,
-                      n_heads=4, lr=args.lr, batch_size=args.batch_size, steps=args.steps, device="cpu", seed=0)
+    size_knob = get_task(args.task).knobs[0].name
+    cfg = TrainConfig(task=args.task, task_sizes={size_knob: args.size}, d_model=args.d_model, n_layers=args.layers,
+                      n_heads=4, lr=args.lr, batch_size=args.batch_size, steps=args.steps, device=args.device, seed=0,
+                      compile=args.compile)
     root = Path(tempfile.mkdtemp(prefix="quietlab-overhead-"))
     runs = [("plain", None), ("monitor (defaults)", lambda: Monitor())]
     if not args.no_strict:
         runs.append(("monitor (strict schedule)", lambda: Monitor(max_overhead=None)))
-    print(f"addition n_bits={args.n_bits}, d_model {args.d_model}, {args.layers} layers, batch {args.batch_size}, "
-          f"{args.steps} steps, CPU, {torch.get_num_threads()} threads")
+    where = (torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads")
+    print(f"{args.task} {size_knob}={args.size}, d_model {args.d_model}, {args.layers} layers, batch {args.batch_size}, "
+          f"{args.steps} steps, {where}{', compiled' if args.compile else ''}")
     results = {}
     try:
         for name, make in runs:
