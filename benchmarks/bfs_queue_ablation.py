@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--methods", default="boundary,mean,erase")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--run-dir", default=None, help="where the run folder goes (default OUT/run)")
+    ap.add_argument("--per-decade", type=int, default=8, help="the monitor's probe steps per decade")
+    ap.add_argument("--strict", action="store_true", help="probe at every scheduled step (no overhead budget)")
     args = ap.parse_args()
 
     from quietlab.interventions.ablation import ablate
@@ -47,7 +49,7 @@ def main() -> None:
                       lr=args.lr, batch_size=args.batch_size, steps=args.steps, seed=args.seed, eval_examples=512,
                       compile=torch.cuda.is_available())
     t0 = time.perf_counter()
-    final = train(cfg, run_dir, hooks=Monitor(), progress=False)
+    final = train(cfg, run_dir, hooks=Monitor(per_decade=args.per_decade, **({"max_overhead": None} if args.strict else {})), progress=False)
     train_s = time.perf_counter() - t0
     print(f"trained in {train_s:.0f} s: {json.dumps({k: v for k, v in final.items() if 'pos_acc' not in k})}", flush=True)
     save(out, run_dir, {"train_s": train_s, "final": final})
@@ -55,7 +57,7 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, task, _, step = load_run(run_dir, device=device)
     ablations = []
-    for method in args.methods.split(","):
+    for method in filter(None, args.methods.split(",")):
         t1 = time.perf_counter()
         r = ablate(model, task, "queue", method=method, n_eval=1000, n_controls=args.controls, seed=args.seed)
         with RunFolder(run_dir).store() as store:

@@ -15,8 +15,8 @@ itself where they were not logged):
   own baseline, ``m_lo(l, s) > m_hi(l, 0) + margin`` (default margin 0.02: two points of accuracy or
   of R²), and does so again at the next probed step (when there is one): one lucky checkpoint is not
   enough. ``decodable_layer`` says which layer did it first.
-- *Transition*: ``detect_transitions`` on the loss curve (``eval/loss`` by default, log-step axis);
-  with several, the one with the largest drop.
+- *Transition*: ``detect_transitions`` on the loss curve (log-step axis): ``eval/loss``, or where it
+  shows none, the per-step ``train/loss`` (see ``LOSS_CURVES``); with several, the one with the largest drop.
 
 Classes, with ``start`` the transition's onset moved back by ``guard`` (default ½) of the drop's width
 on the log-step axis, ``start = onset / 10^(guard · width)``: the detector's onset is where the steepest
@@ -187,21 +187,45 @@ def classify_features(probe_rows, loss_steps, loss_values, *, features: Iterable
     return transitions, out
 
 
-def classify_run(store, *, features: Iterable[str] | None = None, curve: str = "eval/loss", margin: float = 0.02,
+#: Loss curves a run's transition is looked for in, in order: the held-out loss, then the training
+#: loss, which is logged every step and, since every step draws fresh examples, estimates the same
+#: population loss; its density resolves a plateau that the sparser evaluations only touch.
+LOSS_CURVES = ("eval/loss", "train/loss")
+
+
+def classify_run(store, *, features: Iterable[str] | None = None, curve: str | None = None, margin: float = 0.02,
                  write: bool = True) -> dict:
-    """Classify a run's probed features from its store; writes results ``transition`` (key ``curve``: a
-    list of transition dicts) and ``feature_class`` (one per feature). Returns
-    {"transitions": [...], "main": dict | None, "features": {name: dict}}."""
-    steps, values = store.series(curve)
+    """Classify a run's probed features from its store; writes results ``transition`` (key: each loss
+    curve looked at, a list of transition dicts) and ``feature_class`` (one per feature). ``curve``:
+    the loss curve to use; by default the first of ``LOSS_CURVES`` with a transition (else the first
+    that was logged). Returns {"transitions": [...], "main": dict | None, "curve": name, "features": {...}}."""
+    from .transitions import detect_transitions
+
     rows = store.probes() if features is None else [r for f in features for r in store.probes(f)]
-    transitions, classes = classify_features(rows, steps, values, features=features, margin=margin, curve_name=curve)
-    tdicts = [_as_dict(t) for t in transitions]
+    found: dict[str, tuple] = {}
+    for name in (curve,) if curve else LOSS_CURVES:
+        steps, values = store.series(name)
+        if len(steps) == 0 and curve is None:
+            continue
+        values = np.asarray([np.nan if v is None else v for v in values], dtype=float)
+        ts = detect_transitions(steps, values, log_x=True, direction="down") if len(steps) >= 8 else []
+        found[name] = (steps, values, ts)
+        if main_transition(ts) is not None:
+            break
+    if not found:
+        found[LOSS_CURVES[0]] = ([], [], [])
+    used = next((n for n, (_, _, ts) in found.items() if main_transition(ts) is not None), next(iter(found)))
+    steps, values, transitions = found[used]
+    _, classes = classify_features(rows, steps, values, features=features, margin=margin, curve_name=used,
+                                   transitions=transitions)
     main = main_transition(transitions)
     if write:
-        store.put("transition", curve, tdicts)
+        for name, (_, _, ts) in found.items():
+            store.put("transition", name, [_as_dict(t) for t in ts])
         for name, c in classes.items():
             store.put("feature_class", name, c)
-    return {"transitions": tdicts, "main": None if main is None else _as_dict(main), "features": classes}
+    return {"transitions": [_as_dict(t) for t in transitions], "main": None if main is None else _as_dict(main),
+            "curve": used, "features": classes}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -20,12 +20,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..monitor.features import LOSS_CURVES
 from ..runs import RunStore
 
-# curves the transition detector may have run on, most telling first
-LOSS_CURVES = ("eval/loss", "train/loss")
 _HEAD_METRIC = re.compile(r"^(attn/entropy|grad/q|grad/k|grad/v)/L(\d+)(?:/H(\d+))?$")
-_CLASS_ORDER = {"quiet": 0, "loud": 1, "absent": 2}
+_CLASS_ORDER = {"quiet": 0, "loud": 1, "unresolved": 2, "absent": 3}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -188,12 +187,15 @@ def fmt_big(v) -> str:
 # ------------------------------------------------------------------------------------------------
 # aggregates shared with the HTML report
 def main_transitions(rd: RunData) -> tuple[str | None, list[dict]]:
-    """(curve, transitions sorted by onset) from the detector, preferring eval/loss."""
-    for name in (*LOSS_CURVES, *sorted(rd.transitions)):
-        if name in rd.transitions:
-            ts = [t for t in rd.transitions[name] if isinstance(t, dict) and _finite(t.get("onset"))]
-            return name, sorted(ts, key=lambda t: t["onset"])
-    return None, []
+    """(curve, transitions sorted by onset) from the detector: the first curve of LOSS_CURVES (then any
+    other) in which it found a transition, else the first it looked at."""
+    looked = [n for n in (*LOSS_CURVES, *sorted(rd.transitions)) if n in rd.transitions]
+    found = {n: sorted((t for t in rd.transitions[n] if isinstance(t, dict) and _finite(t.get("onset"))),
+                       key=lambda t: t["onset"]) for n in looked}
+    for name in looked:
+        if found[name]:
+            return name, found[name]
+    return (looked[0], []) if looked else (None, [])
 
 
 def loss_curve_name(rd: RunData) -> str | None:
