@@ -314,3 +314,31 @@ def test_a_trained_models_next_token_is_linearly_decodable_at_its_last_layer(tra
     top = [r[5] for r in rows if r[0] == last and r[2] == 2]  # layer 2 = resid.1, the last block
     assert min(top) >= 0.98
     assert out["features"]["next_sum_bit"]["acc_final"] >= 0.98
+
+
+def test_a_real_bfs_run_has_its_plateau_found_and_queue_is_quiet(tmp_path):
+    """A real bfs-11 run (tests/data/bfs11_run.json.gz, trained on a GPU with quietlab): the loss sits
+    near 1.05 from about step 600 and drops to 0.06 after step 1900. Its probe rows, with the queue
+    decodable from step 631 and the adjacency row only once the loss falls, must classify as the
+    quiet-features paper found: queue quiet, adjacency loud."""
+    import gzip
+    import json
+    from pathlib import Path
+
+    from quietlab.monitor.features import classify_run
+
+    data = json.load(gzip.open(Path(__file__).parent / "data" / "bfs11_run.json.gz", "rt"))
+    with RunStore(tmp_path / "metrics.sqlite") as store:
+        for name in ("train/loss", "eval/loss"):
+            for step, value in zip(*data[name]):
+                store.log(step, {name: value})
+        store.log_probes([tuple(r) for r in data["probes"]])
+        out = classify_run(store)
+        stored = store.results("transition")
+    t = out["main"]
+    assert t is not None and 1000 <= t["onset"] <= 3000 and 300 <= t["plateau_start"] <= 1000, out
+    assert t["level_before"] > 0.8 and t["level_after"] < 0.15
+    assert out["curve"] in stored and stored[out["curve"]]
+    classes = {name: c["class"] for name, c in out["features"].items()}
+    assert classes["queue"] == "quiet" and classes["visited"] == "quiet" and classes["adjacency"] == "loud", out
+    assert out["features"]["queue"]["decodable_step"] < t["onset"]
