@@ -10,6 +10,7 @@ Token layout of every example: ``input = answer .`` followed by ``.`` padding up
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -100,6 +101,9 @@ class FeatureRecorder:
 
     def __init__(self, n: int, seq_len: int):
         self.n, self.seq_len = n, seq_len
+        # position-major buffers, (seq_len, n, k) and (seq_len, n): a push at one position writes one
+        # contiguous block, and a probe's values[:, t] reads one (2-3x faster generation than
+        # row-major storage); features() hands out their (n, seq_len, ...) transposes
         self._values: dict[str, np.ndarray] = {}
         self._masks: dict[str, np.ndarray] = {}
         self._meta: dict[str, tuple[str, int, str]] = {}
@@ -108,39 +112,53 @@ class FeatureRecorder:
     def declare(self, name: str, kind: str, k: int = 1, n_classes: int = 2, description: str = "") -> None:
         if kind not in FEATURE_KINDS:
             raise ValueError(f"feature kind {kind!r} is not one of {', '.join(FEATURE_KINDS)}")
-        # (n, seq_len, k) views of position-major buffers: a push at one position writes one contiguous
-        # block, and a probe's values[:, t] reads one (2-3x faster generation than row-major storage)
-        self._values[name] = np.zeros((self.seq_len, self.n, k), dtype=self._DTYPES[kind]).transpose(1, 0, 2)
-        self._masks[name] = np.zeros((self.seq_len, self.n), dtype=bool).T
+        self._values[name] = np.zeros((self.seq_len, self.n, k), dtype=self._DTYPES[kind])
+        self._masks[name] = np.zeros((self.seq_len, self.n), dtype=bool)
         self._meta[name] = (kind, n_classes, description)
 
-    def push(self, name: str, pos, value, where=None) -> None:
-        """Record ``value`` at position ``pos`` of every row (or of the rows where ``where`` is True)."""
-        values = self._values[name]
+    def push(self, name: str, pos, value, where=None, rows=None) -> None:
+        """Record ``value`` at position ``pos`` of every row (or of the rows where ``where`` is True).
+
+        ``rows``: record only these rows, with ``pos``, ``value`` and ``where`` given for them alone."""
         value = np.asarray(value)
-        if np.ndim(pos) == 0:  # fast path, one position for every row: plain slicing, no scatter
-            target, value = values[:, pos], value.reshape(-1, 1) if value.ndim == 1 else value
-            if where is None:
-                target[...] = value
-                self._masks[name][:, pos] = True
-            else:
-                where = np.asarray(where, dtype=bool)
-                np.copyto(target, value, casting="unsafe", where=where[:, None])
-                self._masks[name][:, pos] |= where
-            return
+        if rows is None and isinstance(pos, (int, np.integer)):
+            self._push_position(name, pos, value, where)
+        else:
+            self._push_scattered(name, pos, value, where, rows)
+
+    def _push_position(self, name: str, pos: int, value: np.ndarray, where) -> None:
+        """One position for every row: plain slicing of one contiguous block, no scatter."""
+        target = self._values[name][pos]  # (n, k)
+        if value.ndim == 1:
+            value = value[:, None]
+        if where is None:
+            target[...] = value
+            self._masks[name][pos] = True
+        else:
+            where = np.asarray(where, dtype=bool)
+            np.copyto(target, value, casting="unsafe", where=where[:, None])
+            self._masks[name][pos] |= where
+
+    def _push_scattered(self, name: str, pos, value: np.ndarray, where, rows) -> None:
+        """Positions that differ from row to row: each row's k values are written as one memory block."""
+        values = self._values[name]
+        k = values.shape[2]
+        rows = self._rows if rows is None else np.asarray(rows)
         if value.ndim <= 1:
-            value = np.broadcast_to(value.reshape(-1, 1) if value.ndim == 1 else value, (self.n, values.shape[2]))
-        pos = np.broadcast_to(np.asarray(pos), (self.n,))
-        rows = self._rows
+            value = value.reshape(-1, 1) if value.ndim == 1 else value
+        value = np.broadcast_to(value, (len(rows), k))
+        pos = np.broadcast_to(np.asarray(pos), (len(rows),))
         if where is not None:
             where = np.asarray(where, dtype=bool)
             rows, pos, value = rows[where], pos[where], value[where]
-        values[rows, pos] = value
-        self._masks[name][rows, pos] = True
+        index = pos * self.n + rows  # of the (row, position) block in the position-major buffer
+        block = np.dtype((np.void, k * values.itemsize))
+        values.reshape(-1).view(block)[index] = np.ascontiguousarray(value, dtype=values.dtype).view(block).reshape(-1)
+        self._masks[name].reshape(-1)[index] = True
 
     def features(self) -> dict[str, Feature]:
         return {
-            name: Feature(self._values[name], self._masks[name], kind, n_classes, desc)
+            name: Feature(self._values[name].transpose(1, 0, 2), self._masks[name].T, kind, n_classes, desc)
             for name, (kind, n_classes, desc) in self._meta.items()
         }
 
@@ -183,7 +201,7 @@ def _splitmix(x: np.ndarray) -> np.ndarray:
 
 def hash_rows(columns: np.ndarray, seed: int) -> np.ndarray:
     """A 64-bit hash of each row of an integer matrix, a pure function of (row, seed)."""
-    columns = np.ascontiguousarray(columns).astype(np.int64).view(np.uint64)
+    columns = np.ascontiguousarray(columns).astype(np.int64, copy=False).view(np.uint64)
     with np.errstate(over="ignore"):
         h = np.full(len(columns), np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15), dtype=np.uint64)
         for j in range(columns.shape[1]):
@@ -260,19 +278,24 @@ class Task:
                 break
             m = max(16, int((n - have) / frac * 1.1) + 8)
             inputs = self._draw(m, rng)
-            keep = self.in_heldout(inputs) == want_test
-            if keep.any():
-                chunks.append({k: v[keep] for k, v in inputs.items()})
-                have += int(keep.sum())
+            keep = np.flatnonzero(self.in_heldout(inputs) == want_test)[: n - have]  # the first ones only
+            if len(keep):
+                chunks.append({k: v.take(keep, axis=0) for k, v in inputs.items()})
+                have += len(keep)
         else:
             raise RuntimeError(f"{self.name}: could not draw {n} examples from the {split} side")
-        inputs = {k: np.concatenate([c[k] for c in chunks])[:n] for k in chunks[0]} if chunks else self._draw(0, rng)
+        if len(chunks) > 1:
+            inputs = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+        else:
+            inputs = chunks[0] if chunks else self._draw(0, rng)
         return self._build(inputs)
 
     def in_heldout(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """True for examples on the held-out side; a pure function of the example and ``split_seed``."""
         h = hash_rows(self._identity(inputs), self.split_seed)
-        return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53) < self.heldout_fraction
+        # the top 53 bits as a fraction of 2^53 are < heldout_fraction exactly when they are < this
+        bound = np.uint64(math.ceil(self.heldout_fraction * (1 << 53)))
+        return (h >> np.uint64(11)) < bound
 
     def encode(self, text: str) -> np.ndarray:
         if len(text) > self.seq_len:

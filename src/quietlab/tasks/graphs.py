@@ -46,10 +46,10 @@ Speed
 Each algorithm runs over the whole batch, one step per output letter, on (batch, n_nodes) arrays.
 NumPy is slow on very short rows in a few places, and small helpers stand in there with the same
 results: ``_row``/``_set`` (one flat gather/scatter instead of two-array indexing), ``_first``
-(argmax of a bool row, eight flags to a 64-bit word), ``_prefix_count`` (cumsum along the nodes),
-``_Tokens`` (uint8 token rows, each edge written as one block) and ``_RowRecorder`` (writes a row's
-k labels as one block at its own position). benchmarks/generation.py times the tasks against the
-plain per-example references in benchmarks/reference_graphs.py.
+(argmax of a bool row, eight flags to a 64-bit word), ``_prefix_count`` (cumsum along the nodes) and
+``_Tokens`` (uint8 token rows, each edge written as one block); ``FeatureRecorder.push`` writes a
+row's k labels as one block at that row's own position. benchmarks/generation.py times the tasks
+against the plain per-example references in benchmarks/reference_graphs.py.
 """
 
 from __future__ import annotations
@@ -166,29 +166,6 @@ def _first(mask: np.ndarray) -> np.ndarray:
     return (first & np.uint8(8 * words - 1)).astype(np.intp)
 
 
-def _block_view(a: np.ndarray, block: int):
-    """``(flat, s0, s1)`` such that the ``block`` bytes at ``a[i, t]`` are ``flat[i * s0 + t * s1]``,
-    where ``a`` is a strided view of a C-contiguous buffer; None if ``a`` is laid out otherwise."""
-    owner = a
-    while isinstance(owner.base, np.ndarray):
-        owner = owner.base
-    contiguous_block = a.ndim == 2 or a.shape[2] == 1 or a.strides[2] == a.itemsize
-    s0, s1 = a.strides[:2]
-    if (
-        not owner.flags.c_contiguous
-        or owner.ctypes.data != a.ctypes.data
-        or not contiguous_block
-        or s0 < 0
-        or s1 < 0
-        or s0 % block
-        or s1 % block
-        or owner.nbytes % block
-    ):
-        return None
-    flat = owner.reshape(-1).view(np.uint8)
-    return (flat if block == 1 else flat.view(f"V{block}")), s0 // block, s1 // block
-
-
 class _Tokens:
     """Token rows under construction, as uint8 with each row's edge list aligned to whole blocks of
     ``stride`` bytes, so that one edge's tokens are written at once; ``array()`` gives int64 rows."""
@@ -213,52 +190,6 @@ class _Tokens:
 
     def array(self) -> np.ndarray:
         return self.buf[:, self.offset : self.offset + self.seq_len].astype(TOKEN_DTYPE)
-
-
-class _RowRecorder(FeatureRecorder):
-    """A FeatureRecorder for labels at positions that differ from row to row (every row's answer
-    starts after its own prompt).
-
-    ``push(name, pos, value)`` with an array of positions writes each row's k values as one memory
-    block, instead of through numpy's per-element two-array indexing: the same result, many times
-    faster on the position-major buffers. ``push(..., rows=idx)`` records only rows ``idx``, with
-    ``pos`` and ``value`` given for those rows alone. A layout it does not know, one position for
-    all rows, or ``where`` go to FeatureRecorder.push.
-    """
-
-    def __init__(self, n: int, seq_len: int):
-        super().__init__(n, seq_len)
-        self._blocks: dict[str, tuple] = {}
-
-    def declare(self, name: str, kind: str, k: int = 1, n_classes: int = 2, description: str = "") -> None:
-        super().declare(name, kind, k=k, n_classes=n_classes, description=description)
-        values, mask = self._values[name], self._masks[name]
-        value_blocks = _block_view(values, values.shape[2] * values.itemsize)
-        mask_blocks = _block_view(mask, 1) if mask.dtype == bool else None
-        if value_blocks is not None and mask_blocks is not None:
-            self._blocks[name] = (value_blocks, mask_blocks, values.dtype, values.shape[2])
-
-    def push(self, name: str, pos, value, where=None, rows: np.ndarray | None = None) -> None:
-        fast = self._blocks.get(name)
-        if rows is not None and (fast is None or where is not None):  # as a full-batch push with ``where``
-            chosen = np.zeros(self.n, dtype=bool)
-            chosen[rows] = True if where is None else np.asarray(where, dtype=bool)
-            full_pos = np.zeros(self.n, dtype=np.int64)
-            full_pos[rows] = pos
-            value = np.asarray(value)
-            full = np.zeros((self.n, *value.shape[1:]), dtype=value.dtype)
-            full[rows] = value
-            return super().push(name, full_pos, full, where=chosen)
-        if rows is None and (fast is None or where is not None or np.ndim(pos) == 0):
-            return super().push(name, pos, value, where)
-        rows = self._rows if rows is None else np.asarray(rows)
-        (flat, v0, v1), (mask_flat, m0, m1), dtype, k = fast
-        value = np.asarray(value, dtype=dtype)
-        value = np.broadcast_to(value.reshape(-1, 1) if value.ndim == 1 else value, (len(rows), k))
-        pos = np.broadcast_to(np.asarray(pos), (len(rows),))
-        index = rows * v0 + pos * v1
-        flat[index] = np.ascontiguousarray(value).view(flat.dtype).reshape(-1)
-        mask_flat[index if (m0, m1) == (v0, v1) else rows * m0 + pos * m1] = True
 
 
 # --- the shared frame: knobs, vocabulary, prompts, parsing ----------------------------------------
@@ -356,7 +287,7 @@ class GraphTask(Task):
         tokens = _Tokens(size, self.seq_len, self.head, self.stride)
         adj = self.adjacency(edges)
         eq = self._write_prompt(tokens, inputs, adj)
-        rec = _RowRecorder(size, self.seq_len)
+        rec = FeatureRecorder(size, self.seq_len)
         answer_len = self._solve(inputs, adj, tokens, eq, rec)
         # True where the next token is an answer token (positions eq .. eq+L-1) or the end (eq+L)
         t = np.arange(self.seq_len)

@@ -17,23 +17,35 @@ from .base import TOKEN_DTYPE, Batch, FeatureRecorder, Knob, Task
 _LETTERS = string.ascii_uppercase
 
 
+_BLOCK = 1 << 15  # values scaled at a time in _uniform: its 32-bit scratch stays in cache
+
+
 def _uniform(rng: np.random.Generator, shape: tuple[int, ...], k: int) -> np.ndarray:
     """Integers uniform on 0..k-1 (k <= 2^16; uint8 when they fit).
 
     Lemire's multiply-shift on 16-bit draws, redrawing the rare biased ones (2^16 mod k in every
     2^16), so exactly uniform; faster than ``rng.integers`` on small types since every 64-bit draw
-    gives four values."""
+    gives four values. The products are formed a block at a time in one small scratch array, so no
+    batch-sized 32-bit temporaries are written."""
     size = int(np.prod(shape))
     raw = rng.integers(0, 1 << 64, size=-(-size // 4), dtype=np.uint64).astype("<u8", copy=False)
     raw = raw.view("<u2")[:size]  # little-endian pieces: the same values on any machine
-    scaled = raw * np.uint32(k)  # value = scaled >> 16; biased when the low half < 2^16 mod k
+    out = np.empty(size, dtype=np.uint8 if k <= 256 else np.uint16)
+    scaled = np.empty(min(size, _BLOCK), dtype=np.uint32)  # value = scaled >> 16
+    for lo in range(0, size, _BLOCK):
+        block = scaled[: min(_BLOCK, size - lo)]
+        np.multiply(raw[lo : lo + _BLOCK], np.uint32(k), out=block)
+        np.right_shift(block, 16, out=out[lo : lo + _BLOCK], casting="unsafe")
+    # biased where the low half of the product, raw * k mod 2^16, is < 2^16 mod k
     threshold = (1 << 16) % k
-    while True:
-        bad = np.flatnonzero((scaled & 0xFFFF) < threshold)
-        if not len(bad):
-            break
-        scaled[bad] = rng.integers(0, 1 << 16, size=len(bad), dtype=np.uint16) * np.uint32(k)
-    return (scaled >> 16).astype(np.uint8 if k <= 256 else np.uint16).reshape(shape)
+    low = np.uint16(k & 0xFFFF)  # x * k mod 2^16 == x * low mod 2^16, in wrapping 16-bit arithmetic
+    biased = np.flatnonzero(raw * low < threshold)
+    while len(biased):
+        redrawn = rng.integers(0, 1 << 16, size=len(biased), dtype=np.uint16)
+        out[biased] = (redrawn * np.uint32(k)) >> 16
+        still = redrawn * low < threshold
+        biased = biased[still]
+    return out.reshape(shape)
 
 
 def _byte_words(values: np.ndarray) -> np.ndarray:
@@ -114,43 +126,40 @@ class MaxSubarray(Task):
         for feat, doc in self.feature_docs.items():
             kind = "scalar" if feat in ("max_ending_here", "best_so_far") else "binary"
             rec.declare(feat, kind, description=doc)
-        X = _transpose(x).astype(np.int16)  # (position, example)
+        X = _transpose(x)  # (position, example)
         zero = np.zeros(n, dtype=np.int16)
 
         # Kadane's scan; here = max_ending_here, the best sum of a subarray ending at j
-        here, best = X[0].copy(), X[0].copy()
+        here, best = X[0].astype(np.int16), X[0].astype(np.int16)
         start = np.zeros(n, dtype=np.int16)  # where the subarray ending at j starts
-        start_at, best_at = np.zeros((L, n), dtype=np.int16), np.empty((L, n), dtype=np.int16)
-        best_at[0] = best
-        rec.push("max_ending_here", 0, here)
-        rec.push("best_so_far", 0, best)
-        negative = X < 0
-        for j in range(1, L):
-            rec.push("prev_negative", j, negative[j - 1])
-            restart = here < zero  # a negative sum never helps; a zero one keeps its (earlier) start
-            rec.push("restart", j, restart)
-            start = np.maximum(start, restart * np.int16(j))  # start afresh at j
-            here = X[j] + np.maximum(here, zero)
-            rec.push("max_ending_here", j, here)
-            best = np.maximum(best, here)
-            rec.push("best_so_far", j, best)
-            start_at[j], best_at[j] = start, best
         # the answer ends where the best sum is first reached (a later tie would start later or be
         # longer), and starts where the subarray ending there starts
-        best_end = (best_at < best).sum(axis=0, dtype=np.int16)
-        best_start = start_at[best_end, np.arange(n)]
+        best_start, best_end = np.zeros(n, dtype=np.int16), np.zeros(n, dtype=np.int16)
+        rec.push("max_ending_here", 0, here)
+        rec.push("best_so_far", 0, best)
+        for j in range(1, L):
+            rec.push("prev_negative", j, X[j - 1] < 0)
+            restart = here < zero  # a negative sum never helps; a zero one keeps its (earlier) start
+            rec.push("restart", j, restart)
+            np.maximum(start, restart * np.int16(j), out=start)  # start afresh at j
+            here = np.maximum(here, zero)
+            here += X[j]
+            rec.push("max_ending_here", j, here)
+            improved = here > best
+            np.copyto(best_start, start, where=improved)
+            np.copyto(best_end, np.int16(j), where=improved)
+            np.maximum(best, here, out=best)
+            rec.push("best_so_far", j, best)
         for j in range(L):
             rec.push("in_answer", j, (best_start <= j) & (j <= best_end))
 
         # tokens: values, '=', the subarray's letters, then '.'
         size = best_end - best_start + 1
-        tokens = np.zeros((n, self.seq_len), dtype=np.int8)
-        tokens[:, :L] = x
-        tokens[:, :L] += 10
+        tokens = np.zeros((n, self.seq_len), dtype=TOKEN_DTYPE)
+        np.add(x, 10, out=tokens[:, :L], casting="unsafe")
         tokens[:, L] = self.eq_token
         from_start = sliding_window_view(tokens, L, axis=1)[np.arange(n), best_start]  # the row from the start on
-        tokens[:, L + 1 : 2 * L + 1] = from_start * self._first[size]
-        tokens = tokens.astype(TOKEN_DTYPE)
+        np.multiply(from_start, self._first[size], out=tokens[:, L + 1 : 2 * L + 1])
         loss_mask = self._loss_rows[size]
         return Batch(tokens, loss_mask, rec.features())
 
