@@ -224,6 +224,7 @@ def ablate_cmd(
     controls: int = typer.Option(32, "--controls", help="Random-direction controls."),
     step: Optional[int] = typer.Option(None, "--step", help="Checkpoint step (default: the last)."),
     seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda, cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ):
     """Ablate a probed feature and compare with random directions: does the model need it?"""
@@ -232,13 +233,14 @@ def ablate_cmd(
     from .interventions.ablation import ablate
     from .runs import RunFolder
     from .train.checkpoint import load_run
+    from .train.loop import resolve_device
 
     if (feature is None) == (not all_features):
         raise ValueError("give --feature NAME or --all")
     if examples < 1 or controls < 0:
         raise ValueError("--examples must be >= 1 and --controls >= 0")
     layer_arg = layer if layer == "auto" else _int_option("--layer", layer)
-    model, task, _, at_step = load_run(run, step=step)
+    model, task, _, at_step = load_run(run, step=step, device=resolve_device(device))
     names = list(task.sample(1, split="test").features) if all_features else [feature]
     results = []
     with Progress(console=err_console, transient=True, disable=as_json) as bar:

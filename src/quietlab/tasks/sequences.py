@@ -145,9 +145,10 @@ class MaxSubarray(Task):
             here = np.maximum(here, zero)
             here += X[j]
             rec.push("max_ending_here", j, here)
+            # start and j only grow, so the latest improvement's are the largest (and masked copies are slow)
             improved = here > best
-            np.copyto(best_start, start, where=improved)
-            np.copyto(best_end, np.int16(j), where=improved)
+            np.maximum(best_start, improved * start, out=best_start)
+            np.maximum(best_end, improved * np.int16(j), out=best_end)
             np.maximum(best, here, out=best)
             rec.push("best_so_far", j, best)
         for j in range(L):
