@@ -267,8 +267,11 @@ def test_online_detector_reports_plateaus_before_and_transitions_after():
     det = OnlineDetector()
     for x, v in zip(STEPS, y):
         new = det.update(x, v)
-        if new:  # the status line tells the latest news
-            assert det.status == new[-1].text
+        if new:  # the status line tells the latest news, keeping the last transition in view
+            assert det.status.endswith(new[-1].text)
+            if new[-1].kind == "plateau" and any(e.kind == "transition" for e in det.events):
+                last = [e for e in det.events if e.kind == "transition"][-1]
+                assert det.status == f"{last.text} · {new[-1].text}"
     kinds = [e.kind for e in det.events]
     assert kinds[:4] == ["plateau", "transition", "plateau", "transition"], det.events
     p1, t1, p2, t2 = det.events[:4]

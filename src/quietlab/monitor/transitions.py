@@ -807,7 +807,8 @@ class OnlineDetector:
     re-run on all points so far each time their number has grown by the fraction ``every``
     (so about ``log(n)/every`` passes in all, each O(n log n) plus O(max_bins^2): a 100k-step run
     costs one to a few seconds in all). ``status`` is a short string for a progress bar:
-    ``"plateau since step 300"``, ``"transition at step 2900"`` or ``""``; ``unit`` is the word
+    ``"plateau since step 300"``, ``"transition at step 2900"`` (followed by ``" · plateau since
+    step 4000"`` once the curve is flat again) or ``""``; ``unit`` is the word
     used for x in it ("step", "epoch", "FLOPs"...). The other options are those of
     :func:`detect_transitions`. ``finish()`` analyses whatever came since the last pass.
 
@@ -901,6 +902,8 @@ class OnlineDetector:
                 text = f"plateau since {self.unit} {_fmt(p.start)}"
                 new.append(Event("plateau", p.start, text, now))
                 self._plateau_reported = True
-                self.status = text
+                # after a transition the flat stretch may be the next plateau or the converged tail:
+                # the status keeps the transition in view
+                self.status = f"{self.status} · {text}" if self.status.startswith("transition") else text
         self.events.extend(new)
         return new

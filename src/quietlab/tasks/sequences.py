@@ -17,7 +17,7 @@ from .base import TOKEN_DTYPE, Batch, FeatureRecorder, Knob, Task
 _LETTERS = string.ascii_uppercase
 
 
-_BLOCK = 1 << 15  # values scaled at a time in _uniform: its 32-bit scratch stays in cache
+_BLOCK = 1 << 15  # values drawn at a time in _uniform (a multiple of 4): its scratch stays in cache
 
 
 def _uniform(rng: np.random.Generator, shape: tuple[int, ...], k: int) -> np.ndarray:
@@ -25,26 +25,26 @@ def _uniform(rng: np.random.Generator, shape: tuple[int, ...], k: int) -> np.nda
 
     Lemire's multiply-shift on 16-bit draws, redrawing the rare biased ones (2^16 mod k in every
     2^16), so exactly uniform; faster than ``rng.integers`` on small types since every 64-bit draw
-    gives four values. The products are formed a block at a time in one small scratch array, so no
-    batch-sized 32-bit temporaries are written."""
+    gives four values. Drawn and scaled a block at a time (the same 64-bit stream as one big draw),
+    so that no batch-sized temporaries are written: only the result is."""
     size = int(np.prod(shape))
-    raw = rng.integers(0, 1 << 64, size=-(-size // 4), dtype=np.uint64).astype("<u8", copy=False)
-    raw = raw.view("<u2")[:size]  # little-endian pieces: the same values on any machine
     out = np.empty(size, dtype=np.uint8 if k <= 256 else np.uint16)
     scaled = np.empty(min(size, _BLOCK), dtype=np.uint32)  # value = scaled >> 16
+    low = np.uint16(k & 0xFFFF)  # the low half of x * k is x * low in wrapping 16-bit arithmetic
+    threshold = (1 << 16) % k  # biased where that low half is < 2^16 mod k
+    biased = []
     for lo in range(0, size, _BLOCK):
-        block = scaled[: min(_BLOCK, size - lo)]
-        np.multiply(raw[lo : lo + _BLOCK], np.uint32(k), out=block)
-        np.right_shift(block, 16, out=out[lo : lo + _BLOCK], casting="unsafe")
-    # biased where the low half of the product, raw * k mod 2^16, is < 2^16 mod k
-    threshold = (1 << 16) % k
-    low = np.uint16(k & 0xFFFF)  # x * k mod 2^16 == x * low mod 2^16, in wrapping 16-bit arithmetic
-    biased = np.flatnonzero(raw * low < threshold)
+        m = min(_BLOCK, size - lo)
+        raw = rng.integers(0, 1 << 64, size=-(-m // 4), dtype=np.uint64).astype("<u8", copy=False)
+        raw = raw.view("<u2")[:m]  # little-endian pieces: the same values on any machine
+        np.multiply(raw, np.uint32(k), out=scaled[:m])
+        np.right_shift(scaled[:m], 16, out=out[lo : lo + m], casting="unsafe")
+        biased.append(lo + np.flatnonzero(raw * low < threshold))
+    biased = np.concatenate(biased) if biased else np.zeros(0, dtype=np.intp)
     while len(biased):
         redrawn = rng.integers(0, 1 << 16, size=len(biased), dtype=np.uint16)
         out[biased] = (redrawn * np.uint32(k)) >> 16
-        still = redrawn * low < threshold
-        biased = biased[still]
+        biased = biased[redrawn * low < threshold]
     return out.reshape(shape)
 
 
@@ -108,7 +108,9 @@ class MaxSubarray(Task):
         self._loss_rows = _span_mask(self.seq_len, np.full(L + 1, L), L + np.arange(L + 1))
 
     def _draw(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        return {"values": _uniform(rng, (n, self.length), 19).view(np.int8) - np.int8(9)}
+        values = _uniform(rng, (n, self.length), 19).view(np.int8)
+        values -= 9
+        return {"values": values}
 
     def _identity(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         return _byte_words(inputs["values"])
