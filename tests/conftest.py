@@ -11,6 +11,19 @@ ADDITION_RUN = dict(task="addition", task_sizes={"n_bits": 5}, d_model=32, n_lay
                     checkpoint_every=1000, checkpoint_per_decade=0, device="cpu")
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models and problems: one thread for torch and for the BLAS under scikit-learn is fastest and
+    deterministic (spinning BLAS threads on a busy 2-core machine make sklearn a hundred times slower)."""
+    from threadpoolctl import threadpool_limits
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def trained_addition(tmp_path_factory):
     """(run_dir, final metrics) of a 5-bit addition model trained to completion."""

@@ -18,12 +18,7 @@ from quietlab.train.decode import greedy_decode
 EPS = 1e-6  # RMSNorm epsilon of the model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- the reference ----------------------------------------------------------------------------

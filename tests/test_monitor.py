@@ -18,12 +18,7 @@ from quietlab.monitor.transitions import detect_transitions
 from quietlab.runs import RunFolder, RunStore
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sigmoid(x):

@@ -20,17 +20,7 @@ L2 = 1e-3
 N, T, D = 500, 3, 10
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small problems: one thread for torch and for the BLAS under sklearn (spinning BLAS threads on a
-    busy 2-core machine make sklearn a hundred times slower)."""
-    from threadpoolctl import threadpool_limits
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def correlated_acts(rng, layers=2, n=N, t=T, d=D):

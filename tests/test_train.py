@@ -26,12 +26,7 @@ from quietlab.train.loop import ExampleStream
 from quietlab.train.schedule import log_spaced_steps, make_optimizer, schedule_steps
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is fastest, and deterministic
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**kw) -> TrainConfig:

@@ -128,16 +128,22 @@ class FeatureRecorder:
 
     def _push_position(self, name: str, pos: int, value: np.ndarray, where) -> None:
         """One position for every row: plain slicing of one contiguous block, no scatter."""
-        target = self._values[name][pos]  # (n, k)
+        target, mask = self._values[name][pos], self._masks[name][pos]  # (n, k), (n,)
         if value.ndim == 1:
             value = value[:, None]
         if where is None:
             target[...] = value
-            self._masks[name][pos] = True
+            mask[...] = True
+            return
+        where = np.asarray(where, dtype=bool)
+        if value.dtype.kind in "biu" and not mask.any():
+            # nothing recorded at pos yet, so the other rows hold zeros: a product, much faster than a
+            # masked copy
+            np.multiply(value, where[:, None], out=target, casting="unsafe")
+            mask[...] = where
         else:
-            where = np.asarray(where, dtype=bool)
             np.copyto(target, value, casting="unsafe", where=where[:, None])
-            self._masks[name][pos] |= where
+            mask |= where
 
     def _push_scattered(self, name: str, pos, value: np.ndarray, where, rows) -> None:
         """Positions that differ from row to row: each row's k values are written as one memory block."""
