@@ -209,16 +209,17 @@ class ActivitySelection(Task):
         starts, ends = np.triu_indices(T + 1, k=1)  # every pair start < end <= T
         # by number of kept activities c: 1 on the answer letters (2c of them), and the loss mask
         answer_len = 2 * np.arange(self.n + 1)
-        self._answer_rows = (np.arange(self.seq_len - eq - 1) < answer_len[:, None]).astype(np.int8)
+        self._answer_rows = (np.arange(self.seq_len - eq - 1) < answer_len[:, None]).astype(TOKEN_DTYPE)
         self._loss_rows = _span_mask(self.seq_len, np.full(self.n + 1, eq), eq + answer_len)
-        self._pair_start, self._pair_end = starts.astype(np.int8), ends.astype(np.int8)
+        # (start, end) of every pair as one 16-bit item, so that one gather gives both
+        self._pair_times = np.stack([starts, ends], axis=1).astype(np.int8).view(np.int16)[:, 0]
         self._pair_index = np.full((T + 1, T + 1), -1, dtype=np.int16)  # (start, end) -> pair, -1 if end <= start
         self._pair_index[starts, ends] = np.arange(len(starts))
         self._pair_dtype = np.uint8 if len(starts) <= 256 else np.uint16
 
     def _draw(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         # each activity as the index of its (start, end) pair in the table of all pairs
-        return {"pair": _uniform(rng, (n, self.n), len(self._pair_start))}
+        return {"pair": _uniform(rng, (n, self.n), len(self._pair_times))}
 
     def _identity(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         return _byte_words(np.ascontiguousarray(inputs["pair"]).view(np.int8))
@@ -235,7 +236,8 @@ class ActivitySelection(Task):
 
     def _build(self, inputs: dict[str, np.ndarray]) -> Batch:
         pair = inputs["pair"]
-        start, end = np.take(self._pair_start, pair), np.take(self._pair_end, pair)
+        times = np.take(self._pair_times, pair).view(np.int8)  # start_0, end_0, start_1, ...
+        start, end = times[:, 0::2], times[:, 1::2]
         n, m = start.shape
         T = self.max_time
         eq = 2 * m
@@ -287,7 +289,7 @@ class ActivitySelection(Task):
             rec.push("start_time", at + 1, kept_start[c], where=valid)
             rec.push("compatible", at + 1, start >= kept_end[c][:, None], where=valid)
 
-        tokens = np.zeros((n, self.seq_len), dtype=np.int8)
+        tokens = np.zeros((n, self.seq_len), dtype=TOKEN_DTYPE)
         tokens[:, :m] = start
         tokens[:, m:eq] = end
         tokens[:, eq + 1 : eq + 1 + 2 * m : 2] = kept_start[:m].T
@@ -296,4 +298,4 @@ class ActivitySelection(Task):
         tokens[:, eq + 1 :] *= self._answer_rows[count]  # padding (and the scratch slot) after the answer: 0
         tokens[:, eq] = self.eq_token
         loss_mask = self._loss_rows[count]
-        return Batch(tokens.astype(TOKEN_DTYPE), loss_mask, rec.features())
+        return Batch(tokens, loss_mask, rec.features())
