@@ -224,7 +224,7 @@ def test_monitor_writes_probes_statistics_and_classes(monitored_run):
         assert set(classes) == set(features)
         assert all(c["class"] in CLASSES and c["best_layer"] in (0, 1, 2) for c in classes.values())
         assert "eval/loss" in store.results("transition")
-    assert monitor.status() == monitor.detector.status
+    assert monitor.status() == monitor.losses.status
 
 
 def test_probe_set_is_held_out_and_fixed():
@@ -311,18 +311,49 @@ def test_a_trained_models_next_token_is_linearly_decodable_at_its_last_layer(tra
     assert out["features"]["next_sum_bit"]["acc_final"] >= 0.98
 
 
+def load_bfs11_run() -> dict:
+    import gzip
+    import json
+    from pathlib import Path
+
+    return json.load(gzip.open(Path(__file__).parent / "data" / "bfs11_run.json.gz", "rt"))
+
+
+def test_the_online_watch_reports_the_real_bfs_transition_while_training(tmp_path):
+    """Replays the real bfs-11 run as the training loop logs it (train/loss flushed before each
+    evaluation): its sparse eval/loss shows only a plateau, the per-step train/loss the transition."""
+    from quietlab.monitor.monitor import LossWatch
+
+    data = load_bfs11_run()
+    train_steps, train_loss = data["train/loss"]
+    events, statuses = [], []
+    with RunStore(tmp_path / "metrics.sqlite") as store:
+        watch = LossWatch(store, events.append)
+        i = 0
+        for step, loss in zip(*data["eval/loss"]):
+            while i < len(train_steps) and train_steps[i] <= step:
+                store.log(train_steps[i], {"train/loss": train_loss[i]})
+                i += 1
+            watch.update(step, loss)
+            statuses.append((step, watch.status))
+        watch.finish()
+    transitions = [e for e in events if e.kind == "transition"]
+    assert len(transitions) == 1 and 1000 <= transitions[0].step <= 3000, events
+    first = next(step for step, status in statuses if status.startswith("transition"))
+    assert transitions[0].step < first <= 10_000  # reported after its onset, long before the run ends
+    assert all(status.startswith("transition") for step, status in statuses if step >= first)  # no flicker
+    plateau = next(s for step, s in statuses if s.startswith("plateau"))
+    assert int(plateau.split()[-1]) < transitions[0].step
+
+
 def test_a_real_bfs_run_has_its_plateau_found_and_queue_is_quiet(tmp_path):
     """A real bfs-11 run (tests/data/bfs11_run.json.gz, trained on a GPU with quietlab): the loss sits
     near 1.05 from about step 600 and drops to 0.06 after step 1900. Its probe rows, with the queue
     decodable from step 631 and the adjacency row only once the loss falls, must classify as the
     quiet-features paper found: queue quiet, adjacency loud."""
-    import gzip
-    import json
-    from pathlib import Path
-
     from quietlab.monitor.features import classify_run
 
-    data = json.load(gzip.open(Path(__file__).parent / "data" / "bfs11_run.json.gz", "rt"))
+    data = load_bfs11_run()
     with RunStore(tmp_path / "metrics.sqlite") as store:
         for name in ("train/loss", "eval/loss"):
             for step, value in zip(*data[name]):

@@ -22,7 +22,9 @@ What it records (names as in metrics.sqlite):
 - ``grad/q|k|v/L{l}/H{h}``: mean |gradient| of that head's rows of the Q, K and V parts of the ``qkv``
   weight, taken in ``after_backward`` at about ``stats_per_decade`` log-spaced steps per decade.
 - results ``event`` (key ``f"{step}:{kind}"``): "plateau since step N" and "transition at step M",
-  from an :class:`~quietlab.monitor.transitions.OnlineDetector` fed with ``eval/loss``; ``status()``
+  from an :class:`~quietlab.monitor.transitions.OnlineDetector` fed with ``eval/loss``, and a second
+  one fed with the per-step ``train/loss`` (fresh examples every step: the same population loss, densely
+  sampled), whose transitions count where the sparser evaluations have not shown one; ``status()``
   shows the latest for the progress bar.
 - at the last step (``classify_at_end``): results ``transition`` and ``feature_class`` (features.py).
 
@@ -197,7 +199,7 @@ class Monitor:
         self.probe_kwargs = dict(probe_kwargs or {})
         self.store = None
         self.total: int | None = None
-        self.detector = None
+        self.losses: LossWatch | None = None
         self.last_probe_step = -1
         self.probe_seconds = 0.0  # in probes (capture + fit + store)
         self.spent = 0.0  # in all of the monitor's hooks
@@ -241,12 +243,8 @@ class Monitor:
         # resume: continue after what the store already holds
         probed = sorted({r[0] for r in store.probes(names[0])}) if names else []
         self.last_probe_step = probed[-1] if probed else -1
-        # the detector sees the whole eval/loss curve, also the part logged before a resume
-        self.detector = OnlineDetector(log_x=True, direction="down", unit="step")
-        for s, v in zip(*store.series("eval/loss")):
-            if v is not None:
-                self.detector.update(s, v)
-        self._status = self.detector.status
+        self.losses = LossWatch(store, self._record_event)
+        self._status = self.losses.status
         self.spent = self._fixed = self.timings["attach"] = time.perf_counter() - self._t0
 
     def after_backward(self, step: int, model) -> None:
@@ -273,11 +271,8 @@ class Monitor:
 
     def _on_eval(self, step: int, model, metrics: dict) -> None:
         t0 = time.perf_counter()
-        loss = metrics.get("eval/loss") if metrics else None
-        if loss is not None and math.isfinite(loss):
-            for ev in self.detector.update(step, loss):
-                self._record_event(ev)
-            self._status = self.detector.status
+        self.losses.update(step, metrics.get("eval/loss") if metrics else None)
+        self._status = self.losses.status
         t0 = self._took("detector", t0)
         entropy = attention_entropy(model, self._entropy_tokens)
         if entropy:
@@ -322,11 +317,10 @@ class Monitor:
 
     def finish(self, step: int | None = None) -> dict:
         """End of training: last detector pass, then transitions and feature classes into the store."""
-        if self.detector is None:
+        if self.losses is None:
             raise RuntimeError("Monitor.finish() before attach()")
-        for ev in self.detector.finish():
-            self._record_event(ev)
-        self._status = self.detector.status
+        self.losses.finish()
+        self._status = self.losses.status
         if not self.classify_at_end or self.store is None:
             return {}
         from .features import classify_run
@@ -395,6 +389,60 @@ class Monitor:
         self.store.put("event", f"{step}:{ev.kind}",
                        {"step": step, "kind": ev.kind, "text": ev.text, "reported_at": int(round(ev.reported_at))},
                        step=step)
+
+
+class LossWatch:
+    """Plateaus and transitions of a run's loss while it trains: one :class:`OnlineDetector` on
+    ``eval/loss``, fed at each evaluation, and one on the per-step ``train/loss``, read from the store
+    as it grows. Every step draws fresh examples, so the training loss estimates the same population
+    loss, sampled densely enough to resolve a plateau that evaluations only touch a few times; its
+    transitions count while the eval/loss detector has seen none. Events go to ``record``."""
+
+    def __init__(self, store, record):
+        self.store, self.record = store, record
+        self.eval = OnlineDetector(log_x=True, direction="down", unit="step")
+        self.train = OnlineDetector(log_x=True, direction="down", unit="step", every=0.1)
+        self._train_seen = -1
+        for s, v in zip(*store.series("eval/loss")):  # also what was logged before a resume
+            if v is not None:
+                self.eval.update(s, v)
+        self._feed_train()
+
+    def update(self, step: int, eval_loss: float | None) -> None:
+        if eval_loss is not None and math.isfinite(eval_loss):
+            for ev in self.eval.update(step, eval_loss):
+                self.record(ev)
+        self._feed_train()
+
+    def finish(self) -> None:
+        for ev in self.eval.finish():
+            self.record(ev)
+        self._feed_train(finish=True)
+
+    @property
+    def status(self) -> str:
+        if not _reported_transition(self.eval) and _reported_transition(self.train):
+            return self.train.status
+        return self.eval.status or self.train.status
+
+    def _feed_train(self, finish: bool = False) -> None:
+        steps, values = self.store.series("train/loss", after=self._train_seen)
+        events = []
+        for s, v in zip(steps, values):
+            if v is not None:
+                events += self.train.update(s, v)
+        if finish:
+            events += self.train.finish()
+        if steps:
+            self._train_seen = steps[-1]
+        if not _reported_transition(self.eval):
+            for ev in events:
+                if ev.kind == "transition":
+                    self.record(ev)
+
+
+def _reported_transition(detector: OnlineDetector) -> bool:
+    return any(e.kind == "transition" for e in detector.events)
 
 
 def probe_run(run_dir, features: Sequence[str] | None = None, probe_examples: int = 2000, device=None,

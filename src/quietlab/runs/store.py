@@ -71,8 +71,10 @@ class RunStore:
             self._db.execute("DELETE FROM probes WHERE step > ?", (step,))
 
     # --- reading ----------------------------------------------------------------------------
-    def series(self, name: str) -> tuple[list[int], list[float]]:
-        rows = self._db.execute("SELECT step, value FROM metrics WHERE name = ? ORDER BY step", (name,)).fetchall()
+    def series(self, name: str, after: int | None = None) -> tuple[list[int], list[float]]:
+        """(steps, values) of one metric, in step order; ``after``: only the steps past it."""
+        rows = self._db.execute("SELECT step, value FROM metrics WHERE name = ? AND step > ? ORDER BY step",
+                                (name, -1 if after is None else after)).fetchall()
         return [r[0] for r in rows], [r[1] for r in rows]
 
     def metric_names(self, prefix: str = "") -> list[str]:
