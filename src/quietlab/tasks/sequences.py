@@ -211,15 +211,16 @@ class ActivitySelection(Task):
         answer_len = 2 * np.arange(self.n + 1)
         self._answer_rows = (np.arange(self.seq_len - eq - 1) < answer_len[:, None]).astype(TOKEN_DTYPE)
         self._loss_rows = _span_mask(self.seq_len, np.full(self.n + 1, eq), eq + answer_len)
+        self._pair_start, self._pair_end = starts.astype(np.int8), ends.astype(np.int8)
         # (start, end) of every pair as one 16-bit item, so that one gather gives both
-        self._pair_times = np.stack([starts, ends], axis=1).astype(np.int8).view(np.int16)[:, 0]
+        self._pair_times = np.stack([self._pair_start, self._pair_end], axis=1).view(np.int16)[:, 0]
         self._pair_index = np.full((T + 1, T + 1), -1, dtype=np.int16)  # (start, end) -> pair, -1 if end <= start
         self._pair_index[starts, ends] = np.arange(len(starts))
         self._pair_dtype = np.uint8 if len(starts) <= 256 else np.uint16
 
     def _draw(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         # each activity as the index of its (start, end) pair in the table of all pairs
-        return {"pair": _uniform(rng, (n, self.n), len(self._pair_times))}
+        return {"pair": _uniform(rng, (n, self.n), len(self._pair_start))}
 
     def _identity(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         return _byte_words(np.ascontiguousarray(inputs["pair"]).view(np.int8))
