@@ -297,12 +297,13 @@ def probe_cmd(
                                                                       description=f"probed step {step}"))
     rows = [out["features"][n] for n in out["feature_order"] if n in out["features"]]
     if as_json:
-        print(json.dumps({"run": run, "checkpoints": out["steps"], "transition": out["main"],
+        print(json.dumps({"run": run, "checkpoints": out["steps"], "curve": out["curve"], "transition": out["main"],
                           "transitions": out["transitions"], "features": rows}, indent=2))
         return
     t = out["main"]
-    where = (f"transition in eval/loss from step {t['onset']:g} to {t['end']:g} "
-             f"(loss {t['level_before']:.3g} → {t['level_after']:.3g})" if t else "no transition in eval/loss")
+    curve = out["curve"]
+    where = (f"transition in {curve} from step {t['onset']:g} to {t['end']:g} "
+             f"(loss {t['level_before']:.3g} → {t['level_after']:.3g})" if t else "no transition in the loss")
     table = Table(title=f"{run} · {len(out['steps'])} checkpoints · {where}")
     for col in ("feature", "layer", "decodable from", "before drop", "final", "random init", "class"):
         table.add_column(col, justify="left" if col in ("feature", "class") else "right", no_wrap=col == "feature")
