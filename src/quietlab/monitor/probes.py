@@ -483,7 +483,7 @@ def _fit_logistic(X, w, y, kind, C, gram, l2, max_iter, tol, history=10, ftol=1e
 
     W = torch.zeros(P, G, g, d, device=dev)
     f, gW, gb = fg(W, b)
-    mem = []  # (sW, sb, yW, yb, rho), newest last; rho = 0 marks an entry a problem does not use
+    mem = []  # (sW, sb, yW, yb, rho, yᵀH0y), newest last; rho = 0 marks an entry a problem does not use
     pW, pb = h0(gW, gb)
     dW, db = -pW, -pb
     alpha = torch.ones(P, G, device=dev)
@@ -501,7 +501,8 @@ def _fit_logistic(X, w, y, kind, C, gram, l2, max_iter, tol, history=10, ftol=1e
         yW, yb = torch.where(e4(ok), gWt - gW, 0.0), torch.where(e3(ok), gbt - gb, 0.0)
         sy = dot(sW, sb, yW, yb)
         rho = torch.where(ok & (sy > 1e-12), 1.0 / sy.clamp(min=1e-12), torch.zeros_like(sy))
-        mem = (mem + [(sW, sb, yW, yb, rho)])[-history:]
+        yHy = dot(yW, yb, *h0(yW, yb))  # for the H0 scaling, computed once per entry
+        mem = (mem + [(sW, sb, yW, yb, rho, yHy)])[-history:]
         decrease = f - ft
         W, b = torch.where(e4(ok), Wt, W), torch.where(e3(ok), bt, b)
         f = torch.where(ok, ft, f)
@@ -518,23 +519,23 @@ def _fit_logistic(X, w, y, kind, C, gram, l2, max_iter, tol, history=10, ftol=1e
         active = active & ~done & ~stuck
         if it % 4 == 0 and not bool(active.any()):  # a device sync: not every iteration
             break
-        if bool(reset.any()):
-            mem = [(a, b_, c, d_, torch.where(reset, 0.0, r)) for a, b_, c, d_, r in mem]
+        # forget the reset problems' memory (no `if reset.any()`: a device sync every iteration costs
+        # more on a GPU than these few elementwise ops)
+        mem = [(a, b_, c, d_, torch.where(reset, 0.0, r), yhy) for a, b_, c, d_, r, yhy in mem]
         fresh = ok | reset
         # two-loop recursion (entries with rho = 0 are no-ops)
         qW, qb = gW, gb
         coef = []
-        for sW_, sb_, yW_, yb_, r in reversed(mem):
+        for sW_, sb_, yW_, yb_, r, _ in reversed(mem):
             a = r * dot(sW_, sb_, qW, qb)
             coef.append(a)
             qW, qb = qW - e4(a) * yW_, qb - e3(a) * yb_
         rW, rb = h0(qW, qb)
         gamma = torch.ones_like(alpha)  # H0 scaled by the newest usable sᵀy / yᵀH0y
-        for sW_, sb_, yW_, yb_, r in mem:
-            hW, hb = h0(yW_, yb_)
-            gamma = torch.where(r > 0, 1.0 / (r * dot(yW_, yb_, hW, hb)).clamp(min=1e-30), gamma)
+        for *_, r, yhy in mem:
+            gamma = torch.where(r > 0, 1.0 / (r * yhy).clamp(min=1e-30), gamma)
         rW, rb = rW * e4(gamma), rb * e3(gamma)
-        for (sW_, sb_, yW_, yb_, r), a in zip(mem, reversed(coef)):
+        for (sW_, sb_, yW_, yb_, r, _), a in zip(mem, reversed(coef)):
             bcoef = r * dot(yW_, yb_, rW, rb)
             rW, rb = rW + e4(a - bcoef) * sW_, rb + e3(a - bcoef) * sb_
         descent = (dot(gW, gb, rW, rb) > 0) & ~reset  # H g must point uphill so that -H g descends
