@@ -85,6 +85,33 @@ def test_classification_probes_match_sklearn(kind, k, n_classes):
             np.testing.assert_allclose(res.per_output[res.index(layer, t)], accs, atol=0.02)
 
 
+@pytest.mark.parametrize("kind,k,n_classes", [("binary", 1, 2), ("categorical", 2, 4)])
+def test_a_warm_start_reaches_the_probes_of_a_cold_one(kind, k, n_classes):
+    """Started from earlier probes (a perturbed copy, or ones blown up a hundredfold, as probes of
+    separable data can be), the fit ends where the cold fit does, and from good probes sooner."""
+    import dataclasses
+
+    rng = np.random.default_rng(7)
+    acts = correlated_acts(rng)
+    X0 = acts[0].numpy()
+    z = np.einsum("ntd,dk->ntk", (X0 - X0.mean((0, 1))) / X0.std((0, 1)), rng.standard_normal((D, k * n_classes)))
+    z = z + 0.5 * rng.standard_normal(z.shape)
+    values = (z.reshape(N, T, k, n_classes).argmax(-1).astype(np.int16) if kind == "categorical"
+              else (z > 0).astype(np.uint8))
+    feature = Feature(values, np.ones((N, T), bool), kind, n_classes)
+    tr, te = split_probe_set(N, 0.3, seed=0)
+    kw = dict(l2=L2, max_iter=300, tol=1e-4)
+    cold = fit_probes(acts, feature, tr, te, **kw)
+    nearby = dataclasses.replace(cold, weight=cold.weight * 1.05, bias=cold.bias * 1.05)
+    far = dataclasses.replace(cold, weight=cold.weight * 100, bias=cold.bias * 100)
+    for start in (nearby, far):
+        warm = fit_probes(acts, feature, tr, te, init={"x": start}, name="x", **kw)
+        assert warm.pairs == cold.pairs
+        np.testing.assert_allclose(warm.metrics["acc"], cold.metrics["acc"], atol=0.01)
+        np.testing.assert_allclose(warm.metrics["logloss"], cold.metrics["logloss"], rtol=0.01, atol=1e-3)
+    assert fit_probes(acts, feature, tr, te, init={"x": nearby}, name="x", **kw).n_iter < cold.n_iter
+
+
 def test_ridge_probes_match_sklearn():
     rng = np.random.default_rng(2)
     acts = correlated_acts(rng)

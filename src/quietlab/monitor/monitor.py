@@ -29,7 +29,8 @@ What it records (names as in metrics.sqlite):
 - at the last step (``classify_at_end``): results ``transition`` and ``feature_class`` (features.py).
 
 Cost: the probe set is captured in one no-grad pass, features that share a solver and a mask are fitted
-as one batched problem, on the model's device by default. A time budget (``max_overhead``, default
+as one batched problem, on the model's device by default, each probe starting from the same pair's probe
+of the previous probe step (the solver then needs fewer passes). A time budget (``max_overhead``, default
 8% for the optional work, leaving room for the two mandatory probes within 10%) puts a scheduled probe
 off to a later evaluation while the monitor would exceed it (step 0 and the last step are always
 probed), so short CPU runs get fewer early probes rather than a slower run;
@@ -158,6 +159,7 @@ class Monitor:
     attach and the two mandatory probes, about half a second each on a CPU) above its allowance: this
     fraction of the expected training time, shared evenly among the scheduled probe points (of the
     training time so far when the run's length is unknown); None probes strictly on schedule.
+    ``warm_start``: each probe starts from the previous probe step's (see ``fit_features``' ``init``).
     ``deferred`` counts the put-offs;
     ``spent`` is the monitor's whole time, ``probe_seconds`` the part spent in probes.
     """
@@ -176,6 +178,7 @@ class Monitor:
         classify_at_end: bool = True,
         margin: float = 0.02,
         max_overhead: float | None = 0.08,
+        warm_start: bool = True,
         probe_kwargs: dict | None = None,
     ):
         if isinstance(schedule, str) and schedule not in ("log", "eval"):
@@ -196,10 +199,12 @@ class Monitor:
         self.classify_at_end = classify_at_end
         self.margin = margin
         self.max_overhead = max_overhead
+        self.warm_start = warm_start
         self.probe_kwargs = dict(probe_kwargs or {})
         self.store = None
         self.total: int | None = None
         self.losses: LossWatch | None = None
+        self._last_probes: dict | None = None
         self.last_probe_step = -1
         self.probe_seconds = 0.0  # in probes (capture + fit + store)
         self.spent = 0.0  # in all of the monitor's hooks
@@ -301,7 +306,9 @@ class Monitor:
         t0 = time.perf_counter()
         acts = capture_layers(model, self.tokens, device=self.device)
         kwargs = {"max_iter": 60, **self.probe_kwargs}
-        results = fit_features(acts, self.feature_set, self.train_idx, self.test_idx, device=self.device, **kwargs)
+        results = fit_features(acts, self.feature_set, self.train_idx, self.test_idx, device=self.device,
+                               init=self._last_probes, **kwargs)
+        self._last_probes = results if self.warm_start else None  # the next probe step starts from these
         del acts
         rows = [r for name, res in results.items() for r in res.rows(step, name)]
         self.store.log_probes(rows)
@@ -446,7 +453,8 @@ def _reported_transition(detector: OnlineDetector) -> bool:
 
 
 def probe_run(run_dir, features: Sequence[str] | None = None, probe_examples: int = 2000, device=None,
-              steps: Sequence[int] | None = None, margin: float = 0.02, progress=None, **probe_kwargs) -> dict:
+              steps: Sequence[int] | None = None, margin: float = 0.02, progress=None, warm_start: bool = True,
+              **probe_kwargs) -> dict:
     """Re-fit probes on a finished run's checkpoints (all of them by default), write their rows to the
     run's store, then detect the transition and classify the features (``features.classify_run``).
 
@@ -469,7 +477,7 @@ def probe_run(run_dir, features: Sequence[str] | None = None, probe_examples: in
     todo = available if steps is None else [int(s) for s in steps]
     device = torch.device(device) if device is not None else torch.device("cpu")
     batch = names = tokens = feats = None
-    train_idx = test_idx = None
+    train_idx = test_idx = results = None
     with folder.store() as store:
         for i, step in enumerate(todo):
             model, task, cfg, step = load_run(folder.path, step=step, device=device)
@@ -483,7 +491,8 @@ def probe_run(run_dir, features: Sequence[str] | None = None, probe_examples: in
                 train_idx, test_idx = split_probe_set(len(batch), 0.2, seed=cfg.seed)
                 tokens, feats = trim_to_features(batch.tokens, {n: batch.features[n] for n in names})
             acts = capture_layers(model, tokens, device=device)
-            results = fit_features(acts, feats, train_idx, test_idx, device=device, **probe_kwargs)
+            results = fit_features(acts, feats, train_idx, test_idx, device=device,
+                                   init=results if warm_start else None, **probe_kwargs)
             store.log_probes([r for n, res in results.items() for r in res.rows(step, n)])
             del acts, model
             if progress is not None:

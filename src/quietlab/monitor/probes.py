@@ -197,6 +197,7 @@ def fit_features(
     bootstrap: int = 400,
     seed: int = 0,
     standardize: bool = True,
+    init: Mapping[str, ProbeResult] | None = None,
 ) -> dict[str, ProbeResult]:
     """Probes of several features on the same activations: {name: ProbeResult}.
 
@@ -214,6 +215,9 @@ def fit_features(
     batch of pairs (default 256 MiB on CPU; on a GPU 40% of its free memory, at most 8 GiB).
     ``standardize=False`` fits on centred but unscaled activations, so that the L2 penalty acts on the
     weights in residual space (as scikit-learn's probes on raw activations do); the ablations use it.
+    ``init``: earlier ProbeResults of the same features (the monitor's previous checkpoint), whose
+    probes start the logistic fits at the pairs they share: the optimum moves little between nearby
+    checkpoints, so the solver needs far fewer passes. The optimum reached does not depend on it.
     """
     train_idx = np.asarray(train_idx, dtype=np.int64)
     test_idx = np.asarray(test_idx, dtype=np.int64)
@@ -246,7 +250,7 @@ def fit_features(
             feats = [features[n] for n in names]
             out.update(_fit_group(acts, names, feats, family, C, train_idx, test_idx, layer_list, pos_list, device,
                                   l2, max_iter, tol, min_train, min_test, max_chunk_bytes, bootstrap, seed, cache,
-                                  standardize))
+                                  standardize, init if family != "ridge" else None))
     return {name: out[name] for name in features}
 
 
@@ -285,7 +289,7 @@ def _spd_inverse(A: torch.Tensor) -> torch.Tensor:
 
 
 def _fit_group(acts, names, feats, family, C, train_idx, test_idx, layer_list, pos_list, device, l2, max_iter,
-               tol, min_train, min_test, max_chunk_bytes, bootstrap, seed, cache, standardize=True):
+               tol, min_train, min_test, max_chunk_bytes, bootstrap, seed, cache, standardize=True, init=None):
     first = acts[layer_list[0]]
     N, T, d = first.shape
     mask = feats[0].mask
@@ -338,8 +342,9 @@ def _fit_group(acts, names, feats, family, C, train_idx, test_idx, layer_list, p
         mte = torch.as_tensor(np.ascontiguousarray(mask_te[:, ts].T), device=device)
         ytr = torch.as_tensor(np.ascontiguousarray(vals_tr[:, ts].transpose(1, 0, 2)), device=device)
         yte = torch.as_tensor(np.ascontiguousarray(vals_te[:, ts].transpose(1, 0, 2)), device=device)
+        start = _initial_probes(init, names, slices, sub, family, C, d, device) if init else None
         part = _fit_chunk(Xtr, mtr, ytr, Xte, mte, yte, family, C, slices, l2, max_iter, tol, bootstrap, seed + s,
-                          standardize)
+                          standardize, start)
         n_iter = max(n_iter, part["n_iter"])
         parts.append(part)
 
@@ -364,6 +369,27 @@ def _fit_group(acts, names, feats, family, C, train_idx, test_idx, layer_list, p
     return results
 
 
+def _initial_probes(init, names, slices, pairs, family, C, d, device):
+    """Raw-space (W, b, has) for a chunk of pairs from earlier ProbeResults: W (P, K, d) or (P, K, C, d),
+    b (P, K) or (P, K, C), has (P, K) marking the outputs that have an earlier probe; None if none do."""
+    P, K = len(pairs), slices[-1].stop
+    shape = (P, K, C) if family == "softmax" else (P, K)
+    W, b = torch.zeros(*shape, d), torch.zeros(*shape)
+    has = torch.zeros(P, K, dtype=torch.bool)
+    for name, sl in zip(names, slices):
+        earlier = init.get(name)
+        if earlier is None or not earlier.pairs:
+            continue
+        where = {pair: i for i, pair in enumerate(earlier.pairs)}
+        for j, pair in enumerate(pairs):
+            i = where.get(pair)
+            if i is not None and earlier.weight.shape[1] == sl.stop - sl.start:
+                W[j, sl], b[j, sl], has[j, sl] = earlier.weight[i], earlier.bias[i], True
+    if not bool(has.any()):
+        return None
+    return W.to(device), b.to(device), has.to(device)
+
+
 _METRICS = {"classification": ("acc", "logloss", "acc_lo", "acc_hi", "n_test"),
             "scalar": ("r2", "mse", "r2_lo", "r2_hi", "n_test")}
 
@@ -384,7 +410,8 @@ def _standardise(X: torch.Tensor, w: torch.Tensor, scale: bool = True):
     return Xc * (w > 0)[..., None], mu, sd
 
 
-def _fit_chunk(Xtr, mtr, ytr, Xte, mte, yte, family, C, slices, l2, max_iter, tol, bootstrap, seed, standardize=True):
+def _fit_chunk(Xtr, mtr, ytr, Xte, mte, yte, family, C, slices, l2, max_iter, tol, bootstrap, seed, standardize=True,
+               start=None):
     P, N, d = Xtr.shape
     dev = Xtr.device
     n_tr = mtr.sum(1).float()
@@ -407,7 +434,13 @@ def _fit_chunk(Xtr, mtr, ytr, Xte, mte, yte, family, C, slices, l2, max_iter, to
         metrics = _eval_scalar(Xts, Ws, bs, yte.float(), mte, wte, slices, bootstrap, seed)
     else:
         kind = "categorical" if family == "softmax" else "binary"
-        Ws, bs, class_off, n_iter = _fit_logistic(Xs, wtr, ytr, kind, C, gram, l2, max_iter, tol)
+        if start is not None:  # into the standardised space: w_s = w·σ, b_s = b + w·μ
+            W0, b0, has = start
+            if family == "softmax":
+                start = (W0 * sd[:, None, None], b0 + torch.einsum("pkcd,pd->pkc", W0, mu), has)
+            else:
+                start = (W0 * sd[:, None], b0 + torch.einsum("pkd,pd->pk", W0, mu), has)
+        Ws, bs, class_off, n_iter = _fit_logistic(Xs, wtr, ytr, kind, C, gram, l2, max_iter, tol, start=start)
         metrics = _eval_logistic(Xts, Ws, bs, class_off, yte, mte, wte, kind, C, slices)
     # back to the original activation space: w·(x−μ)/σ + b_s = (w/σ)·x + (b_s − (w/σ)·μ)
     if family == "softmax":
@@ -421,9 +454,10 @@ def _fit_chunk(Xtr, mtr, ytr, Xte, mte, yte, family, C, slices, l2, max_iter, to
             "metrics": metrics}
 
 
-def _fit_logistic(X, w, y, kind, C, gram, l2, max_iter, tol, history=10, ftol=1e-5):
+def _fit_logistic(X, w, y, kind, C, gram, l2, max_iter, tol, history=10, ftol=1e-5, start=None):
     """Preconditioned L-BFGS, all pairs at once; each output (sigmoid) or variable (softmax) is its own
-    problem with its own line search and curvature memory, sharing only the pair's preconditioner."""
+    problem with its own line search and curvature memory, sharing only the pair's preconditioner.
+    ``start``: (W, b, has) in the standardised space, the starting point of the problems marked in has."""
     P, N, d = X.shape
     dev = X.device
     if kind == "categorical":
@@ -483,6 +517,16 @@ def _fit_logistic(X, w, y, kind, C, gram, l2, max_iter, tol, history=10, ftol=1e
 
     W = torch.zeros(P, G, g, d, device=dev)
     f, gW, gb = fg(W, b)
+    if start is not None:
+        # the earlier probe where it is the better start: an earlier probe of separable data can sit
+        # far out on a flat part of this objective, slower to leave than the origin; problems constant
+        # on train keep the bias-only start
+        W0, b0, has = start
+        W0, b0 = W0.view(P, G, g, d), b0.view(P, G, g)
+        f0, gW0, gb0 = fg(W0, b0)
+        use = has & ~frozen & torch.isfinite(f0) & (f0 < f)
+        W, b = torch.where(e4(use), W0, W), torch.where(e3(use), b0, b.view(P, G, g))
+        f, gW, gb = torch.where(use, f0, f), torch.where(e4(use), gW0, gW), torch.where(e3(use), gb0, gb)
     mem = []  # (sW, sb, yW, yb, rho, yᵀH0y), newest last; rho = 0 marks an entry a problem does not use
     pW, pb = h0(gW, gb)
     dW, db = -pW, -pb
