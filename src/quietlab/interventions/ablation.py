@@ -71,6 +71,8 @@ def bootstrap_drop(base: np.ndarray, other: np.ndarray, rng: np.random.Generator
     b = base[ex].mean(1)
     o = np.stack([other[ctl[i]][:, ex[i]].mean() for i in range(n_boot)])
     drops = 100.0 * (b - o) / np.where(b > 0, b, np.nan)
+    if np.isnan(drops).all():  # the model never answers right: no relative drop to speak of
+        return float("nan"), float("nan")
     lo, hi = np.nanpercentile(drops, [2.5, 97.5])
     return float(lo), float(hi)
 

@@ -1,0 +1,35 @@
+"""The demo recipe end to end, on a tiny configuration: train with the monitor, classify, ablate, report,
+summarise; and an interrupted demo resumes in its folder."""
+
+import pytest
+import torch
+
+from quietlab.recipes import demo
+from quietlab.runs import RunFolder
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_the_demo_runs_every_part_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.setitem(demo.DEMO_CONFIG, "task_sizes", {"n_bits": 4})
+    for key, value in dict(d_model=16, n_layers=1, steps=40, eval_examples=64).items():
+        monkeypatch.setitem(demo.DEMO_CONFIG, key, value)
+    logged = []
+    out = tmp_path / "demo"
+    lines = demo.run_demo(out, progress=False, n_controls=2, log=logged.append)
+    assert logged[0].startswith("training addition (4-bit) with the monitor")
+    assert any(line.startswith("Report: ") for line in lines) and (out / "report.html").is_file()
+    with RunFolder(out).store() as store:
+        classes = store.results("feature_class")
+        ablations = store.results("ablation")
+        probed = {r[0] for r in store.probes()}
+    assert set(classes) == {"carry", "first_operand", "second_operand", "next_sum_bit"}
+    assert list(ablations) == ["carry/boundary"] and ablations["carry/boundary"]["n_controls"] == 2
+    assert {0, 40} <= probed
+    assert any("Ablating `carry`" in line for line in lines)
+
+    # run again in the same folder: it resumes (nothing left to train) and reports the same run
+    again = demo.run_demo(out, progress=False, n_controls=2, log=logged.append)
+    assert logged[-2].endswith("(resuming)")
+    assert again[0] == lines[0]
+    assert torch.get_num_threads() == 1
