@@ -90,24 +90,28 @@ def _pair_index(n: int) -> np.ndarray:
 def random_trees(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
     """Uniformly random labelled trees on n nodes, one per row, as a (size, C(n,2)) bool pair mask.
 
-    Decodes a random Prüfer sequence: each step joins the smallest leaf to the next code entry.
+    Decodes a random Prüfer sequence: each step joins the smallest leaf to the next code entry. The
+    leaves of every row are kept as bits, so that the smallest is its lowest set bit.
     """
     pid = _pair_index(n).reshape(-1)
-    base = np.arange(size) * n  # flat index of each row's node 0
     code = rng.integers(0, n, size=(n - 2, size))  # code[j]: entry j of every row's sequence
-    degree = np.ones((size, n), dtype=np.int8)  # 1 + appearances left in the code
-    flat_degree = degree.reshape(-1)
+    at_code = code + np.arange(size) * n  # flat index of node code[j] of each row
+    degree = np.ones(size * n, dtype=np.int8)  # 1 + appearances left in the code
     for j in range(n - 2):
-        flat_degree[base + code[j]] += 1
+        degree[at_code[j]] += 1
+    leaves = _node_bits(degree.reshape(size, n) == 1)
+    one = leaves.dtype.type(1)
     tree = np.zeros((size, n * (n - 1) // 2), dtype=bool)
     pair_base = np.arange(size) * tree.shape[1]
     for j in range(n - 2):
-        leaf = _first(degree == 1)
-        tree.reshape(-1)[pair_base + pid[leaf * n + code[j]]] = True
-        flat_degree[base + leaf] -= 1
-        flat_degree[base + code[j]] -= 1
-    ends = degree == 1  # exactly two nodes are left; join them
-    last = _first(ends), n - 1 - _first(ends[:, ::-1])
+        lowest = leaves & (~leaves + one)
+        leaves ^= lowest
+        tree.reshape(-1)[pair_base + pid[_bit_index(lowest) * n + code[j]]] = True
+        left = degree[at_code[j]] - np.int8(1)
+        degree[at_code[j]] = left
+        leaves |= (left == 1).astype(leaves.dtype) << code[j].astype(leaves.dtype)
+    lowest = leaves & (~leaves + one)  # exactly two leaves are left; join them
+    last = _bit_index(lowest), _bit_index(leaves ^ lowest)
     tree.reshape(-1)[pair_base + pid[last[0] * n + last[1]]] = True
     return tree
 
@@ -184,6 +188,13 @@ def _node_bits(mask: np.ndarray) -> np.ndarray:
         bits = byte if bits is None else bits | byte
     dtype = np.uint8 if n <= 8 else np.uint16 if n <= 16 else np.uint32
     return bits.astype(dtype).reshape(shape)
+
+
+def _bit_index(power: np.ndarray) -> np.ndarray:
+    """The exponent of each power of two in an unsigned array, as intp."""
+    if not hasattr(np, "bitwise_count"):  # numpy < 2.0
+        return (np.frexp(power)[1] - 1).astype(np.intp)
+    return np.bitwise_count(power - power.dtype.type(1)).astype(np.intp)
 
 
 class _Tokens:
@@ -309,9 +320,10 @@ class GraphTask(Task):
         eq = self._write_prompt(tokens, inputs, adj)
         rec = FeatureRecorder(size, self.seq_len)
         answer_len = self._solve(inputs, adj, tokens, eq, rec)
-        # True where the next token is an answer token (positions eq .. eq+L-1) or the end (eq+L)
-        t = np.arange(self.seq_len)
-        loss_mask = (t >= eq[:, None]) & (t <= (eq + answer_len)[:, None])
+        # True where the next token is an answer token (positions eq .. eq+L-1) or the end (eq+L):
+        # where 0 <= position - eq <= L, one unsigned comparison (negative offsets wrap to large ones)
+        offset = np.arange(self.seq_len, dtype=np.int16) - eq.astype(np.int16)[:, None]
+        loss_mask = offset.view(np.uint16) <= np.asarray(answer_len, dtype=np.uint16).reshape(-1, 1)
         return Batch(tokens.array(), loss_mask, rec.features())
 
     def _write_prompt(self, tokens: "_Tokens", inputs: dict[str, np.ndarray], adj: np.ndarray) -> np.ndarray:
