@@ -106,15 +106,28 @@ class FeatureRecorder:
         # row-major storage); features() hands out their (n, seq_len, ...) transposes
         self._values: dict[str, np.ndarray] = {}
         self._masks: dict[str, np.ndarray] = {}
+        self._blocks: dict[str, np.ndarray] = {}  # each (position, row)'s k values as one void item
         self._meta: dict[str, tuple[str, int, str]] = {}
         self._rows = np.arange(n)
 
     def declare(self, name: str, kind: str, k: int = 1, n_classes: int = 2, description: str = "") -> None:
+        self.declare_together({name: description}, kind, k, n_classes)
+
+    def declare_together(self, descriptions: dict[str, str], kind: str, k: int = 1, n_classes: int = 2) -> None:
+        """Features of one kind and k (``{name: description}``) kept side by side in one buffer, each a
+        view of its k columns. Features pushed at the same scattered (row, position) pairs then fill one
+        memory block there instead of several far apart: fewer cache lines to fetch."""
         if kind not in FEATURE_KINDS:
             raise ValueError(f"feature kind {kind!r} is not one of {', '.join(FEATURE_KINDS)}")
-        self._values[name] = np.zeros((self.seq_len, self.n, k), dtype=self._DTYPES[kind])
-        self._masks[name] = np.zeros((self.seq_len, self.n), dtype=bool)
-        self._meta[name] = (kind, n_classes, description)
+        width = len(descriptions) * k
+        buffer = np.zeros((self.seq_len, self.n, width), dtype=self._DTYPES[kind])
+        by_block = buffer.reshape(self.seq_len * self.n, width)  # row position * n + row: one (position, row)
+        block = np.dtype((np.void, k * buffer.itemsize))
+        for i, (name, description) in enumerate(descriptions.items()):
+            self._values[name] = buffer[:, :, i * k : (i + 1) * k]
+            self._blocks[name] = by_block[:, i * k : (i + 1) * k].view(block)[:, 0]
+            self._masks[name] = np.zeros((self.seq_len, self.n), dtype=bool)
+            self._meta[name] = (kind, n_classes, description)
 
     def push(self, name: str, pos, value, where=None, rows=None) -> None:
         """Record ``value`` at position ``pos`` of every row (or of the rows where ``where`` is True).
@@ -147,7 +160,7 @@ class FeatureRecorder:
 
     def _push_scattered(self, name: str, pos, value: np.ndarray, where, rows) -> None:
         """Positions that differ from row to row: each row's k values are written as one memory block."""
-        values = self._values[name]
+        values, blocks = self._values[name], self._blocks[name]
         k = values.shape[2]
         rows = self._rows if rows is None else np.asarray(rows)
         if value.ndim <= 1:
@@ -157,9 +170,8 @@ class FeatureRecorder:
         if where is not None:
             where = np.asarray(where, dtype=bool)
             rows, pos, value = rows[where], pos[where], value[where]
-        index = pos * self.n + rows  # of the (row, position) block in the position-major buffer
-        block = np.dtype((np.void, k * values.itemsize))
-        values.reshape(-1).view(block)[index] = np.ascontiguousarray(value, dtype=values.dtype).view(block).reshape(-1)
+        index = pos * self.n + rows  # of the (position, row) block
+        blocks[index] = np.ascontiguousarray(value, dtype=values.dtype).view(blocks.dtype).reshape(-1)
         self._masks[name].reshape(-1)[index] = True
 
     def features(self) -> dict[str, Feature]:

@@ -351,8 +351,9 @@ class GraphTask(Task):
         tokens.put(eq, self.tok["="])
         return eq
 
-    def _declare(self, rec: FeatureRecorder, name: str, kind: str, k: int = 1, n_classes: int = 2) -> None:
-        rec.declare(name, kind, k=k, n_classes=n_classes, description=self.feature_docs[name])
+    def _declare(self, rec: FeatureRecorder, names: tuple[str, ...], kind: str, k: int = 1, n_classes: int = 2) -> None:
+        """Features of one kind and k, kept side by side: they are pushed at the same scattered positions."""
+        rec.declare_together({name: self.feature_docs[name] for name in names}, kind, k=k, n_classes=n_classes)
 
     def _solve(self, inputs, adj, tokens, eq, rec) -> np.ndarray | int:
         """Runs the algorithm: writes the answer tokens after ``eq``, pushes the features, returns
@@ -505,10 +506,8 @@ class BFS(GraphTask):
 
     def _solve(self, inputs, adj, tokens, eq, rec):
         n, size = self.n_nodes, len(adj)
-        for feat in ("queue", "visited", "adjacency"):
-            self._declare(rec, feat, "multilabel", k=n)
-        self._declare(rec, "depth", "categorical", n_classes=n)
-        self._declare(rec, "parent", "categorical", n_classes=n)
+        self._declare(rec, ("queue", "visited", "adjacency"), "multilabel", k=n)
+        self._declare(rec, ("depth", "parent"), "categorical", n_classes=n)
 
         source = inputs["source"]
         order = np.full((size, n), n, dtype=np.int8)  # each node's place in the FIFO queue; n = undiscovered
@@ -571,10 +570,8 @@ class DFS(GraphTask):
 
     def _solve(self, inputs, adj, tokens, eq, rec):
         n, size = self.n_nodes, len(adj)
-        for feat in ("stack", "visited", "adjacency"):
-            self._declare(rec, feat, "multilabel", k=n)
-        self._declare(rec, "depth", "categorical", n_classes=n)
-        self._declare(rec, "parent", "categorical", n_classes=n)
+        self._declare(rec, ("stack", "visited", "adjacency"), "multilabel", k=n)
+        self._declare(rec, ("depth", "parent"), "categorical", n_classes=n)
 
         letters = np.arange(n, dtype=np.int8)
         visited = np.zeros((size, n), dtype=bool)
@@ -642,10 +639,8 @@ class ShortestPath(GraphTask):
 
     def _solve(self, inputs, adj, tokens, eq, rec):
         n, size = self.n_nodes, len(adj)
-        for feat in ("distance", "distance_to_target"):
-            self._declare(rec, feat, "categorical", k=n, n_classes=n)
-        for feat in ("visited", "adjacency", "candidates"):
-            self._declare(rec, feat, "multilabel", k=n)
+        self._declare(rec, ("distance", "distance_to_target"), "categorical", k=n, n_classes=n)
+        self._declare(rec, ("visited", "adjacency", "candidates"), "multilabel", k=n)
 
         source, target = inputs["source"], inputs["target"]
         neighbour_bits = _node_bits(adj)
@@ -712,9 +707,8 @@ class TopologicalSort(GraphTask):
 
     def _solve(self, inputs, adj, tokens, eq, rec):
         n, size = self.n_nodes, len(adj)
-        for feat in ("ready", "visited", "adjacency"):
-            self._declare(rec, feat, "multilabel", k=n)
-        self._declare(rec, "remaining_in_degree", "categorical", k=n, n_classes=n)
+        self._declare(rec, ("ready", "visited", "adjacency"), "multilabel", k=n)
+        self._declare(rec, ("remaining_in_degree",), "categorical", k=n, n_classes=n)
 
         letters = np.arange(n)
         in_degree = adj.sum(axis=1, dtype=np.int8)
@@ -777,10 +771,9 @@ class MST(GraphTask):
 
     def _solve(self, inputs, adj, tokens, eq, rec):
         n, size = self.n_nodes, len(adj)
-        self._declare(rec, "component", "categorical", k=n, n_classes=n)
-        self._declare(rec, "in_tree", "multilabel", k=n)
-        self._declare(rec, "adjacency", "multilabel", k=n)
-        self._declare(rec, "edge_weight", "categorical", n_classes=10)
+        self._declare(rec, ("component",), "categorical", k=n, n_classes=n)
+        self._declare(rec, ("in_tree", "adjacency"), "multilabel", k=n)
+        self._declare(rec, ("edge_weight",), "categorical", n_classes=10)
 
         edges = inputs["edges"]
         letters = np.arange(n, dtype=np.int8)
