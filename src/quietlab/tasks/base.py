@@ -174,6 +174,11 @@ class FeatureRecorder:
         blocks[index] = np.ascontiguousarray(value, dtype=values.dtype).view(blocks.dtype).reshape(-1)
         self._masks[name].reshape(-1)[index] = True
 
+    def window(self, name: str, positions: slice) -> tuple[np.ndarray, np.ndarray]:
+        """The (positions, n, k) values and (positions, n) mask of ``name`` at a slice of positions,
+        views to write several positions' labels in one operation (and set the mask where written)."""
+        return self._values[name][positions], self._masks[name][positions]
+
     def features(self) -> dict[str, Feature]:
         return {
             name: Feature(self._values[name].transpose(1, 0, 2), self._masks[name].T, kind, n_classes, desc)

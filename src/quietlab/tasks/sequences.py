@@ -17,6 +17,7 @@ from .base import TOKEN_DTYPE, Batch, FeatureRecorder, Knob, Task
 _LETTERS = string.ascii_uppercase
 
 
+_NOT_KEPT = np.int16(0x7FFF)  # activity_selection's empty slot: end, start and index 31, beyond any real one
 _BLOCK = 1 << 15  # values drawn at a time in _uniform (a multiple of 4): its scratch stays in cache
 
 
@@ -218,6 +219,42 @@ class ActivitySelection(Task):
         self._pair_index[starts, ends] = np.arange(len(starts))
         self._pair_dtype = np.uint8 if len(starts) <= 256 else np.uint16
 
+    @staticmethod
+    def _greedy(S: np.ndarray, E: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Greedy earliest finish over (activity, example) start and end times. Returns ``kept``
+        (m + 1, n) int16, slot c holding the c-th kept activity as ``end << 10 | start << 5 | index``
+        and the slots from ``count`` on ``_NOT_KEPT``; ``count`` (n,), activities kept per example;
+        ``selected`` (m, n) bool, whether each activity is kept.
+
+        Goes through the end times t in order, keeping the earliest start, then the lowest index, of
+        the activities that end at t and start at or after the last kept end. Of several ending at t at
+        most one fits (once one is kept, last = t > every other's start), so this keeps exactly what a
+        scan of the activities sorted by (end, start, index) keeps. Every activity as that sort key
+        (times <= 25, m <= 26): those that end at t and start at or after ``last`` are the keys from
+        ``t << 10 | last << 5`` up to ``(t + 1) << 10``, and the smallest key past a bound is the one
+        with the smallest (key - bound) as an unsigned number (the keys below the bound wrap)."""
+        m, n = S.shape
+        key = (E.astype(np.int16) << 10) | (S.astype(np.int16) << 5) | np.arange(m, dtype=np.int16)[:, None]
+        last = np.zeros(n, dtype=np.int16)  # the last kept end; 0 before any (every start is >= 0)
+        count = np.zeros(n, dtype=np.int16)
+        kept = np.full((m + 1, n), _NOT_KEPT, dtype=np.int16)
+        slot = np.arange(n)  # flat index in ``kept`` of each row's next slot (scratch until kept)
+        past = np.empty((m, n), dtype=np.int16)  # key - bound
+        for t in range(1, int(E.max(initial=0)) + 1):
+            bound = (last << 5) + np.int16(t << 10)
+            np.subtract(key, bound, out=past)
+            smallest = past.view(np.uint16).min(axis=0)
+            keep = smallest < (np.int16(1 << 10) - (last << 5)).view(np.uint16)
+            kept.reshape(-1)[slot] = smallest.view(np.int16) + bound
+            np.maximum(last, keep * np.int16(t), out=last)
+            count += keep
+            slot += keep * n
+        kept.reshape(-1)[slot] = _NOT_KEPT  # the scratch writes
+        selected = np.zeros((m, n), dtype=bool)
+        for c in range(int(count.max(initial=0))):
+            selected |= key == kept[c]
+        return kept, count, selected
+
     def _draw(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         # each activity as the index of its (start, end) pair in the table of all pairs
         return {"pair": _uniform(rng, (n, self.n), len(self._pair_start))}
@@ -252,28 +289,8 @@ class ActivitySelection(Task):
             rec.push("start_time", m + i, start[:, i])
         S, E = _transpose(start), _transpose(end)  # (activity, example)
 
-        # Greedy earliest finish: go through the activities in order of end time and keep one when it
-        # starts at or after the last kept end. Of several ending at the same time at most one fits
-        # (once one is kept, last = that end > every other's start): the earliest start, then the lowest
-        # index, exactly as a scan of the activities sorted by (end, start, index) would keep.
-        key = S.astype(np.int16) * 32 + np.arange(m, dtype=np.int16)[:, None]  # (start, index) order; m <= 26
-        never = np.int16((T + 1) * 32)
-        last = np.zeros(n, dtype=np.int8)  # the last kept end; 0 before any (every start is >= 0)
-        count = np.zeros(n, dtype=np.int16)  # activities kept so far
-        kept_start = np.zeros((m + 1, n), dtype=np.int8)  # by slot (slot `count` is scratch until kept)
-        kept_end = np.zeros((m + 1, n), dtype=np.int8)
-        selected = np.zeros((m, n), dtype=bool)
-        rows = np.arange(n)
-        for t in range(1, T + 1):
-            misfit = (E != t) | (S < last)
-            first = np.maximum(key, misfit * never).min(axis=0)  # the earliest start, then the lowest index
-            keep = first < never
-            selected |= key == first
-            slot = count * n + rows
-            kept_start.reshape(-1)[slot] = first >> 5
-            kept_end.reshape(-1)[slot] = t
-            last = np.maximum(last, keep * np.int8(t))
-            count += keep
+        kept, count, selected = self._greedy(S, E)
+        kept_end, kept_start = kept >> 10, (kept >> 5) & 31  # past the kept ones: 31, after every time
         for i in range(m):
             rec.push("selected", i, selected[i])
             rec.push("selected", m + i, selected[i])
@@ -281,14 +298,19 @@ class ActivitySelection(Task):
         # the answer, pair by pair: at '=' and after each end letter, the next pair must fit after last_end
         nothing_yet = np.zeros(n, dtype=np.int8)
         rec.push("last_end", eq, nothing_yet)
-        rec.push("compatible", eq, np.ones((n, m), dtype=np.uint8))
-        for c in range(int(count.max(initial=0))):
+        n_pairs = int(count.max(initial=0))
+        for c in range(n_pairs):
             valid = None if c == 0 else count > c  # every row keeps at least one activity
             at = eq + 1 + 2 * c  # where the c-th kept start letter goes
             rec.push("last_end", at, kept_end[c - 1] if c else nothing_yet, where=valid)
             rec.push("last_end", at + 1, kept_end[c], where=valid)
             rec.push("start_time", at + 1, kept_start[c], where=valid)
-            rec.push("compatible", at + 1, start >= kept_end[c][:, None], where=valid)
+        # compatible at '=' (everything) and after each chosen end letter, all positions at once (past a
+        # row's last pair kept_end is 31, which no start reaches)
+        values, mask = rec.window("compatible", slice(eq, eq + 1 + 2 * n_pairs, 2))
+        values[0], mask[0] = 1, True
+        np.greater_equal(np.ascontiguousarray(start), kept_end[:n_pairs, :, None], out=values[1:])
+        np.less(np.arange(n_pairs)[:, None], count, out=mask[1:])
 
         tokens = np.zeros((n, self.seq_len), dtype=TOKEN_DTYPE)
         tokens[:, :m] = start
