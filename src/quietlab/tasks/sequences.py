@@ -104,8 +104,7 @@ class MaxSubarray(Task):
         self.eq_token = len(self.vocab) - 1
         L = self.length
         self.seq_len = 2 * L + 2
-        # by answer size s: the first s of L columns; the loss mask ('=' up to the last answer letter)
-        self._first = np.arange(L) < np.arange(L + 1)[:, None]
+        # by answer size s: the loss mask ('=' up to the last answer letter)
         self._loss_rows = _span_mask(self.seq_len, np.full(L + 1, L), L + np.arange(L + 1))
 
     def _draw(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -130,41 +129,54 @@ class MaxSubarray(Task):
             kind = "scalar" if feat in ("max_ending_here", "best_so_far") else "binary"
             rec.declare(feat, kind, description=doc)
         X = _transpose(x)  # (position, example)
-        zero = np.zeros(n, dtype=np.int16)
+        # every feature is defined at values 0..L-1 (the binary ones from 1 on, except in_answer) and
+        # written there for all positions at once, into the recorder's buffers
+        here_at, here_mask = rec.window("max_ending_here", slice(0, L))
+        best_at, best_mask = rec.window("best_so_far", slice(0, L))
+        negative, negative_mask = rec.window("prev_negative", slice(1, L))
+        restart_at, restart_mask = rec.window("restart", slice(1, L))
+        answer_at, answer_mask = rec.window("in_answer", slice(0, L))
+        np.less(X[:-1], 0, out=negative[..., 0])
+        # Kadane's sums, computed in the float32 buffers themselves (small integers: exact)
+        HERE, BEST = here_at[..., 0], best_at[..., 0]  # (position, example)
 
         # Kadane's scan; here = max_ending_here, the best sum of a subarray ending at j
-        here, best = X[0].astype(np.int16), X[0].astype(np.int16)
+        zero = np.zeros(n, dtype=HERE.dtype)
+        here, best = HERE[0], BEST[0]
+        here[...] = best[...] = X[0]
         start = np.zeros(n, dtype=np.int16)  # where the subarray ending at j starts
         # the answer ends where the best sum is first reached (a later tie would start later or be
         # longer), and starts where the subarray ending there starts
         best_start, best_end = np.zeros(n, dtype=np.int16), np.zeros(n, dtype=np.int16)
-        rec.push("max_ending_here", 0, here)
-        rec.push("best_so_far", 0, best)
+        restart = restart_at[..., 0].view(bool)  # (L - 1, n)
         for j in range(1, L):
-            rec.push("prev_negative", j, X[j - 1] < 0)
-            restart = here < zero  # a negative sum never helps; a zero one keeps its (earlier) start
-            rec.push("restart", j, restart)
-            np.maximum(start, restart * np.int16(j), out=start)  # start afresh at j
-            here = np.maximum(here, zero)
+            # a negative sum never helps; a zero one keeps its (earlier) start
+            np.less(here, zero, out=restart[j - 1])
+            np.maximum(start, restart[j - 1] * np.int16(j), out=start)  # start afresh at j
+            np.maximum(here, zero, out=HERE[j])
+            here = HERE[j]
             here += X[j]
-            rec.push("max_ending_here", j, here)
             # start and j only grow, so the latest improvement's are the largest (and masked copies are slow)
             improved = here > best
             np.maximum(best_start, improved * start, out=best_start)
             np.maximum(best_end, improved * np.int16(j), out=best_end)
-            np.maximum(best, here, out=best)
-            rec.push("best_so_far", j, best)
-        for j in range(L):
-            rec.push("in_answer", j, (best_start <= j) & (j <= best_end))
+            best = np.maximum(best, here, out=BEST[j])
+        # in the answer: 0 <= j - best_start <= best_end - best_start, one unsigned comparison on
+        # uint8 (|j - best_start| < 128; negative offsets wrap past 127), in place in the output
+        in_answer = answer_at[..., 0]
+        np.subtract(np.arange(L, dtype=np.uint8)[:, None], best_start.astype(np.uint8), out=in_answer)
+        np.less_equal(in_answer, (best_end - best_start).astype(np.uint8), out=in_answer.view(bool))
+        for mask in (here_mask, best_mask, negative_mask, restart_mask, answer_mask):
+            mask[...] = True
 
         # tokens: values, '=', the subarray's letters, then '.'
         size = best_end - best_start + 1
         tokens = np.zeros((n, self.seq_len), dtype=TOKEN_DTYPE)
-        np.add(x, 10, out=tokens[:, :L], casting="unsafe")
+        np.add(x.view(np.uint8), np.uint8(10), out=tokens[:, :L])  # -9..9 -> 1..19, wrapping
         tokens[:, L] = self.eq_token
+        loss_mask = self._loss_rows[size]  # from '=' on: True at the answer's letters (and '=')
         from_start = sliding_window_view(tokens, L, axis=1)[np.arange(n), best_start]  # the row from the start on
-        np.multiply(from_start, self._first[size], out=tokens[:, L + 1 : 2 * L + 1])
-        loss_mask = self._loss_rows[size]
+        np.multiply(from_start, loss_mask[:, L + 1 : 2 * L + 1], out=tokens[:, L + 1 : 2 * L + 1])
         return Batch(tokens, loss_mask, rec.features())
 
 
