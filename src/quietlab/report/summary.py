@@ -535,6 +535,7 @@ def summarize(run: Path | str | RunData) -> list[str]:
 def headline(run: Path | str | RunData) -> str | None:
     """One sentence with the main finding, e.g. "Loss flat from step 300 to 2,900; `carry` decodable from
     step 1,100 (1,800 steps before the drop); ablating it: accuracy 99% → 12% (random directions: 98%)".
+    The feature named is the quiet one whose ablation drops accuracy most, else the earliest quiet one.
     None when the run has no detected transition."""
     rd = load_run(run)
     _, transitions = main_transitions(rd)
@@ -545,9 +546,11 @@ def headline(run: Path | str | RunData) -> str | None:
         (f"Loss flat from step {fmt_step(t['plateau_start'])} to {fmt_step(t['onset'])}" if _finite(t.get("plateau_start"))
          else f"Loss flat until step {fmt_step(t['onset'])}")
     ]
+    # the quiet feature whose ablation shows it matters most (the causal claim), else the earliest quiet one
+    ablated = {a.get("feature"): _num(a.get("drop_pct"), -math.inf) for a in rd.ablations.values()}
     quiet = sorted(
         ((f, fc) for f, fc in rd.feature_classes.items() if fc.get("class") == "quiet" and _finite(fc.get("decodable_step"))),
-        key=lambda kv: kv[1]["decodable_step"],
+        key=lambda kv: (-ablated.get(kv[0], -math.inf), kv[1]["decodable_step"]),
     )
     if quiet:
         f, fc = quiet[0]
