@@ -108,6 +108,7 @@ class FeatureRecorder:
         self._masks: dict[str, np.ndarray] = {}
         self._blocks: dict[str, np.ndarray] = {}  # each (position, row)'s k values as one void item
         self._meta: dict[str, tuple[str, int, str]] = {}
+        self._mask_of: dict[str, str] = {}  # feature -> the feature whose mask it shares (share_mask)
         self._rows = np.arange(n)
 
     def declare(self, name: str, kind: str, k: int = 1, n_classes: int = 2, description: str = "") -> None:
@@ -129,6 +130,14 @@ class FeatureRecorder:
             self._masks[name] = np.zeros((self.seq_len, self.n), dtype=bool)
             self._meta[name] = (kind, n_classes, description)
 
+    def share_mask(self, *names: str) -> None:
+        """Features pushed at exactly the same (row, position) pairs: only the first one's mask is
+        written while pushing (scattered writes cost a cache miss each), and features() gives the
+        others copies of it."""
+        for name in names[1:]:
+            del self._masks[name]
+            self._mask_of[name] = names[0]
+
     def push(self, name: str, pos, value, where=None, rows=None) -> None:
         """Record ``value`` at position ``pos`` of every row (or of the rows where ``where`` is True).
 
@@ -141,22 +150,25 @@ class FeatureRecorder:
 
     def _push_position(self, name: str, pos: int, value: np.ndarray, where) -> None:
         """One position for every row: plain slicing of one contiguous block, no scatter."""
-        target, mask = self._values[name][pos], self._masks[name][pos]  # (n, k), (n,)
+        target = self._values[name][pos]  # (n, k)
+        mask = self._masks[name][pos] if name in self._masks else None  # None: shares another's mask
         if value.ndim == 1:
             value = value[:, None]
         if where is None:
             target[...] = value
-            mask[...] = True
+            if mask is not None:
+                mask[...] = True
             return
         where = np.asarray(where, dtype=bool)
-        if value.dtype.kind in "biu" and not mask.any():
+        if value.dtype.kind in "biu" and mask is not None and not mask.any():
             # nothing recorded at pos yet, so the other rows hold zeros: a product, much faster than a
             # masked copy
             np.multiply(value, where[:, None], out=target, casting="unsafe")
             mask[...] = where
         else:
             np.copyto(target, value, casting="unsafe", where=where[:, None])
-            mask |= where
+            if mask is not None:
+                mask |= where
 
     def _push_scattered(self, name: str, pos, value: np.ndarray, where, rows) -> None:
         """Positions that differ from row to row: each row's k values are written as one memory block."""
@@ -172,7 +184,8 @@ class FeatureRecorder:
             rows, pos, value = rows[where], pos[where], value[where]
         index = pos * self.n + rows  # of the (position, row) block
         blocks[index] = np.ascontiguousarray(value, dtype=values.dtype).view(blocks.dtype).reshape(-1)
-        self._masks[name].reshape(-1)[index] = True
+        if name in self._masks:
+            self._masks[name].reshape(-1)[index] = True
 
     def window(self, name: str, positions: slice) -> tuple[np.ndarray, np.ndarray]:
         """The (positions, n, k) values and (positions, n) mask of ``name`` at a slice of positions,
@@ -180,8 +193,11 @@ class FeatureRecorder:
         return self._values[name][positions], self._masks[name][positions]
 
     def features(self) -> dict[str, Feature]:
+        masks = dict(self._masks)
+        for name, leader in self._mask_of.items():
+            masks[name] = self._masks[leader].copy()
         return {
-            name: Feature(self._values[name].transpose(1, 0, 2), self._masks[name].T, kind, n_classes, desc)
+            name: Feature(self._values[name].transpose(1, 0, 2), masks[name].T, kind, n_classes, desc)
             for name, (kind, n_classes, desc) in self._meta.items()
         }
 

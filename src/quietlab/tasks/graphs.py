@@ -508,6 +508,8 @@ class BFS(GraphTask):
         n, size = self.n_nodes, len(adj)
         self._declare(rec, ("queue", "visited", "adjacency"), "multilabel", k=n)
         self._declare(rec, ("depth", "parent"), "categorical", n_classes=n)
+        rec.share_mask("queue", "visited")
+        rec.share_mask("adjacency", "depth", "parent")
 
         source = inputs["source"]
         order = np.full((size, n), n, dtype=np.int8)  # each node's place in the FIFO queue; n = undiscovered
@@ -572,6 +574,8 @@ class DFS(GraphTask):
         n, size = self.n_nodes, len(adj)
         self._declare(rec, ("stack", "visited", "adjacency"), "multilabel", k=n)
         self._declare(rec, ("depth", "parent"), "categorical", n_classes=n)
+        rec.share_mask("stack", "visited")
+        rec.share_mask("adjacency", "depth", "parent")
 
         letters = np.arange(n, dtype=np.int8)
         visited = np.zeros((size, n), dtype=bool)
@@ -641,6 +645,8 @@ class ShortestPath(GraphTask):
         n, size = self.n_nodes, len(adj)
         self._declare(rec, ("distance", "distance_to_target"), "categorical", k=n, n_classes=n)
         self._declare(rec, ("visited", "adjacency", "candidates"), "multilabel", k=n)
+        rec.share_mask("distance", "distance_to_target", "visited")
+        rec.share_mask("adjacency", "candidates")
 
         source, target = inputs["source"], inputs["target"]
         neighbour_bits = _node_bits(adj)
@@ -709,6 +715,7 @@ class TopologicalSort(GraphTask):
         n, size = self.n_nodes, len(adj)
         self._declare(rec, ("ready", "visited", "adjacency"), "multilabel", k=n)
         self._declare(rec, ("remaining_in_degree",), "categorical", k=n, n_classes=n)
+        rec.share_mask("ready", "remaining_in_degree", "visited")
 
         letters = np.arange(n)
         in_degree = adj.sum(axis=1, dtype=np.int8)
@@ -774,6 +781,8 @@ class MST(GraphTask):
         self._declare(rec, ("component",), "categorical", k=n, n_classes=n)
         self._declare(rec, ("in_tree", "adjacency"), "multilabel", k=n)
         self._declare(rec, ("edge_weight",), "categorical", n_classes=10)
+        rec.share_mask("component", "in_tree")
+        rec.share_mask("adjacency", "edge_weight")
 
         edges = inputs["edges"]
         letters = np.arange(n, dtype=np.int8)
