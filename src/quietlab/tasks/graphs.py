@@ -577,7 +577,6 @@ class DFS(GraphTask):
         rec.share_mask("stack", "visited")
         rec.share_mask("adjacency", "depth", "parent")
 
-        letters = np.arange(n, dtype=np.int8)
         visited = np.zeros((size, n), dtype=bool)
         on_stack = np.zeros((size, n), dtype=bool)
         stack_pos = np.zeros((size, n), dtype=np.int8)  # slot on the stack = depth in the DFS tree
@@ -590,10 +589,9 @@ class DFS(GraphTask):
             pos = eq + 1 + r
             tokens.put(pos, self.letter0 + v)
             # visit v: call dfs(v), i.e. push it on the stack
-            is_v = letters == v[:, None]
-            visited |= is_v
-            on_stack |= is_v
-            stack_pos += is_v * height[:, None]
+            _set(visited, v, True)
+            _set(on_stack, v, True)
+            _set(stack_pos, v, height)  # 0 until now: v is visited once
             depth = height
             nbrs = _row(adj, v)
             unvisited_nbrs -= nbrs  # v's neighbours each lose one unvisited neighbour
@@ -717,7 +715,6 @@ class TopologicalSort(GraphTask):
         self._declare(rec, ("remaining_in_degree",), "categorical", k=n, n_classes=n)
         rec.share_mask("ready", "remaining_in_degree", "visited")
 
-        letters = np.arange(n)
         in_degree = adj.sum(axis=1, dtype=np.int8)
         done = np.zeros((size, n), dtype=bool)
         ready = in_degree == 0
@@ -728,7 +725,7 @@ class TopologicalSort(GraphTask):
             pos = eq + 1 + r
             v = _first(ready)  # the smallest ready letter
             tokens.put(pos, self.letter0 + v)
-            done |= letters == v[:, None]
+            _set(done, v, True)
             out = _row(adj, v)
             in_degree -= out
             ready = (in_degree == 0) & ~done
@@ -776,6 +773,29 @@ class MST(GraphTask):
         weights = rng.integers(1, 10, size=edges.shape, dtype=np.uint8)
         return {"edges": weights * edges.astype(np.uint8)}
 
+    def _kruskal(self, by_weight: np.ndarray, size: int) -> np.ndarray:
+        """(size, n - 1) int16: the numbers (weight * n_pairs + pair) of each row's tree edges in the
+        order Kruskal keeps them, from ``by_weight`` (rank, row), each row's edge numbers in order."""
+        n, n_pairs = self.n_nodes, np.int16(self.n_pairs)
+        pair = by_weight % n_pairs
+        starts = _row_starts(size, n).astype(np.int32)  # flat index of each row's node u: starts + u
+        at_u = np.take(self._iu.astype(np.int32), pair) + starts
+        at_v = np.take(self._ju.astype(np.int32), pair) + starts
+        component = np.repeat(np.arange(n, dtype=np.int8)[None], size, axis=0)  # smallest letter of each's
+        flat = component.reshape(-1)
+        taken = np.zeros(by_weight.shape, dtype=bool)  # (rank, row): the edge joins two components
+        n_tree = np.zeros(size, dtype=np.int8)
+        for r, number in enumerate(by_weight):
+            cu, cv = np.take(flat, at_u[r]), np.take(flat, at_v[r])
+            take = np.not_equal(cu, cv, out=taken[r])
+            take &= number < 10 * n_pairs  # not a missing pair
+            component -= (component == np.maximum(cu, cv)[:, None]) * (take * abs(cu - cv))[:, None]
+            n_tree += take
+            if n_tree.min(initial=n - 1) == n - 1:
+                break
+        # every row keeps exactly n - 1 edges: its kept numbers, in rank order, row after row
+        return by_weight.T[taken.T].reshape(size, n - 1)
+
     def _solve(self, inputs, adj, tokens, eq, rec):
         n, size = self.n_nodes, len(adj)
         self._declare(rec, ("component",), "categorical", k=n, n_classes=n)
@@ -793,18 +813,7 @@ class MST(GraphTask):
         by_weight = np.sort(weight * n_pairs + np.arange(self.n_pairs, dtype=np.int16), axis=1)
         by_weight = np.ascontiguousarray(by_weight[:, : self.max_edges].T)  # (rank, row)
         # 1. Kruskal: scan the edges in that order, keeping those that join two components
-        component = np.repeat(letters[None], size, axis=0)
-        tree = np.zeros((size, n), dtype=np.int16)  # tree edge j's number (column n-1: discarded)
-        n_tree = np.zeros(size, dtype=np.int64)
-        for number in by_weight:
-            pair = number % n_pairs
-            cu, cv = _row(component, self._iu[pair]), _row(component, self._ju[pair])
-            take = (cu != cv) & (number < 10 * n_pairs)
-            component -= (component == np.maximum(cu, cv)[:, None]) * (take * abs(cu - cv))[:, None]
-            _set(tree, n_tree + ~take * (n - 1 - n_tree), number)
-            n_tree += take
-            if n_tree.min(initial=n - 1) == n - 1:
-                break
+        tree = self._kruskal(by_weight, size)
         # 2. write the tree edges in that order, growing the forest again to record it edge by edge
         component = np.repeat(letters[None], size, axis=0)
         in_tree = np.zeros((size, n), dtype=bool)
@@ -823,7 +832,8 @@ class MST(GraphTask):
             # union: the merged component is named by its smallest letter
             cu, cv = _row(component, u), _row(component, v)
             component -= (component == np.maximum(cu, cv)[:, None]) * abs(cu - cv)[:, None]
-            in_tree |= (letters == u[:, None]) | (letters == v[:, None])
+            _set(in_tree, u, True)
+            _set(in_tree, v, True)
             rec.push("component", first + 1, component)
             rec.push("in_tree", first + 1, in_tree)
             rec.push("adjacency", first + 1, _row(adj, v))
