@@ -40,3 +40,22 @@ def expect_feature(batch, name, expected: dict[tuple[int, int], object]):
         want[i, t] = value
     np.testing.assert_array_equal(feat.mask, want_mask, err_msg=name)
     np.testing.assert_array_equal(feat.values[want_mask], want[want_mask], err_msg=name)
+
+
+def check_features_well_formed(task, n: int = 400):
+    """Every feature documented, of its documented kind and shape, with labels in range, and nothing
+    labelled on the padding after the answer (nor on its end token)."""
+    batch = task.sample(n, seed=8, split="test")
+    assert len(batch) == n
+    assert set(batch.features) == set(task.feature_docs)
+    answer_end = np.array([len(task.decode(row)) - 1 for row in batch.tokens])
+    for name, feat in batch.features.items():
+        assert feat.kind in task.feature_docs[name].split(":")[0], name
+        assert feat.values.shape[:2] == (n, task.seq_len) and feat.mask.any(), name
+        defined = feat.values[feat.mask]
+        if feat.kind in ("binary", "multilabel"):
+            assert set(np.unique(defined)) <= {0, 1}, name
+        if feat.kind == "categorical":
+            assert defined.min() >= 0 and defined.max() < feat.n_classes, name
+        after = np.arange(task.seq_len) > answer_end[:, None]
+        assert not feat.mask[after].any(), name
