@@ -59,3 +59,13 @@ def check_features_well_formed(task, n: int = 400):
             assert defined.min() >= 0 and defined.max() < feat.n_classes, name
         after = np.arange(task.seq_len) > answer_end[:, None]
         assert not feat.mask[after].any(), name
+
+
+def check_size_error(cls, sizes: dict, words: list[str]):
+    """Constructing ``cls(**sizes)`` fails with one message that names each of ``words``."""
+    import pytest
+
+    with pytest.raises(ValueError) as err:
+        cls(**sizes)
+    for word in words:
+        assert word in str(err.value)
