@@ -126,18 +126,22 @@ class MaxSubarray(Task):
         n, L = x.shape
         rec = FeatureRecorder(n, self.seq_len)
         for feat, doc in self.feature_docs.items():
-            kind = "scalar" if feat in ("max_ending_here", "best_so_far") else "binary"
-            rec.declare(feat, kind, description=doc)
+            if feat in ("max_ending_here", "best_so_far"):  # sums of at most 128 values in -9..9
+                rec.declare(feat, "scalar", description=doc, dtype=np.int16)
+            else:
+                rec.declare(feat, "binary", description=doc)
+        rec.share_mask("max_ending_here", "best_so_far", "in_answer")  # all defined at values 0..L-1
+        rec.share_mask("prev_negative", "restart")  # both at values 1..L-1
         X = _transpose(x)  # (position, example)
         # every feature is defined at values 0..L-1 (the binary ones from 1 on, except in_answer) and
         # written there for all positions at once, into the recorder's buffers
         here_at, here_mask = rec.window("max_ending_here", slice(0, L))
-        best_at, best_mask = rec.window("best_so_far", slice(0, L))
+        best_at, _ = rec.window("best_so_far", slice(0, L))
         negative, negative_mask = rec.window("prev_negative", slice(1, L))
-        restart_at, restart_mask = rec.window("restart", slice(1, L))
-        answer_at, answer_mask = rec.window("in_answer", slice(0, L))
+        restart_at, _ = rec.window("restart", slice(1, L))
+        answer_at, _ = rec.window("in_answer", slice(0, L))
         np.less(X[:-1], 0, out=negative[..., 0])
-        # Kadane's sums, computed in the float32 buffers themselves (small integers: exact)
+        # Kadane's sums, computed in the int16 output buffers themselves
         HERE, BEST = here_at[..., 0], best_at[..., 0]  # (position, example)
 
         # Kadane's scan; here = max_ending_here, the best sum of a subarray ending at j
@@ -166,8 +170,8 @@ class MaxSubarray(Task):
         in_answer = answer_at[..., 0]
         np.subtract(np.arange(L, dtype=np.uint8)[:, None], best_start.astype(np.uint8), out=in_answer)
         np.less_equal(in_answer, (best_end - best_start).astype(np.uint8), out=in_answer.view(bool))
-        for mask in (here_mask, best_mask, negative_mask, restart_mask, answer_mask):
-            mask[...] = True
+        here_mask[...] = True  # shared with best_so_far and in_answer
+        negative_mask[...] = True  # shared with restart
 
         # tokens: values, '=', the subarray's letters, then '.'
         size = best_end - best_start + 1
