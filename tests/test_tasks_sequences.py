@@ -252,3 +252,15 @@ def test_registered_with_their_names():
 @pytest.mark.parametrize("task", PAPER + SMALL, ids=repr)
 def test_features_are_documented_and_well_formed(task):
     check_features_well_formed(task)
+
+
+def test_features_defined_at_the_same_places_share_one_read_only_mask():
+    batch = MaxSubarray(length=6).sample(20, seed=0)
+    f = batch.features
+    assert f["max_ending_here"].mask is f["best_so_far"].mask is f["in_answer"].mask
+    assert f["prev_negative"].mask is f["restart"].mask
+    with pytest.raises(ValueError):
+        f["restart"].mask[0, 0] = True  # a write through one would change the other
+    taken = batch.take(np.arange(5))
+    assert taken.features["restart"].mask.flags.writeable
+    assert f["max_ending_here"].values.dtype == np.int16  # small integer sums, half of float32
