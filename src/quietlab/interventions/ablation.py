@@ -127,8 +127,8 @@ def ablate(model, task, feature: str, *, method: str = "boundary", layer: int | 
         raise ValueError(f"layer must be 'auto' or one of {', '.join(map(str, taps))}, got {layer!r}")
     layers = list(taps) if layer == "auto" else [int(layer)]
 
-    # probes are fitted where the model is: on a GPU a trained model's near-separable features take
-    # Newton's full max_iter in raw space, which is minutes of float64 work on a CPU
+    # probes are fitted where the model is: in raw space a trained model's near-separable features
+    # take the solver's full max_iter, minutes of work on a CPU for a model that sits on a GPU
     acts = capture_layers(model, probe_batch.tokens, layers=layers)
     f = probe_batch.features[feature]
     train_idx, test_idx = split_probe_set(len(probe_batch), seed=seed)

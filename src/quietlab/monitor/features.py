@@ -207,7 +207,6 @@ def classify_run(store, *, features: Iterable[str] | None = None, curve: str | N
         steps, values = store.series(name)
         if len(steps) == 0 and curve is None:
             continue
-        values = np.asarray([np.nan if v is None else v for v in values], dtype=float)
         ts = detect_transitions(steps, values, log_x=True, direction="down") if len(steps) >= 8 else []
         found[name] = (steps, values, ts)
         if main_transition(ts) is not None:

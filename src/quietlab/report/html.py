@@ -235,8 +235,7 @@ def feature_figure(rd: S.RunData) -> tuple[dict | None, list[S.FeatureCurve]]:
     curves = [c for f in S.probe_features(rd) if (c := S.feature_curve(rd, f)) is not None and c.steps]
     if not curves:
         return None, []
-    order = {"quiet": 0, "loud": 1, "absent": 2}
-    curves.sort(key=lambda c: (order.get(c.cls, 3), c.feature))
+    curves.sort(key=lambda c: (S.CLASS_ORDER.get(c.cls, len(S.CLASS_ORDER)), c.feature))
     traces = []
     x_lo, x_hi = min(min(c.steps) for c in curves), max(max(c.steps) for c in curves)
     for i, c in enumerate(curves):

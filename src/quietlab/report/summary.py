@@ -24,7 +24,8 @@ from ..monitor.features import LOSS_CURVES
 from ..runs import RunStore
 
 _HEAD_METRIC = re.compile(r"^(attn/entropy|grad/q|grad/k|grad/v)/L(\d+)(?:/H(\d+))?$")
-_CLASS_ORDER = {"quiet": 0, "loud": 1, "unresolved": 2, "absent": 3}
+#: the order features are listed in, by class
+CLASS_ORDER = {"quiet": 0, "loud": 1, "unresolved": 2, "absent": 3}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -189,7 +190,7 @@ def fmt_big(v) -> str:
 def main_transitions(rd: RunData) -> tuple[str | None, list[dict]]:
     """(curve, transitions sorted by onset) from the detector: the first curve of LOSS_CURVES (then any
     other) in which it found a transition, else the first it looked at."""
-    looked = [n for n in (*LOSS_CURVES, *sorted(rd.transitions)) if n in rd.transitions]
+    looked = [n for n in dict.fromkeys((*LOSS_CURVES, *sorted(rd.transitions))) if n in rd.transitions]
     found = {n: sorted((t for t in rd.transitions[n] if isinstance(t, dict) and _finite(t.get("onset"))),
                        key=lambda t: t["onset"]) for n in looked}
     for name in looked:
@@ -483,7 +484,7 @@ def ordered_ablations(rd: RunData) -> list[dict]:
     def key(kv):
         a = kv[1]
         cls = rd.feature_classes.get(a.get("feature"), {}).get("class")
-        return (_CLASS_ORDER.get(cls, 3), str(a.get("feature")), str(a.get("method")), kv[0])
+        return (CLASS_ORDER.get(cls, 3), str(a.get("feature")), str(a.get("method")), kv[0])
 
     return [a for _, a in sorted(rd.ablations.items(), key=key)]
 
@@ -521,7 +522,7 @@ def summarize(run: Path | str | RunData) -> list[str]:
     _, transitions = main_transitions(rd)
     classes = sorted(
         rd.feature_classes.items(),
-        key=lambda kv: (_CLASS_ORDER.get(kv[1].get("class"), 3), _num(kv[1].get("decodable_step"), math.inf), kv[0]),
+        key=lambda kv: (CLASS_ORDER.get(kv[1].get("class"), 3), _num(kv[1].get("decodable_step"), math.inf), kv[0]),
     )
     out += [_feature_sentence(rd, f, fc, transitions) for f, fc in classes]
     for f in probe_features(rd):

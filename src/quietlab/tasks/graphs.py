@@ -455,6 +455,13 @@ def _prefix_count(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def _merge(component: np.ndarray, cu: np.ndarray, cv: np.ndarray, where: np.ndarray | None = None) -> None:
+    """Union, in place: in each row (where ``where``), components ``cu`` and ``cv`` of a (rows, n) array
+    of component names become one, named by the smaller (its smallest letter)."""
+    gap = abs(cu - cv) if where is None else where * abs(cu - cv)
+    component -= (component == np.maximum(cu, cv)[:, None]) * gap[:, None]
+
+
 def _bfs_distances(neighbour_bits: np.ndarray, source: np.ndarray) -> np.ndarray:
     """(n, N) int8 hop distance of every node from ``source`` (graphs connected), one BFS level at a
     time: a node is reached at level d when one of its neighbours is in level d-1's frontier.
@@ -790,7 +797,7 @@ class MST(GraphTask):
             cu, cv = np.take(flat, at_u[r]), np.take(flat, at_v[r])
             take = np.not_equal(cu, cv, out=taken[r])
             take &= number < 10 * n_pairs  # not a missing pair
-            component -= (component == np.maximum(cu, cv)[:, None]) * (take * abs(cu - cv))[:, None]
+            _merge(component, cu, cv, take)
             n_tree += take
             if n_tree.min(initial=n - 1) == n - 1:
                 break
@@ -830,9 +837,7 @@ class MST(GraphTask):
             rec.push("in_tree", first, in_tree)
             rec.push("adjacency", first, _row(adj, u))
             rec.push("edge_weight", first, w)
-            # union: the merged component is named by its smallest letter
-            cu, cv = _row(component, u), _row(component, v)
-            component -= (component == np.maximum(cu, cv)[:, None]) * abs(cu - cv)[:, None]
+            _merge(component, _row(component, u), _row(component, v))
             _set(in_tree, u, True)
             _set(in_tree, v, True)
             rec.push("component", first + 1, component)
