@@ -211,3 +211,63 @@ def test_gpu_gives_the_cpu_probes():
     cpu = fit_probes(acts, f, tr, te)
     gpu = fit_probes({l: a.cuda() for l, a in acts.items()}, f, tr, te)
     np.testing.assert_allclose(cpu.metrics["acc"], gpu.metrics["acc"], atol=0.01)
+
+
+def test_compact_lbfgs_direction_is_the_bfgs_inverse_hessian_times_g():
+    """_Memory.direction against a dense float64 BFGS inverse Hessian built update by update (the
+    oracle), with unused and forgotten pairs and a window shorter than the history."""
+    from quietlab.monitor.probes import _Memory
+
+    rng = np.random.default_rng(0)
+    P, G, g, d, size, curv = 2, 3, 2, 4, 5, 0.5
+    n = g * d + g
+    B = [rng.standard_normal((n, n)) for _ in range(P * G)]
+    B = [b @ b.T + n * np.eye(n) for b in B]  # each problem's true Hessian, SPD
+    Ainv = []
+    for _ in range(P):
+        a = rng.standard_normal((d, d))
+        Ainv.append(np.linalg.inv(a @ a.T + d * np.eye(d)))
+    Ainv = np.stack(Ainv)
+
+    def precondition(vW, vb):  # M v: each class row times the pair's Ainv, the bias part / curv
+        return np.einsum("pgxd,pde->pgxe", vW, Ainv), vb / curv
+
+    def flat(vW, vb, p, k):
+        return np.concatenate([vW[p, k].ravel(), vb[p, k]])
+
+    memory = _Memory(size)
+    slots = []  # per step: s, y (P, G, n) and use (P, G)
+    for step in range(9):
+        sW, sb = rng.standard_normal((P, G, g, d)), rng.standard_normal((P, G, g))
+        s_flat = np.stack([[flat(sW, sb, p, k) for k in range(G)] for p in range(P)])
+        y_flat = np.einsum("pkij,pkj->pki", np.stack(B).reshape(P, G, n, n), s_flat)
+        yW, yb = y_flat[..., : g * d].reshape(P, G, g, d), y_flat[..., g * d :]
+        use = rng.random((P, G)) > 0.25
+        MyW, Myb = precondition(yW, yb)
+        t = lambda a: torch.tensor(a, dtype=torch.float64)  # noqa: E731
+        memory.push(t(sW), t(sb), t(yW), t(yb), t(MyW), t(Myb), torch.tensor(use))
+        slots.append((s_flat, y_flat, use.copy()))
+        if step == 6:  # forget problem (1, 2)'s memory
+            which = np.zeros((P, G), bool)
+            which[1, 2] = True
+            memory.forget(torch.tensor(which))
+            for _, _, u in slots:
+                u[1, 2] = False
+    gW, gb = rng.standard_normal((P, G, g, d)), rng.standard_normal((P, G, g))
+    pW, pb = precondition(gW, gb)
+    rW, rb = memory.direction(*(torch.tensor(a) for a in (gW, gb, pW, pb)))
+    for p in range(P):
+        M = np.zeros((n, n))
+        for x in range(g):
+            M[x * d : (x + 1) * d, x * d : (x + 1) * d] = Ainv[p].T
+        M[g * d :, g * d :] = np.eye(g) / curv
+        for k in range(G):
+            pairs = [(s[p, k], y[p, k]) for s, y, u in slots[-size:] if u[p, k]]
+            H = M * (pairs[-1][0] @ pairs[-1][1] / (pairs[-1][1] @ M @ pairs[-1][1])) if pairs else M.copy()
+            for s, y in pairs:
+                rho = 1 / (s @ y)
+                V = np.eye(n) - rho * np.outer(y, s)
+                H = V.T @ H @ V + rho * np.outer(s, s)
+            expected = H @ flat(gW, gb, p, k)
+            got = np.concatenate([rW[p, k].numpy().ravel(), rb[p, k].numpy()])
+            np.testing.assert_allclose(got, expected, rtol=1e-8, atol=1e-10)
