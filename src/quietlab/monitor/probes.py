@@ -643,110 +643,6 @@ class _Objective:
         return torch.bmm(gW.view(P, G * g, d), self.Ainv).view(P, G, g, d), gb / self.curv
 
 
-class _Memory:
-    """The last ``size`` L-BFGS pairs (s, y) of every problem, and H·g from them in the compact form of
-    Byrd, Nocedal & Schnabel (1994): with H0 = γM (M the preconditioner, γ = sᵀy / yᵀMy of the newest
-    pair), S, Y the stored pairs, R the upper triangle of SᵀY and D its diagonal,
-
-        H g = γ M g + S u − γ (MY) w,   R w = Sᵀg,   Rᵀ u = (D + γ YᵀMY) w − γ (MY)ᵀg,
-
-    the same direction as the two-loop recursion but in a dozen batched operations whatever the memory
-    size (on a GPU, where a probe fit is bound by kernel launches, that is most of its time). A pair a
-    problem does not use (no accepted step, sᵀy ≤ 0, or forgotten) is stored as zeros with R_ii = 1,
-    which makes it drop out of every product."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self.s = self.y = self.My = None  # (W part (P, G, m, g, d), b part (P, G, m, g))
-        self.SY = self.YMY = None  # (P, G, m, m)
-        self.valid = None  # (P, G, m)
-
-    def push(self, sW, sb, yW, yb, MyW, Myb, use):
-        """Append the pair (s, y) of every problem (and M y), used where ``use`` (P, G) is True."""
-        u4, u3 = use[..., None, None].to(sW.dtype), use[..., None].to(sW.dtype)
-        new = [(sW * u4, sb * u3), (yW * u4, yb * u3), (MyW * u4, Myb * u3)]
-        new = [(w.unsqueeze(2), b.unsqueeze(2)) for w, b in new]
-        if self.s is None:
-            self.s, self.y, self.My = new
-            self.valid = use.unsqueeze(2)
-            self.SY = self._inner(self.s, self.y)
-            self.YMY = self._inner(self.y, self.My)
-            return
-        keep = slice(max(0, self.s[0].shape[2] + 1 - self.size), None)  # the window after appending
-        s_new, y_new, My_new = new
-        sy_col = self._inner(self.s, y_new)  # s_iᵀ y_new  (P, G, m, 1)
-        sy_row = self._inner(s_new, self.y)  # s_newᵀ y_j (P, G, 1, m)
-        sy_nn = self._inner(s_new, y_new)
-        ymy_col = self._inner(self.y, My_new)
-        ymy_nn = self._inner(y_new, My_new)
-        self.SY = torch.cat([torch.cat([self.SY, sy_col], 3), torch.cat([sy_row, sy_nn], 3)], 2)[:, :, keep, keep]
-        self.YMY = torch.cat([torch.cat([self.YMY, ymy_col], 3), torch.cat([ymy_col.transpose(2, 3), ymy_nn], 3)],
-                             2)[:, :, keep, keep]
-        self.s, self.y, self.My = ((torch.cat([old[0], nw[0]], 2)[:, :, keep], torch.cat([old[1], nw[1]], 2)[:, :, keep])
-                                   for old, nw in ((self.s, s_new), (self.y, y_new), (self.My, My_new)))
-        self.valid = torch.cat([self.valid, use.unsqueeze(2)], 2)[:, :, keep]
-
-    @staticmethod
-    def _inner(a, b):
-        """aᵢᵀbⱼ for every stored pair i of a and j of b: (P, G, m_a, m_b)."""
-        return a[0].flatten(3) @ b[0].flatten(3).transpose(2, 3) + a[1] @ b[1].transpose(2, 3)
-
-    def forget(self, which):
-        """Drop every stored pair of the problems ``which`` (P, G)."""
-        if self.s is None:
-            return
-        keep = (~which)[..., None]
-        self.valid = self.valid & keep
-        k4, k3 = keep[..., None, None].to(self.s[0].dtype), keep[..., None].to(self.s[0].dtype)
-        self.s, self.y, self.My = ((w * k4, b * k3) for w, b in (self.s, self.y, self.My))
-        k2 = keep.to(self.SY.dtype)[..., None]
-        self.SY, self.YMY = self.SY * k2, self.YMY * k2
-
-    def select(self, keep):
-        """Only the batch's pairs ``keep``."""
-        if self.s is None:
-            return
-        self.s, self.y, self.My = ((w.index_select(0, keep), b.index_select(0, keep)) for w, b in (self.s, self.y, self.My))
-        self.SY, self.YMY, self.valid = (t.index_select(0, keep) for t in (self.SY, self.YMY, self.valid))
-
-    def direction(self, gW, gb, pW, pb):
-        """H·g, for g = (gW, gb) and its preconditioned M·g = (pW, pb)."""
-        if self.s is None:
-            return pW, pb
-        valid = self.valid
-        m = valid.shape[-1]
-        diag = torch.diagonal(self.SY, dim1=2, dim2=3)
-        eye = torch.eye(m, dtype=self.SY.dtype, device=self.SY.device)
-        R = torch.triu(self.SY) * (valid[..., :, None] & valid[..., None, :]) + eye * (~valid)[..., None]
-        D = torch.diag_embed(diag * valid)
-        # γ from the newest pair each problem uses (1 where none)
-        newest = (m - 1 - torch.flip(valid, [-1]).to(torch.int8).argmax(-1, keepdim=True))
-        sy = diag.gather(-1, newest).squeeze(-1)
-        ymy = torch.diagonal(self.YMY, dim1=2, dim2=3).gather(-1, newest).squeeze(-1)
-        gamma = torch.where(valid.any(-1), sy / ymy.clamp(min=1e-30), torch.ones_like(sy))[..., None]
-        Sg = self._dot_all(self.s, gW, gb)
-        MYg = self._dot_all(self.My, gW, gb)
-        w = torch.linalg.solve_triangular(R, Sg.unsqueeze(-1), upper=True)
-        rhs = (D + gamma[..., None] * self.YMY) @ w - (gamma * MYg).unsqueeze(-1)
-        u = torch.linalg.solve_triangular(R.transpose(2, 3), rhs, upper=False).squeeze(-1)
-        w = w.squeeze(-1)
-        coef_s, coef_my = u, -gamma * w
-        rW = gamma[..., None] * pW + self._combine(coef_s, self.s[0]) + self._combine(coef_my, self.My[0])
-        rb = gamma * pb + self._combine(coef_s, self.s[1]) + self._combine(coef_my, self.My[1])
-        return rW, rb
-
-    @staticmethod
-    def _dot_all(pairs, gW, gb):
-        """(stored vector i)ᵀ g for every stored i: (P, G, m)."""
-        return (pairs[0].flatten(3) @ gW.flatten(2).unsqueeze(-1) + pairs[1] @ gb.unsqueeze(-1)).squeeze(-1)
-
-    @staticmethod
-    def _combine(coef, stored):
-        """Σ_i coef_i · stored_i."""
-        out = coef.unsqueeze(-2) @ stored.flatten(3)  # (P, G, 1, g·d) or (P, G, 1, g)
-        return out.view(stored.shape[:2] + stored.shape[3:])
-
-
 def _lbfgs(objective, W, b, active, max_iter, tol, history=10, ftol=1e-5):
     """Preconditioned L-BFGS over a chunk's problems, each with its own Armijo line search, memory and
     stopping test: (W, b, passes). Problems start at (W, b); those not ``active`` are left as they are.
@@ -769,7 +665,7 @@ def _lbfgs(objective, W, b, active, max_iter, tol, history=10, ftol=1e-5):
     f, gW, gb = objective(W, b)
     pW, pb = objective.precondition(gW, gb)
     active = active & (dot(gW, gb, pW, pb).clamp(min=0).sqrt() >= tol)  # already converged: nothing to do
-    memory = _Memory(history)
+    mem = []  # (sW, sb, yW, yb, rho, yᵀH0y), newest last; rho = 0 marks an entry a problem does not use
     dW, db = -pW, -pb
     alpha = torch.ones_like(f)
     plain = torch.ones_like(active)  # direction is the bound (MM) step -H0 g
@@ -788,7 +684,7 @@ def _lbfgs(objective, W, b, active, max_iter, tol, history=10, ftol=1e-5):
                 rows, P, objective = rows[keep], left, objective.select(keep)
                 W, b, f, gW, gb, dW, db, alpha, plain, active = (
                     t.index_select(0, keep) for t in (W, b, f, gW, gb, dW, db, alpha, plain, active))
-                memory.select(keep)
+                mem = [tuple(t.index_select(0, keep) for t in entry) for entry in mem]
         slope = dot(gW, gb, dW, db)
         step = alpha * active
         Wt, bt = W + e4(step) * dW, b + e3(step) * db
@@ -799,7 +695,9 @@ def _lbfgs(objective, W, b, active, max_iter, tol, history=10, ftol=1e-5):
         sW, sb = torch.where(e4(ok), Wt - W, 0.0), torch.where(e3(ok), bt - b, 0.0)
         yW, yb = torch.where(e4(ok), gWt - gW, 0.0), torch.where(e3(ok), gbt - gb, 0.0)
         sy = dot(sW, sb, yW, yb)
-        memory.push(sW, sb, yW, yb, *objective.precondition(yW, yb), ok & (sy > 1e-12))
+        rho = torch.where(ok & (sy > 1e-12), 1.0 / sy.clamp(min=1e-12), torch.zeros_like(sy))
+        yHy = dot(yW, yb, *objective.precondition(yW, yb))  # for the H0 scaling, computed once per entry
+        mem = (mem + [(sW, sb, yW, yb, rho, yHy)])[-history:]
         decrease = f - ft
         W, b = torch.where(e4(ok), Wt, W), torch.where(e3(ok), bt, b)
         f = torch.where(ok, ft, f)
@@ -811,9 +709,25 @@ def _lbfgs(objective, W, b, active, max_iter, tol, history=10, ftol=1e-5):
         failed = ~ok & active & (alpha < 1e-3)  # the line search gave up on this direction
         stuck = failed & plain  # even the bound step, which cannot fail in exact arithmetic
         reset = failed & ~plain  # a bad quasi-Newton direction: forget the memory, take the bound step
-        memory.forget(reset)
+        # forget the reset problems' memory (no `if reset.any()`: a device sync every iteration costs
+        # more on a GPU than these few elementwise ops)
+        mem = [(a, b_, c, d_, torch.where(reset, 0.0, r), yhy) for a, b_, c, d_, r, yhy in mem]
         fresh = ok | reset
-        rW, rb = memory.direction(gW, gb, pW, pb)
+        # two-loop recursion (entries with rho = 0 are no-ops)
+        qW, qb = gW, gb
+        coef = []
+        for sW_, sb_, yW_, yb_, r, _ in reversed(mem):
+            a = r * dot(sW_, sb_, qW, qb)
+            coef.append(a)
+            qW, qb = qW - e4(a) * yW_, qb - e3(a) * yb_
+        rW, rb = objective.precondition(qW, qb)
+        gamma = torch.ones_like(alpha)  # H0 scaled by the newest usable sᵀy / yᵀH0y
+        for *_, r, yhy in mem:
+            gamma = torch.where(r > 0, 1.0 / (r * yhy).clamp(min=1e-30), gamma)
+        rW, rb = rW * e4(gamma), rb * e3(gamma)
+        for (sW_, sb_, yW_, yb_, r, _), a in zip(mem, reversed(coef)):
+            bcoef = r * dot(yW_, yb_, rW, rb)
+            rW, rb = rW + e4(a - bcoef) * sW_, rb + e3(a - bcoef) * sb_
         descent = (dot(gW, gb, rW, rb) > 0) & ~reset  # H g must point uphill so that -H g descends
         rW, rb = torch.where(e4(descent), rW, pW), torch.where(e3(descent), rb, pb)
         dW, db = torch.where(e4(fresh), -rW, dW), torch.where(e3(fresh), -rb, db)
