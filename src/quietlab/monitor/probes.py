@@ -205,7 +205,7 @@ def fit_features(
     """Probes of several features on the same activations: {name: ProbeResult}.
 
     Features of one solver family (sigmoid: binary + multilabel; softmax with the same n_classes;
-    ridge) that are defined at the same places are solved together as one multi-output problem: their
+    ridge) whose masks agree at a position are solved together there as one multi-output problem: their
     outputs are independent, so this gives the same probes as fitting them one by one, for the price of
     one pass over the activations.
 
@@ -213,11 +213,12 @@ def fit_features(
     than ``min_train`` probe-train or ``min_test`` probe-test examples there, or is constant on its
     probe-train examples. Outputs of a multi-output feature that are constant on train keep a
     bias-only probe (w = 0) and still count in the mean over outputs. ``tol``: a problem stops when a
-    bound-scaled Newton step would move no standardised logit by more than about ``tol``, or the
-    objective stops falling; ``max_iter`` caps the passes. The default, 0.01, leaves test accuracies
-    0.0009 from the exact optimum's on average (at most 0.0075, over the 165 probes of
-    benchmarks/probe_speed.py), closer than scikit-learn's default fit gets (0.0036, at most 0.0175). ``max_chunk_bytes`` bounds the memory of one
-    batch of pairs (default 256 MiB on CPU; on a GPU 40% of its free memory, at most 8 GiB).
+    bound-scaled Newton step would move the standardised logits by less than about ``tol`` (RMS over
+    the training examples; a C-class softmax by less than tol·2/C), or the objective stops falling;
+    ``max_iter`` caps the passes. The default, 0.01, leaves test accuracies 0.0009 from the exact
+    optimum's on average (at most 0.0075, over the 165 probes of benchmarks/probe_speed.py), closer than
+    scikit-learn's default fit gets (0.0036, at most 0.0175). ``max_chunk_bytes`` bounds the memory of
+    one batch of pairs (default 256 MiB on CPU; on a GPU 40% of its free memory, at most 8 GiB).
     ``standardize=False`` fits on centred but unscaled activations, so that the L2 penalty acts on the
     weights in residual space (as scikit-learn's probes on raw activations do); the ablations use it.
     ``init``: earlier ProbeResults of the same features (the monitor's previous checkpoint), whose
@@ -654,8 +655,8 @@ class _Objective:
 def _lbfgs(objective, W, b, active, max_iter, tol, history=10, ftol=1e-5):
     """Preconditioned L-BFGS over a chunk's problems, each with its own Armijo line search, memory and
     stopping test: (W, b, passes). Problems start at (W, b); those not ``active`` are left as they are.
-    A problem stops when one bound-scaled (MM) step would move no standardised logit by more than about
-    ``tol``, or when a full step no longer lowers its objective. Finished pairs leave the batch."""
+    A problem stops when one bound-scaled (MM) step would move the standardised logits by less than about
+    ``tol``, or when a full step no longer lowers its objective. On a CPU, finished pairs leave the batch."""
     P = W.shape[0]
     dev = W.device
 
