@@ -211,4 +211,3 @@ def test_gpu_gives_the_cpu_probes():
     cpu = fit_probes(acts, f, tr, te)
     gpu = fit_probes({l: a.cuda() for l, a in acts.items()}, f, tr, te)
     np.testing.assert_allclose(cpu.metrics["acc"], gpu.metrics["acc"], atol=0.01)
-

@@ -213,8 +213,9 @@ def fit_features(
     than ``min_train`` probe-train or ``min_test`` probe-test examples there, or is constant on its
     probe-train examples. Outputs of a multi-output feature that are constant on train keep a
     bias-only probe (w = 0) and still count in the mean over outputs. ``tol``: a problem stops when a
-    bound-scaled Newton step would move the standardised logits by less than about ``tol`` (RMS over
-    the training examples; a C-class softmax by less than tol·2/C), or the objective stops falling;
+    bound-scaled Newton step would move the standardised logits by less than ``tol`` (√c times their
+    RMS change over the training examples, c the bound's curvature: ¼ sigmoid, ½ softmax; a C-class
+    softmax stops at tol·2/C), or the objective stops falling;
     ``max_iter`` caps the passes. The default, 0.01, leaves test accuracies 0.0009 from the exact
     optimum's on average (at most 0.0075, over the 165 probes of benchmarks/probe_speed.py), closer than
     scikit-learn's default fit gets (0.0036, at most 0.0175). ``max_chunk_bytes`` bounds the memory of
@@ -713,11 +714,14 @@ def _lbfgs(objective, W, b, active, max_iter, tol, history=10, ftol=1e-5):
         gW, gb = torch.where(e4(ok), gWt, gW), torch.where(e3(ok), gbt, gb)
         pW, pb = objective.precondition(gW, gb)
         move = objective.logit_move(gW, gb, pW, pb)
+        # stop when one bound-scaled (MM) step would move the standardised logits by less than ~tol, or
+        # when a full step no longer lowers the objective
         flat = decrease.abs() <= slack + ftol * f.abs()
-        full = alpha == 1
+        done = ok & ((move < tol) | (flat & (alpha == 1)))
         failed = ~ok & active & (alpha < 1e-3)  # the line search gave up on this direction
         stuck = failed & plain  # even the bound step, which cannot fail in exact arithmetic
         reset = failed & ~plain  # a bad quasi-Newton direction: forget the memory, take the bound step
+        active = active & ~done & ~stuck
         # forget the reset problems' memory (no `if reset.any()`: a device sync every iteration costs
         # more on a GPU than these few elementwise ops)
         mem = [(a, b_, c, d_, torch.where(reset, 0.0, r), yhy) for a, b_, c, d_, r, yhy in mem]
@@ -742,10 +746,6 @@ def _lbfgs(objective, W, b, active, max_iter, tol, history=10, ftol=1e-5):
         dW, db = torch.where(e4(fresh), -rW, dW), torch.where(e3(fresh), -rb, db)
         plain = torch.where(fresh, ~descent, plain)
         alpha = torch.where(fresh, torch.ones_like(alpha), alpha * 0.5)
-        # stop when one bound-scaled (MM) step would move no standardised logit by more than ~tol, or
-        # when a full step no longer lowers the objective
-        done = ok & ((move < tol) | (flat & full))
-        active = active & ~done & ~stuck
     W_out[rows], b_out[rows] = W, b
     return W_out, b_out, passes
 
