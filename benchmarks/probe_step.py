@@ -1,9 +1,11 @@
 """One Monitor probe step, taken apart: what a probe step costs and where the time goes.
 
 Builds the Monitor's probe set for a task (``--examples``, default the Monitor's 2,000), then times, over
-``--repeats`` probe steps of the same model: capturing the residual stream, fitting every feature's
-probes (cold, and warm-started from the previous step's probes as the Monitor does), and writing the
-rows to a metrics store. ``--profile`` adds the operators that took the most time in one warm fit and
+``--repeats`` probe steps: capturing the residual stream, fitting every feature's probes (cold, and
+warm-started from the previous step's probes as the Monitor does), and writing the rows to a metrics
+store. Between steps every weight of the model moves by ``--drift`` (5%) of its tensor's standard
+deviation, a stand-in for the training between two checkpoints: a warm start from the same model's own
+probes would cost next to nothing and flatter the figure. ``--profile`` adds the operators that took the most time in one warm fit and
 the number of kernels launched (on a GPU, where a probe step is bound by launches rather than by
 arithmetic).
 
@@ -27,6 +29,8 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--run", default=None, help="a trained run's last checkpoint instead of a random model")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--drift", type=float, default=0.05,
+                    help="between probe steps, each weight moves by this fraction of its tensor's standard deviation")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
@@ -67,28 +71,31 @@ def main():
 
     kw = {"max_iter": 60}  # as the Monitor fits
     acts, _ = timed(lambda: capture_layers(model, tokens))
-    fit_features(acts, feats, tr, te, **kw)  # warm-up
+    previous = fit_features(acts, feats, tr, te, **kw)  # also the warm-up
     store = RunStore(tempfile.mkdtemp(prefix="quietlab-probe-step-") + "/metrics.sqlite")
-    rows_out = {"capture": [], "fit cold": [], "fit warm": [], "store": []}
-    previous = None
+    seconds = {"capture": [], "fit cold": [], "fit warm": [], "store": []}
+    gen = torch.Generator(device=args.device).manual_seed(0)
     for step in range(args.repeats):
+        with torch.no_grad():  # the next "checkpoint": every weight moved by --drift of its tensor's spread
+            for p in model.parameters():
+                if p.numel() > 1:
+                    p.add_(torch.randn(p.shape, generator=gen, device=p.device, dtype=p.dtype) * (args.drift * p.std()))
         acts, dt = timed(lambda: capture_layers(model, tokens))
-        rows_out["capture"].append(dt)
+        seconds["capture"].append(dt)
         cold, dt = timed(lambda: fit_features(acts, feats, tr, te, **kw))
-        rows_out["fit cold"].append(dt)
-        init = previous or cold
-        warm, dt = timed(lambda: fit_features(acts, feats, tr, te, init=init, **kw))
-        rows_out["fit warm"].append(dt)
+        seconds["fit cold"].append(dt)
+        warm, dt = timed(lambda: fit_features(acts, feats, tr, te, init=previous, **kw))
+        seconds["fit warm"].append(dt)
         previous = warm
         rows = [r for name, res in warm.items() for r in res.rows(step, name)]
         _, dt = timed(lambda: store.log_probes(rows))
-        rows_out["store"].append(dt)
+        seconds["store"].append(dt)
     n_pairs = sum(len(r.pairs) for r in cold.values())
     passes = {n: r.n_iter for n, r in cold.items()}
     where = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"{task!r}, {'run ' + args.run if args.run else 'random-init model'}, {where}: {len(tokens)} probe "
           f"examples, {n_pairs} (feature, layer, position) probes, {len(rows)} store rows; solver passes {passes}")
-    for part, values in rows_out.items():
+    for part, values in seconds.items():
         print(f"  {part:9s} {np.median(values):7.3f} s  (median of {len(values)})")
 
     if args.profile:
