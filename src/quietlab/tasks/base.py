@@ -269,6 +269,7 @@ class Task:
     """
 
     name: ClassVar[str]
+    preset: ClassVar[str] = "quietlab"  # the task family: "quietlab" or "paper" (tasks/__init__.py)
     knobs: ClassVar[tuple[Knob, ...]] = ()
     feature_docs: ClassVar[dict[str, str]] = {}
     description: ClassVar[str] = ""
@@ -375,6 +376,7 @@ class Task:
         """What `quietlab tasks` shows: sizes, seq_len, vocabulary and features."""
         return {
             "name": self.name,
+            "preset": self.preset,
             "description": self.description,
             "sizes": {k.name: {"value": self.sizes[k.name], "allowed": k.allowed, "help": k.help} for k in self.knobs},
             "seq_len": self.seq_len,
