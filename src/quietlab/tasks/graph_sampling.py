@@ -51,6 +51,8 @@ def cycle_types(n: int) -> tuple[np.ndarray, list[np.ndarray], list[int], Fracti
         orbit = np.full(len(iu), -1, dtype=np.intp)
         count = 0
         for p in range(len(iu)):
+            if orbit[p] >= 0:
+                continue
             u, v = iu[p], ju[p]
             while orbit[pid[u, v]] < 0:
                 orbit[pid[u, v]] = count
