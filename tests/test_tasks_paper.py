@@ -285,3 +285,10 @@ def test_bit_task_split_keeps_swapped_operands_together():
         held = task.in_heldout(inputs)
         assert 0.2 < held.mean() < 0.3
         np.testing.assert_array_equal(held, task.in_heldout(swapped))
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE))
+def test_paper_features_are_documented_and_well_formed(name):
+    from task_checks import check_features_well_formed
+
+    check_features_well_formed(get_task(name, preset="paper"))
