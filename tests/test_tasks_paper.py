@@ -292,3 +292,23 @@ def test_paper_features_are_documented_and_well_formed(name):
     from task_checks import check_features_well_formed
 
     check_features_well_formed(get_task(name, preset="paper"))
+
+
+def test_cli_lists_and_samples_the_paper_preset():
+    import json
+
+    from typer.testing import CliRunner
+
+    from quietlab.cli import app
+
+    res = CliRunner().invoke(app, ["tasks", "--preset", "paper", "--json"])
+    assert res.exit_code == 0, res.output
+    listed = json.loads(res.output)
+    assert {d["name"] for d in listed} == set(REFERENCE) and {d["preset"] for d in listed} == {"paper"}
+    res = CliRunner().invoke(app, ["sample", "bfs", "--preset", "paper", "--n", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    for example in json.loads(res.output)["examples"]:
+        prompt, answer = example["text"].split("=")
+        assert answer == ref.bfs(prompt)[0] and ":" not in prompt and "," not in prompt
+    res = CliRunner().invoke(app, ["sample", "bfs", "--preset", "nope"])
+    assert res.exit_code == 2 and "unknown preset" in res.output

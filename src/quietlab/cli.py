@@ -68,11 +68,12 @@ TASK_SIZES = {"allow_extra_args": True, "ignore_unknown_options": True}
 def tasks_cmd(
     task: Optional[str] = typer.Argument(None, help="Show one task's features in full."),
     as_json: bool = typer.Option(False, "--json", help="Print the list as JSON."),
+    preset: str = typer.Option("quietlab", "--preset", help="quietlab or paper (the study's formats and samplers)."),
 ):
     """List every task with its size options, sequence length, vocabulary and features."""
     from .tasks import get_task, task_names
 
-    described = [get_task(name).describe() for name in ([task] if task else task_names())]
+    described = [get_task(name, preset=preset).describe() for name in ([task] if task else task_names(preset))]
     if as_json:
         print(json.dumps(described, indent=2))
         return
@@ -85,7 +86,7 @@ def tasks_cmd(
         for k, v in d["features"].items():
             console.print(f"  [bold]{k}[/bold] {v}", highlight=False)
         return
-    table = Table(title="quietlab tasks (default sizes are the papers'; `quietlab tasks NAME` for details)")
+    table = Table(title=f"quietlab tasks, preset {preset} (default sizes are the papers'; `quietlab tasks NAME` for details)")
     for col in ("task", "size options", "seq_len", "vocab", "features"):
         table.add_column(col)
     for d in described:
@@ -104,6 +105,7 @@ def sample_cmd(
     seed: int = typer.Option(0, "--seed"),
     split: str = typer.Option("train", "--split", help="train or test (the held-out side)."),
     as_json: bool = typer.Option(False, "--json", help="Print examples and features as JSON."),
+    preset: str = typer.Option("quietlab", "--preset", help="quietlab or paper (the study's formats and samplers)."),
 ):
     """Print decoded examples with each feature shown under the tokens it belongs to.
 
@@ -111,7 +113,7 @@ def sample_cmd(
     from .tasks import get_task
     from .tasks.render import batch_to_json, render_example
 
-    t = get_task(task, **parse_sizes(ctx.args))
+    t = get_task(task, preset=preset, **parse_sizes(ctx.args))
     if n < 1:
         raise ValueError(f"--n must be at least 1, got {n}")
     batch = t.sample(n, seed=seed, split=split)
