@@ -45,6 +45,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return out.type_as(x)
 
 
+def apply_rope_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The same rotation with the pairs interleaved, (x[..., 2i], x[..., 2i+1]), as Llama's code
+    (and the quiet-features paper) pair them. Equal to apply_rope up to a fixed permutation of the
+    head's dimensions."""
+    pairs = x.float().unflatten(-1, (-1, 2))
+    x1, x2 = pairs[..., 0], pairs[..., 1]
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2).type_as(x)
+
+
 class KVCache:
     """Keys and values of every layer for batched incremental decoding."""
 
@@ -63,7 +72,8 @@ class KVCache:
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, variant: str = "softmax", tau: float | None = None,
-                 norm_form: str = "std", heat_start: float = 3.0, heat_fraction: float = 0.5):
+                 norm_form: str = "std", heat_start: float = 3.0, heat_fraction: float = 0.5,
+                 rope_interleaved: bool = False):
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
@@ -77,6 +87,7 @@ class CausalSelfAttention(nn.Module):
         self.variant, self.norm_form = variant, norm_form
         self.tau = float(tau) if tau is not None else math.sqrt(self.d_head)
         self.heat_start, self.heat_fraction = heat_start, heat_fraction
+        self.rope = apply_rope_interleaved if rope_interleaved else apply_rope
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)  # rows ordered [q; k; v]
         self.proj = nn.Linear(d_model, d_model, bias=False)
         self.register_buffer("progress", torch.zeros(()), persistent=True)
@@ -89,7 +100,7 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0, want_pattern: bool = False):
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = self.rope(q, cos, sin), self.rope(k, cos, sin)
         causal = cache is None or cache.length == 0
         if cache is not None:
             if T > 1 and cache.length:

@@ -42,6 +42,9 @@ class TransformerConfig:
     heat_start: float = 3.0  # heat: inverse temperature at step 0
     heat_fraction: float = 0.5  # heat: fraction of training over which β anneals to 1/√d_head
     rope_base: float = 10000.0
+    rope_pairs: str = "halves"  # halves: (x_i, x_{i+d/2}) | interleaved: (x_2i, x_2i+1), Llama's and the paper's
+    norm_eps: float = 1e-6  # RMSNorm epsilon (the paper: 1e-5)
+    init: str = "gpt2"  # gpt2: N(0, 0.02), residual projections scaled | torch_default: PyTorch's (the paper's)
 
     def __post_init__(self):
         if self.d_mlp is None:
@@ -49,6 +52,11 @@ class TransformerConfig:
         for name in ("vocab_size", "seq_len", "d_model", "n_layers", "n_heads", "d_mlp"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name, allowed in (("rope_pairs", ("halves", "interleaved")), ("init", ("gpt2", "torch_default"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if not self.norm_eps >= 0:
+            raise ValueError(f"norm_eps must be >= 0, got {self.norm_eps}")
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
             raise ValueError(f"d_model ({self.d_model}) must split into {self.n_heads} heads of even size (RoPE)")
 
@@ -80,10 +88,10 @@ class SwiGLU(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
-        self.attn_norm = RMSNorm(cfg.d_model)
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.attn = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.attention, cfg.tau, cfg.norm_form,
-                                        cfg.heat_start, cfg.heat_fraction)
-        self.mlp_norm = RMSNorm(cfg.d_model)
+                                        cfg.heat_start, cfg.heat_fraction, cfg.rope_pairs == "interleaved")
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = SwiGLU(cfg.d_model, cfg.d_mlp)
 
     def forward(self, x, cos, sin, cache=None, layer=0, want_pattern=False):
@@ -98,15 +106,16 @@ class Transformer(nn.Module):
         self.config = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.d_model)
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         cos, sin = rope_cache(cfg.seq_len, cfg.d_model // cfg.n_heads, cfg.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        self.apply(self._init)
-        for block in self.blocks:  # GPT-2's scaled init of the projections into the residual stream
-            for w in (block.attn.proj.weight, block.mlp.down.weight):
-                nn.init.normal_(w, std=0.02 / math.sqrt(2 * cfg.n_layers))
+        if cfg.init == "gpt2":  # torch_default keeps what the modules drew: Embedding N(0, 1), Linear U(±1/√fan_in)
+            self.apply(self._init)
+            for block in self.blocks:  # GPT-2's scaled init of the projections into the residual stream
+                for w in (block.attn.proj.weight, block.mlp.down.weight):
+                    nn.init.normal_(w, std=0.02 / math.sqrt(2 * cfg.n_layers))
 
     @staticmethod
     def _init(module):

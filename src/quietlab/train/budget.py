@@ -55,3 +55,28 @@ def steps_for_flops(flops: float, config: TransformerConfig, batch_size: int, to
         raise ValueError(f"a budget of {flops:.3g} FLOPs is less than one step of this model "
                          f"({per_step:.3g} FLOPs per step of {batch_size} examples); raise --flops")
     return steps
+
+
+# --- the paper preset's accounting (PAPER_PROTOCOL §3) ------------------------------------------------
+def paper_flops_per_token(n_layers: int, d_model: int, ctx: float) -> float:
+    """The paper's F = 12·L·d² + L·ctx·d per token (its N = 12·L·d², no norms, SwiGLU counted as 8·d²);
+    a run of budget C trains on C / (6·F) tokens."""
+    return 12 * n_layers * d_model**2 + n_layers * ctx * d_model
+
+
+def paper_steps_for_flops(flops: float, n_layers: int, d_model: int, ctx: float, batch_size: int) -> int:
+    """The paper's steps = ceil(tokens / (batch · ctx)) with tokens = C / (6·F), ctx the task's mean
+    context (``mean_context``)."""
+    if not (flops > 0 and math.isfinite(flops)):
+        raise ValueError(f"the compute budget must be a positive number of FLOPs, got {flops!r}")
+    if batch_size < 1 or not ctx > 0:
+        raise ValueError(f"batch_size must be >= 1 and ctx > 0, got {batch_size} and {ctx}")
+    tokens = flops / (6 * paper_flops_per_token(n_layers, d_model, ctx))
+    return math.ceil(tokens / (batch_size * ctx))
+
+
+def mean_context(batch) -> float:
+    """The paper's ctx of a task Batch: the mean number of tokens up to and including each row's first
+    end token (the loss mask's last position predicts it)."""
+    last = batch.loss_mask.shape[1] - 1 - batch.loss_mask[:, ::-1].argmax(axis=1)
+    return float((last + 2).mean())

@@ -36,8 +36,18 @@ def lr_at(step: int, total_steps: int, lr: float, warmup_fraction: float = 0.1, 
     return floor + (lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: linear-layer matrices (decayed) and everything else (norms, embeddings, biases)."""
+def paper_lr_at(step: int, total_steps: int, lr: float) -> float:
+    """The paper preset's learning rate (its LinearLR + CosineAnnealingLR, PAPER_PROTOCOL §3): with
+    W = int(0.1·T), lr·(0.01 + 0.99·t/W) for t < W, then 0.1·lr + 0.9·lr·(1 + cos(π(t−W)/(T−W)))/2."""
+    w = int(0.1 * total_steps)
+    if step < w:
+        return lr * (0.01 + 0.99 * step / w)
+    return 0.1 * lr + 0.9 * lr * (1.0 + math.cos(math.pi * (step - w) / max(1, total_steps - w))) / 2
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_all: bool = False) -> list[dict]:
+    """Two AdamW groups: linear-layer matrices (decayed) and everything else (norms, embeddings, biases);
+    ``decay_all``: every parameter decayed, as the paper does."""
     decay, no_decay, seen = [], [], set()
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
@@ -45,13 +55,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
                 continue
             seen.add(id(p))
             is_matrix = name == "weight" and p.ndim >= 2 and not isinstance(module, nn.Embedding)
-            (decay if is_matrix else no_decay).append(p)
+            (decay if is_matrix or decay_all else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.1, betas=(0.9, 0.95)) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.1, betas=(0.9, 0.95),
+                   decay_all: bool = False) -> torch.optim.AdamW:
     fused = next(model.parameters()).device.type == "cuda"
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), fused=fused)
+    return torch.optim.AdamW(param_groups(model, weight_decay, decay_all), lr=lr, betas=tuple(betas), fused=fused)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
