@@ -233,3 +233,83 @@ def mst(prompt: str, n: int = 11) -> str:
             component[find(u)] = find(v)
             tree += [u, v]
     return _letters(tree)
+
+
+# --- the quietlab features the paper's graph rules also define, {position: {feature: label}} -------------
+def _hops(nbrs, start, n):
+    dist, queue = {start: 0}, deque([start])
+    while queue:
+        v = queue.popleft()
+        for w in nbrs[v]:
+            if w not in dist:
+                dist[w] = dist[v] + 1
+                queue.append(w)
+    return [dist[u] for u in range(n)]
+
+
+def dfs_features(prompt: str, n: int = 11) -> dict[int, dict]:
+    """After visiting each node (at t0+1+r): unvisited nodes with an entry on Sage's stack, the visited
+    set, the node's adjacency row, its depth and its parent (who pushed the entry that was popped)."""
+    (source,), _, nbrs = _graph(prompt, 1, n)
+    t0 = len(prompt)
+    stack, seen, depth, labels = [(source, source)], [], {}, {}
+    while stack:
+        v, by = stack.pop()
+        if v in seen:
+            continue
+        depth[v] = 0 if v == source else depth[by] + 1
+        seen.append(v)
+        stack.extend((w, v) for w in nbrs[v])
+        waiting = {w for w, _ in stack} - set(seen)
+        labels[t0 + len(seen)] = {
+            "stack": [int(u in waiting) for u in range(n)], "visited": [int(u in seen) for u in range(n)],
+            "adjacency_list": [int(u in nbrs[v]) for u in range(n)], "depth": depth[v], "parent": by}
+    return labels
+
+
+def shortest_path_features(prompt: str, answer: str, n: int = 11) -> dict[int, dict]:
+    (source, target), _, nbrs = _graph(prompt, 2, n)
+    t0 = len(prompt)
+    static = {"distance": _hops(nbrs, source, n), "distance_to_target": _hops(nbrs, target, n)}
+    labels = {t0: {**static, "visited": [0] * n}}
+    path = [ord(c) - 65 for c in answer]
+    for r, v in enumerate(path):
+        labels[t0 + 1 + r] = {**static, "visited": [int(u in path[: r + 1]) for u in range(n)],
+                              "adjacency_list": [int(u in nbrs[v]) for u in range(n)]}
+    return labels
+
+
+def topological_sort_features(prompt: str, answer: str, n: int = 11) -> dict[int, dict]:
+    _, edges, out = _graph(prompt, 0, n, directed=True)
+    t0 = len(prompt)
+    order = [ord(c) - 65 for c in answer]
+    labels = {}
+    for r in range(-1, n):
+        done = set(order[: r + 1])
+        indegree = [sum(1 for u, w in edges if w == v and u not in done) for v in range(n)]
+        labels[t0 + 1 + r] = {"ready": [int(v not in done and indegree[v] == 0) for v in range(n)],
+                              "remaining_in_degree": indegree, "visited": [int(v in done) for v in range(n)]}
+        if r >= 0:
+            labels[t0 + 1 + r]["adjacency_list"] = [int(u in out[order[r]]) for u in range(n)]
+    return labels
+
+
+def mst_features(prompt: str, answer: str, n: int = 11) -> dict[int, dict]:
+    """At '=' no tree edge; at tree edge j's first letter the forest of edges 0..j-1, at its second 0..j."""
+    _, _, nbrs = _graph(prompt, 0, n)
+    t0 = len(prompt)
+    tree = [(ord(answer[i]) - 65, ord(answer[i + 1]) - 65) for i in range(0, len(answer), 2)]
+
+    def forest(k):
+        component = list(range(n))
+        for u, v in tree[:k]:
+            old, new = max(component[u], component[v]), min(component[u], component[v])
+            component = [new if c == old else c for c in component]
+        touched = {x for e in tree[:k] for x in e}
+        return {"component": component, "in_tree": [int(v in touched) for v in range(n)]}
+
+    labels = {t0: forest(0)}
+    for j, (u, v) in enumerate(tree):
+        labels[t0 + 1 + 2 * j] = {**forest(j), "adjacency_list": [int(x in nbrs[u]) for x in range(n)]}
+        labels[t0 + 2 + 2 * j] = {**forest(j + 1), "adjacency_list": [int(x in nbrs[v]) for x in range(n)]}
+    return labels

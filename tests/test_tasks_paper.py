@@ -312,3 +312,16 @@ def test_cli_lists_and_samples_the_paper_preset():
         assert answer == ref.bfs(prompt)[0] and ":" not in prompt and "," not in prompt
     res = CliRunner().invoke(app, ["sample", "bfs", "--preset", "nope"])
     assert res.exit_code == 2 and "unknown preset" in res.output
+
+
+@pytest.mark.parametrize("name", ["dfs", "shortest_path", "topological_sort", "mst"])
+def test_other_graph_features_match_the_plain_rules(name):
+    task = get_task(name, preset="paper")
+    batch = task.sample(2000, seed=13)
+    for i, row in enumerate(batch.tokens):
+        prompt, answer = _split(task, row)
+        labels = (ref.dfs_features(prompt) if name == "dfs" else
+                  getattr(ref, f"{name}_features")(prompt, answer))
+        for feature in batch.features:
+            expected = {t: got[feature] for t, got in labels.items() if feature in got}
+            _check_feature(batch, feature, i, expected)

@@ -22,7 +22,8 @@ import numpy as np
 from . import register
 from .base import PAD, Batch, FeatureRecorder, Knob
 from .graph_sampling import isomorphism_invariant, uniform_connected_graphs
-from .graphs import BFS, LETTERS, GraphTask, _acyclic, _connected, _first, _merge, _other_node, _pair_index, _row, _set
+from .graphs import (BFS, DFS, LETTERS, MST, GraphTask, ShortestPath, TopologicalSort, _acyclic, _bfs_distances,
+                     _connected, _first, _merge, _node_bits, _other_node, _pair_index, _row, _set)
 from .paper_format import target_equals
 
 
@@ -152,26 +153,37 @@ class PaperDFS(PaperGraphTask):
         "stack": "multilabel: unvisited nodes with an entry on the stack after visiting the node at t0+1+r",
         "visited": "multilabel: nodes visited so far, the one at t0+1+r included",
         "adjacency_list": "multilabel: adjacency row of the node at t0+1+r (loud in the paper)",
+        "depth": "categorical: depth in the DFS tree (the source 0) of the node at t0+1+r",
+        "parent": "categorical: DFS-tree parent of the node at t0+1+r, the node whose push of it was popped "
+        "(source: itself)",
     }
 
     def _solve(self, inputs, adj, tokens, eq, rec):
         n, size = self.n_nodes, len(adj)
         self._declare(rec, ("stack", "visited", "adjacency"), "multilabel", k=n)
-        rec.share_mask("stack", "visited", "adjacency")
+        self._declare(rec, ("depth", "parent"), "categorical", n_classes=n)
+        rec.share_mask("stack", "visited", "adjacency", "depth", "parent")
         visited = np.zeros((size, n), dtype=bool)
         pushed = np.full((size, n), -1, dtype=np.int16)  # stack height of each node's latest entry
         letters = np.arange(n, dtype=np.int16)
         v = inputs["source"]
+        parent = np.repeat(v.astype(np.int8)[:, None], n, axis=1)  # of each node: who pushed its latest entry
+        depth = np.zeros((size, n), dtype=np.int8)
         for r in range(n):
             pos = eq + 1 + r
             tokens.put(pos, self.letter0 + v)
             _set(visited, v, True)
             nbrs = _row(adj, v)
-            np.copyto(pushed, np.int16((r + 1) * n) + letters, where=nbrs & ~visited)  # ascending: largest on top
+            push = nbrs & ~visited
+            np.copyto(pushed, np.int16((r + 1) * n) + letters, where=push)  # ascending: largest on top
             on_stack = (pushed >= 0) & ~visited
             rec.push("stack", pos, on_stack)
             rec.push("visited", pos, visited)
             rec.push("adjacency", pos, nbrs)
+            rec.push("depth", pos, _row(depth, v))
+            rec.push("parent", pos, _row(parent, v))
+            np.copyto(parent, v.astype(np.int8)[:, None], where=push)
+            np.copyto(depth, (_row(depth, v) + np.int8(1))[:, None], where=push)
             v = np.argmax(np.where(on_stack, pushed, -1), axis=1)
         return n
 
@@ -187,7 +199,12 @@ class PaperShortestPath(PaperGraphTask):
     name = "shortest_path"
     endpoints = ("source", "target")
     description = "Sage's bidirectional-BFS shortest path (source target, edges = path); the paper's graphs"
-    feature_docs = {}
+    feature_docs = {
+        "distance": ShortestPath.feature_docs["distance"],
+        "distance_to_target": ShortestPath.feature_docs["distance_to_target"],
+        "visited": ShortestPath.feature_docs["visited"],
+        "adjacency_list": "multilabel: neighbours of the node at answer token r",
+    }
 
     def _solve(self, inputs, adj, tokens, eq, rec):
         n, size = self.n_nodes, len(adj)
@@ -241,11 +258,28 @@ class PaperShortestPath(PaperGraphTask):
             chains.append((chain, np.argmax(chain == end[:, None], axis=1)))
         (to_source, hops_source), (to_target, hops_target) = chains
         length = hops_source + hops_target + 1
+        # the features: distances from both ends (at '=' and every answer token), the path so far
+        self._declare(rec, ("distance", "distance_to_target"), "categorical", k=n, n_classes=n)
+        self._declare(rec, ("visited", "adjacency"), "multilabel", k=n)
+        rec.share_mask("distance", "distance_to_target", "visited")
+        neighbour_bits = _node_bits(adj)
+        static = (("distance", _bfs_distances(neighbour_bits, ends[0])),
+                  ("distance_to_target", _bfs_distances(neighbour_bits, ends[1])))
+        visited = np.zeros((size, n), dtype=bool)
+        for feat, value in static:
+            rec.push(feat, eq, value)
+        rec.push("visited", eq, visited)
         for r in range(int(length.max(initial=0))):
             letter = np.where(r <= hops_source, to_source[rows, np.clip(hops_source - r, 0, n - 1)],
                               to_target[rows, np.clip(r - hops_source, 0, n - 1)])
             live = rows[r < length]
-            tokens.put(eq[live] + 1 + r, self.letter0 + letter[live], rows=live)
+            pos = eq[live] + 1 + r
+            tokens.put(pos, self.letter0 + letter[live], rows=live)
+            _set(visited, letter[live], True, rows=live)
+            for feat, value in static:
+                rec.push(feat, pos, value[live], rows=live)
+            rec.push("visited", pos, visited[live], rows=live)
+            rec.push("adjacency", pos, adj[live, letter[live]], rows=live)
         return length
 
 
@@ -259,7 +293,12 @@ class PaperTopologicalSort(PaperGraphTask):
     name = "topological_sort"
     directed = True
     description = "Sage's DFS topological order of a DAG (oriented edges = order); the paper's graphs"
-    feature_docs = {}
+    feature_docs = {
+        "ready": TopologicalSort.feature_docs["ready"],
+        "remaining_in_degree": TopologicalSort.feature_docs["remaining_in_degree"],
+        "visited": TopologicalSort.feature_docs["visited"],
+        "adjacency_list": "multilabel: out-neighbours of the node at answer token r",
+    }
 
     def _draw(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         edges = uniform_connected_graphs(self.n_nodes, n, rng)
@@ -292,8 +331,25 @@ class PaperTopologicalSort(PaperGraphTask):
             finished[r, n_finished[r]] = top[r]
             n_finished[r] += 1
             height[r] -= 1
+        # the answer, and the state of the output so far (quietlab's Kahn features, which any order defines)
+        self._declare(rec, ("ready", "visited", "adjacency"), "multilabel", k=n)
+        self._declare(rec, ("remaining_in_degree",), "categorical", k=n, n_classes=n)
+        rec.share_mask("ready", "remaining_in_degree", "visited")
+        in_degree = adj.sum(axis=1, dtype=np.int8)
+        done = np.zeros((size, n), dtype=bool)
+        rec.push("ready", eq, in_degree == 0)
+        rec.push("remaining_in_degree", eq, in_degree)
+        rec.push("visited", eq, done)
         for r in range(n):
-            tokens.put(eq + 1 + r, self.letter0 + finished[:, n - 1 - r])
+            v = finished[:, n - 1 - r]
+            tokens.put(eq + 1 + r, self.letter0 + v)
+            _set(done, v, True)
+            out = _row(adj, v)
+            in_degree -= out
+            rec.push("ready", eq + 1 + r, (in_degree == 0) & ~done)
+            rec.push("remaining_in_degree", eq + 1 + r, in_degree)
+            rec.push("visited", eq + 1 + r, done)
+            rec.push("adjacency", eq + 1 + r, out)
         return n
 
 
@@ -305,7 +361,11 @@ class PaperMST(PaperGraphTask):
 
     name = "mst"
     description = "Sage's Kruskal on the unweighted graph (edges = tree edges, in lexicographic order)"
-    feature_docs = {}
+    feature_docs = {
+        "component": MST.feature_docs["component"] + " (at token 2j: edges 0..j-1; at 2j+1: 0..j; at '=': none)",
+        "in_tree": MST.feature_docs["in_tree"],
+        "adjacency_list": "multilabel: neighbours of the node at the answer token",
+    }
 
     @property
     def max_answer(self) -> int:
@@ -321,7 +381,26 @@ class PaperMST(PaperGraphTask):
             np.logical_and(present[:, p], cu != cv, out=taken[:, p])
             _merge(component, cu, cv, taken[:, p])
         tree = np.nonzero(taken)[1].reshape(size, n - 1)  # each row's kept pairs, in scan order
+        # write the tree edges, growing the forest again to record it edge by edge
+        self._declare(rec, ("component",), "categorical", k=n, n_classes=n)
+        self._declare(rec, ("in_tree", "adjacency"), "multilabel", k=n)
+        rec.share_mask("component", "in_tree")
+        component = np.repeat(np.arange(n, dtype=np.int8)[None], size, axis=0)
+        in_tree = np.zeros((size, n), dtype=bool)
+        rec.push("component", eq, component)
+        rec.push("in_tree", eq, in_tree)
         for j in range(n - 1):
-            tokens.put(eq + 1 + 2 * j, self.letter0 + self._iu[tree[:, j]])
-            tokens.put(eq + 2 + 2 * j, self.letter0 + self._ju[tree[:, j]])
+            u, v = self._iu[tree[:, j]], self._ju[tree[:, j]]
+            first = eq + 1 + 2 * j
+            tokens.put(first, self.letter0 + u)
+            tokens.put(first + 1, self.letter0 + v)
+            rec.push("component", first, component)
+            rec.push("in_tree", first, in_tree)
+            rec.push("adjacency", first, _row(adj, u))
+            _merge(component, _row(component, u), _row(component, v))
+            _set(in_tree, u, True)
+            _set(in_tree, v, True)
+            rec.push("component", first + 1, component)
+            rec.push("in_tree", first + 1, in_tree)
+            rec.push("adjacency", first + 1, _row(adj, v))
         return 2 * (n - 1)
