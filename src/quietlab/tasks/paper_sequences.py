@@ -26,12 +26,9 @@ def uniform_multisets(rng: np.random.Generator, n: int, size: int, n_values: int
     Stars and bars: a uniformly random set of n_values - 1 bar slots among size + n_values - 1; a
     star's value is the number of bars before it."""
     slots, bars = size + n_values - 1, n_values - 1
-    keys = rng.random((n, slots))
-    if bars:
-        threshold = np.partition(keys, bars - 1, axis=1)[:, bars - 1 : bars]
-        is_bar = keys <= threshold
-    else:
-        is_bar = np.zeros((n, slots), dtype=bool)
+    is_bar = np.zeros((n, slots), dtype=bool)
+    if bars:  # the slots of the ``bars`` smallest of n x slots uniform keys: a uniform subset
+        np.put_along_axis(is_bar, np.argpartition(rng.random((n, slots)), bars - 1, axis=1)[:, :bars], True, axis=1)
     values = np.cumsum(is_bar, axis=1, dtype=np.int8)[~is_bar].reshape(n, size)
     order = np.argsort(rng.random((n, size)), axis=1)
     return np.take_along_axis(values, order, axis=1)
