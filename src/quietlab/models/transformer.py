@@ -111,11 +111,14 @@ class Transformer(nn.Module):
         cos, sin = rope_cache(cfg.seq_len, cfg.d_model // cfg.n_heads, cfg.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        if cfg.init == "gpt2":  # torch_default keeps what the modules drew: Embedding N(0, 1), Linear U(±1/√fan_in)
-            self.apply(self._init)
-            for block in self.blocks:  # GPT-2's scaled init of the projections into the residual stream
-                for w in (block.attn.proj.weight, block.mlp.down.weight):
-                    nn.init.normal_(w, std=0.02 / math.sqrt(2 * cfg.n_layers))
+        self.apply(self._init)
+        for block in self.blocks:  # GPT-2's scaled init of the projections into the residual stream
+            for w in (block.attn.proj.weight, block.mlp.down.weight):
+                nn.init.normal_(w, std=0.02 / math.sqrt(2 * cfg.n_layers))
+        if cfg.init == "torch_default":  # PyTorch's own: Embedding N(0, 1), Linear U(±1/√fan_in)
+            for module in self.modules():
+                if isinstance(module, (nn.Linear, nn.Embedding)):
+                    module.reset_parameters()
 
     @staticmethod
     def _init(module):
