@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from typing import Callable, Sequence
 
 import torch
@@ -68,7 +69,9 @@ class PackedModels:
             return loss_fn(model, *a)
 
         dims = tuple(in_dims) if in_dims is not None else (0,) * len(args)
-        return vmap(one, in_dims=(0, 0, *dims), randomness="different")(self.params, self.buffers, *args)
+        with warnings.catch_warnings():  # CPU attention under vmap loops over the models: slower, still exact
+            warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
+            return vmap(one, in_dims=(0, 0, *dims), randomness="different")(self.params, self.buffers, *args)
 
     def state_dict(self, i: int) -> dict[str, torch.Tensor]:
         """Model i's parameters and buffers (views into the stacks, detached)."""
