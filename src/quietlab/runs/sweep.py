@@ -16,7 +16,7 @@ Spec (a list is an axis of the grid, a scalar is fixed):
     # ... and any other TrainConfig field: eval_every, checkpoint_every, eval_examples, device, compile
 
 Sizes values may be lists too (axes). The sweep folder holds ``sweep.sqlite`` (table ``runs``: one row
-per run, its settings as columns, ``status`` pending | done | failed, ``error``, the final metrics,
+per run, its settings as columns, ``run_dir`` relative to the sweep folder, ``status`` pending | done | failed, ``error``, the final metrics,
 FLOPs and wall time), ``spec.toml`` (the spec last run), ``runs/TASK-ID/`` (the run folders; ID is a
 hash of the run's settings, so a resumed or extended sweep finds its finished runs) and ``report.html``.
 """
@@ -361,7 +361,7 @@ def run_sweep(spec_path, out=None, executor: str = "local", workers: int | None 
     table = SweepTable(out / "sweep.sqlite")
     run_dirs = {r.run_id: out / "runs" / r.folder_name for r in runs}
     for r in runs:
-        table.add(r, run_dirs[r.run_id])
+        table.add(r, run_dirs[r.run_id].relative_to(out))
     status = table.status()
     skip = {"done", "failed"} if not retry_failed else {"done"}
     todo = [r for r in runs if status.get(r.run_id) not in skip]
