@@ -367,8 +367,8 @@ def run_sweep(spec_path, out=None, executor: str = "local", workers: int | None 
     todo = [r for r in runs if status.get(r.run_id) not in skip]
     from . import executors
 
-    ex = executors.make(executor, workers=workers, address=address, gpus_per_pack=gpus_per_pack)
-    packs, unplannable = plan_packs(todo, run_dirs, settings["pack_size"], ex.slots)
+    ex = executors.make(executor, workers=workers, address=address, gpus_per_pack=gpus_per_pack) if todo else None
+    packs, unplannable = plan_packs(todo, run_dirs, settings["pack_size"], ex.slots if ex else 1)
     for run_id, error in unplannable:
         table.fail(run_id, error)
     counts = {"done": 0, "failed": len(unplannable)}
@@ -376,7 +376,7 @@ def run_sweep(spec_path, out=None, executor: str = "local", workers: int | None 
     bar = _sweep_bar(progress, len(todo), len(unplannable))
     try:
         with bar if bar is not None else _null():
-            for results in ex.run(packs):
+            for results in (ex.run(packs) if packs else []):
                 for run_id, state, payload, packed_with in results:
                     if state == "done":
                         table.finish(run_id, payload, packed_with)
@@ -386,7 +386,8 @@ def run_sweep(spec_path, out=None, executor: str = "local", workers: int | None 
                 if bar is not None:
                     bar.update(0, completed=counts["done"] + counts["failed"], failed=counts["failed"])
     finally:
-        ex.close()
+        if ex is not None:
+            ex.close()
         rows = table.rows()
         table.close()
     by_status = {s: sum(r["status"] == s for r in rows) for s in ("done", "failed", "pending")}
