@@ -343,7 +343,7 @@ def sweep_cmd(
     spec: str = typer.Argument(..., help="TOML spec: a list is an axis of the grid, a scalar is fixed (see runs/sweep.py)."),
     executor: str = typer.Option("local", "--executor", help="local (one process per GPU, or a CPU process pool) or ray."),
     out: Optional[str] = typer.Option(None, "--out", help="Sweep folder (default sweeps/SPEC_NAME); rerun to resume."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="local: CPU processes (default one per core); ray: CPUs of a new local Ray instance."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="local: worker processes (default one per GPU, else one per core; more than the GPUs share the cards); ray: CPUs of a new local Ray instance."),
     address: Optional[str] = typer.Option(None, "--address", help="ray: join this cluster (e.g. auto) instead of starting one."),
     gpus_per_pack: Optional[float] = typer.Option(None, "--gpus-per-pack", help="ray: fraction of a GPU per pack (default 0.25)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run the failed runs again."),

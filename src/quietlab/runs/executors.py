@@ -3,7 +3,8 @@
 An executor has ``slots`` (how many packs run at once, used to size the packs) and ``run(packs)``, which
 yields each pack's results (``sweep.run_pack``'s list) as it finishes, in any order; ``close()`` frees it.
 
-- ``local``: one worker process per GPU (each sees only its own card), or on the CPU a pool of
+- ``local``: one worker process per GPU (each sees only its own card; ``workers`` > GPUs puts several
+  on each card, round robin), or on the CPU a pool of
   ``workers`` processes (default: one per core) of one torch thread each; one worker runs inline.
 - ``ray``: every pack is one Ray task; on GPUs each asks for ``gpus_per_pack`` of a card (default 0.25,
   so four packs share one), on the CPU for one core. ``address`` joins an existing cluster
@@ -43,9 +44,7 @@ class LocalExecutor:
         if workers is not None and workers < 1:
             raise ValueError(f"--workers must be >= 1, got {workers}")
         self.gpus = torch.cuda.device_count()
-        self.slots = workers or self.gpus or (os.cpu_count() or 1)
-        if self.gpus:
-            self.slots = min(self.slots, self.gpus)
+        self.slots = workers or self.gpus or (os.cpu_count() or 1)  # on GPUs, workers > GPUs shares the cards
         self.threads = None if self.gpus or self.slots == 1 else max(1, (os.cpu_count() or 1) // self.slots)
 
     def run(self, packs):
@@ -57,8 +56,8 @@ class LocalExecutor:
         init, initargs = None, ()
         if self.gpus:
             queue = ctx.Queue()
-            for gpu in range(self.slots):
-                queue.put(gpu)
+            for slot in range(self.slots):
+                queue.put(slot % self.gpus)
             init, initargs = _pin_gpu, (queue,)
         with ProcessPoolExecutor(self.slots, mp_context=ctx, initializer=init, initargs=initargs) as pool:
             futures = {pool.submit(run_pack, pack, self.threads): pack for pack in packs}

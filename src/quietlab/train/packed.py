@@ -145,8 +145,9 @@ class PackedAdamW:
         self.exp_avg_sq = {k: torch.zeros_like(p, memory_format=torch.preserve_format) for k, p in params.items()}
 
     def set_lr(self, lr) -> None:
-        """Set every model's learning rate for the next step (in place: a captured graph sees it)."""
-        self.lr.copy_(torch.as_tensor(lr, dtype=torch.float64).expand(self.n))
+        """Set every model's learning rate for the next step (in place: a captured graph sees it). A
+        tensor already on the device is copied without a host sync; a list or float is not."""
+        self.lr.copy_(torch.as_tensor(lr, dtype=torch.float64).expand(self.n), non_blocking=True)
 
     @torch.no_grad()
     def step(self) -> None:
@@ -346,7 +347,9 @@ def train_packed(cfgs: Sequence, run_dirs: Sequence, progress: bool = False, res
     ckpt_steps = set(schedule_steps(total, c0.checkpoint_every or max(1, round(total / 20)), c0.checkpoint_per_decade))
     eval_batches = [task.sample(c.eval_examples, seed=derive_seed(c.seed, _EVAL), split="test") for c in cfgs]
     streams = [ExampleStream(task, c.seed, c.batch_size, c.data_chunk, device) for c in cfgs]
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+    # no autocast weight cache: a captured CUDA graph must not keep casts made during capture
+    autocast = ((lambda: torch.autocast(device.type, dtype=amp_dtype, cache_enabled=False)) if amp_dtype
+                else contextlib.nullcontext)
 
     def lm_loss(model, tokens, mask):
         with autocast():
@@ -397,6 +400,23 @@ def train_packed(cfgs: Sequence, run_dirs: Sequence, progress: bool = False, res
             save_checkpoint(folder.path, step, packed.load_into(i, scratch), state, saved_configs[i])
         clock.update(t=time.perf_counter(), steps=0)
 
+    lr_rows: dict[int, tuple[torch.Tensor, list]] = {}  # learning rates of upcoming steps, on the device
+
+    def lrs_of(step: int) -> tuple[torch.Tensor, list[float]]:
+        """Every model's lr for ``step``; computed 256 steps at a time and copied to the device without
+        waiting, so that setting the lr never synchronises the host with the GPU."""
+        if step not in lr_rows:
+            lr_rows.clear()
+            rows = [[lr_at(s - 1, total, c.lr, c.warmup_fraction, c.min_lr_fraction) for c in cfgs]
+                    for s in range(step, min(step + 256, total + 1))]
+            table = torch.tensor(rows, dtype=torch.float64)
+            if device.type == "cuda":
+                table = table.pin_memory()
+            on_device = table.to(device, non_blocking=True)
+            for k, row in enumerate(rows):
+                lr_rows[step + k] = (on_device[k], row)
+        return lr_rows[step]
+
     bar = _progress_bar(progress, total, max(start, 0))
     t_start = time.perf_counter()
     lrs = [c.lr for c in cfgs]
@@ -411,8 +431,8 @@ def train_packed(cfgs: Sequence, run_dirs: Sequence, progress: bool = False, res
                 batches = [s.batch(step) for s in streams]
                 tokens = torch.stack([b[0] for b in batches])
                 mask = torch.stack([b[1] for b in batches])
-                lrs = [lr_at(step - 1, total, c.lr, c.warmup_fraction, c.min_lr_fraction) for c in cfgs]
-                opt.set_lr(lrs)
+                lr_now, lrs = lrs_of(step)
+                opt.set_lr(lr_now)
                 losses = train_step(tokens, mask)
                 set_progress(step / total)
                 clock["steps"] += 1
