@@ -171,3 +171,11 @@ def test_frontier_cli_reads_the_sweep(small_sweep):
     assert [p["budget"] for p in f["points"]] == sorted(best.budget)
     assert [p["run_id"] for p in f["points"]] == list(best.sort_values("budget").run_id)
     assert (out / "report.html").read_text().count("<script") >= 1
+
+
+def test_min_steps_leaves_out_runs_too_short_to_train(tmp_path):
+    spec = write(tmp_path, SMALL.replace("steps = 12", "flops = [1e3, 1e7]\nmin_steps = 1").replace("seed = [0, 1]", "seed = 0")
+                 .replace("lr = [1e-2, 3e-3]", "lr = 1e-2"))
+    summary = run_sweep(spec, tmp_path / "sw", workers=1, progress=False)
+    assert summary["left_out"] == 1 and summary["runs"] == 1 and summary["done"] == 1 and summary["failed"] == 0
+    assert list(table(tmp_path / "sw").flops) == [1e7]

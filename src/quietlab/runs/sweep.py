@@ -12,7 +12,10 @@ Spec (a list is an axis of the grid, a scalar is fixed):
     seed = [0, 1]
     steps = 300                  # or: flops = [1e10, 1e11, 1e12]
     attention = "softmax"
-    pack_size = 64               # sweep setting: at most this many same-shaped runs trained packed
+    pack_size = 64               # sweep settings: at most this many same-shaped runs trained packed;
+    max_steps = 100000           # runs whose length falls outside [min_steps, max_steps] are left out
+                                 # (the paper keeps 1 <= steps <= 1e5; a budget under one step is
+                                 # otherwise recorded as a failed run)
     # ... and any other TrainConfig field: eval_every, checkpoint_every, eval_examples, device, compile
 
 Sizes values may be lists too (axes). The sweep folder holds ``sweep.sqlite`` (table ``runs``: one row
@@ -37,7 +40,7 @@ from pathlib import Path
 from ..train.loop import RESUMABLE_CHANGES, TrainConfig
 
 ALIASES = {"layers": "n_layers", "heads": "n_heads", "sizes": "task_sizes"}
-SWEEP_KEYS = ("pack_size",)
+SWEEP_KEYS = ("pack_size", "min_steps", "max_steps")
 PRESETS = ("quietlab",)  # the presets this TrainConfig knows when it has no ``preset`` field of its own
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _TASK_ENTRY_KEYS = ("task", "name")
@@ -127,7 +130,7 @@ def expand_spec(spec: dict) -> tuple[list[RunSpec], dict]:
     """The runs of a parsed spec, in grid order, and the sweep settings; a ValueError names the bad key."""
     if not isinstance(spec, dict):
         raise ValueError("a sweep spec is a TOML table of keys")
-    settings = {"pack_size": 64}
+    settings = {"pack_size": 64, "min_steps": None, "max_steps": None}
     runs: list[RunSpec] = []
     seen = set()
     known = set(_FIELDS) | set(ALIASES) | {"preset", "tasks"} | set(SWEEP_KEYS)
@@ -135,7 +138,7 @@ def expand_spec(spec: dict) -> tuple[list[RunSpec], dict]:
         if key not in known or key in ("task_sizes",):
             raise _key_error(key, "unknown key; known keys: task, tasks, sizes, preset, layers, heads, "
                              + ", ".join(sorted(k for k in _FIELDS if k not in ("task", "task_sizes", "n_layers", "n_heads")))
-                             + ", pack_size")
+                             + ", pack_size, min_steps, max_steps")
     for key in SWEEP_KEYS:
         if key in spec:
             settings[key] = _check_value(key, spec[key])
@@ -356,6 +359,7 @@ def run_sweep(spec_path, out=None, executor: str = "local", workers: int | None 
     if executor not in ("local", "ray"):
         raise ValueError(f"--executor must be local or ray, got {executor!r}")
     runs, settings, text = load_spec(spec_path)
+    runs, left_out = _within_steps(runs, settings["min_steps"], settings["max_steps"])
     out = Path(out) if out is not None else Path("sweeps") / Path(spec_path).stem
     write_atomic(out / "spec.toml", text.encode())
     table = SweepTable(out / "sweep.sqlite")
@@ -392,8 +396,24 @@ def run_sweep(spec_path, out=None, executor: str = "local", workers: int | None 
         table.close()
     by_status = {s: sum(r["status"] == s for r in rows) for s in ("done", "failed", "pending")}
     return {"sweep": str(out), "runs": len(runs), "this_time": {"done": counts["done"], "failed": counts["failed"]},
-            "skipped": len(runs) - len(todo), **by_status, "packs": len(packs), "wall_s": time.perf_counter() - t0,
+            "skipped": len(runs) - len(todo), "left_out": left_out, **by_status, "packs": len(packs), "wall_s": time.perf_counter() - t0,
             "executor": executor, "table": str(out / "sweep.sqlite")}
+
+
+def _within_steps(runs: list[RunSpec], lo: int | None, hi: int | None) -> tuple[list[RunSpec], int]:
+    """The runs whose length in steps lies in [lo, hi] (a bound of None: no bound), and how many were left out."""
+    if lo is None and hi is None:
+        return runs, 0
+    from ..train.budget import flops_per_step
+
+    kept = []
+    for r in runs:
+        task = r.cfg.build_task()
+        steps = r.cfg.steps if r.cfg.steps is not None else int(
+            r.cfg.flops // flops_per_step(r.cfg.model_config(task), r.cfg.batch_size, task.seq_len))
+        if (lo is None or steps >= lo) and (hi is None or steps <= hi):
+            kept.append(r)
+    return kept, len(runs) - len(kept)
 
 
 class _null:
