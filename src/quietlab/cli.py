@@ -354,8 +354,12 @@ def sweep_cmd(
     Results: SWEEP/sweep.sqlite (table runs, one row per run), SWEEP/runs/* (ordinary run folders)."""
     from .runs.sweep import run_sweep
 
-    summary = run_sweep(spec, out, executor=executor, workers=workers, address=address, gpus_per_pack=gpus_per_pack,
-                        retry_failed=retry_failed, progress=not as_json)
+    try:
+        summary = run_sweep(spec, out, executor=executor, workers=workers, address=address,
+                            gpus_per_pack=gpus_per_pack, retry_failed=retry_failed, progress=not as_json)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]sweep interrupted; run the same command again to resume it[/yellow]", highlight=False)
+        raise typer.Exit(130)
     if as_json:
         print(json.dumps(summary))
         return

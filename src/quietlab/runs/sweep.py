@@ -241,9 +241,10 @@ class SweepTable:
         for k, v in run.cfg.task_sizes.items():  # each size also as its own column: size_n_bits, ...
             row[f"size_{k}"] = v
         have = self._columns()
-        for k in row:
+        for k, v in row.items():
             if k not in have:
-                self._db.execute(f'ALTER TABLE runs ADD COLUMN "{k}"')
+                kind = "INTEGER" if isinstance(v, int) else "REAL" if isinstance(v, float) else "TEXT"
+                self._db.execute(f'ALTER TABLE runs ADD COLUMN "{k}" {kind}')
         names = ", ".join(f'"{k}"' for k in row)
         self._db.execute(f"INSERT OR IGNORE INTO runs ({names}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
         self._db.commit()
@@ -290,13 +291,13 @@ class Item:
 
 
 def run_pack(items: list[Item], threads: int | None = None) -> list[tuple[str, str, object, int]]:
-    """Train a pack of runs (packed when more than one), resuming any that were started; returns one
-    (run_id, "done" | "failed", final metrics or error text, packed_with) per run. If the pack fails as
-    a whole, each run is retried alone, so one bad run cannot fail the others."""
+    """Train a pack of runs as one batched computation (``train_packed``, also for a pack of one: on a GPU
+    its whole step is one CUDA graph, with no compilation to wait for), resuming any that were started;
+    returns one (run_id, "done" | "failed", final metrics or error text, packed_with) per run. If the
+    pack fails as a whole, each run is retried alone, so one bad run cannot fail the others."""
     import torch
 
     from ..train.budget import non_embedding_params
-    from ..train.loop import train
     from ..train.packed import train_packed
 
     if threads:
@@ -318,7 +319,8 @@ def run_pack(items: list[Item], threads: int | None = None) -> list[tuple[str, s
     out = []
     for it, cfg in zip(items, cfgs):
         try:
-            out.append((it.run_id, "done", with_params(train(cfg, it.run_dir, progress=False, resume=True), cfg), 1))
+            (final,) = train_packed([cfg], [it.run_dir], progress=False, resume=True)
+            out.append((it.run_id, "done", with_params(final, cfg), 1))
         except KeyboardInterrupt:
             raise
         except Exception as exc:

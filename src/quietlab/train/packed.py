@@ -326,6 +326,10 @@ def train_packed(cfgs: Sequence, run_dirs: Sequence, progress: bool = False, res
                     opt.exp_avg[index_names[int(idx)]][i].copy_(st["exp_avg"])
                     opt.exp_avg_sq[index_names[int(idx)]][i].copy_(st["exp_avg_sq"])
             opt.steps.fill_(start)
+        for folder in folders:  # checkpoints past the common step belong to an abandoned attempt
+            for step, path in folder.checkpoints():
+                if step > start:
+                    path.unlink()
     stores = [f.store() for f in folders]
     saved_configs = [c.to_dict() for c in cfgs]
     for folder, cfg, store in zip(folders, cfgs, stores):
