@@ -179,3 +179,23 @@ def test_min_steps_leaves_out_runs_too_short_to_train(tmp_path):
     summary = run_sweep(spec, tmp_path / "sw", workers=1, progress=False)
     assert summary["left_out"] == 1 and summary["runs"] == 1 and summary["done"] == 1 and summary["failed"] == 0
     assert list(table(tmp_path / "sw").flops) == [1e7]
+
+
+def test_a_run_that_fails_is_recorded_and_its_pack_goes_on(small_sweep, tmp_path):
+    import shutil
+
+    out, _ = small_sweep
+    copy = tmp_path / "sw"
+    shutil.copytree(out, copy)
+    df = table(copy)
+    broken, fine = df[(df.status == "done") & (df.packed_with == 4)].run_id.iloc[:2]
+    with sqlite3.connect(copy / "sweep.sqlite") as con:
+        con.execute("UPDATE runs SET status='pending' WHERE run_id IN (?, ?)", (broken, fine))
+    folder = RunFolder(copy / "runs" / f"addition-{broken}")
+    config = folder.read_config()
+    folder.config_path.write_text(json.dumps({**config, "weight_decay": 0.5}))  # no longer the run the spec asks for
+    summary = run_sweep(out.parent / "spec.toml", copy, workers=1, progress=False)
+    assert summary["this_time"] == {"done": 1, "failed": 1}
+    after = table(copy).set_index("run_id")
+    assert after.loc[fine, "status"] == "done" and after.loc[broken, "status"] == "failed"
+    assert "settings that differ" in after.loc[broken, "error"] and "weight_decay" in after.loc[broken, "error"]
