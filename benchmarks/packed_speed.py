@@ -19,6 +19,8 @@ Modes of one step:
   graph     the whole step (forward, loss, backward, clip, AdamW) captured as one CUDA graph and replayed:
             train/packed.py's PackedStep (for one model: a pack of one); no host sync inside the step.
             On the CPU it runs eagerly (the same code, no graph).
+  graph-compiled  the same with forward and loss through torch.compile (fused kernels) inside the graph
+A mode that fails is reported with its error and the others still run.
   paper     train_speed.py's paper arm.
 
 Batches are drawn once before timing and cycled (data generation is measured separately as "data x":
@@ -69,7 +71,7 @@ def draw(task, n_models: int, batch: int, device, n_batches: int = 4):
 class Packed:
     """n models as one PackedStep (graph: the whole step captured as one CUDA graph on GPU)."""
 
-    def __init__(self, cfg: TransformerConfig, n: int, device, graph: bool, seed0: int = 0):
+    def __init__(self, cfg: TransformerConfig, n: int, device, graph: bool, seed0: int = 0, compile: bool = False):
         models = []
         for i in range(n):
             torch.manual_seed(seed0 + i)
@@ -86,7 +88,8 @@ class Packed:
                 logits = model(tokens)
             return masked_loss(logits, tokens, mask)
 
-        self.step = PackedStep(self.packed, self.opt, loss_fn, 1.0, cuda_graph=graph and device.type == "cuda")
+        self.step = PackedStep(self.packed, self.opt, loss_fn, 1.0, cuda_graph=graph and device.type == "cuda",
+                               compile=compile)
 
     def run(self, batches, steps: int, start: int = 0) -> torch.Tensor:
         for i in range(steps):
@@ -105,14 +108,14 @@ def time_it(fn, device) -> float:
 
 def single_trainer(cfg, mode, device):
     """A one-model trainer for a mode: 'graph' is a pack of one; others are train_speed.Trainer."""
-    if mode == "graph":
-        return Packed(cfg, 1, device, graph=True)
+    if mode in ("graph", "graph-compiled"):
+        return Packed(cfg, 1, device, graph=True, compile=mode == "graph-compiled")
     return train_speed.Trainer(cfg, mode, device)
 
 
 def run_single(trainer, mode, batches1, steps, start=0):
     """batches1: (tokens, mask) each (1, B, T)."""
-    if mode == "graph":
+    if mode in ("graph", "graph-compiled"):
         trainer.run(batches1, steps, start)
     else:
         flat = [(t[0], m[0]) for t, m in batches1]
@@ -128,11 +131,17 @@ def arm_packed(args, device, task):
     result = {"config": {"d_model": cfg.d_model, "n_layers": cfg.n_layers, "batch_size": args.batch_size,
                          "seq_len": task.seq_len, "n_models": n, "steps_per_model": steps}}
     # packed: the whole life of a pack (build, warm-up, capture, steps), then its steady state
-    for mode, graph in (("packed-eager", False), ("packed-graph", True)):
+    for mode in args.packed_modes.split(","):
+        graph, compiled = mode != "packed-eager", mode == "packed-graph-compiled"
         if graph and device.type != "cuda":
             continue
         holder = {}
-        total = time_it(lambda: holder.update(p=Packed(cfg, n, device, graph)) or holder["p"].run(batches, steps), device)
+        try:
+            total = time_it(lambda: holder.update(p=Packed(cfg, n, device, graph, compile=compiled))
+                            or holder["p"].run(batches, steps), device)
+        except Exception as exc:  # report the mode as failed and go on: GPU time is scarce
+            result[mode] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+            continue
         steady = [time_it(lambda: holder["p"].run(batches, args.steady_steps, steps), device) for _ in range(args.rounds)]
         result[mode] = {"tokens_per_s_total": n * steps * tokens_per_step / total,
                         "tokens_per_s_steady": n * args.steady_steps * tokens_per_step / statistics.median(steady),
@@ -142,29 +151,32 @@ def arm_packed(args, device, task):
             torch.cuda.empty_cache()
     # the same n models one after another, each for the same steps, in each single-model mode
     for mode in args.seq_modes.split(","):
-        if mode == "compiled" and device.type != "cuda":
+        if mode in ("compiled", "graph-compiled") and device.type != "cuda":
             continue
         t0 = time.perf_counter()
         steady = []
-        for i in range(n):
-            one = [(t[i : i + 1], m[i : i + 1]) for t, m in batches]
-            trainer = single_trainer(cfg, mode, device)
-            run_single(trainer, mode, one, steps)
-            if i == 0:  # steady state of one model, once it is warm
-                steady = [time_it(lambda: run_single(trainer, mode, one, args.steady_steps, steps), device)
-                          for _ in range(args.rounds)]
-            del trainer
+        try:
+            for i in range(n):
+                one = [(t[i : i + 1], m[i : i + 1]) for t, m in batches]
+                trainer = single_trainer(cfg, mode, device)
+                run_single(trainer, mode, one, steps)
+                if i == 0:  # steady state of one model, once it is warm
+                    steady = [time_it(lambda: run_single(trainer, mode, one, args.steady_steps, steps), device)
+                              for _ in range(args.rounds)]
+                del trainer
+        except Exception as exc:
+            result[f"sequential-{mode}"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+            continue
         sync(device)
         total = time.perf_counter() - t0 - sum(steady)
         result[f"sequential-{mode}"] = {"tokens_per_s_total": n * steps * tokens_per_step / total,
                                         "tokens_per_s_steady": args.steady_steps * tokens_per_step / statistics.median(steady),
                                         "ms_per_step_steady": 1e3 * statistics.median(steady) / args.steady_steps}
-    packed_best = max(v["tokens_per_s_total"] for k, v in result.items() if k.startswith("packed-"))
-    seq_best = max(v["tokens_per_s_total"] for k, v in result.items() if k.startswith("sequential-"))
-    result["speedup_total"] = packed_best / seq_best
-    packed_steady = max(v["tokens_per_s_steady"] for k, v in result.items() if k.startswith("packed-"))
-    seq_steady = max(v["tokens_per_s_steady"] for k, v in result.items() if k.startswith("sequential-"))
-    result["speedup_steady"] = packed_steady / seq_steady
+    ok = {k: v for k, v in result.items() if isinstance(v, dict) and "tokens_per_s_total" in v}
+    for what in ("total", "steady"):
+        packed_best = max((v[f"tokens_per_s_{what}"] for k, v in ok.items() if k.startswith("packed-")), default=None)
+        seq_best = max((v[f"tokens_per_s_{what}"] for k, v in ok.items() if k.startswith("sequential-")), default=None)
+        result[f"speedup_{what}"] = packed_best / seq_best if packed_best and seq_best else None
     result["flops_per_token"] = flops_per_token(cfg)
     return result
 
@@ -172,21 +184,27 @@ def arm_packed(args, device, task):
 def arm_single(args, device, task, d_model, n_layers, modes):
     cfg = TransformerConfig(vocab_size=len(task.vocab), seq_len=task.seq_len, d_model=d_model, n_layers=n_layers, n_heads=4)
     batches = draw(task, 1, args.batch_size, device)
-    trainers = {m: single_trainer(cfg, m, device) for m in modes}
-    for m, t in trainers.items():
-        run_single(t, m, batches, args.warmup)
+    trainers, out = {}, {}
+    for m in modes:
+        try:
+            trainers[m] = single_trainer(cfg, m, device)
+            run_single(trainers[m], m, batches, args.warmup)
+        except Exception as exc:  # report the mode as failed and go on
+            trainers.pop(m, None)
+            out[m] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+    modes = list(trainers)
     times = {m: [] for m in modes}
     for _ in range(args.rounds):  # interleaved, as train_speed.py does
         for m, t in trainers.items():
             times[m].append(time_it(lambda: run_single(t, m, batches, args.steady_steps, args.warmup), device))
     tokens = args.batch_size * task.seq_len
     fpt = flops_per_token(cfg)
-    out = {"config": {"d_model": d_model, "n_layers": n_layers, "batch_size": args.batch_size, "seq_len": task.seq_len},
-           "flops_per_token": fpt}
+    out.update({"config": {"d_model": d_model, "n_layers": n_layers, "batch_size": args.batch_size, "seq_len": task.seq_len},
+                "flops_per_token": fpt})
     for m in modes:
         s = statistics.median(times[m]) / args.steady_steps
         out[m] = {"ms_per_step": 1e3 * s, "tokens_per_s": tokens / s, "mfu": tokens / s * fpt / args.peak}
-    if "paper" in modes:
+    if "paper" in modes and len(modes) > 1:
         best = max((m for m in modes if m != "paper"), key=lambda m: out[m]["tokens_per_s"])
         out["ours"], out["ours_over_paper"] = best, out[best]["tokens_per_s"] / out["paper"]["tokens_per_s"]
     del trainers
@@ -206,8 +224,11 @@ def main():
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10; quick 2)")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; quick 2)")
     ap.add_argument("--batch-size", type=int, default=None, help="default 64 (quick 8)")
+    ap.add_argument("--packed-modes", default="packed-eager,packed-graph,packed-graph-compiled",
+                    help="packed-graph*: GPU only; -compiled: forward and loss also through torch.compile")
     ap.add_argument("--seq-modes", default="eager,graph", help="single-model modes for the one-after-another baseline")
-    ap.add_argument("--large-modes", default="paper,eager,compiled,graph")
+    ap.add_argument("--small-modes", default="eager,compiled,graph,graph-compiled")
+    ap.add_argument("--large-modes", default="paper,eager,compiled,graph,graph-compiled")
     ap.add_argument("--out", default=None, help="write the results here as JSON (also printed)")
     args = ap.parse_args()
     q = args.quick
@@ -223,7 +244,7 @@ def main():
     args.packed_d, args.packed_layers = (16, 2) if q else (64, 4)
     task = get_task("addition", n_bits=4 if q else 16)
     args.peak, peak_what = train_speed.matmul_rate(device, q)
-    cuda_only = {"compiled"} if device.type != "cuda" else set()
+    cuda_only = {"compiled", "graph-compiled"} if device.type != "cuda" else set()
     torch.backends.cuda.matmul.allow_tf32 = True  # as the training loop sets it (the paper arm turns it off)
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
@@ -234,7 +255,7 @@ def main():
         results["packed"] = arm_packed(args, device, task)
     if "small" in arms:
         d, L = (32, 2) if q else (128, 4)
-        results["small"] = arm_single(args, device, task, d, L, [m for m in ("eager", "compiled", "graph") if m not in cuda_only])
+        results["small"] = arm_single(args, device, task, d, L, [m for m in args.small_modes.split(",") if m not in cuda_only])
     if "large" in arms:
         d, L = (64, 2) if q else (512, 16)
         modes = [m for m in args.large_modes.split(",") if m not in cuda_only]

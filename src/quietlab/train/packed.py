@@ -60,6 +60,19 @@ class PackedModels:
 
     def losses(self, loss_fn: Callable, *args, in_dims: Sequence[int | None] | None = None) -> torch.Tensor:
         """(N,) losses: ``loss_fn(model_i, *args_i)`` for each model, as one vmapped computation."""
+        batched = self._batched(loss_fn, in_dims, len(args))
+        with warnings.catch_warnings():  # CPU attention under vmap loops over the models: slower, still exact
+            warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
+            return batched(self.params, self.buffers, *args)
+
+    def compiled_losses(self, loss_fn: Callable, in_dims: Sequence[int | None] | None = None, n_args: int = 2,
+                        **compile_options) -> Callable:
+        """``losses`` for ``n_args`` batched arguments as one ``torch.compile``d function (fused kernels;
+        compiled once per pack, on the first call)."""
+        compiled = torch.compile(self._batched(loss_fn, in_dims, n_args), **compile_options)
+        return lambda *args: compiled(self.params, self.buffers, *args)
+
+    def _batched(self, loss_fn: Callable, in_dims, n_args: int) -> Callable:
         base = self.base
 
         def one(params, buffers, *a):
@@ -68,10 +81,8 @@ class PackedModels:
 
             return loss_fn(model, *a)
 
-        dims = tuple(in_dims) if in_dims is not None else (0,) * len(args)
-        with warnings.catch_warnings():  # CPU attention under vmap loops over the models: slower, still exact
-            warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
-            return vmap(one, in_dims=(0, 0, *dims), randomness="different")(self.params, self.buffers, *args)
+        dims = tuple(in_dims) if in_dims is not None else (0,) * n_args
+        return vmap(one, in_dims=(0, 0, *dims), randomness="different")
 
     def state_dict(self, i: int) -> dict[str, torch.Tensor]:
         """Model i's parameters and buffers (views into the stacks, detached)."""
@@ -175,6 +186,7 @@ class PackedAdamW:
 class PackedStep:
     """One training step of packed models: losses, backward, per-model clip, AdamW; returns (N,) losses.
 
+    ``compile=True`` runs forward and loss (``n_args`` batched inputs) through ``torch.compile``.
     With ``cuda_graph=True`` (CUDA only) the first ``warmup`` calls run eagerly on a side stream, the next
     one captures the whole step (forward, loss, backward, clip, AdamW) as one CUDA graph, and every later
     call copies its inputs into the graph's static buffers and replays it: no host synchronisation and
@@ -182,15 +194,18 @@ class PackedStep:
     """
 
     def __init__(self, packed: PackedModels, optimizer: PackedAdamW, loss_fn: Callable, max_norm=1.0,
-                 cuda_graph: bool = False, warmup: int = 3):
+                 cuda_graph: bool = False, warmup: int = 3, compile: bool = False, n_args: int = 2):
         self.packed, self.optimizer, self.loss_fn, self.cuda_graph, self.warmup = packed, optimizer, loss_fn, cuda_graph, warmup
+        # compile: forward and loss through torch.compile (no CUDA graphs of its own: the step's graph holds them)
+        self._losses = (packed.compiled_losses(loss_fn, n_args=n_args) if compile
+                        else lambda *args: packed.losses(loss_fn, *args))
         first = next(iter(packed.params.values()))
         self.max_norm = _per_model(max_norm, packed.n, first.device)
         self.calls = 0
         self._graph = self._static_in = self._static_out = None
 
     def _eager(self, *args) -> torch.Tensor:
-        losses = self.packed.losses(self.loss_fn, *args)
+        losses = self._losses(*args)
         losses.sum().backward()
         clip_grad_norms_(self.packed.params, self.max_norm)
         self.optimizer.step()
