@@ -80,7 +80,8 @@ def series(run_dir, name):
         return s.series(name)
 
 
-PACK = [dict(seed=0), dict(seed=1, lr=3e-2, grad_clip=0.05), dict(seed=2, lr=3e-3, weight_decay=0.0, data_chunk=3)]
+# per-model seed, lr, clip, weight decay, data chunking and length (the third leaves the pack after 16 steps)
+PACK = [dict(seed=0), dict(seed=1, lr=3e-2, grad_clip=0.05), dict(seed=2, lr=3e-3, weight_decay=0.0, data_chunk=3, steps=16)]
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,7 @@ def test_each_packed_run_matches_training_it_alone(packed_and_alone):
     for i in range(len(cfgs)):
         steps_p, loss_p = series(root / f"packed{i}", "train/loss")
         steps_a, loss_a = series(root / f"alone{i}", "train/loss")
-        assert steps_p == steps_a == list(range(1, 25))
+        assert steps_p == steps_a == list(range(1, cfgs[i].steps + 1))
         assert loss_p == pytest.approx(loss_a, rel=1e-4)
         for metric in ("eval/loss", "eval/exact_match", "train/lr"):
             assert series(root / f"packed{i}", metric)[1] == pytest.approx(series(root / f"alone{i}", metric)[1], rel=1e-4)
@@ -110,7 +111,7 @@ def test_each_packed_run_matches_training_it_alone(packed_and_alone):
             assert (p - q).abs().max() < 1e-3 * p.abs().max(), name  # Adam turns last-bit noise in near-zero gradients into lr-sized steps
         assert finals[i]["eval/loss"] == pytest.approx(series(root / f"alone{i}", "eval/loss")[1][-1], rel=1e-4)
         saved = RunFolder(root / f"packed{i}").read_config()
-        assert saved["seed"] == cfgs[i].seed and saved["resolved"]["steps"] == 24
+        assert saved["seed"] == cfgs[i].seed and saved["resolved"]["steps"] == cfgs[i].steps
 
 
 def _cut_after(run_dir, step):
@@ -132,6 +133,14 @@ def test_packed_runs_resume_packed_or_alone(packed_and_alone, tmp_path):
     train_packed(cfgs, dirs, resume=True)
     for i in range(len(cfgs)):
         assert series(dirs[i], "train/loss") == series(root / f"packed{i}", "train/loss")  # same computation: exact
+    # killed after step 16: the short run had finished and is not trained again
+    for i in (0, 1):
+        _cut_after(dirs[i], 16)
+    finished = (dirs[2] / "metrics.sqlite").stat().st_mtime_ns
+    train_packed(cfgs, dirs, resume=True)
+    assert (dirs[2] / "metrics.sqlite").stat().st_mtime_ns == finished
+    for i in range(len(cfgs)):
+        assert series(dirs[i], "train/loss") == series(root / f"packed{i}", "train/loss")
     # a packed run's checkpoint (AdamW state included) resumes in the ordinary loop
     shutil.copytree(root / "packed1", tmp_path / "single")
     _cut_after(tmp_path / "single", 16)
@@ -141,6 +150,8 @@ def test_packed_runs_resume_packed_or_alone(packed_and_alone, tmp_path):
 
 def test_runs_that_differ_in_shape_do_not_pack(tmp_path):
     assert pack_key(tiny(seed=0, lr=1e-3)) == pack_key(tiny(seed=5, lr=3e-3, data_chunk=2))
-    assert pack_key(tiny(steps=None, flops=24 * 16 * 13 * 6 * 10000.0)) != pack_key(tiny(d_model=32))
+    assert pack_key(tiny(steps=10)) == pack_key(tiny(steps=None, flops=1e9)) != pack_key(tiny(d_model=32))
+    with pytest.raises(ValueError, match="less than one step"):
+        pack_key(tiny(steps=None, flops=1e3))
     with pytest.raises(ValueError, match="may differ only in"):
         train_packed([tiny(), tiny(d_model=32)], [tmp_path / "a", tmp_path / "b"])

@@ -191,6 +191,13 @@ def test_a_run_that_fails_is_recorded_and_its_pack_goes_on(small_sweep, tmp_path
     broken, fine = df[(df.status == "done") & (df.packed_with == 4)].run_id.iloc[:2]
     with sqlite3.connect(copy / "sweep.sqlite") as con:
         con.execute("UPDATE runs SET status='pending' WHERE run_id IN (?, ?)", (broken, fine))
+    fine_dir = copy / "runs" / f"addition-{fine}"
+    with RunFolder(fine_dir).store() as s:  # the other run was cut short and must train on
+        losses = s.series("train/loss")[1]
+        s.truncate_after(6)
+    for step, path in RunFolder(fine_dir).checkpoints():
+        if step > 6:
+            path.unlink()
     folder = RunFolder(copy / "runs" / f"addition-{broken}")
     config = folder.read_config()
     folder.config_path.write_text(json.dumps({**config, "weight_decay": 0.5}))  # no longer the run the spec asks for
@@ -199,3 +206,5 @@ def test_a_run_that_fails_is_recorded_and_its_pack_goes_on(small_sweep, tmp_path
     after = table(copy).set_index("run_id")
     assert after.loc[fine, "status"] == "done" and after.loc[broken, "status"] == "failed"
     assert "settings that differ" in after.loc[broken, "error"] and "weight_decay" in after.loc[broken, "error"]
+    with RunFolder(fine_dir).store() as s:
+        assert s.series("train/loss")[1] == pytest.approx(losses, rel=1e-4)

@@ -329,12 +329,12 @@ def run_pack(items: list[Item], threads: int | None = None) -> list[tuple[str, s
 
 
 def plan_packs(runs: list[RunSpec], run_dirs: dict[str, Path], pack_size: int, slots: int) -> tuple[list[list[Item]], list[tuple[str, str]]]:
-    """Runs grouped into packs of equal ``pack_key`` (at most ``pack_size``, and split so that ``slots``
-    workers all get work); and (run_id, error) of runs that cannot even be planned (e.g. a budget
-    smaller than one step)."""
+    """Runs grouped into packs of equal ``pack_key`` (same shape; lengths may differ: a run leaves its
+    pack when it ends), longest first, at most ``pack_size`` and split so that ``slots`` workers all get
+    work; and (run_id, error) of runs that cannot even be planned (e.g. a budget under one step)."""
     from ..train.packed import pack_key
 
-    groups: dict[str, list[Item]] = {}
+    groups: dict[str, list[tuple[int, Item]]] = {}
     failed = []
     for r in runs:
         try:
@@ -342,10 +342,12 @@ def plan_packs(runs: list[RunSpec], run_dirs: dict[str, Path], pack_size: int, s
         except ValueError as exc:
             failed.append((r.run_id, f"ValueError: {exc}"))
             continue
-        groups.setdefault(key, []).append(Item(r.run_id, r.cfg.to_dict(), str(run_dirs[r.run_id])))
+        steps = r.cfg.total_steps(r.cfg.build_task())
+        groups.setdefault(key, []).append((steps, Item(r.run_id, r.cfg.to_dict(), str(run_dirs[r.run_id]))))
     total = sum(len(g) for g in groups.values())
     packs = []
     for group in groups.values():
+        group = [item for _, item in sorted(group, key=lambda g: -g[0])]  # a pack's runs of similar lengths
         # enough packs to keep every slot busy, none larger than pack_size
         share = max(1, math.ceil(len(group) * slots / max(total, 1)))
         size = max(1, min(pack_size, math.ceil(len(group) / share)))

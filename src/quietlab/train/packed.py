@@ -108,6 +108,15 @@ class PackedModels:
         for p in self.params.values():
             p.grad = None
 
+    def select(self, rows: Sequence[int]) -> "PackedModels":
+        """A new pack of the models at ``rows`` (copies), e.g. to go on without the ones that finished."""
+        index = torch.as_tensor(list(rows), device=next(iter(self.params.values())).device)
+        new = object.__new__(PackedModels)
+        new.n, new.base = len(rows), self.base
+        new.params = {k: v.detach()[index].clone().requires_grad_(v.requires_grad) for k, v in self.params.items()}
+        new.buffers = {k: v[index].clone() for k, v in self.buffers.items()}
+        return new
+
 
 def _per_model(value, n: int, device, dtype=torch.float64) -> torch.Tensor:
     t = torch.as_tensor(value, dtype=dtype, device=device)
@@ -182,6 +191,17 @@ class PackedAdamW:
         for p in self.params.values():
             p.grad = None
 
+    def select(self, rows: Sequence[int], params: dict[str, torch.Tensor]) -> "PackedAdamW":
+        """The state of the models at ``rows``, for ``params`` (the matching ``PackedModels.select``)."""
+        index = torch.as_tensor(list(rows), device=self.lr.device)
+        new = object.__new__(PackedAdamW)
+        new.params, new.n, new.decayed = params, len(rows), self.decayed
+        new.beta1, new.beta2, new.eps = self.beta1, self.beta2, self.eps
+        new.lr, new.weight_decay, new.steps = self.lr[index].clone(), self.weight_decay[index].clone(), self.steps.clone()
+        new.exp_avg = {k: v[index].clone() for k, v in self.exp_avg.items()}
+        new.exp_avg_sq = {k: v[index].clone() for k, v in self.exp_avg_sq.items()}
+        return new
+
 
 class PackedStep:
     """One training step of packed models: losses, backward, per-model clip, AdamW; returns (N,) losses.
@@ -242,23 +262,26 @@ class PackedStep:
 # quietlab: TrainConfigs into run folders
 
 # settings each packed run may have of its own; everything else must agree (pack_key)
-PER_MODEL = ("seed", "lr", "weight_decay", "grad_clip", "warmup_fraction", "min_lr_fraction", "data_chunk")
+PER_MODEL = ("seed", "lr", "weight_decay", "grad_clip", "warmup_fraction", "min_lr_fraction", "data_chunk",
+             "steps", "flops")
 
 
 def pack_key(cfg) -> str:
-    """Runs with equal keys can be trained packed: same task, shapes, length in steps, batch and hardware."""
+    """Runs with equal keys can be trained packed: same task, shapes, batch, evaluation and hardware. Their
+    lengths may differ: a run leaves the pack when it ends, and the rest go on as a smaller pack. A
+    ValueError if the run cannot be trained at all (e.g. a budget under one step)."""
     import json
 
-    d = {k: v for k, v in cfg.to_dict().items() if k not in PER_MODEL and k != "flops"}
-    d["steps"] = cfg.total_steps(cfg.build_task())
+    cfg.total_steps(cfg.build_task())
+    d = {k: v for k, v in cfg.to_dict().items() if k not in PER_MODEL}
     return json.dumps(d, sort_keys=True, default=str)
 
 
 class _AdamWState:
     """Model i's optimizer state in ``torch.optim.AdamW``'s state_dict format (what ``train`` saves and resumes)."""
 
-    def __init__(self, template: dict, index_names: list[str], opt: PackedAdamW, i: int, lr: float, weight_decay: float):
-        self.template, self.index_names, self.opt, self.i = template, index_names, opt, i
+    def __init__(self, template: dict, index_names: list[str], opt: PackedAdamW, row: int, lr: float, weight_decay: float):
+        self.template, self.index_names, self.opt, self.row = template, index_names, opt, row
         self.lr, self.weight_decay = lr, weight_decay
 
     def state_dict(self) -> dict:
@@ -268,15 +291,17 @@ class _AdamWState:
         state = {}
         if step > 0:
             for idx, name in enumerate(self.index_names):
-                state[idx] = {"step": torch.tensor(step), "exp_avg": self.opt.exp_avg[name][self.i].detach().cpu().clone(),
-                              "exp_avg_sq": self.opt.exp_avg_sq[name][self.i].detach().cpu().clone()}
+                state[idx] = {"step": torch.tensor(step),
+                              "exp_avg": self.opt.exp_avg[name][self.row].detach().cpu().clone(),
+                              "exp_avg_sq": self.opt.exp_avg_sq[name][self.row].detach().cpu().clone()}
         return {"state": state, "param_groups": groups}
 
 
 def train_packed(cfgs: Sequence, run_dirs: Sequence, progress: bool = False, resume: bool = False) -> list[dict]:
     """Train every TrainConfig of ``cfgs`` (equal ``pack_key``) into its run folder at once; returns each
-    run's final metrics, as ``train`` does. ``resume=True`` continues from the last step at which every run
-    has a checkpoint (runs with none start afresh with the rest)."""
+    run's final metrics, as ``train`` does. Runs may differ in length: each leaves the pack at its own last
+    step. ``resume=True`` skips runs already finished and continues the others from the last step at which
+    all of them have a checkpoint (from scratch if there is none)."""
     from .. import __version__
     from ..models.transformer import Transformer
     from ..runs.folder import RunFolder
@@ -292,8 +317,7 @@ def train_packed(cfgs: Sequence, run_dirs: Sequence, progress: bool = False, res
         raise ValueError("train_packed needs one run folder per config, and at least one config")
     for cfg in cfgs:
         cfg.validate()
-    keys = {pack_key(c) for c in cfgs}
-    if len(keys) > 1:
+    if len({pack_key(c) for c in cfgs}) > 1:
         raise ValueError("packed runs may differ only in " + ", ".join(PER_MODEL))
     folders = [RunFolder(d) for d in run_dirs]
     for folder, cfg in zip(folders, cfgs):
@@ -302,180 +326,223 @@ def train_packed(cfgs: Sequence, run_dirs: Sequence, progress: bool = False, res
         if resume and folder.exists():
             check_resumable(folder.read_config(), cfg)
 
+    n = len(cfgs)
     c0 = cfgs[0]
     task = c0.build_task()
     device = resolve_device(c0.device)
     amp_dtype = resolve_dtype(c0.dtype, device)
     model_cfg = c0.model_config(task)
-    total = c0.total_steps(task)
+    totals = [c.total_steps(task) for c in cfgs]
     tokens_per_step = c0.batch_size * task.seq_len
     step_flops = flops_per_step(model_cfg, c0.batch_size, task.seq_len)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
 
+    # resume: runs with a checkpoint at their last step are done; the others restart from a common step
+    finished = set()
+    start = -1
+    if resume:
+        for i, folder in enumerate(folders):
+            remove_stale_temp_files(folder.path)
+            if folder.exists() and totals[i] in {s for s, _ in folder.checkpoints()}:
+                finished.add(i)
+        going = [i for i in range(n) if i not in finished]
+        common = set.intersection(*({s for s, _ in folders[i].checkpoints()} for i in going)) if going else set()
+        start = max(common) if common else -1
+        for i in going:  # checkpoints past the common step belong to an abandoned attempt
+            for step, path in folders[i].checkpoints():
+                if step > start:
+                    path.unlink()
+    active = [i for i in range(n) if i not in finished]  # runs in the pack, in the pack's row order
+
     models = []
-    for cfg in cfgs:
-        torch.manual_seed(cfg.seed)
+    for i in active:
+        torch.manual_seed(cfgs[i].seed)
         models.append(Transformer(model_cfg).to(device))
-    scratch = models[0]  # reused to evaluate and checkpoint one model at a time
+    torch.manual_seed(c0.seed)
+    scratch = Transformer(model_cfg).to(device)  # reused to evaluate and checkpoint one model at a time
     template_opt = make_optimizer(scratch, c0.lr, c0.weight_decay, (c0.beta1, c0.beta2))
-    names_by_id = {id(p): n for n, p in scratch.named_parameters()}
+    names_by_id = {id(p): k for k, p in scratch.named_parameters()}
     index_names = [names_by_id[id(p)] for g in template_opt.param_groups for p in g["params"]]
     template = template_opt.state_dict()
     decayed = {names_by_id[id(p)] for p in param_groups(scratch, 1.0)[0]["params"]}
-    packed = PackedModels(models)
-    opt = PackedAdamW(packed.params, [c.lr for c in cfgs], [c.weight_decay for c in cfgs], decayed, (c0.beta1, c0.beta2))
-    progress_buffers = [v for k, v in packed.buffers.items() if k.endswith("attn.progress")]
+    del template_opt
 
-    start = -1
-    if resume:
-        for folder in folders:
-            remove_stale_temp_files(folder.path)
-        common = set.intersection(*({s for s, _ in f.checkpoints()} for f in folders))
-        if common:
-            start = max(common)
-            for i, folder in enumerate(folders):
-                payload = load_checkpoint(folder.checkpoint_path(start), map_location="cpu")
-                packed.load_from(i, payload["model"])
-                for idx, st in payload["optimizer"]["state"].items():
-                    opt.exp_avg[index_names[int(idx)]][i].copy_(st["exp_avg"])
-                    opt.exp_avg_sq[index_names[int(idx)]][i].copy_(st["exp_avg_sq"])
-            opt.steps.fill_(start)
-        for folder in folders:  # checkpoints past the common step belong to an abandoned attempt
-            for step, path in folder.checkpoints():
-                if step > start:
-                    path.unlink()
-    stores = [f.store() for f in folders]
-    saved_configs = [c.to_dict() for c in cfgs]
-    for folder, cfg, store in zip(folders, cfgs, stores):
-        if start < 0:
-            folder.write_config({
-                **cfg.to_dict(),
-                "model_config": model_cfg.to_dict(),
-                "resolved": {"steps": total, "device": str(device), "autocast": str(amp_dtype or "fp32"),
-                             "non_embedding_params": non_embedding_params(model_cfg),
-                             "flops_per_token": flops_per_token(model_cfg), "flops_per_step": step_flops,
-                             "tokens_per_step": tokens_per_step, "seq_len": task.seq_len, "vocab": "".join(task.vocab),
-                             "packed_with": len(cfgs)},
-                "torch_version": torch.__version__,
-                "quietlab_version": __version__,
-            })
-        store.truncate_after(start)
-
-    eval_steps = set(schedule_steps(total, c0.eval_every or max(1, round(total / 50)), c0.eval_per_decade))
-    ckpt_steps = set(schedule_steps(total, c0.checkpoint_every or max(1, round(total / 20)), c0.checkpoint_per_decade))
-    eval_batches = [task.sample(c.eval_examples, seed=derive_seed(c.seed, _EVAL), split="test") for c in cfgs]
-    streams = [ExampleStream(task, c.seed, c.batch_size, c.data_chunk, device) for c in cfgs]
-    # no autocast weight cache: a captured CUDA graph must not keep casts made during capture
     autocast = ((lambda: torch.autocast(device.type, dtype=amp_dtype, cache_enabled=False)) if amp_dtype
-                else contextlib.nullcontext)
+                else contextlib.nullcontext)  # no weight cache: a captured CUDA graph must not keep casts
 
     def lm_loss(model, tokens, mask):
         with autocast():
             logits = model(tokens)
         return masked_loss(logits, tokens, mask)
 
-    train_step = PackedStep(packed, opt, lm_loss, [c.grad_clip for c in cfgs],
-                            cuda_graph=c0.compile and device.type == "cuda")
-    pending: list[tuple[int, torch.Tensor, list[float]]] = []
-    clock = {"t": time.perf_counter(), "steps": 0, "flushed": time.perf_counter()}
-    last_eval: list[dict] = [{} for _ in cfgs]
+    pack: dict = {}
 
-    def set_progress(fraction: float) -> None:
-        for b in progress_buffers:
-            b.fill_(fraction)
+    def build(packed: PackedModels, opt: PackedAdamW) -> None:
+        pack.update(packed=packed, opt=opt, lr_rows={},
+                    progress=[v for k, v in packed.buffers.items() if k.endswith("attn.progress")],
+                    step=PackedStep(packed, opt, lm_loss, [cfgs[i].grad_clip for i in active],
+                                    cuda_graph=c0.compile and device.type == "cuda"))
+
+    stores, streams = {}, {}
+    if active:
+        packed = PackedModels(models)
+        del models
+        opt = PackedAdamW(packed.params, [cfgs[i].lr for i in active], [cfgs[i].weight_decay for i in active],
+                          decayed, (c0.beta1, c0.beta2))
+        if start >= 0:
+            for row, i in enumerate(active):
+                payload = load_checkpoint(folders[i].checkpoint_path(start), map_location="cpu")
+                packed.load_from(row, payload["model"])
+                for idx, st in payload["optimizer"]["state"].items():
+                    opt.exp_avg[index_names[int(idx)]][row].copy_(st["exp_avg"])
+                    opt.exp_avg_sq[index_names[int(idx)]][row].copy_(st["exp_avg_sq"])
+            opt.steps.fill_(start)
+        build(packed, opt)
+        for i in active:
+            folder, cfg = folders[i], cfgs[i]
+            if start < 0:
+                folder.write_config({
+                    **cfg.to_dict(),
+                    "model_config": model_cfg.to_dict(),
+                    "resolved": {"steps": totals[i], "device": str(device), "autocast": str(amp_dtype or "fp32"),
+                                 "non_embedding_params": non_embedding_params(model_cfg),
+                                 "flops_per_token": flops_per_token(model_cfg), "flops_per_step": step_flops,
+                                 "tokens_per_step": tokens_per_step, "seq_len": task.seq_len,
+                                 "vocab": "".join(task.vocab), "packed_with": n},
+                    "torch_version": torch.__version__,
+                    "quietlab_version": __version__,
+                })
+            stores[i] = folder.store()
+            stores[i].truncate_after(start)
+            streams[i] = ExampleStream(task, cfg.seed, cfg.batch_size, cfg.data_chunk, device)
+
+    eval_steps = {i: set(schedule_steps(totals[i], cfgs[i].eval_every or max(1, round(totals[i] / 50)),
+                                        cfgs[i].eval_per_decade)) for i in active}
+    ckpt_steps = {i: set(schedule_steps(totals[i], cfgs[i].checkpoint_every or max(1, round(totals[i] / 20)),
+                                        cfgs[i].checkpoint_per_decade)) for i in active}
+    eval_batches = {i: task.sample(cfgs[i].eval_examples, seed=derive_seed(cfgs[i].seed, _EVAL), split="test")
+                    for i in active}
+    saved_configs = [c.to_dict() for c in cfgs]
+    pending: list[tuple[int, torch.Tensor, list[float], list[int]]] = []  # (step, losses, lrs, runs) not yet stored
+    clock = {"t": time.perf_counter(), "steps": 0, "flushed": time.perf_counter()}
+    last_eval: dict[int, dict] = {}
 
     def flush(step: int) -> None:
-        rows: list[dict[int, dict]] = [{} for _ in cfgs]
+        rows: dict[int, dict[int, dict]] = {i: {} for i in active}
         if pending:
-            losses = torch.stack([l for _, l, _ in pending]).tolist()
-            for (s, _, lrs), per_model in zip(pending, losses):
-                for i in range(len(cfgs)):
-                    rows[i][s] = {"train/loss": per_model[i], "train/lr": lrs[i], "train/tokens": s * tokens_per_step,
-                                  "train/flops": s * step_flops}
+            values = [l.tolist() for l in torch.cat([l for _, l, _, _ in pending]).split([len(r) for *_, r in pending])]
+            for (s, _, lrs, runs), losses in zip(pending, values):
+                for i, loss, lr in zip(runs, losses, lrs):
+                    rows.setdefault(i, {})[s] = {"train/loss": loss, "train/lr": lr, "train/tokens": s * tokens_per_step,
+                                                 "train/flops": s * step_flops}
             pending.clear()
         now = time.perf_counter()
         if clock["steps"]:  # each run advances at the pack's pace
             rate = clock["steps"] * tokens_per_step / max(now - clock["t"], 1e-9)
-            for r in rows:
-                r.setdefault(step, {})["train/tokens_per_s"] = rate
-        for store, r in zip(stores, rows):
+            for i in active:
+                rows[i].setdefault(step, {})["train/tokens_per_s"] = rate
+        for i, r in rows.items():
             for s, metrics in r.items():
-                store.log(s, metrics)
+                stores[i].log(s, metrics)
         clock.update(t=now, steps=0, flushed=now)
 
-    def evaluate_now(step: int) -> None:
+    def evaluate_now(step: int, runs: list[int]) -> None:
         flush(step)
-        for i, (store, batch) in enumerate(zip(stores, eval_batches)):
-            metrics = evaluate(packed.load_into(i, scratch), task, batch, device, amp_dtype)
-            store.log(step, metrics)
+        for i in runs:
+            metrics = evaluate(pack["packed"].load_into(active.index(i), scratch), task, eval_batches[i], device, amp_dtype)
+            stores[i].log(step, metrics)
             last_eval[i] = {"step": step, **metrics}
         clock.update(t=time.perf_counter(), steps=0)
 
-    def checkpoint_now(step: int, lrs: list[float]) -> None:
+    def checkpoint_now(step: int, runs: list[int], lrs: dict[int, float]) -> None:
         flush(step)
-        for i, (folder, cfg) in enumerate(zip(folders, cfgs)):
-            state = _AdamWState(template, index_names, opt, i, lrs[i], cfg.weight_decay)
-            save_checkpoint(folder.path, step, packed.load_into(i, scratch), state, saved_configs[i])
+        for i in runs:
+            row = active.index(i)
+            state = _AdamWState(template, index_names, pack["opt"], row, lrs[i], cfgs[i].weight_decay)
+            save_checkpoint(folders[i].path, step, pack["packed"].load_into(row, scratch), state, saved_configs[i])
         clock.update(t=time.perf_counter(), steps=0)
 
-    lr_rows: dict[int, tuple[torch.Tensor, list]] = {}  # learning rates of upcoming steps, on the device
-
-    def lrs_of(step: int) -> tuple[torch.Tensor, list[float]]:
-        """Every model's lr for ``step``; computed 256 steps at a time and copied to the device without
-        waiting, so that setting the lr never synchronises the host with the GPU."""
-        if step not in lr_rows:
-            lr_rows.clear()
-            rows = [[lr_at(s - 1, total, c.lr, c.warmup_fraction, c.min_lr_fraction) for c in cfgs]
-                    for s in range(step, min(step + 256, total + 1))]
-            table = torch.tensor(rows, dtype=torch.float64)
+    def rates_of(step: int) -> tuple[torch.Tensor, list[float]]:
+        """(every active run's lr and training progress for ``step`` on the device, the lrs as floats);
+        computed 256 steps at a time and copied without waiting, so the step never syncs with the host."""
+        cache = pack["lr_rows"]
+        if step not in cache:
+            cache.clear()
+            last = min(step + 256, max(totals[i] for i in active) + 1)
+            lrs = [[lr_at(s - 1, totals[i], cfgs[i].lr, cfgs[i].warmup_fraction, cfgs[i].min_lr_fraction) for i in active]
+                   for s in range(step, last)]
+            progress_rows = [[s / totals[i] for i in active] for s in range(step, last)]
+            table = torch.tensor([a + b for a, b in zip(lrs, progress_rows)], dtype=torch.float64)
             if device.type == "cuda":
                 table = table.pin_memory()
             on_device = table.to(device, non_blocking=True)
-            for k, row in enumerate(rows):
-                lr_rows[step + k] = (on_device[k], row)
-        return lr_rows[step]
+            for k, row in enumerate(lrs):
+                cache[step + k] = (on_device[k], row)
+        return cache[step]
 
-    bar = _progress_bar(progress, total, max(start, 0))
+    def set_progress(values: torch.Tensor) -> None:
+        for b in pack["progress"]:
+            b.copy_(values, non_blocking=True)
+
+    total_max = max((totals[i] for i in active), default=0)
+    bar = _progress_bar(progress and bool(active), total_max, max(start, 0))
     t_start = time.perf_counter()
-    lrs = [c.lr for c in cfgs]
-    set_progress(max(start, 0) / total)
     try:
         with bar if bar is not None else contextlib.nullcontext(), _StopRequested() as stop:
-            if start < 0:
-                evaluate_now(0)
-                checkpoint_now(0, [lr_at(0, total, c.lr, c.warmup_fraction, c.min_lr_fraction) for c in cfgs])
+            if active:
+                set_progress(torch.tensor([max(start, 0) / totals[i] for i in active], dtype=torch.float64, device=device))
+            if start < 0 and active:
+                evaluate_now(0, active)
+                checkpoint_now(0, active, {i: lr_at(0, totals[i], cfgs[i].lr, cfgs[i].warmup_fraction,
+                                                    cfgs[i].min_lr_fraction) for i in active})
                 start = 0
-            for step in range(start + 1, total + 1):
-                batches = [s.batch(step) for s in streams]
+            for step in range(start + 1, total_max + 1) if active else ():
+                batches = [streams[i].batch(step) for i in active]
                 tokens = torch.stack([b[0] for b in batches])
                 mask = torch.stack([b[1] for b in batches])
-                lr_now, lrs = lrs_of(step)
-                opt.set_lr(lr_now)
-                losses = train_step(tokens, mask)
-                set_progress(step / total)
+                on_device, lrs = rates_of(step)
+                k = len(active)
+                pack["opt"].set_lr(on_device[:k])
+                losses = pack["step"](tokens, mask)
+                set_progress(on_device[k:])
                 clock["steps"] += 1
-                if step % c0.log_every == 0 or step == total:
-                    pending.append((step, losses, lrs))
-                if step in eval_steps:
-                    evaluate_now(step)
-                if step in ckpt_steps:
-                    checkpoint_now(step, lrs)
+                if step % c0.log_every == 0 or any(totals[i] == step for i in active):
+                    pending.append((step, losses, lrs, list(active)))
+                lr_of = dict(zip(active, lrs))
+                due = [i for i in active if step in eval_steps[i]]
+                if due:
+                    evaluate_now(step, due)
+                due = [i for i in active if step in ckpt_steps[i]]
+                if due:
+                    checkpoint_now(step, due, lr_of)
                 if time.perf_counter() - clock["flushed"] > 1.0:
                     flush(step)
                     if bar is not None:
-                        bar.update(0, completed=step, info=f"{len(cfgs)} packed")
-                if stop.requested and step < total:
-                    if step not in ckpt_steps:
-                        checkpoint_now(step, lrs)
-                    raise TrainingInterrupted(step, folders[0].path.parent)
-            flush(total)
+                        bar.update(0, completed=step, info=f"{len(active)} packed")
+                if stop.requested and step < total_max:
+                    due = [i for i in active if step not in ckpt_steps[i]]
+                    if due:
+                        checkpoint_now(step, due, lr_of)
+                    raise TrainingInterrupted(step, folders[active[0]].path.parent)
+                done_now = [i for i in active if totals[i] == step]
+                if done_now:  # they leave the pack; the others go on as a smaller one
+                    flush(step)
+                    keep = [row for row, i in enumerate(active) if totals[i] != step]
+                    for i in done_now:
+                        streams.pop(i).close()
+                        stores.pop(i).close()
+                    active = [active[row] for row in keep]
+                    if active:
+                        packed = pack["packed"].select(keep)
+                        build(packed, pack["opt"].select(keep, packed.params))
+            flush(total_max)
             if bar is not None:
-                bar.update(0, completed=total)
+                bar.update(0, completed=total_max)
     finally:
-        for s in streams:
-            s.close()
-        for store in stores:
+        for stream in streams.values():
+            stream.close()
+        for store in stores.values():
             store.close()
 
     wall = time.perf_counter() - t_start
@@ -483,8 +550,8 @@ def train_packed(cfgs: Sequence, run_dirs: Sequence, progress: bool = False, res
     for i, folder in enumerate(folders):
         with folder.store() as s:
             losses = s.series("train/loss")[1]
-            last = last_eval[i] or {"step": total, **{n: s.series(n)[1][-1] for n in s.metric_names("eval/")}}
-        out.append({**last, "train/loss": losses[-1] if losses else None, "steps": total,
-                    "train/tokens": total * tokens_per_step, "train/flops": total * step_flops,
+            last = last_eval.get(i) or {"step": totals[i], **{m: s.series(m)[1][-1] for m in s.metric_names("eval/")}}
+        out.append({**last, "train/loss": losses[-1] if losses else None, "steps": totals[i],
+                    "train/tokens": totals[i] * tokens_per_step, "train/flops": totals[i] * step_flops,
                     "wall_s": wall, "run_dir": str(folder.path)})
     return out
