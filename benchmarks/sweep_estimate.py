@@ -9,6 +9,9 @@ R the FLOP/s measured by benchmarks/packed_speed.py for its class of model: runs
 at the packed arm's steady aggregate rate (packed models, whole step as one CUDA graph), larger ones at
 the large arm's rate (one model, quietlab's fastest mode). Evaluation, checkpoints and pack set-up are
 not in R; --overhead-s adds a fixed time per pack (measure it from a real sweep's wall time; default 0).
+A pack cannot finish before its longest run has done its steps one after another: ``longest_runs_seconds``
+(sum over packs of the longest run's steps x the packed arm's measured step time) bounds the wall time
+from below, divided by the number of packs sharing the GPU (--workers).
 
 The paper's sweep (PAPER_PROTOCOL.md section 3, its released configs): d in 8..512 (powers of 2) x
 layers {4, 16} x lr {1e-1, 1e-2, 1e-3, 1e-4} x batch {8, 64} x budgets 10^9..10^15 (multiplication to
@@ -99,15 +102,20 @@ def main():
     if args.rates:
         small, large, source = rates_from(args.rates)
         seconds = sum(r[6] / (small if r[1] <= args.small_d else large) for r in runs)
-        groups = {}  # runs of one task, shape, batch and length pack together
+        groups = {}  # runs of one task, shape and batch pack together, each leaving at its own length
         for r in runs:
-            key = (r[0], r[1], r[2], r[3], r[5])
-            groups[key] = groups.get(key, 0) + 1
-        packs = sum(math.ceil(n / args.pack_size) for n in groups.values())
+            groups.setdefault((r[0], r[1], r[2], r[3]), []).append(r[5])
+        packs = sum(math.ceil(len(g) / args.pack_size) for g in groups.values())
         seconds += packs * args.overhead_s
+        # a pack lasts at least as long as its longest run, one step after another
+        step_s = json.loads(Path(args.rates).read_text())["packed"]
+        step_s = min(v["ms_per_step_steady"] for k, v in step_s.items() if k.startswith("packed-") and "ms_per_step_steady" in v) / 1e3
+        serial = sum(max(g) for g in groups.values()) * step_s
         out.update({"small_flops_per_s": small, "large_flops_per_s": large, "rates_from": source, "packs": packs,
                     "overhead_s_per_pack": args.overhead_s, "gpu_seconds": seconds, "gpu_hours": seconds / 3600,
-                    "formula": "sum_runs C_run / R(d_model) + packs * overhead_s"})
+                    "formula": "sum_runs C_run / R(d_model) + packs * overhead_s",
+                    "longest_runs_seconds": serial, "step_s": step_s,
+                    "note": "wall time is at least longest_runs_seconds / (packs running at once on the GPU)"})
     print(json.dumps(out, indent=2))
 
 

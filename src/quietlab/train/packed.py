@@ -20,9 +20,10 @@ bias correction, eps outside the square root) applied to each model alone. Every
 never waits for the host and can be captured as a CUDA graph.
 
 quietlab part: ``train_packed(cfgs, run_dirs)`` trains TrainConfigs that differ only in seed, learning
-rate, schedule fractions, weight decay, clip and data chunking (``pack_key`` says which may differ) into
-ordinary run folders: the same config.json, metrics.sqlite and checkpoints as ``train`` writes, so the
-verbs that read runs work on each, and a packed run can be resumed by ``train(resume=True)`` alone.
+rate, schedule fractions, weight decay, clip, data chunking and length (``PER_MODEL``; ``pack_key`` is
+what must agree) into ordinary run folders: the same config.json, metrics.sqlite and checkpoints as
+``train`` writes, so the verbs that read runs work on each, and a packed run can be resumed by
+``train(resume=True)`` alone. A run leaves the pack at its last step; the others go on as a smaller pack.
 """
 
 from __future__ import annotations
