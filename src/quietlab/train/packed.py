@@ -250,7 +250,8 @@ class PackedStep:
             self._static_in = [a.clone() for a in args]
             self.packed.zero_grad()  # grads allocated inside the capture are rewritten by every replay
             self._graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self._graph):
+            # thread_local: the data threads may pin memory meanwhile, which a global capture forbids
+            with torch.cuda.graph(self._graph, capture_error_mode="thread_local"):
                 self._static_out = self._eager(*self._static_in)
         else:
             for static, a in zip(self._static_in, args):
