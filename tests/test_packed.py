@@ -155,3 +155,15 @@ def test_runs_that_differ_in_shape_do_not_pack(tmp_path):
         pack_key(tiny(steps=None, flops=1e3))
     with pytest.raises(ValueError, match="may differ only in"):
         train_packed([tiny(), tiny(d_model=32)], [tmp_path / "a", tmp_path / "b"])
+
+
+def test_heat_schedules_follow_each_runs_own_length(tmp_path):
+    """Heat treatment reads training progress step/total: per model, so runs of different lengths still
+    match training alone."""
+    cfgs = [tiny(attention="heat", steps=12, seed=0), tiny(attention="heat", steps=20, seed=1, lr=3e-3)]
+    train_packed(cfgs, [tmp_path / "p0", tmp_path / "p1"])
+    for i, cfg in enumerate(cfgs):
+        train(cfg, tmp_path / f"a{i}", progress=False)
+        assert series(tmp_path / f"p{i}", "train/loss")[1] == pytest.approx(series(tmp_path / f"a{i}", "train/loss")[1], rel=1e-4)
+        model_p, *_ = load_run(tmp_path / f"p{i}")
+        assert float(model_p.blocks[0].attn.progress) == 1.0
