@@ -198,7 +198,7 @@ def load_spec(path) -> tuple[list[RunSpec], dict, str]:
 
 SETTING_COLUMNS = [("preset", "TEXT")] + [
     (name, "REAL" if f.type in ("float", "float | None") else "INTEGER" if f.type in ("int", "int | None", "bool") else "TEXT")
-    for name, f in _FIELDS.items()
+    for name, f in _FIELDS.items() if name != "preset"  # a TrainConfig with its own preset field: one column
 ]
 RESULT_COLUMNS = [
     ("total_steps", "INTEGER"), ("train_flops", "REAL"), ("budget", "REAL"), ("params", "INTEGER"),
