@@ -26,6 +26,7 @@ hash of the run's settings, so a resumed or extended sweep finds its finished ru
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -33,11 +34,15 @@ import json
 import math
 import sqlite3
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..train.loop import RESUMABLE_CHANGES, TrainConfig
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 ALIASES = {"layers": "n_layers", "heads": "n_heads", "sizes": "task_sizes"}
 SWEEP_KEYS = ("pack_size", "min_steps", "max_steps")
@@ -383,7 +388,7 @@ def run_sweep(spec_path, out=None, executor: str = "local", workers: int | None 
     t0 = time.perf_counter()
     bar = _sweep_bar(progress, len(todo), len(unplannable))
     try:
-        with bar if bar is not None else _null():
+        with bar if bar is not None else contextlib.nullcontext():
             for results in (ex.run(packs) if packs else []):
                 for run_id, state, payload, packed_with in results:
                     if state == "done":
@@ -418,14 +423,6 @@ def _within_steps(runs: list[RunSpec], lo: int | None, hi: int | None) -> tuple[
         if (lo is None or steps >= lo) and (hi is None or steps <= hi):
             kept.append(r)
     return kept, len(runs) - len(kept)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _sweep_bar(enabled: bool, total: int, failed: int):
