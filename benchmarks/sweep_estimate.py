@@ -1,7 +1,7 @@
 """How long a sweep takes on one GPU, from measured throughput: a spec, or the paper's whole sweep.
 
     .venv/bin/python benchmarks/sweep_estimate.py --spec benchmarks/sweeps/study_reduced.toml \
-        --rates benchmarks/results/packed_speed.json
+        --rates benchmarks/results/packed_speed.json    # or several files, e.g. one per arm
     .venv/bin/python benchmarks/sweep_estimate.py --paper --rates benchmarks/results/packed_speed.json
 
 The formula: GPU time = sum over runs of C_run / R(run), where C_run is the run's training FLOPs and
@@ -65,9 +65,16 @@ def spec_runs(path):
         yield r.cfg.task, r.cfg.d_model, r.cfg.n_layers, r.cfg.batch_size, r.cfg.flops, steps, steps * per_step
 
 
-def rates_from(path) -> tuple[float, float, dict]:
-    """(small-model FLOP/s, large-model FLOP/s, where each came from) out of packed_speed.py's JSON."""
-    m = json.loads(Path(path).read_text())
+def measured(paths) -> dict:
+    """packed_speed.py's JSON files (e.g. one per arm), merged."""
+    m = {}
+    for path in paths:
+        m.update(json.loads(Path(path).read_text()))
+    return m
+
+
+def rates_from(m: dict) -> tuple[float, float, dict]:
+    """(small-model FLOP/s, large-model FLOP/s, where each came from) out of packed_speed.py's results."""
     packed = m["packed"]
     mode, best = max(((k, v) for k, v in packed.items() if k.startswith("packed-")), key=lambda kv: kv[1]["tokens_per_s_steady"])
     small = best["tokens_per_s_steady"] * packed["flops_per_token"]
@@ -83,7 +90,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--spec", help="a sweep spec (TOML)")
     ap.add_argument("--paper", action="store_true", help="the paper's whole sweep (6,660 runs)")
-    ap.add_argument("--rates", help="benchmarks/packed_speed.py --out JSON (measured on the GPU)")
+    ap.add_argument("--rates", nargs="+", help="benchmarks/packed_speed.py --out JSON file(s) (measured on the GPU)")
     ap.add_argument("--small-d", type=int, default=128, help="d_model up to which runs go at the packed rate")
     ap.add_argument("--overhead-s", type=float, default=0.0, help="seconds added per pack (evaluation, set-up)")
     ap.add_argument("--pack-size", type=int, default=64)
@@ -100,7 +107,8 @@ def main():
     out = {"what": "paper sweep" if args.paper else args.spec, "runs": len(runs), "flops": total_flops,
            "runs_per_task": {k: v[0] for k, v in by_task.items()}, "flops_per_task": {k: v[1] for k, v in by_task.items()}}
     if args.rates:
-        small, large, source = rates_from(args.rates)
+        m = measured(args.rates)
+        small, large, source = rates_from(m)
         seconds = sum(r[6] / (small if r[1] <= args.small_d else large) for r in runs)
         groups = {}  # runs of one task, shape and batch pack together, each leaving at its own length
         for r in runs:
@@ -108,8 +116,8 @@ def main():
         packs = sum(math.ceil(len(g) / args.pack_size) for g in groups.values())
         seconds += packs * args.overhead_s
         # a pack lasts at least as long as its longest run, one step after another
-        step_s = json.loads(Path(args.rates).read_text())["packed"]
-        step_s = min(v["ms_per_step_steady"] for k, v in step_s.items() if k.startswith("packed-") and "ms_per_step_steady" in v) / 1e3
+        step_s = min(v["ms_per_step_steady"] for k, v in m["packed"].items()
+                     if k.startswith("packed-") and isinstance(v, dict) and "ms_per_step_steady" in v) / 1e3
         serial = sum(max(g) for g in groups.values()) * step_s
         out.update({"small_flops_per_s": small, "large_flops_per_s": large, "rates_from": source, "packs": packs,
                     "overhead_s_per_pack": args.overhead_s, "gpu_seconds": seconds, "gpu_hours": seconds / 3600,
