@@ -10,6 +10,9 @@ With L = q·kᵀ (unscaled logits, one row per query over the keys it may see) a
 - ``heat``         softmax(β(t)·L) with β following a half-cosine from ``heat_start`` down to the
                    standard 1/√d over the first ``heat_fraction`` of training, then constant
                    (fused SDPA kernel; the training loop calls ``set_progress``)
+
+``causal=False`` and ``cos=None`` (no RoPE) give the bidirectional attention of the ViT (models/vit.py).
+``rescale_qk_grad`` is the Eureka study's Q/K gradient-rescaling control, applied after backward.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch.nn.functional as F
 
 VARIANTS = ("softmax", "temperature", "normsoftmax", "heat")
 NORM_FORMS = ("std", "var")
+QK_GRAD_MODES = ("mean_grad", "per_head_to_value_grad", "mean_to_value_grad")
 
 
 def heat_inverse_temperature(progress: torch.Tensor | float, start: float, d_head: int, fraction: float):
@@ -63,7 +67,8 @@ class KVCache:
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, variant: str = "softmax", tau: float | None = None,
-                 norm_form: str = "std", heat_start: float = 3.0, heat_fraction: float = 0.5):
+                 norm_form: str = "std", heat_start: float = 3.0, heat_fraction: float = 0.5,
+                 causal: bool = True, proj_bias: bool = False):
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
@@ -78,7 +83,8 @@ class CausalSelfAttention(nn.Module):
         self.tau = float(tau) if tau is not None else math.sqrt(self.d_head)
         self.heat_start, self.heat_fraction = heat_start, heat_fraction
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)  # rows ordered [q; k; v]
-        self.proj = nn.Linear(d_model, d_model, bias=False)
+        self.proj = nn.Linear(d_model, d_model, bias=proj_bias)
+        self.causal = causal
         self.register_buffer("progress", torch.zeros(()), persistent=True)
 
     def inverse_temperature(self) -> torch.Tensor | float:
@@ -89,8 +95,9 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0, want_pattern: bool = False):
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        causal = cache is None or cache.length == 0
+        if cos is not None:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        causal = self.causal and (cache is None or cache.length == 0)
         if cache is not None:
             if T > 1 and cache.length:
                 raise ValueError("a KV cache takes a whole prompt once, then one token at a time")
@@ -124,3 +131,30 @@ class CausalSelfAttention(nn.Module):
             scaled = logits * self.inverse_temperature()
         pattern = torch.softmax(scaled.masked_fill(~visible, float("-inf")), dim=-1)
         return (pattern.to(v.dtype) @ v), pattern
+
+
+@torch.no_grad()
+def rescale_qk_grad(attn: CausalSelfAttention, mode: str) -> None:
+    """The Eureka study's control (``--scale_qkv_grad``), on ``attn.qkv.weight.grad`` in place after backward.
+
+    ``mean_grad``: G_Q, G_K and G_V each rescaled to the layer's mean |G|; ``per_head_to_value_grad``:
+    head h's G_Q and G_K rescaled to mean |G_V,h|; ``mean_to_value_grad``: G_Q and G_K to mean |G_V|."""
+    if mode not in QK_GRAD_MODES:
+        raise ValueError(f"qk gradient mode must be one of {', '.join(QK_GRAD_MODES)}, got {mode!r}")
+    g = attn.qkv.weight.grad
+    if g is None:
+        return
+    parts = g.view(3, attn.n_heads, attn.d_head, g.shape[1])  # [q; k; v] x heads
+    tiny = torch.finfo(g.dtype).tiny
+    if mode == "mean_grad":
+        target = g.abs().mean()
+        for i in range(3):
+            parts[i].mul_(target / parts[i].abs().mean().clamp_min(tiny))
+    elif mode == "mean_to_value_grad":
+        target = parts[2].abs().mean()
+        for i in range(2):
+            parts[i].mul_(target / parts[i].abs().mean().clamp_min(tiny))
+    else:
+        target = parts[2].abs().mean(dim=(1, 2), keepdim=True)  # (H, 1, 1)
+        for i in range(2):
+            parts[i].mul_(target / parts[i].abs().mean(dim=(1, 2), keepdim=True).clamp_min(tiny))

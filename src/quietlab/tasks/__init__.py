@@ -14,7 +14,7 @@ def register(cls: type[Task]) -> type[Task]:
 
 def _load() -> None:
     # imported late so that each task module can use `register` from this package
-    from . import arithmetic, graphs, sequences  # noqa: F401
+    from . import arithmetic, graphs, indicator, sequences  # noqa: F401
 
 
 def task_names() -> list[str]:
