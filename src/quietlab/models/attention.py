@@ -103,7 +103,9 @@ class CausalSelfAttention(nn.Module):
                 raise ValueError("a KV cache takes a whole prompt once, then one token at a time")
             k, v = cache.append(layer, k, v)
         pattern = None
-        if self.variant == "normsoftmax" or want_pattern:
+        if self.variant == "normsoftmax" and not causal and not want_pattern:
+            y = self._normsoftmax_fused(q, k, v)
+        elif self.variant == "normsoftmax" or want_pattern:
             y, pattern = self._explicit(q, k, v, causal)
         else:
             beta = self.inverse_temperature()
@@ -112,6 +114,20 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=causal and T > 1, scale=beta)
         y = self.proj(y.transpose(1, 2).reshape(B, T, C))
         return y, pattern
+
+    def _normsoftmax_fused(self, q, k, v):
+        """NormSoftmax without a mask through the fused kernel: a row's variance over all keys is
+        var_j(q_i·k_j) = q_iᵀ C q_i with C the keys' biased covariance, so each query is divided by its
+        min(τ, spread) and attention runs at scale 1 (in float32 for the spread, as the plain path)."""
+        with torch.autocast(q.device.type, enabled=False):
+            wide = torch.promote_types(q.dtype, torch.float32)
+            qf, kf = q.to(wide), k.to(wide)
+            kc = kf - kf.mean(dim=-2, keepdim=True)
+            cov = kc.transpose(-2, -1) @ kc / kf.shape[-2]  # (B, H, d, d)
+            var = ((qf @ cov) * qf).sum(-1, keepdim=True).clamp_min(0)
+            spread = var if self.norm_form == "var" else var.clamp(min=1e-12).sqrt()
+            scale = 1.0 / torch.clamp(spread, min=1e-6).clamp(max=self.tau)
+        return F.scaled_dot_product_attention((qf * scale).to(q.dtype), k, v, scale=1.0)
 
     def _explicit(self, q, k, v, causal: bool):
         """The plain computation: needed by NormSoftmax and whenever the pattern is asked for."""

