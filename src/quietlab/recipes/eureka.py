@@ -177,8 +177,12 @@ def probe_cls(model, task, cfg: EurekaConfig, seed: int, step: int, device) -> l
     model.train()
     acts = {l: torch.cat(a) for l, a in acts.items()}
     train_idx, test_idx = split_probe_set(len(x), seed=seed)
-    results = fit_features(acts, task.as_features(feats), train_idx, test_idx, bootstrap=0)
-    return [row for r in results.values() for row in r.rows(step)]
+    rows = []
+    for width in sorted({a.shape[-1] for a in acts.values()}):  # the CNN's stages differ in width: fit them apart
+        same = {l: a for l, a in acts.items() if a.shape[-1] == width}
+        results = fit_features(same, task.as_features(feats), train_idx, test_idx, bootstrap=0)
+        rows += [row for r in results.values() for row in r.rows(step)]
+    return rows
 
 
 def train_run(cfg: EurekaConfig, variant: str, seed: int, run_dir, task=None, log=None) -> dict:
