@@ -396,6 +396,68 @@ def eureka_cmd(
     print(summary["report"])
 
 
+@app.command("sweep")
+@one_line_errors
+def sweep_cmd(
+    spec: str = typer.Argument(..., help="TOML spec: a list is an axis of the grid, a scalar is fixed (see runs/sweep.py)."),
+    executor: str = typer.Option("local", "--executor", help="local (one process per GPU, or a CPU process pool) or ray."),
+    out: Optional[str] = typer.Option(None, "--out", help="Sweep folder (default sweeps/SPEC_NAME); rerun to resume."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="local: worker processes (default one per GPU, else one per core; more than the GPUs share the cards); ray: CPUs of a new local Ray instance."),
+    address: Optional[str] = typer.Option(None, "--address", help="ray: join this cluster (e.g. auto) instead of starting one."),
+    gpus_per_pack: Optional[float] = typer.Option(None, "--gpus-per-pack", help="ray: fraction of a GPU per pack (default 0.25)."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Run the failed runs again."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+):
+    """Train a grid of runs, packing same-shaped ones into one batched computation; resumable.
+
+    Results: SWEEP/sweep.sqlite (table runs, one row per run), SWEEP/runs/* (ordinary run folders)."""
+    from .runs.sweep import run_sweep
+
+    try:
+        summary = run_sweep(spec, out, executor=executor, workers=workers, address=address,
+                            gpus_per_pack=gpus_per_pack, retry_failed=retry_failed, progress=not as_json)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]sweep interrupted; run the same command again to resume it[/yellow]", highlight=False)
+        raise typer.Exit(130)
+    if as_json:
+        print(json.dumps(summary))
+        return
+    console.print(f"{summary['runs']} runs in {summary['sweep']}: {summary['done']} done, {summary['failed']} failed, "
+                  f"{summary['pending']} pending ({summary['skipped']} already finished before; "
+                  f"{summary['packs']} packs this time, {summary['wall_s']:.1f} s). Table: {summary['table']}",
+                  highlight=False)
+
+
+@app.command("frontier")
+@one_line_errors
+def frontier_cmd(
+    sweep: str = typer.Argument(..., help="Sweep folder (holds sweep.sqlite)."),
+    by: Optional[List[str]] = typer.Option(None, "--by", help="Split the curves further by this setting (e.g. attention); repeatable."),
+    as_json: bool = typer.Option(False, "--json", help="Print the frontiers as JSON."),
+):
+    """Per task and budget the best run; whether the frontier falls in two phases; writes SWEEP/report.html."""
+    from .runs.frontier import compute_frontiers, load_rows, write_frontier_report
+
+    frontiers = compute_frontiers(load_rows(sweep), by or [])
+    report = write_frontier_report(sweep, frontiers)
+    if as_json:
+        print(json.dumps({"report": str(report), "frontiers": [f.to_dict() for f in frontiers]}))
+        return
+    for f in frontiers:
+        verdict = (f"two phases: drop from {f.drop_start:.3g} to {f.drop_end:.3g} FLOPs "
+                   f"(loss {f.loss_before:.3g} -> {f.loss_after:.3g})" if f.two_phase else "no two-phase drop")
+        table = Table(title=f"{f.curve} · {verdict}", title_justify="left")
+        for col in ("budget (FLOPs)", "best loss", "exact match", "best run", "runs"):
+            table.add_column(col, justify="left" if col == "best run" else "right")
+        for p in f.points:
+            table.add_row(f"{p.budget:.3g}", f"{p.eval_loss:.4g}", "" if p.exact_match is None else f"{p.exact_match:.1%}",
+                          p.run_id, str(p.runs))
+        console.print(table)
+    if not frontiers:
+        console.print("no finished runs in this sweep yet")
+    console.print(f"report: {report}", highlight=False)
+
+
 def main() -> None:  # pragma: no cover
     app(prog_name="quietlab")
 

@@ -1,0 +1,123 @@
+"""How long a sweep takes on one GPU, from measured throughput: a spec, or the paper's whole sweep.
+
+    .venv/bin/python benchmarks/sweep_estimate.py --spec benchmarks/sweeps/study_reduced.toml \
+        --rates benchmarks/results/packed_speed.json
+    .venv/bin/python benchmarks/sweep_estimate.py --paper --rates benchmarks/results/packed_speed.json
+
+The formula: GPU time = sum over runs of C_run / R(run), where C_run is the run's training FLOPs and
+R the FLOP/s measured by benchmarks/packed_speed.py for its class of model: runs of d_model <= --small-d
+at the packed arm's steady aggregate rate (packed models, whole step as one CUDA graph), larger ones at
+the large arm's rate (one model, quietlab's fastest mode). Evaluation, checkpoints and pack set-up are
+not in R; --overhead-s adds a fixed time per pack (measure it from a real sweep's wall time; default 0).
+A pack cannot finish before its longest run has done its steps one after another: ``longest_runs_seconds``
+(sum over packs of the longest run's steps x the packed arm's measured step time) bounds the wall time
+from below, divided by the number of packs sharing the GPU (--workers).
+
+The paper's sweep (PAPER_PROTOCOL.md section 3, its released configs): d in 8..512 (powers of 2) x
+layers {4, 16} x lr {1e-1, 1e-2, 1e-3, 1e-4} x batch {8, 64} x budgets 10^9..10^15 (multiplication to
+10^16), one per decade, kept iff 1 <= steps <= 10^5, with the paper's own count F = 12 L d^2 + L ctx d per
+token, tokens = C / 6F, steps = ceil(tokens / (batch ctx)); its ctx per task is listed below. That grid
+has 6,660 runs (the number of released configs), which this script checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+# the paper's context lengths (PAPER_PROTOCOL.md section 3)
+PAPER_CTX = {"addition": 52, "multiplication": 67, "majority_of_majorities": 67, "max_subarray": 93.17,
+             "activity_selection": 40.20, "bfs": 69.359375, "dfs": 69.359375, "topological_sort": 69.359375,
+             "shortest_path": 61.9140625, "mst": 77.359375}
+
+
+def paper_runs():
+    """(task, d, layers, batch, budget, steps, flops) of every run of the paper's grid, one per lr."""
+    for task, ctx in PAPER_CTX.items():
+        top = 16 if task == "multiplication" else 15
+        for e in range(9, top + 1):
+            for d in (8, 16, 32, 64, 128, 256, 512):
+                for L in (4, 16):
+                    F = 12 * L * d * d + L * ctx * d
+                    tokens = 10**e / (6 * F)
+                    for b in (8, 64):
+                        steps = math.ceil(tokens / (b * ctx))
+                        if 1 <= steps <= 100_000:
+                            for _lr in range(4):
+                                yield task, d, L, b, 10.0**e, steps, float(10**e)
+
+
+def spec_runs(path):
+    from quietlab.runs.sweep import _within_steps, load_spec
+    from quietlab.train.budget import flops_per_step
+
+    runs, settings, _ = load_spec(path)
+    runs, _ = _within_steps(runs, settings["min_steps"], settings["max_steps"])
+    for r in runs:
+        task = r.cfg.build_task()
+        per_step = flops_per_step(r.cfg.model_config(task), r.cfg.batch_size, task.seq_len)
+        steps = r.cfg.total_steps(task)
+        yield r.cfg.task, r.cfg.d_model, r.cfg.n_layers, r.cfg.batch_size, r.cfg.flops, steps, steps * per_step
+
+
+def rates_from(path) -> tuple[float, float, dict]:
+    """(small-model FLOP/s, large-model FLOP/s, where each came from) out of packed_speed.py's JSON."""
+    m = json.loads(Path(path).read_text())
+    packed = m["packed"]
+    mode, best = max(((k, v) for k, v in packed.items() if k.startswith("packed-")), key=lambda kv: kv[1]["tokens_per_s_steady"])
+    small = best["tokens_per_s_steady"] * packed["flops_per_token"]
+    large_arm = m["large"]
+    ours = large_arm.get("ours") or max((k for k in large_arm if isinstance(large_arm[k], dict) and "tokens_per_s" in large_arm[k]),
+                                        key=lambda k: large_arm[k]["tokens_per_s"])
+    large = large_arm[ours]["tokens_per_s"] * large_arm["flops_per_token"]
+    return small, large, {"small": f"packed arm, {mode}, {packed['config']}", "large": f"large arm, {ours}, {large_arm['config']}",
+                          "device": m["device"]}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--spec", help="a sweep spec (TOML)")
+    ap.add_argument("--paper", action="store_true", help="the paper's whole sweep (6,660 runs)")
+    ap.add_argument("--rates", help="benchmarks/packed_speed.py --out JSON (measured on the GPU)")
+    ap.add_argument("--small-d", type=int, default=128, help="d_model up to which runs go at the packed rate")
+    ap.add_argument("--overhead-s", type=float, default=0.0, help="seconds added per pack (evaluation, set-up)")
+    ap.add_argument("--pack-size", type=int, default=64)
+    args = ap.parse_args()
+    if not (args.spec or args.paper):
+        ap.error("give --spec or --paper")
+    runs = list(paper_runs() if args.paper else spec_runs(args.spec))
+    total_flops = sum(r[6] for r in runs)
+    by_task = {}
+    for r in runs:
+        t = by_task.setdefault(r[0], [0, 0.0])
+        t[0] += 1
+        t[1] += r[6]
+    out = {"what": "paper sweep" if args.paper else args.spec, "runs": len(runs), "flops": total_flops,
+           "runs_per_task": {k: v[0] for k, v in by_task.items()}, "flops_per_task": {k: v[1] for k, v in by_task.items()}}
+    if args.rates:
+        small, large, source = rates_from(args.rates)
+        seconds = sum(r[6] / (small if r[1] <= args.small_d else large) for r in runs)
+        groups = {}  # runs of one task, shape and batch pack together, each leaving at its own length
+        for r in runs:
+            groups.setdefault((r[0], r[1], r[2], r[3]), []).append(r[5])
+        packs = sum(math.ceil(len(g) / args.pack_size) for g in groups.values())
+        seconds += packs * args.overhead_s
+        # a pack lasts at least as long as its longest run, one step after another
+        step_s = json.loads(Path(args.rates).read_text())["packed"]
+        step_s = min(v["ms_per_step_steady"] for k, v in step_s.items() if k.startswith("packed-") and "ms_per_step_steady" in v) / 1e3
+        serial = sum(max(g) for g in groups.values()) * step_s
+        out.update({"small_flops_per_s": small, "large_flops_per_s": large, "rates_from": source, "packs": packs,
+                    "overhead_s_per_pack": args.overhead_s, "gpu_seconds": seconds, "gpu_hours": seconds / 3600,
+                    "formula": "sum_runs C_run / R(d_model) + packs * overhead_s",
+                    "longest_runs_seconds": serial, "step_s": step_s,
+                    "note": "wall time is at least longest_runs_seconds / (packs running at once on the GPU)"})
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""The compute frontier of a sweep: per task and budget the best run, and whether it falls in two phases.
+
+A run's budget is its ``flops`` setting when the sweep gave budgets, else the FLOPs it trained for. For
+each curve (a task at its sizes and preset, split further by any ``by`` columns) and each budget, the
+frontier point is the finished run with the lowest final held-out loss (``eval_loss``); its exact match
+and id come with it, and ``runs`` counts the finished runs at that budget.
+
+Two phases: the transition detector (``monitor.transitions.detect_transitions``, on a log10 FLOPs axis,
+its default relative thresholds, nothing set per task) run on the frontier's losses. A frontier is
+two-phase when it finds a transition: a flat stretch of budgets, then an abrupt drop; ``drop_start``
+and ``drop_end`` are that transition's onset and end in FLOPs (the largest drop when there are several).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Point:
+    budget: float
+    eval_loss: float
+    exact_match: float | None
+    run_id: str
+    runs: int  # finished runs at this budget
+    run_dir: str | None = None
+
+
+@dataclass
+class Frontier:
+    curve: str  # task, sizes, preset and the ``by`` settings, as a label
+    task: str
+    points: list[Point]
+    two_phase: bool = False
+    drop_start: float | None = None
+    drop_end: float | None = None
+    plateau_start: float | None = None
+    loss_before: float | None = None
+    loss_after: float | None = None
+    transitions: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_rows(sweep_dir) -> list[dict]:
+    """The ``runs`` table of ``SWEEP/sweep.sqlite`` as dicts."""
+    path = Path(sweep_dir) / "sweep.sqlite"
+    if not path.is_file():
+        raise FileNotFoundError(f"{sweep_dir} is not a sweep folder (no sweep.sqlite)")
+    con = sqlite3.connect(path)
+    try:
+        cur = con.execute("SELECT * FROM runs")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r)) for r in cur.fetchall()]
+    finally:
+        con.close()
+
+
+def _finite(x) -> bool:
+    return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _label(row: dict, by: list[str]) -> str:
+    sizes = row.get("task_sizes") or "{}"
+    sizes = json.loads(sizes) if isinstance(sizes, str) else sizes
+    parts = [row["task"]] + [f"{k}={v}" for k, v in sorted(sizes.items())]
+    if row.get("preset") not in (None, "quietlab"):
+        parts.append(f"preset={row['preset']}")
+    parts += [f"{k}={row.get(k)}" for k in by]
+    return " ".join(parts)
+
+
+def compute_frontiers(rows: list[dict], by: list[str] = ()) -> list[Frontier]:
+    """One Frontier per curve, budgets ascending, each analysed for two phases."""
+    from ..monitor.transitions import detect_transitions
+
+    by = list(by)
+    for key in by:
+        if rows and key not in rows[0]:
+            raise ValueError(f"--by {key}: the sweep table has no such column")
+    curves: dict[str, dict[float, list[dict]]] = {}
+    tasks = {}
+    for r in rows:
+        budget = r.get("budget") if _finite(r.get("budget")) else r.get("train_flops")
+        if r.get("status") != "done" or not _finite(budget) or not _finite(r.get("eval_loss")):
+            continue
+        label = _label(r, by)
+        tasks[label] = r["task"]
+        curves.setdefault(label, {}).setdefault(float(budget), []).append(r)
+    out = []
+    for label in sorted(curves):
+        points = []
+        for budget in sorted(curves[label]):
+            runs = curves[label][budget]
+            best = min(runs, key=lambda r: r["eval_loss"])
+            points.append(Point(budget, float(best["eval_loss"]), best.get("exact_match"), best["run_id"], len(runs),
+                                best.get("run_dir")))
+        f = Frontier(label, tasks[label], points)
+        found = detect_transitions([p.budget for p in points], [p.eval_loss for p in points], log_x=True)
+        f.transitions = [{k: getattr(t, k) for k in ("plateau_start", "onset", "end", "level_before", "level_after",
+                                                      "drop", "z")} for t in found]
+        if found:
+            main = max(found, key=lambda t: t.drop)
+            f.two_phase = True
+            f.drop_start, f.drop_end, f.plateau_start = main.onset, main.end, main.plateau_start
+            f.loss_before, f.loss_after = main.level_before, main.level_after
+        out.append(f)
+    return out
+
+
+def frontier_figure(f: Frontier) -> dict:
+    """A log-log plotly figure of one frontier, its plateau and drop shaded."""
+    from ..report.html import _phase_shapes, _title
+
+    x = [p.budget for p in f.points]
+    y = [p.eval_loss for p in f.points]
+    hover = [f"run {p.run_id}<br>{p.runs} runs at this budget<br>exact match {p.exact_match}" for p in f.points]
+    trace = {"type": "scatter", "mode": "lines+markers", "x": x, "y": y, "name": f.curve, "text": hover,
+             "hovertemplate": "%{x:.3g} FLOPs<br>loss %{y:.4g}<br>%{text}<extra></extra>"}
+    verdict = (f"two phases: drop from {f.drop_start:.3g} to {f.drop_end:.3g} FLOPs" if f.two_phase
+               else "no two-phase drop found")
+    return {"data": [trace],
+            "layout": {"title": _title(f"{f.curve}: {verdict}"), "showlegend": False,
+                       "xaxis": {"type": "log", "title": {"text": "compute budget (FLOPs)"}},
+                       "yaxis": {"type": "log", "title": {"text": "best final held-out loss"}},
+                       "shapes": _phase_shapes(f.transitions, [("x", "y domain")])}}
+
+
+def render_frontier_report(sweep_dir, frontiers: list[Frontier]) -> str:
+    from plotly.offline import get_plotlyjs
+
+    from ..report.html import CSS, _Ids, _esc, _plot, _table
+
+    ids = _Ids()
+    body = [f"<h1>quietlab sweep: {_esc(Path(sweep_dir).name)}</h1>", "<h2>Compute frontier</h2>"]
+    rows = [[f.curve, "yes" if f.two_phase else "no", f"{f.drop_start:.3g}" if f.two_phase else "",
+             f"{f.drop_end:.3g}" if f.two_phase else "", len(f.points), sum(p.runs for p in f.points)] for f in frontiers]
+    body.append(_table(["curve", "two phases", "drop starts (FLOPs)", "drop ends (FLOPs)", "budgets", "runs"], rows,
+                       num_cols={2, 3, 4, 5}))
+    for f in frontiers:
+        body.append(f"<h3>{_esc(f.curve)}</h3>")
+        body.append(_plot(frontier_figure(f), ids(f"frontier-{f.curve}"), 420))
+        body.append(_table(["budget (FLOPs)", "best loss", "exact match", "best run", "runs"],
+                           [[f"{p.budget:.3g}", f"{p.eval_loss:.4g}", "" if p.exact_match is None else f"{p.exact_match:.1%}",
+                             p.run_id, p.runs] for p in f.points], num_cols={0, 1, 2, 4}))
+    if not frontiers:
+        body.append('<p class="absent-note">No finished runs yet.</p>')
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>quietlab sweep {_esc(Path(sweep_dir).name)}</title>\n<style>{CSS}</style>\n"
+            + (f"<script type=\"text/javascript\">{get_plotlyjs()}</script>\n" if ids.n else "")
+            + "</head>\n<body>\n<main>\n" + "\n".join(body) + "\n</main>\n</body>\n</html>\n")
+
+
+def write_frontier_report(sweep_dir, frontiers: list[Frontier]) -> Path:
+    from .folder import write_atomic
+
+    out = Path(sweep_dir) / "report.html"
+    write_atomic(out, render_frontier_report(sweep_dir, frontiers).encode("utf-8"))
+    return out

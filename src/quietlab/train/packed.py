@@ -1,0 +1,559 @@
+"""Packed training: N same-shaped models trained at once, in one process, as one batched computation.
+
+Generic part (any ``nn.Module`` and loss; the models must share their structure and shapes):
+
+    packed = PackedModels(models)                     # parameters stacked to (N, ...), leaves with grad
+    opt = PackedAdamW(packed.params, lr=[1e-3, 3e-3, ...], weight_decay=0.1,
+                      decayed={"fc.weight", ...}, betas=(0.9, 0.95))
+    for step in ...:
+        losses = packed.losses(loss_fn, x, y)        # loss_fn(model, x_i, y_i) -> scalar; x, y: (N, ...)
+        losses.sum().backward()                       # model i's gradient is d loss_i / d θ_i: no cross-talk
+        norms = clip_grad_norms_(packed.params, max_norm=[1.0, ...])   # per-model global-norm clip
+        opt.set_lr([...]); opt.step(); opt.zero_grad()                # per-model lr schedule
+    packed.load_into(i, module)                       # model i's weights into an ordinary module
+
+``loss_fn`` receives ``model``, a callable that behaves like the module with model i's parameters, and
+model i's slice of each batched argument (``in_dims`` says which arguments are batched; default all).
+The update equals ``torch.nn.utils.clip_grad_norm_`` then ``torch.optim.AdamW`` (decoupled weight decay,
+bias correction, eps outside the square root) applied to each model alone. Everything the step needs
+(learning rates, step count, bias corrections, clip coefficients) lives in device tensors, so a step
+never waits for the host and can be captured as a CUDA graph.
+
+quietlab part: ``train_packed(cfgs, run_dirs)`` trains TrainConfigs that differ only in seed, learning
+rate, schedule fractions, weight decay, clip, data chunking and length (``PER_MODEL``; ``pack_key`` is
+what must agree) into ordinary run folders: the same config.json, metrics.sqlite and checkpoints as
+``train`` writes, so the verbs that read runs work on each, and a packed run can be resumed by
+``train(resume=True)`` alone. A run leaves the pack at its last step; the others go on as a smaller pack.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+from torch.func import functional_call, stack_module_state, vmap
+
+# ------------------------------------------------------------------------------------------------
+# generic
+
+
+class PackedModels:
+    """N models of one structure, their parameters and buffers stacked along a new leading dim."""
+
+    def __init__(self, models: Sequence[nn.Module]):
+        if not models:
+            raise ValueError("packing needs at least one model")
+        shapes = [[(n, tuple(p.shape)) for n, p in m.named_parameters()] for m in models]
+        if any(s != shapes[0] for s in shapes):
+            raise ValueError("packed models must have the same parameter names and shapes")
+        self.n = len(models)
+        params, buffers = stack_module_state(list(models))
+        self.params: dict[str, torch.Tensor] = params
+        self.buffers: dict[str, torch.Tensor] = buffers
+        # the structure to call, holding no data of its own (functional_call supplies every tensor)
+        import copy
+
+        self.base = copy.deepcopy(models[0]).to("meta")
+
+    def losses(self, loss_fn: Callable, *args, in_dims: Sequence[int | None] | None = None) -> torch.Tensor:
+        """(N,) losses: ``loss_fn(model_i, *args_i)`` for each model, as one vmapped computation."""
+        batched = self._batched(loss_fn, in_dims, len(args))
+        with warnings.catch_warnings():  # CPU attention under vmap loops over the models: slower, still exact
+            warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
+            return batched(self.params, self.buffers, *args)
+
+    def compiled_losses(self, loss_fn: Callable, in_dims: Sequence[int | None] | None = None, n_args: int = 2,
+                        **compile_options) -> Callable:
+        """``losses`` for ``n_args`` batched arguments as one ``torch.compile``d function (fused kernels;
+        compiled once per pack, on the first call)."""
+        compiled = torch.compile(self._batched(loss_fn, in_dims, n_args), **compile_options)
+        return lambda *args: compiled(self.params, self.buffers, *args)
+
+    def _batched(self, loss_fn: Callable, in_dims, n_args: int) -> Callable:
+        base = self.base
+
+        def one(params, buffers, *a):
+            def model(*margs, **mkwargs):
+                return functional_call(base, (params, buffers), margs, mkwargs)
+
+            return loss_fn(model, *a)
+
+        dims = tuple(in_dims) if in_dims is not None else (0,) * n_args
+        return vmap(one, in_dims=(0, 0, *dims), randomness="different")
+
+    def state_dict(self, i: int) -> dict[str, torch.Tensor]:
+        """Model i's parameters and buffers (views into the stacks, detached)."""
+        return {k: v[i].detach() for k, v in {**self.params, **self.buffers}.items()}
+
+    def load_into(self, i: int, module: nn.Module) -> nn.Module:
+        """Copy model i's parameters and buffers into ``module`` (same structure); returns it."""
+        own = dict(module.named_parameters()) | dict(module.named_buffers())
+        with torch.no_grad():
+            for k, v in self.state_dict(i).items():
+                own[k].copy_(v)
+        return module
+
+    def load_from(self, i: int, state: dict[str, torch.Tensor]) -> None:
+        """Overwrite model i's parameters and (present) buffers from a state dict."""
+        with torch.no_grad():
+            for k, v in state.items():
+                stack = self.params.get(k, self.buffers.get(k))
+                if stack is not None:
+                    stack[i].copy_(v)
+
+    def zero_grad(self) -> None:
+        for p in self.params.values():
+            p.grad = None
+
+    def select(self, rows: Sequence[int]) -> "PackedModels":
+        """A new pack of the models at ``rows`` (copies), e.g. to go on without the ones that finished."""
+        index = torch.as_tensor(list(rows), device=next(iter(self.params.values())).device)
+        new = object.__new__(PackedModels)
+        new.n, new.base = len(rows), self.base
+        new.params = {k: v.detach()[index].clone().requires_grad_(v.requires_grad) for k, v in self.params.items()}
+        new.buffers = {k: v[index].clone() for k, v in self.buffers.items()}
+        return new
+
+
+def _per_model(value, n: int, device, dtype=torch.float64) -> torch.Tensor:
+    t = torch.as_tensor(value, dtype=dtype, device=device)
+    return t.expand(n).clone() if t.ndim == 0 else t.clone()
+
+
+def _bcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(N,) -> (N, 1, 1, ...) in ``like``'s dtype, to scale each model's slice of a stacked tensor."""
+    return t.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
+
+
+@torch.no_grad()
+def clip_grad_norms_(params: dict[str, torch.Tensor], max_norm) -> torch.Tensor:
+    """Clip each model's gradient to a global norm of ``max_norm`` (a float or (N,)), as
+    ``torch.nn.utils.clip_grad_norm_`` does for one model; returns the (N,) norms before clipping."""
+    grads = [p.grad for p in params.values() if p.grad is not None]
+    n = grads[0].shape[0]
+    squares = torch.stack([g.reshape(n, -1).double().pow(2).sum(1) for g in grads]).sum(0)
+    norms = squares.sqrt()
+    limit = _per_model(max_norm, n, norms.device)
+    coef = (limit / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(_bcast(coef, g))
+    return norms
+
+
+class PackedAdamW:
+    """AdamW on stacked parameters: each model its own moments, learning rate and weight decay.
+
+    ``decayed``: names of the parameters that get weight decay (default: all); ``lr`` and
+    ``weight_decay``: a float or one value per model. Equal to ``torch.optim.AdamW`` per model.
+    """
+
+    def __init__(self, params: dict[str, torch.Tensor], lr, weight_decay=0.0, decayed: set[str] | None = None,
+                 betas=(0.9, 0.999), eps: float = 1e-8):
+        self.params = params
+        first = next(iter(params.values()))
+        self.n, device = first.shape[0], first.device
+        self.lr = _per_model(lr, self.n, device)
+        self.weight_decay = _per_model(weight_decay, self.n, device)
+        self.decayed = set(params) if decayed is None else set(decayed)
+        self.beta1, self.beta2 = float(betas[0]), float(betas[1])
+        self.eps = float(eps)
+        self.steps = torch.zeros((), dtype=torch.float64, device=device)  # updates done (same for all models)
+        self.exp_avg = {k: torch.zeros_like(p, memory_format=torch.preserve_format) for k, p in params.items()}
+        self.exp_avg_sq = {k: torch.zeros_like(p, memory_format=torch.preserve_format) for k, p in params.items()}
+
+    def set_lr(self, lr) -> None:
+        """Set every model's learning rate for the next step (in place: a captured graph sees it). A
+        tensor already on the device is copied without a host sync; a list or float is not."""
+        self.lr.copy_(torch.as_tensor(lr, dtype=torch.float64).expand(self.n), non_blocking=True)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.steps += 1
+        bias1 = 1 - self.beta1 ** self.steps
+        bias2_sqrt = (1 - self.beta2 ** self.steps).sqrt()
+        step_size = self.lr / bias1
+        for k, p in self.params.items():
+            g = p.grad
+            if g is None:
+                continue
+            if k in self.decayed:
+                p.mul_(_bcast(1 - self.lr * self.weight_decay, p))
+            m, v = self.exp_avg[k], self.exp_avg_sq[k]
+            m.lerp_(g, 1 - self.beta1)
+            v.mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
+            denom = (v.sqrt() / _bcast(bias2_sqrt.expand(self.n), v)).add_(self.eps)
+            p.sub_(m / denom * _bcast(step_size, p))
+
+    def zero_grad(self) -> None:
+        for p in self.params.values():
+            p.grad = None
+
+    def select(self, rows: Sequence[int], params: dict[str, torch.Tensor]) -> "PackedAdamW":
+        """The state of the models at ``rows``, for ``params`` (the matching ``PackedModels.select``)."""
+        index = torch.as_tensor(list(rows), device=self.lr.device)
+        new = object.__new__(PackedAdamW)
+        new.params, new.n, new.decayed = params, len(rows), self.decayed
+        new.beta1, new.beta2, new.eps = self.beta1, self.beta2, self.eps
+        new.lr, new.weight_decay, new.steps = self.lr[index].clone(), self.weight_decay[index].clone(), self.steps.clone()
+        new.exp_avg = {k: v[index].clone() for k, v in self.exp_avg.items()}
+        new.exp_avg_sq = {k: v[index].clone() for k, v in self.exp_avg_sq.items()}
+        return new
+
+
+class PackedStep:
+    """One training step of packed models: losses, backward, per-model clip, AdamW; returns (N,) losses.
+
+    ``compile=True`` runs forward and loss (``n_args`` batched inputs) through ``torch.compile``.
+    With ``cuda_graph=True`` (CUDA only) the first ``warmup`` calls run eagerly on a side stream, the next
+    one captures the whole step (forward, loss, backward, clip, AdamW) as one CUDA graph, and every later
+    call copies its inputs into the graph's static buffers and replays it: no host synchronisation and
+    one launch per step. Inputs must keep their shapes from call to call.
+    """
+
+    def __init__(self, packed: PackedModels, optimizer: PackedAdamW, loss_fn: Callable, max_norm=1.0,
+                 cuda_graph: bool = False, warmup: int = 3, compile: bool = False, n_args: int = 2):
+        self.packed, self.optimizer, self.loss_fn, self.cuda_graph, self.warmup = packed, optimizer, loss_fn, cuda_graph, warmup
+        # compile: forward and loss through torch.compile (no CUDA graphs of its own: the step's graph holds them)
+        self._losses = (packed.compiled_losses(loss_fn, n_args=n_args) if compile
+                        else lambda *args: packed.losses(loss_fn, *args))
+        first = next(iter(packed.params.values()))
+        self.max_norm = _per_model(max_norm, packed.n, first.device)
+        self.calls = 0
+        self._graph = self._static_in = self._static_out = None
+
+    def _eager(self, *args) -> torch.Tensor:
+        losses = self._losses(*args)
+        losses.sum().backward()
+        clip_grad_norms_(self.packed.params, self.max_norm)
+        self.optimizer.step()
+        return losses.detach()
+
+    def __call__(self, *args) -> torch.Tensor:
+        self.calls += 1
+        if not self.cuda_graph:
+            losses = self._eager(*args)
+            self.packed.zero_grad()
+            return losses
+        if self._graph is None and self.calls <= self.warmup:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                losses = self._eager(*args)
+                self.packed.zero_grad()
+            torch.cuda.current_stream().wait_stream(side)
+            return losses
+        if self._graph is None:
+            self._static_in = [a.clone() for a in args]
+            self.packed.zero_grad()  # grads allocated inside the capture are rewritten by every replay
+            self._graph = torch.cuda.CUDAGraph()
+            # thread_local: the data threads may pin memory meanwhile, which a global capture forbids
+            with torch.cuda.graph(self._graph, capture_error_mode="thread_local"):
+                self._static_out = self._eager(*self._static_in)
+        else:
+            for static, a in zip(self._static_in, args):
+                static.copy_(a, non_blocking=True)
+        self._graph.replay()
+        return self._static_out.clone()
+
+
+# ------------------------------------------------------------------------------------------------
+# quietlab: TrainConfigs into run folders
+
+# settings each packed run may have of its own; everything else must agree (pack_key)
+PER_MODEL = ("seed", "lr", "weight_decay", "grad_clip", "warmup_fraction", "min_lr_fraction", "data_chunk",
+             "steps", "flops")
+
+
+def pack_key(cfg) -> str:
+    """Runs with equal keys can be trained packed: same task, shapes, batch, evaluation and hardware. Their
+    lengths may differ: a run leaves the pack when it ends, and the rest go on as a smaller pack. A
+    ValueError if the run cannot be trained at all (e.g. a budget under one step)."""
+    import json
+
+    cfg.total_steps(cfg.build_task())
+    d = {k: v for k, v in cfg.to_dict().items() if k not in PER_MODEL}
+    return json.dumps(d, sort_keys=True, default=str)
+
+
+class _AdamWState:
+    """Model i's optimizer state in ``torch.optim.AdamW``'s state_dict format (what ``train`` saves and resumes)."""
+
+    def __init__(self, template: dict, index_names: list[str], opt: PackedAdamW, row: int, lr: float, weight_decay: float):
+        self.template, self.index_names, self.opt, self.row = template, index_names, opt, row
+        self.lr, self.weight_decay = lr, weight_decay
+
+    def state_dict(self) -> dict:
+        step = float(self.opt.steps)
+        groups = [{**g, "lr": self.lr} for g in self.template["param_groups"]]
+        groups[0]["weight_decay"] = self.weight_decay
+        state = {}
+        if step > 0:
+            for idx, name in enumerate(self.index_names):
+                state[idx] = {"step": torch.tensor(step),
+                              "exp_avg": self.opt.exp_avg[name][self.row].detach().cpu().clone(),
+                              "exp_avg_sq": self.opt.exp_avg_sq[name][self.row].detach().cpu().clone()}
+        return {"state": state, "param_groups": groups}
+
+
+def train_packed(cfgs: Sequence, run_dirs: Sequence, progress: bool = False, resume: bool = False) -> list[dict]:
+    """Train every TrainConfig of ``cfgs`` (equal ``pack_key``) into its run folder at once; returns each
+    run's final metrics, as ``train`` does. Runs may differ in length: each leaves the pack at its own last
+    step. ``resume=True`` skips runs already finished and continues the others from the last step at which
+    all of them have a checkpoint (from scratch if there is none)."""
+    from .. import __version__
+    from ..models.transformer import Transformer
+    from ..runs.folder import RunFolder
+    from .budget import flops_per_step, flops_per_token, non_embedding_params
+    from .checkpoint import load_checkpoint, remove_stale_temp_files, save_checkpoint
+    from .evaluate import evaluate, masked_loss
+    from .loop import (_EVAL, ExampleStream, TrainingInterrupted, _progress_bar, _StopRequested, check_resumable,
+                       derive_seed, resolve_device, resolve_dtype)
+    from .schedule import lr_at, make_optimizer, param_groups, schedule_steps
+
+    cfgs, run_dirs = list(cfgs), list(run_dirs)
+    if len(cfgs) != len(run_dirs) or not cfgs:
+        raise ValueError("train_packed needs one run folder per config, and at least one config")
+    for cfg in cfgs:
+        cfg.validate()
+    if len({pack_key(c) for c in cfgs}) > 1:
+        raise ValueError("packed runs may differ only in " + ", ".join(PER_MODEL))
+    folders = [RunFolder(d) for d in run_dirs]
+    for folder, cfg in zip(folders, cfgs):
+        if not resume and folder.path.exists() and any(folder.path.iterdir()):
+            raise ValueError(f"{folder.path} already exists; pass --resume to continue that run, or choose another --out")
+        if resume and folder.exists():
+            check_resumable(folder.read_config(), cfg)
+
+    n = len(cfgs)
+    c0 = cfgs[0]
+    task = c0.build_task()
+    device = resolve_device(c0.device)
+    amp_dtype = resolve_dtype(c0.dtype, device)
+    model_cfg = c0.model_config(task)
+    totals = [c.total_steps(task) for c in cfgs]
+    tokens_per_step = c0.batch_size * task.seq_len
+    step_flops = flops_per_step(model_cfg, c0.batch_size, task.seq_len)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+    # resume: runs with a checkpoint at their last step are done; the others restart from a common step
+    finished = set()
+    start = -1
+    if resume:
+        for i, folder in enumerate(folders):
+            remove_stale_temp_files(folder.path)
+            if folder.exists() and totals[i] in {s for s, _ in folder.checkpoints()}:
+                finished.add(i)
+        going = [i for i in range(n) if i not in finished]
+        common = set.intersection(*({s for s, _ in folders[i].checkpoints()} for i in going)) if going else set()
+        start = max(common) if common else -1
+        for i in going:  # checkpoints past the common step belong to an abandoned attempt
+            for step, path in folders[i].checkpoints():
+                if step > start:
+                    path.unlink()
+    active = [i for i in range(n) if i not in finished]  # runs in the pack, in the pack's row order
+
+    models = []
+    for i in active:
+        torch.manual_seed(cfgs[i].seed)
+        models.append(Transformer(model_cfg).to(device))
+    torch.manual_seed(c0.seed)
+    scratch = Transformer(model_cfg).to(device)  # reused to evaluate and checkpoint one model at a time
+    template_opt = make_optimizer(scratch, c0.lr, c0.weight_decay, (c0.beta1, c0.beta2))
+    names_by_id = {id(p): k for k, p in scratch.named_parameters()}
+    index_names = [names_by_id[id(p)] for g in template_opt.param_groups for p in g["params"]]
+    template = template_opt.state_dict()
+    decayed = {names_by_id[id(p)] for p in param_groups(scratch, 1.0)[0]["params"]}
+    del template_opt
+
+    autocast = ((lambda: torch.autocast(device.type, dtype=amp_dtype, cache_enabled=False)) if amp_dtype
+                else contextlib.nullcontext)  # no weight cache: a captured CUDA graph must not keep casts
+
+    def lm_loss(model, tokens, mask):
+        with autocast():
+            logits = model(tokens)
+        return masked_loss(logits, tokens, mask)
+
+    pack: dict = {}
+
+    def build(packed: PackedModels, opt: PackedAdamW) -> None:
+        pack.update(packed=packed, opt=opt, lr_rows={},
+                    progress=[v for k, v in packed.buffers.items() if k.endswith("attn.progress")],
+                    step=PackedStep(packed, opt, lm_loss, [cfgs[i].grad_clip for i in active],
+                                    cuda_graph=c0.compile and device.type == "cuda"))
+
+    stores, streams = {}, {}
+    if active:
+        packed = PackedModels(models)
+        del models
+        opt = PackedAdamW(packed.params, [cfgs[i].lr for i in active], [cfgs[i].weight_decay for i in active],
+                          decayed, (c0.beta1, c0.beta2))
+        if start >= 0:
+            for row, i in enumerate(active):
+                payload = load_checkpoint(folders[i].checkpoint_path(start), map_location="cpu")
+                packed.load_from(row, payload["model"])
+                for idx, st in payload["optimizer"]["state"].items():
+                    opt.exp_avg[index_names[int(idx)]][row].copy_(st["exp_avg"])
+                    opt.exp_avg_sq[index_names[int(idx)]][row].copy_(st["exp_avg_sq"])
+            opt.steps.fill_(start)
+        build(packed, opt)
+        for i in active:
+            folder, cfg = folders[i], cfgs[i]
+            if start < 0:
+                folder.write_config({
+                    **cfg.to_dict(),
+                    "model_config": model_cfg.to_dict(),
+                    "resolved": {"steps": totals[i], "device": str(device), "autocast": str(amp_dtype or "fp32"),
+                                 "non_embedding_params": non_embedding_params(model_cfg),
+                                 "flops_per_token": flops_per_token(model_cfg), "flops_per_step": step_flops,
+                                 "tokens_per_step": tokens_per_step, "seq_len": task.seq_len,
+                                 "vocab": "".join(task.vocab), "packed_with": n},
+                    "torch_version": torch.__version__,
+                    "quietlab_version": __version__,
+                })
+            stores[i] = folder.store()
+            stores[i].truncate_after(start)
+            streams[i] = ExampleStream(task, cfg.seed, cfg.batch_size, cfg.data_chunk, device)
+
+    eval_steps = {i: set(schedule_steps(totals[i], cfgs[i].eval_every or max(1, round(totals[i] / 50)),
+                                        cfgs[i].eval_per_decade)) for i in active}
+    ckpt_steps = {i: set(schedule_steps(totals[i], cfgs[i].checkpoint_every or max(1, round(totals[i] / 20)),
+                                        cfgs[i].checkpoint_per_decade)) for i in active}
+    eval_batches = {i: task.sample(cfgs[i].eval_examples, seed=derive_seed(cfgs[i].seed, _EVAL), split="test")
+                    for i in active}
+    saved_configs = [c.to_dict() for c in cfgs]
+    pending: list[tuple[int, torch.Tensor, list[float], list[int]]] = []  # (step, losses, lrs, runs) not yet stored
+    clock = {"t": time.perf_counter(), "steps": 0, "flushed": time.perf_counter()}
+    last_eval: dict[int, dict] = {}
+
+    def flush(step: int) -> None:
+        rows: dict[int, dict[int, dict]] = {i: {} for i in active}
+        if pending:
+            values = [l.tolist() for l in torch.cat([l for _, l, _, _ in pending]).split([len(r) for *_, r in pending])]
+            for (s, _, lrs, runs), losses in zip(pending, values):
+                for i, loss, lr in zip(runs, losses, lrs):
+                    rows.setdefault(i, {})[s] = {"train/loss": loss, "train/lr": lr, "train/tokens": s * tokens_per_step,
+                                                 "train/flops": s * step_flops}
+            pending.clear()
+        now = time.perf_counter()
+        if clock["steps"]:  # each run advances at the pack's pace
+            rate = clock["steps"] * tokens_per_step / max(now - clock["t"], 1e-9)
+            for i in active:
+                rows[i].setdefault(step, {})["train/tokens_per_s"] = rate
+        for i, r in rows.items():
+            for s, metrics in r.items():
+                stores[i].log(s, metrics)
+        clock.update(t=now, steps=0, flushed=now)
+
+    def evaluate_now(step: int, runs: list[int]) -> None:
+        flush(step)
+        for i in runs:
+            metrics = evaluate(pack["packed"].load_into(active.index(i), scratch), task, eval_batches[i], device, amp_dtype)
+            stores[i].log(step, metrics)
+            last_eval[i] = {"step": step, **metrics}
+        clock.update(t=time.perf_counter(), steps=0)
+
+    def checkpoint_now(step: int, runs: list[int], lrs: dict[int, float]) -> None:
+        flush(step)
+        for i in runs:
+            row = active.index(i)
+            state = _AdamWState(template, index_names, pack["opt"], row, lrs[i], cfgs[i].weight_decay)
+            save_checkpoint(folders[i].path, step, pack["packed"].load_into(row, scratch), state, saved_configs[i])
+        clock.update(t=time.perf_counter(), steps=0)
+
+    def rates_of(step: int) -> tuple[torch.Tensor, list[float]]:
+        """(every active run's lr and training progress for ``step`` on the device, the lrs as floats);
+        computed 256 steps at a time and copied without waiting, so the step never syncs with the host."""
+        cache = pack["lr_rows"]
+        if step not in cache:
+            cache.clear()
+            last = min(step + 256, max(totals[i] for i in active) + 1)
+            lrs = [[lr_at(s - 1, totals[i], cfgs[i].lr, cfgs[i].warmup_fraction, cfgs[i].min_lr_fraction) for i in active]
+                   for s in range(step, last)]
+            progress_rows = [[s / totals[i] for i in active] for s in range(step, last)]
+            table = torch.tensor([a + b for a, b in zip(lrs, progress_rows)], dtype=torch.float64)
+            if device.type == "cuda":
+                table = table.pin_memory()
+            on_device = table.to(device, non_blocking=True)
+            for k, row in enumerate(lrs):
+                cache[step + k] = (on_device[k], row)
+        return cache[step]
+
+    def set_progress(values: torch.Tensor) -> None:
+        for b in pack["progress"]:
+            b.copy_(values, non_blocking=True)
+
+    total_max = max((totals[i] for i in active), default=0)
+    bar = _progress_bar(progress and bool(active), total_max, max(start, 0))
+    t_start = time.perf_counter()
+    try:
+        with bar if bar is not None else contextlib.nullcontext(), _StopRequested() as stop:
+            if active:
+                set_progress(torch.tensor([max(start, 0) / totals[i] for i in active], dtype=torch.float64, device=device))
+            if start < 0 and active:
+                evaluate_now(0, active)
+                checkpoint_now(0, active, {i: lr_at(0, totals[i], cfgs[i].lr, cfgs[i].warmup_fraction,
+                                                    cfgs[i].min_lr_fraction) for i in active})
+                start = 0
+            for step in range(start + 1, total_max + 1) if active else ():
+                batches = [streams[i].batch(step) for i in active]
+                tokens = torch.stack([b[0] for b in batches])
+                mask = torch.stack([b[1] for b in batches])
+                on_device, lrs = rates_of(step)
+                k = len(active)
+                pack["opt"].set_lr(on_device[:k])
+                losses = pack["step"](tokens, mask)
+                set_progress(on_device[k:])
+                clock["steps"] += 1
+                if step % c0.log_every == 0 or any(totals[i] == step for i in active):
+                    pending.append((step, losses, lrs, list(active)))
+                lr_of = dict(zip(active, lrs))
+                due = [i for i in active if step in eval_steps[i]]
+                if due:
+                    evaluate_now(step, due)
+                due = [i for i in active if step in ckpt_steps[i]]
+                if due:
+                    checkpoint_now(step, due, lr_of)
+                if time.perf_counter() - clock["flushed"] > 1.0:
+                    flush(step)
+                    if bar is not None:
+                        bar.update(0, completed=step, info=f"{len(active)} packed")
+                if stop.requested and step < total_max:
+                    due = [i for i in active if step not in ckpt_steps[i]]
+                    if due:
+                        checkpoint_now(step, due, lr_of)
+                    raise TrainingInterrupted(step, folders[active[0]].path.parent)
+                done_now = [i for i in active if totals[i] == step]
+                if done_now:  # they leave the pack; the others go on as a smaller one
+                    flush(step)
+                    keep = [row for row, i in enumerate(active) if totals[i] != step]
+                    for i in done_now:
+                        streams.pop(i).close()
+                        stores.pop(i).close()
+                    active = [active[row] for row in keep]
+                    if active:
+                        packed = pack["packed"].select(keep)
+                        build(packed, pack["opt"].select(keep, packed.params))
+            flush(total_max)
+            if bar is not None:
+                bar.update(0, completed=total_max)
+    finally:
+        for stream in streams.values():
+            stream.close()
+        for store in stores.values():
+            store.close()
+
+    wall = time.perf_counter() - t_start
+    out = []
+    for i, folder in enumerate(folders):
+        with folder.store() as s:
+            losses = s.series("train/loss")[1]
+            last = last_eval.get(i) or {"step": totals[i], **{m: s.series(m)[1][-1] for m in s.metric_names("eval/")}}
+        out.append({**last, "train/loss": losses[-1] if losses else None, "steps": totals[i],
+                    "train/tokens": totals[i] * tokens_per_step, "train/flops": totals[i] * step_flops,
+                    "wall_s": wall, "run_dir": str(folder.path)})
+    return out
