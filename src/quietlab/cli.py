@@ -344,7 +344,7 @@ def demo_cmd(
 @app.command("eureka")
 @one_line_errors
 def eureka_cmd(
-    scale: str = typer.Option("small", "--scale", help="small (2-core CPU, minutes: 8x8 digits) or paper (the study's 56x56 MNIST/Fashion-MNIST configuration)."),
+    scale: str = typer.Option("small", "--scale", help="small (2-core CPU: 8x8 digits, tiny ViT), medium (GPU: the spec's reduced scale, 16x16, depth 4, width 256) or paper (the study's 56x56 MNIST/Fashion-MNIST configuration)."),
     seeds: int = typer.Option(5, "--seeds", help="Seeds per variant (0..K-1)."),
     variants: str = typer.Option(",".join(("softmax", "temperature", "normsoftmax", "heat", "cnn")), "--variants",
                                  help="Comma-separated: softmax, temperature, normsoftmax, heat, qk_rescale (softmax with the study's Q/K gradient rescaling), cnn."),

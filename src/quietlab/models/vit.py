@@ -77,7 +77,8 @@ class Block(nn.Module):
         if not self.training or self.drop_path == 0:
             return x
         keep = 1 - self.drop_path
-        return x * torch.empty(x.shape[0], 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep) / keep
+        # out of place (no bernoulli_ on a fresh tensor) so that packed models under vmap draw their own masks
+        return x * (torch.rand(x.shape[0], 1, 1, device=x.device) < keep).to(x.dtype) / keep
 
     def forward(self, x, want_pattern: bool = False):
         a, pattern = self.attn(self.attn_norm(x), None, None, want_pattern=want_pattern)

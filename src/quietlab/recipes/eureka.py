@@ -20,11 +20,11 @@ Per variant (``summarize``):
 - steps to 95% of the softmax baseline's final accuracy (the median over its seeds), per run;
 - final accuracy.
 
-Scales: ``paper`` is the study's configuration (EUREKA_SPEC.md §2-3: 56×56 from MNIST + Fashion-MNIST,
+Scales: ``medium`` is the spec's reduced scale for a GPU (§5); ``paper`` is the study's configuration (EUREKA_SPEC.md §2-3: 56×56 from MNIST + Fashion-MNIST,
 patch 4, depth 7, width 256, 4 heads, MLP ratio 2, batch 512, AdamW wd 0.05, 5 warm-up epochs then
 cosine to 1e-6, label smoothing 0.1, 300 epochs of 117 steps); ``small`` runs on a laptop CPU (16×16
-from scikit-learn's 8×8 digits, see SMALL's comment). Seeds are trained one after another through
-``train_seeds``, the one place where packing them into one batched computation would go.
+from scikit-learn's 8×8 digits, see SMALL's comment). ``train_seeds`` trains a ViT variant's seeds as one
+vmapped computation (train/packed.py) on a GPU, one after another elsewhere.
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ class EurekaConfig:
     device: str = "auto"
     dtype: str = "auto"  # bf16 autocast on cuda, fp32 on cpu
     data_dir: str | None = None
+    pack: bool | None = None  # train a ViT variant's seeds as one vmapped computation; None: on a GPU
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "cnn_widths": list(self.cnn_widths)}
@@ -94,7 +95,12 @@ SMALL = EurekaConfig(images="small", patch_size=2, d_model=64, n_layers=2, n_hea
                      stats_examples=128, probe_evals=4, probe_examples=600, cnn_widths=(16, 32), cnn_blocks=1,
                      lr={"softmax": 1e-3, "temperature": 1e-3, "normsoftmax": 1e-3, "heat": 1e-3,
                          "qk_rescale": 1e-3, "cnn": 1e-3})
-SCALES = {"small": SMALL, "paper": PAPER}
+# EUREKA_SPEC.md §5's reduced scale for a GPU (untested there when written): 16×16 from 8×8 digits, patch 2
+# (65 tokens, 4×4 patches per tile), depth 4, width 256 (d_head 64), batch 256, 8k steps, 400 warm-up
+# steps, the heat schedule over the first half; the README's learning rates.
+MEDIUM = dataclasses.replace(PAPER, images="small", patch_size=2, n_layers=4, batch_size=256, steps=8000, warmup_steps=400,
+                             eval_every=100, eval_examples=4096, probe_evals=4, probe_examples=2000)
+SCALES = {"small": SMALL, "medium": MEDIUM, "paper": PAPER}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -185,78 +191,177 @@ def probe_cls(model, task, cfg: EurekaConfig, seed: int, step: int, device) -> l
     return rows
 
 
+class _RunWriter:
+    """One run's folder: its config, its train losses and its evaluations (shared by the sequential and packed paths)."""
+
+    def __init__(self, cfg: EurekaConfig, variant: str, seed: int, run_dir, task, model, device, amp, peak: float, log):
+        from ..train.loop import derive_seed
+
+        self.cfg, self.variant, self.seed, self.task, self.device, self.log = cfg, variant, seed, task, device, log
+        self.folder = RunFolder(run_dir)
+        if self.folder.path.exists() and any(self.folder.path.iterdir()):
+            raise ValueError(f"{self.folder.path} already exists; choose another --out")
+        self.autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else _no_autocast
+        self.folder.write_config({
+            "recipe": "eureka", "variant": variant, "seed": seed, "attention": getattr(model.config, "attention", "cnn"),
+            **cfg.to_dict(), "lr_peak": peak, "data_source": task.source, "model_config": model.config.to_dict(),
+            "device": str(device), "autocast": str(amp or "fp32"), "n_params": sum(p.numel() for p in model.parameters()),
+            "torch_version": torch.__version__})
+        self.store = self.folder.store()
+        self.batches = task.epoch_batches(seed, cfg.batch_size)
+        self.rng = np.random.default_rng(derive_seed(seed, 0x7A11))
+        ordered = sorted(set(range(0, cfg.steps + 1, cfg.eval_every)) | {cfg.steps})
+        self.eval_steps = set(ordered)
+        self.probe_steps = {ordered[round(i * (len(ordered) - 1) / max(1, cfg.probe_evals))] for i in range(cfg.probe_evals + 1)}
+        stats = task.draw(np.arange(cfg.stats_examples), np.random.default_rng(seed), "test")[0]
+        self.stats_x = torch.from_numpy(stats).to(device)
+        self.pending: list[tuple[int, torch.Tensor]] = []
+
+    def next_batch(self):
+        x, y, _ = self.task.draw(next(self.batches), self.rng, "train")
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+    def observe(self, step: int, model, grads: dict) -> None:
+        from ..monitor.monitor import attention_entropy
+
+        cfg = self.cfg
+        metrics = {**evaluate(model, self.task, cfg, self.seed, step, self.device, self.autocast), **grads}
+        metrics.update(attention_entropy(model, self.stats_x))
+        if self.pending:
+            values = torch.stack([loss for _, loss in self.pending]).tolist()
+            for (s, _), value in zip(self.pending, values):
+                self.store.log(s, {"train/loss": value})
+            self.pending.clear()
+        self.store.log(step, metrics)
+        if step in self.probe_steps:
+            self.store.log_probes(probe_cls(model, self.task, cfg, self.seed, step, self.device))
+        if self.log:
+            self.log(f"{self.variant} seed {self.seed} step {step}: acc {metrics['eval/acc']:.3f} "
+                     f"decision {metrics['eval/decision_acc']:.3f} loss {metrics['eval/loss']:.3f}")
+
+    def close(self, wall_s: float) -> dict:
+        self.store.close()
+        with self.folder.store() as s:
+            final = {name: s.series(name)[1][-1] for name in ("eval/acc", "eval/decision_acc", "eval/loss")}
+        return {"variant": self.variant, "seed": self.seed, "run_dir": str(self.folder.path), "wall_s": wall_s, **final}
+
+
+def _setup(cfg: EurekaConfig, variant: str, task):
+    from ..train.loop import resolve_dtype
+
+    device = resolve_device(cfg.device)
+    return device, resolve_dtype(cfg.dtype, device), cfg.lr[variant]
+
+
+def _lr(cfg: EurekaConfig, step: int, peak: float) -> float:
+    from ..train.schedule import lr_at
+
+    return lr_at(step - 1, cfg.steps, peak, cfg.warmup_steps / cfg.steps, min(1.0, cfg.min_lr / peak))
+
+
 def train_run(cfg: EurekaConfig, variant: str, seed: int, run_dir, task=None, log=None) -> dict:
     """Train one variant at one seed into ``run_dir``; returns its final metrics."""
     from ..models.attention import rescale_qk_grad
-    from ..monitor.monitor import attention_entropy, qkv_grad_stats
-    from ..train.loop import derive_seed, resolve_dtype
-    from ..train.schedule import lr_at, make_optimizer, set_lr
+    from ..monitor.monitor import qkv_grad_stats
+    from ..train.schedule import make_optimizer, set_lr
 
-    folder = RunFolder(run_dir)
-    if folder.path.exists() and any(folder.path.iterdir()):
-        raise ValueError(f"{folder.path} already exists; choose another --out")
     task = task if task is not None else load_task(cfg)
-    device = resolve_device(cfg.device)
-    amp = resolve_dtype(cfg.dtype, device)
-    autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else _no_autocast
+    device, amp, peak = _setup(cfg, variant, task)
     torch.manual_seed(seed)
     model = build_model(cfg, variant, task.image_size, task.n_classes).to(device)
-    peak = cfg.lr[variant]
     optimizer = make_optimizer(model, peak, cfg.weight_decay, betas=(0.9, 0.999))
-    folder.write_config({"recipe": "eureka", "variant": variant, "seed": seed, "attention": getattr(
-        model.config, "attention", "cnn"), **cfg.to_dict(), "lr_peak": peak, "data_source": task.source,
-        "model_config": model.config.to_dict(), "device": str(device), "autocast": str(amp or "fp32"),
-        "n_params": sum(p.numel() for p in model.parameters()), "torch_version": torch.__version__})
-    store = folder.store()
-    batches = task.epoch_batches(seed, cfg.batch_size)
-    rng = np.random.default_rng(derive_seed(seed, 0x7A11))
-    eval_steps = set(range(0, cfg.steps + 1, cfg.eval_every)) | {cfg.steps}
-    ordered = sorted(eval_steps)
-    probe_steps = {ordered[round(i * (len(ordered) - 1) / max(1, cfg.probe_evals))] for i in range(cfg.probe_evals + 1)}
-    stats_x = torch.from_numpy(task.draw(np.arange(cfg.stats_examples), np.random.default_rng(seed), "test")[0]).to(device)
-    warmup, floor = cfg.warmup_steps / cfg.steps, min(1.0, cfg.min_lr / peak)
-    pending: list[tuple[int, torch.Tensor]] = []
+    run = _RunWriter(cfg, variant, seed, run_dir, task, model, device, amp, peak, log)
     t0 = time.perf_counter()
-
-    def observe(step: int, grads: dict) -> None:
-        metrics = {**evaluate(model, task, cfg, seed, step, device, autocast), **grads}
-        metrics.update(attention_entropy(model, stats_x))
-        if pending:
-            for (s, loss), value in zip(pending, torch.stack([l for _, l in pending]).tolist()):
-                store.log(s, {"train/loss": value})
-            pending.clear()
-        store.log(step, metrics)
-        if step in probe_steps:
-            store.log_probes(probe_cls(model, task, cfg, seed, step, device))
-        if log:
-            log(f"{variant} seed {seed} step {step}: acc {metrics['eval/acc']:.3f} "
-                f"decision {metrics['eval/decision_acc']:.3f} loss {metrics['eval/loss']:.3f}")
-
     try:
-        observe(0, {})
+        run.observe(0, model, {})
         model.train()
         for step in range(1, cfg.steps + 1):
-            x, y, _ = task.draw(next(batches), rng, "train")
-            set_lr(optimizer, lr_at(step - 1, cfg.steps, peak, warmup, floor))
-            with autocast():
-                logits = model(torch.from_numpy(x).to(device))
-            loss = F.cross_entropy(logits.float(), torch.from_numpy(y).to(device), label_smoothing=cfg.label_smoothing)
+            x, y = run.next_batch()
+            set_lr(optimizer, _lr(cfg, step, peak))
+            with run.autocast():
+                logits = model(x.to(device))
+            loss = F.cross_entropy(logits.float(), y.to(device), label_smoothing=cfg.label_smoothing)
             loss.backward()
             if variant == "qk_rescale":
                 for block in model.blocks:
                     rescale_qk_grad(block.attn, cfg.qk_grad_mode)
-            grads = qkv_grad_stats(model) if step in eval_steps else {}
+            grads = qkv_grad_stats(model) if step in run.eval_steps else {}  # after any rescaling, as the study logs
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             model.set_progress(step / cfg.steps)
-            pending.append((step, loss.detach()))
-            if step in eval_steps:
+            run.pending.append((step, loss.detach()))
+            if step in run.eval_steps:
+                run.observe(step, model, grads)
+    except BaseException:
+        run.store.close()
+        raise
+    return run.close(time.perf_counter() - t0)
+
+
+def train_packed(cfg: EurekaConfig, variant: str, seeds: list[int], out: Path, task, log=None) -> list[dict]:
+    """All seeds of one ViT variant as one vmapped computation (train/packed.py), each with its own AdamW
+    state, batches and run folder; evaluated one by one from copies of their weights."""
+    from ..monitor.monitor import qkv_grad_stats
+    from ..train.packed import PackedAdamW, PackedModels
+
+    device, amp, peak = _setup(cfg, variant, task)
+    models = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        models.append(build_model(cfg, variant, task.image_size, task.n_classes).to(device))
+    runs = [_RunWriter(cfg, variant, seed, out / f"{variant}-seed{seed}", task, m, device, amp, peak, log)
+            for seed, m in zip(seeds, models)]
+    packed = PackedModels(models)
+    decayed = {k for k, p in packed.params.items() if k.rsplit(".", 1)[-1] == "weight" and p.ndim >= 3}  # as param_groups
+    optimizer = PackedAdamW(packed.params, lr=peak, weight_decay=cfg.weight_decay, decayed=decayed, betas=(0.9, 0.999))
+    progress = [b for k, b in packed.buffers.items() if k.endswith("attn.progress")]
+    autocast = runs[0].autocast
+
+    def loss_fn(model, x, y):
+        with autocast():
+            logits = model(x)
+        return F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+
+    def observe(step: int, grads: list[dict]) -> None:
+        for i, run in enumerate(runs):
+            run.observe(step, packed.load_into(i, models[i]), grads[i])
+
+    t0 = time.perf_counter()
+    try:
+        observe(0, [{}] * len(runs))
+        for step in range(1, cfg.steps + 1):
+            xs, ys = zip(*(run.next_batch() for run in runs))
+            optimizer.set_lr(_lr(cfg, step, peak))
+            losses = packed.losses(loss_fn, torch.stack(xs).to(device), torch.stack(ys).to(device))
+            losses.sum().backward()
+            grads = [{}] * len(runs)
+            if step in runs[0].eval_steps:
+                grads = [_packed_qkv_stats(packed, i, models[i], qkv_grad_stats) for i in range(len(runs))]
+            optimizer.step()
+            packed.zero_grad()
+            for b in progress:
+                b.fill_(step / cfg.steps)
+            for run, loss in zip(runs, losses.detach()):
+                run.pending.append((step, loss))
+            if step in runs[0].eval_steps:
                 observe(step, grads)
+    except BaseException:
+        for run in runs:
+            run.store.close()
+        raise
+    wall = time.perf_counter() - t0
+    return [run.close(wall) for run in runs]
+
+
+def _packed_qkv_stats(packed, i: int, model, stats) -> dict:
+    """qkv_grad_stats of packed model i: its slices of the stacked gradients lent to its module."""
+    for l, block in enumerate(model.blocks):
+        block.attn.qkv.weight.grad = packed.params[f"blocks.{l}.attn.qkv.weight"].grad[i]
+    try:
+        return stats(model)
     finally:
-        store.close()
-    with folder.store() as s:
-        final = {name: s.series(name)[1][-1] for name in ("eval/acc", "eval/decision_acc", "eval/loss")}
-    return {"variant": variant, "seed": seed, "run_dir": str(folder.path), "wall_s": time.perf_counter() - t0, **final}
+        for block in model.blocks:
+            block.attn.qkv.weight.grad = None
 
 
 class _no_autocast:
@@ -268,8 +373,12 @@ class _no_autocast:
 
 
 def train_seeds(cfg: EurekaConfig, variant: str, seeds: list[int], out: Path, task, log=None) -> list[dict]:
-    """Every seed of one variant. One after another for now; packing them into one batched computation
-    (train/packed.py, when it lands) replaces this loop and nothing else."""
+    """Every seed of one variant: packed into one computation (``cfg.pack``; default on a GPU) for the ViT
+    variants, else one after another. The CNN (BatchNorm's running statistics) and the Q/K rescaling
+    control (a per-model gradient edit) always run one after another."""
+    pack = cfg.pack if cfg.pack is not None else resolve_device(cfg.device).type == "cuda"
+    if pack and len(seeds) > 1 and variant not in ("cnn", "qk_rescale"):
+        return train_packed(cfg, variant, seeds, out, task, log)
     return [train_run(cfg, variant, seed, out / f"{variant}-seed{seed}", task, log) for seed in seeds]
 
 
