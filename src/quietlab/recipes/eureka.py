@@ -92,7 +92,7 @@ PAPER = EurekaConfig()
 # shrunk until 5 variants × 5 seeds fit 10 minutes.
 SMALL = EurekaConfig(images="small", patch_size=2, d_model=64, n_layers=2, n_heads=1, drop_path=0.0,
                      batch_size=128, steps=1500, warmup_steps=100, eval_every=25, eval_examples=1024,
-                     stats_examples=128, probe_evals=4, probe_examples=600, cnn_widths=(16, 32), cnn_blocks=1,
+                     stats_examples=128, probe_evals=4, probe_examples=600, cnn_widths=(16, 32, 64, 128), cnn_blocks=1,
                      lr={"softmax": 1e-3, "temperature": 1e-3, "normsoftmax": 1e-3, "heat": 1e-3,
                          "qk_rescale": 1e-3, "cnn": 1e-3})
 # EUREKA_SPEC.md §5's reduced scale for a GPU (untested there when written): 16×16 from 8×8 digits, patch 2
