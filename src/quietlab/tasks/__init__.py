@@ -19,7 +19,7 @@ def register(cls: type[Task]) -> type[Task]:
 
 def _load() -> None:
     # imported late so that each task module can use `register` from this package
-    from . import arithmetic, graphs, paper_arithmetic, paper_graphs, paper_sequences, sequences  # noqa: F401
+    from . import arithmetic, graphs, indicator, paper_arithmetic, paper_graphs, paper_sequences, sequences  # noqa: F401
 
 
 def _check_preset(preset: str) -> None:

@@ -1,0 +1,482 @@
+"""`quietlab eureka`: the Eureka-moment study over seeds, softmax against its fixes and a CNN.
+
+Every variant is trained over K seeds on the 2×2 indicator task (tasks/indicator.py), each run a normal
+run folder (config.json, metrics.sqlite). Logged: train loss; at every evaluation the validation loss
+(plain cross-entropy), accuracy and *decision accuracy*, attention entropy per layer and head, mean
+|grad| of Q, K, V per layer and head; at a few evaluations linear probes of the task's features on the
+CLS token of every layer (the CNN: each stage's pooled output).
+
+Decision accuracy: on the validation examples whose two targets differ in class, among those where the
+model answers with one of the two, the fraction where it picks the one the indicators select. A model
+that ignores the indicators sits at 50% (it cannot tell which target to use), one that has made the
+intermediate decision near 100%; it does not depend on how well the targets themselves are recognised.
+
+Per variant (``summarize``):
+- success: final decision accuracy ≥ ``SUCCESS`` = 75%, midway between the indicator-ignoring 50% and
+  the indicator-using 100% (the study's code has no threshold; the spec's proposal, val accuracy ≥ 75%,
+  depends on the target accuracy);
+- Eureka step: the onset of the largest transition the detector (monitor/transitions.py) finds in the
+  validation loss of a successful run; also the first evaluation with decision accuracy ≥ 75%;
+- steps to 95% of the softmax baseline's final accuracy (the median over its seeds), per run;
+- final accuracy.
+
+Scales: ``medium`` is the spec's reduced scale for a GPU (§5); ``paper`` is the study's configuration (EUREKA_SPEC.md §2-3: 56×56 from MNIST + Fashion-MNIST,
+patch 4, depth 7, width 256, 4 heads, MLP ratio 2, batch 512, AdamW wd 0.05, 5 warm-up epochs then
+cosine to 1e-6, label smoothing 0.1, 300 epochs of 117 steps); ``small`` runs on a laptop CPU (16×16
+from scikit-learn's 8×8 digits, see SMALL's comment). ``train_seeds`` trains a ViT variant's seeds as one
+vmapped computation (train/packed.py) on a GPU, one after another elsewhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..runs import RunFolder
+
+MODEL_VARIANTS = ("softmax", "temperature", "normsoftmax", "heat", "qk_rescale", "cnn")
+DEFAULT_VARIANTS = ("softmax", "temperature", "normsoftmax", "heat", "cnn")
+SUCCESS = 0.75
+
+
+@dataclass
+class EurekaConfig:
+    images: str = "paper"  # paper: MNIST + Fashion-MNIST 28×28 tiles; small: scikit-learn 8×8 digits
+    task_variant: str = "base"  # tasks/indicator.py VARIANTS
+    patch_size: int = 4
+    d_model: int = 256
+    n_layers: int = 7
+    n_heads: int = 4
+    mlp_ratio: float = 2.0
+    drop_path: float = 0.1
+    batch_size: int = 512
+    steps: int = 35_100
+    warmup_steps: int = 585
+    min_lr: float = 1e-6
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    # peak learning rates (the study's README; temperature and cnn have no command there: the baseline's)
+    lr: dict = field(default_factory=lambda: {"softmax": 5e-4, "temperature": 5e-4, "normsoftmax": 1e-5,
+                                               "heat": 1e-4, "qk_rescale": 5e-4, "cnn": 5e-4})
+    beta: float = 0.25  # temperature: the study's multiplier β of QKᵀ (quietlab's divisor τ = 1/β)
+    norm_form: str = "var"  # NormSoftmax: the study's default command uses the variance
+    heat_start: float = 3.0  # heat: β at step 0, half-cosine down to 1/√d_head
+    heat_fraction: float = 0.5
+    qk_grad_mode: str = "per_head_to_value_grad"  # qk_rescale's control
+    cnn_widths: tuple = (64, 128, 256, 512)
+    cnn_blocks: int = 1
+    eval_every: int = 117
+    eval_examples: int = 10_000
+    stats_examples: int = 256  # attention entropy
+    probe_evals: int = 6  # evaluations with probes, spread evenly (plus the last)
+    probe_examples: int = 2000
+    device: str = "auto"
+    dtype: str = "auto"  # bf16 autocast on cuda, fp32 on cpu
+    data_dir: str | None = None
+    pack: bool | None = None  # train a ViT variant's seeds as one vmapped computation; None: on a GPU
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "cnn_widths": list(self.cnn_widths)}
+
+
+PAPER = EurekaConfig()
+# The spec's reduced scale (8×8 tiles, 16×16 canvas, d_head 64 so τ₀ = 8 and the heat schedule carry over)
+# shrunk for a 2-core CPU: patch 4 (16 patches + CLS), one head of 64, two blocks, batch 64, 600 steps.
+# Measured on the shared 2-core VM (load ~10, one torch thread; two threads ran 10x slower there): one
+# seed of the five variants took 272 s, so five seeds take ~23 min, not 10. It shows the plateau (every
+# ViT variant at 49-51% decision accuracy at step 600) but no escape: neither the fixes (NormSoftmax at
+# lr 2e-3 still at 50% after 2,000 steps) nor the CNN (56% after 1,500). See the closing note of issue 15.
+SMALL = EurekaConfig(images="small", patch_size=4, d_model=64, n_layers=2, n_heads=1, drop_path=0.0,
+                     batch_size=64, steps=600, warmup_steps=50, eval_every=50, eval_examples=512,
+                     stats_examples=64, probe_evals=2, probe_examples=600, cnn_widths=(16, 32, 64, 128), cnn_blocks=1,
+                     lr={"softmax": 1e-3, "temperature": 1e-3, "normsoftmax": 1e-3, "heat": 1e-3,
+                         "qk_rescale": 1e-3, "cnn": 1e-3})
+# EUREKA_SPEC.md §5's reduced scale for a GPU (untested there when written): 16×16 from 8×8 digits, patch 2
+# (65 tokens, 4×4 patches per tile), depth 4, width 256 (d_head 64), batch 256, 8k steps, 400 warm-up
+# steps, the heat schedule over the first half; the README's learning rates.
+MEDIUM = dataclasses.replace(PAPER, images="small", patch_size=2, n_layers=4, batch_size=256, steps=8000, warmup_steps=400,
+                             eval_every=100, eval_examples=4096, probe_evals=4, probe_examples=2000)
+SCALES = {"small": SMALL, "medium": MEDIUM, "paper": PAPER}
+
+
+def resolve_device(name: str) -> torch.device:
+    from ..train.loop import resolve_device as resolve
+
+    return resolve(name)
+
+
+def load_task(cfg: EurekaConfig):
+    from ..tasks.image_data import load_sources
+    from ..tasks.indicator import IndicatorImages
+
+    digits, targets = load_sources(cfg.images, cfg.data_dir)
+    return IndicatorImages(digits, targets, cfg.task_variant)
+
+
+def build_model(cfg: EurekaConfig, variant: str, image_size: int, n_classes: int):
+    if variant not in MODEL_VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(MODEL_VARIANTS)}, got {variant!r}")
+    if variant == "cnn":
+        from ..models.cnn import CNNConfig, ResNet
+
+        return ResNet(CNNConfig(n_classes=n_classes, widths=tuple(cfg.cnn_widths), blocks_per_stage=cfg.cnn_blocks))
+    from ..models.vit import ViT, ViTConfig
+
+    attention = "softmax" if variant == "qk_rescale" else variant
+    return ViT(ViTConfig(image_size=image_size, patch_size=cfg.patch_size, n_classes=n_classes, d_model=cfg.d_model,
+                         n_layers=cfg.n_layers, n_heads=cfg.n_heads, mlp_ratio=cfg.mlp_ratio, drop_path=cfg.drop_path,
+                         attention=attention, tau=1.0 / cfg.beta if variant == "temperature" else None,
+                         norm_form=cfg.norm_form, heat_start=cfg.heat_start, heat_fraction=cfg.heat_fraction))
+
+
+def decision_accuracy(pred: np.ndarray, labels: np.ndarray, if_equal: np.ndarray, if_unequal: np.ndarray) -> float:
+    """Among examples whose two candidate answers differ and where the model gives one of them: how often the right one."""
+    differ = if_equal != if_unequal
+    chose = differ & ((pred == if_equal) | (pred == if_unequal))
+    return float((pred[chose] == labels[chose]).mean()) if chose.any() else float("nan")
+
+
+@torch.no_grad()
+def evaluate(model, task, cfg: EurekaConfig, seed: int, step: int, device, autocast) -> dict[str, float]:
+    """Validation loss, accuracy and decision accuracy on freshly drawn composites (the study redraws them)."""
+    from ..train.loop import derive_seed
+
+    rng = np.random.default_rng(derive_seed(seed, 0xE7A1, step))
+    model.eval()
+    losses, preds, parts = [], [], []
+    for lo in range(0, cfg.eval_examples, 1024):
+        idx = np.arange(lo, min(cfg.eval_examples, lo + 1024))
+        x, y, feats = task.draw(idx, rng, "test")
+        with autocast():
+            logits = model(torch.from_numpy(x).to(device)).float()
+        target = torch.from_numpy(y).to(device)
+        losses.append(F.cross_entropy(logits, target, reduction="sum").item())
+        preds.append(logits.argmax(-1).cpu().numpy())
+        parts.append((y, feats["target_top"], feats["answer_if_unequal"]))
+    model.train()
+    pred = np.concatenate(preds)
+    y, if_equal, if_unequal = (np.concatenate(p) for p in zip(*parts))
+    return {"eval/loss": sum(losses) / len(y), "eval/acc": float((pred == y).mean()),
+            "eval/decision_acc": decision_accuracy(pred, y, if_equal, if_unequal)}
+
+
+@torch.no_grad()
+def probe_cls(model, task, cfg: EurekaConfig, seed: int, step: int, device) -> list[tuple]:
+    """Store rows of linear probes of every feature on the CLS token (CNN: pooled stage output) of every layer."""
+    from ..monitor.probes import fit_features, split_probe_set
+    from ..train.loop import derive_seed
+
+    rng = np.random.default_rng(derive_seed(seed, 0x9B0E))  # the same probe set at every step
+    x, _, feats = task.draw(np.arange(cfg.probe_examples), rng, "test")
+    taps = [n for n in model.tap_names() if not n.startswith("attn.")]
+    model.eval()
+    acts: dict[int, list] = {}
+    for lo in range(0, len(x), 512):
+        _, out = model(torch.from_numpy(x[lo:lo + 512]).to(device), capture=taps)
+        for name in taps:
+            layer = 0 if name == "embed" else int(name.split(".")[1]) + 1
+            acts.setdefault(layer, []).append(out[name][:, :1].float().cpu())
+    model.train()
+    acts = {l: torch.cat(a) for l, a in acts.items()}
+    train_idx, test_idx = split_probe_set(len(x), seed=seed)
+    rows = []
+    for width in sorted({a.shape[-1] for a in acts.values()}):  # the CNN's stages differ in width: fit them apart
+        same = {l: a for l, a in acts.items() if a.shape[-1] == width}
+        results = fit_features(same, task.as_features(feats), train_idx, test_idx, bootstrap=0)
+        rows += [row for r in results.values() for row in r.rows(step)]
+    return rows
+
+
+class _RunWriter:
+    """One run's folder: its config, its train losses and its evaluations (shared by the sequential and packed paths)."""
+
+    def __init__(self, cfg: EurekaConfig, variant: str, seed: int, run_dir, task, model, device, amp, peak: float, log):
+        from ..train.loop import derive_seed
+
+        self.cfg, self.variant, self.seed, self.task, self.device, self.log = cfg, variant, seed, task, device, log
+        self.folder = RunFolder(run_dir)
+        if self.folder.path.exists() and any(self.folder.path.iterdir()):
+            raise ValueError(f"{self.folder.path} already exists; choose another --out")
+        self.autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else _no_autocast
+        self.folder.write_config({
+            "recipe": "eureka", "variant": variant, "seed": seed, "attention": getattr(model.config, "attention", "cnn"),
+            **cfg.to_dict(), "lr_peak": peak, "data_source": task.source, "model_config": model.config.to_dict(),
+            "device": str(device), "autocast": str(amp or "fp32"), "n_params": sum(p.numel() for p in model.parameters()),
+            "torch_version": torch.__version__})
+        self.store = self.folder.store()
+        self.batches = task.epoch_batches(seed, cfg.batch_size)
+        self.rng = np.random.default_rng(derive_seed(seed, 0x7A11))
+        ordered = sorted(set(range(0, cfg.steps + 1, cfg.eval_every)) | {cfg.steps})
+        self.eval_steps = set(ordered)
+        self.probe_steps = {ordered[round(i * (len(ordered) - 1) / max(1, cfg.probe_evals))] for i in range(cfg.probe_evals + 1)}
+        stats = task.draw(np.arange(cfg.stats_examples), np.random.default_rng(seed), "test")[0]
+        self.stats_x = torch.from_numpy(stats).to(device)
+        self.pending: list[tuple[int, torch.Tensor]] = []
+
+    def next_batch(self):
+        x, y, _ = self.task.draw(next(self.batches), self.rng, "train")
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+    def observe(self, step: int, model, grads: dict) -> None:
+        from ..monitor.monitor import attention_entropy
+
+        cfg = self.cfg
+        metrics = {**evaluate(model, self.task, cfg, self.seed, step, self.device, self.autocast), **grads}
+        metrics.update(attention_entropy(model, self.stats_x))
+        if self.pending:
+            values = torch.stack([loss for _, loss in self.pending]).tolist()
+            for (s, _), value in zip(self.pending, values):
+                self.store.log(s, {"train/loss": value})
+            self.pending.clear()
+        self.store.log(step, metrics)
+        if step in self.probe_steps:
+            self.store.log_probes(probe_cls(model, self.task, cfg, self.seed, step, self.device))
+        if self.log:
+            self.log(f"{self.variant} seed {self.seed} step {step}: acc {metrics['eval/acc']:.3f} "
+                     f"decision {metrics['eval/decision_acc']:.3f} loss {metrics['eval/loss']:.3f}")
+
+    def close(self, wall_s: float) -> dict:
+        self.store.close()
+        with self.folder.store() as s:
+            final = {name: s.series(name)[1][-1] for name in ("eval/acc", "eval/decision_acc", "eval/loss")}
+        return {"variant": self.variant, "seed": self.seed, "run_dir": str(self.folder.path), "wall_s": wall_s, **final}
+
+
+def _setup(cfg: EurekaConfig, variant: str, task):
+    from ..train.loop import resolve_dtype
+
+    device = resolve_device(cfg.device)
+    return device, resolve_dtype(cfg.dtype, device), cfg.lr[variant]
+
+
+def _lr(cfg: EurekaConfig, step: int, peak: float) -> float:
+    from ..train.schedule import lr_at
+
+    return lr_at(step - 1, cfg.steps, peak, cfg.warmup_steps / cfg.steps, min(1.0, cfg.min_lr / peak))
+
+
+def train_run(cfg: EurekaConfig, variant: str, seed: int, run_dir, task=None, log=None) -> dict:
+    """Train one variant at one seed into ``run_dir``; returns its final metrics."""
+    from ..models.attention import rescale_qk_grad
+    from ..monitor.monitor import qkv_grad_stats
+    from ..train.schedule import make_optimizer, set_lr
+
+    task = task if task is not None else load_task(cfg)
+    device, amp, peak = _setup(cfg, variant, task)
+    torch.manual_seed(seed)
+    model = build_model(cfg, variant, task.image_size, task.n_classes).to(device)
+    optimizer = make_optimizer(model, peak, cfg.weight_decay, betas=(0.9, 0.999))
+    run = _RunWriter(cfg, variant, seed, run_dir, task, model, device, amp, peak, log)
+    t0 = time.perf_counter()
+    try:
+        run.observe(0, model, {})
+        model.train()
+        for step in range(1, cfg.steps + 1):
+            x, y = run.next_batch()
+            set_lr(optimizer, _lr(cfg, step, peak))
+            with run.autocast():
+                logits = model(x.to(device))
+            loss = F.cross_entropy(logits.float(), y.to(device), label_smoothing=cfg.label_smoothing)
+            loss.backward()
+            if variant == "qk_rescale":
+                for block in model.blocks:
+                    rescale_qk_grad(block.attn, cfg.qk_grad_mode)
+            grads = qkv_grad_stats(model) if step in run.eval_steps else {}  # after any rescaling, as the study logs
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            model.set_progress(step / cfg.steps)
+            run.pending.append((step, loss.detach()))
+            if step in run.eval_steps:
+                run.observe(step, model, grads)
+    except BaseException:
+        run.store.close()
+        raise
+    return run.close(time.perf_counter() - t0)
+
+
+def train_packed(cfg: EurekaConfig, variant: str, seeds: list[int], out: Path, task, log=None) -> list[dict]:
+    """All seeds of one ViT variant as one vmapped computation (train/packed.py), each with its own AdamW
+    state, batches and run folder; evaluated one by one from copies of their weights."""
+    from ..monitor.monitor import qkv_grad_stats
+    from ..train.packed import PackedAdamW, PackedModels
+
+    device, amp, peak = _setup(cfg, variant, task)
+    models = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        models.append(build_model(cfg, variant, task.image_size, task.n_classes).to(device))
+    runs = [_RunWriter(cfg, variant, seed, out / f"{variant}-seed{seed}", task, m, device, amp, peak, log)
+            for seed, m in zip(seeds, models)]
+    packed = PackedModels(models)
+    decayed = {k for k, p in packed.params.items() if k.rsplit(".", 1)[-1] == "weight" and p.ndim >= 3}  # as param_groups
+    optimizer = PackedAdamW(packed.params, lr=peak, weight_decay=cfg.weight_decay, decayed=decayed, betas=(0.9, 0.999))
+    progress = [b for k, b in packed.buffers.items() if k.endswith("attn.progress")]
+    autocast = runs[0].autocast
+
+    def loss_fn(model, x, y):
+        with autocast():
+            logits = model(x)
+        return F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+
+    def observe(step: int, grads: list[dict]) -> None:
+        for i, run in enumerate(runs):
+            run.observe(step, packed.load_into(i, models[i]), grads[i])
+
+    t0 = time.perf_counter()
+    try:
+        observe(0, [{}] * len(runs))
+        for step in range(1, cfg.steps + 1):
+            xs, ys = zip(*(run.next_batch() for run in runs))
+            optimizer.set_lr(_lr(cfg, step, peak))
+            losses = packed.losses(loss_fn, torch.stack(xs).to(device), torch.stack(ys).to(device))
+            losses.sum().backward()
+            grads = [{}] * len(runs)
+            if step in runs[0].eval_steps:
+                grads = [_packed_qkv_stats(packed, i, models[i], qkv_grad_stats) for i in range(len(runs))]
+            optimizer.step()
+            packed.zero_grad()
+            for b in progress:
+                b.fill_(step / cfg.steps)
+            for run, loss in zip(runs, losses.detach()):
+                run.pending.append((step, loss))
+            if step in runs[0].eval_steps:
+                observe(step, grads)
+    except BaseException:
+        for run in runs:
+            run.store.close()
+        raise
+    wall = time.perf_counter() - t0
+    return [run.close(wall) for run in runs]
+
+
+def _packed_qkv_stats(packed, i: int, model, stats) -> dict:
+    """qkv_grad_stats of packed model i: its slices of the stacked gradients lent to its module."""
+    for l, block in enumerate(model.blocks):
+        block.attn.qkv.weight.grad = packed.params[f"blocks.{l}.attn.qkv.weight"].grad[i]
+    try:
+        return stats(model)
+    finally:
+        for block in model.blocks:
+            block.attn.qkv.weight.grad = None
+
+
+class _no_autocast:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def train_seeds(cfg: EurekaConfig, variant: str, seeds: list[int], out: Path, task, log=None) -> list[dict]:
+    """Every seed of one variant: packed into one computation (``cfg.pack``; default on a GPU) for the ViT
+    variants, else one after another. The CNN (BatchNorm's running statistics) and the Q/K rescaling
+    control (a per-model gradient edit) always run one after another."""
+    pack = cfg.pack if cfg.pack is not None else resolve_device(cfg.device).type == "cuda"
+    if pack and len(seeds) > 1 and variant not in ("cnn", "qk_rescale"):
+        return train_packed(cfg, variant, seeds, out, task, log)
+    return [train_run(cfg, variant, seed, out / f"{variant}-seed{seed}", task, log) for seed in seeds]
+
+
+# ------------------------------------------------------------------------------------------------
+# analysis
+def eureka_moment(store) -> dict:
+    """The run's Eureka-moment: the detector's largest transition in the validation loss, and the first
+    evaluation with decision accuracy ≥ SUCCESS."""
+    from ..monitor.transitions import detect_transitions
+
+    steps, loss = store.series("eval/loss")
+    dsteps, decision = store.series("eval/decision_acc")
+    transitions = detect_transitions(steps, loss) if len(steps) >= 8 else []
+    biggest = max(transitions, key=lambda t: t.drop, default=None)
+    first = next((s for s, v in zip(dsteps, decision) if v is not None and v >= SUCCESS), None)
+    return {"onset": None if biggest is None else float(biggest.onset),
+            "end": None if biggest is None else float(biggest.end),
+            "loss_before": None if biggest is None else float(biggest.level_before),
+            "loss_after": None if biggest is None else float(biggest.level_after),
+            "first_decision_step": first, "n_transitions": len(transitions)}
+
+
+def first_step_at(steps, values, target: float) -> int | None:
+    return next((s for s, v in zip(steps, values) if v is not None and v >= target), None)
+
+
+def _median(xs):
+    xs = [x for x in xs if x is not None]
+    return float(np.median(xs)) if xs else None
+
+
+def summarize(run_dirs: list[Path]) -> dict:
+    """Per-run and per-variant results of a sweep's run folders (reads only the folders)."""
+    runs = []
+    for d in run_dirs:
+        folder = RunFolder(d)
+        cfg = folder.read_config()
+        with folder.store() as store:
+            steps, acc = store.series("eval/acc")
+            decision = store.series("eval/decision_acc")[1]
+            moment = eureka_moment(store)
+            store.put("eureka", "moment", moment)
+        success = bool(decision and decision[-1] is not None and decision[-1] >= SUCCESS)
+        runs.append({"variant": cfg["variant"], "seed": cfg["seed"], "run_dir": str(d), "final_acc": acc[-1],
+                     "final_decision_acc": decision[-1], "success": success, "steps": steps, "acc": acc,
+                     "eureka_step": moment["onset"] if success else None,
+                     "first_decision_step": moment["first_decision_step"], "total_steps": steps[-1]})
+    base = [r["final_acc"] for r in runs if r["variant"] == "softmax"]
+    baseline = float(np.median(base)) if base else None
+    variants: dict[str, dict] = {}
+    for r in runs:
+        r["steps_to_95"] = first_step_at(r["steps"], r["acc"], 0.95 * baseline) if baseline is not None else None
+    for name in dict.fromkeys(r["variant"] for r in runs):
+        rs = [r for r in runs if r["variant"] == name]
+        reached = [r["steps_to_95"] for r in rs if r["steps_to_95"] is not None]
+        variants[name] = {
+            "seeds": len(rs), "successes": sum(r["success"] for r in rs),
+            "success_rate": sum(r["success"] for r in rs) / len(rs),
+            "median_eureka_step": _median(r["eureka_step"] for r in rs),
+            "median_first_decision_step": _median(r["first_decision_step"] for r in rs),
+            "reached_95": len(reached), "median_steps_to_95": _median(reached),
+            "final_acc_median": float(np.median([r["final_acc"] for r in rs])),
+            "final_acc": [r["final_acc"] for r in rs],
+        }
+    for r in runs:
+        del r["steps"], r["acc"]
+    return {"success_criterion": f"final decision accuracy >= {SUCCESS:.0%}", "baseline_final_acc": baseline,
+            "variants": variants, "runs": runs}
+
+
+def run_eureka(scale: str, seeds: int, variants: list[str], out, overrides: dict | None = None, log=None) -> dict:
+    """Train every variant over ``seeds`` seeds into ``out``/VARIANT-seedK, summarize, write the report."""
+    from ..report.eureka import write_eureka_report
+
+    if scale not in SCALES:
+        raise ValueError(f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
+    if seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {seeds}")
+    bad = [v for v in variants if v not in MODEL_VARIANTS]
+    if bad or not variants:
+        raise ValueError(f"unknown variant {', '.join(bad) or '(none)'}; choose from {', '.join(MODEL_VARIANTS)}")
+    cfg = dataclasses.replace(SCALES[scale], **(overrides or {}))
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out} already exists and is not empty; choose another --out")
+    task = load_task(cfg)
+    t0 = time.perf_counter()
+    dirs = []
+    for variant in variants:
+        results = train_seeds(cfg, variant, list(range(seeds)), out, task, log)
+        dirs += [Path(r["run_dir"]) for r in results]
+    summary = summarize(dirs)
+    summary.update(scale=scale, data_source=task.source, wall_s=time.perf_counter() - t0, device=str(resolve_device(cfg.device)))
+    summary["report"] = str(write_eureka_report(summary, out / "report.html"))
+    import json
+
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
