@@ -219,7 +219,7 @@ def ablate_cmd(
     feature: Optional[str] = typer.Option(None, "--feature", help="The feature to ablate (see `quietlab tasks`)."),
     all_features: bool = typer.Option(False, "--all", help="Ablate every feature of the task."),
     method: str = typer.Option("boundary", "--method", help="boundary, mean, erase (LEACE) or resample."),
-    layer: str = typer.Option("auto", "--layer", help="'auto' (best probe layer at each position) or a layer: 0 = embeddings, l+1 = block l."),
+    layer: str = typer.Option("auto", "--layer", help="'auto' (best probe layer at each position) or a residual hook: hook_embed, blocks.{l}.hook_resid_post."),
     examples: int = typer.Option(1000, "--examples", help="Held-out examples to generate with and without the ablation."),
     controls: int = typer.Option(32, "--controls", help="Random-direction controls."),
     step: Optional[int] = typer.Option(None, "--step", help="Checkpoint step (default: the last)."),
@@ -239,14 +239,13 @@ def ablate_cmd(
         raise ValueError("give --feature NAME or --all")
     if examples < 1 or controls < 0:
         raise ValueError("--examples must be >= 1 and --controls >= 0")
-    layer_arg = layer if layer == "auto" else _int_option("--layer", layer)
     model, task, _, at_step = load_run(run, step=step, device=resolve_device(device))
     names = list(task.sample(1, split="test").features) if all_features else [feature]
     results = []
     with Progress(console=err_console, transient=True, disable=as_json) as bar:
         for name in names:
             job = bar.add_task(f"ablating {name} ({method})", total=controls + 2)
-            result = ablate(model, task, name, method=method, layer=layer_arg, n_eval=examples, n_controls=controls,
+            result = ablate(model, task, name, method=method, layer=layer, n_eval=examples, n_controls=controls,
                             seed=seed, progress=lambda done, total, job=job: bar.update(job, completed=done + 2))
             with RunFolder(run).store() as store:
                 store.put("ablation", f"{name}/{method}", {**result.to_dict(), "step": at_step}, step=at_step)
@@ -264,13 +263,6 @@ def ablate_cmd(
     console.print(table)
 
 
-def _int_option(flag: str, value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"{flag} must be an integer or 'auto', got {value!r}") from None
-
-
 @app.command("probe")
 @one_line_errors
 def probe_cmd(
@@ -283,6 +275,7 @@ def probe_cmd(
     """Re-fit probes on every checkpoint of a run, find the loss transition, and call each feature quiet, loud or absent."""
     from rich.progress import Progress
 
+    from .models.hooks import hook_label
     from .monitor.monitor import probe_run
     from .train.loop import resolve_device
 
@@ -314,7 +307,7 @@ def probe_cmd(
 
     for fc in rows:
         m = fc["metric"]
-        table.add_row(fc["feature"] + (" (R²)" if m == "r2" else ""), str(fc["best_layer"]),
+        table.add_row(fc["feature"] + (" (R²)" if m == "r2" else ""), hook_label(fc["best_layer"]),
                       "—" if fc["decodable_step"] is None else str(fc["decodable_step"]),
                       fmt(fc.get(f"{m}_before_transition")), fmt(fc.get(f"{m}_final")), fmt(fc.get(f"baseline_{m}")),
                       f"[{colour.get(fc['class'], 'white')}]{fc['class']}[/]")

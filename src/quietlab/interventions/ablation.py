@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from ..monitor.probes import capture_layers, fit_probes, layer_taps, split_probe_set
+from ..models.hooks import check_hook, depth
+from ..monitor.probes import capture_layers, fit_probes, residual_taps, split_probe_set
 from ..tasks.base import Batch, Feature
 from ..train.decode import exact_match, greedy_decode
 from ..train.evaluate import masked_loss
@@ -33,8 +34,8 @@ from .edits import METHODS, AffineEdit, build_edit, probe_rank, random_probes
 class AblationResult:
     feature: str
     method: str
-    layer: int | str  # the layer used, or "best per position"
-    layers: dict[int, int]  # position -> layer intervened at
+    layer: str  # the hook used, or "best per position"
+    layers: dict[int, str]  # position -> hook intervened at
     n_examples: int
     baseline_acc: float
     ablated_acc: float
@@ -107,12 +108,12 @@ class _Run:
         return correct, loss
 
 
-def ablate(model, task, feature: str, *, method: str = "boundary", layer: int | str = "auto",
+def ablate(model, task, feature: str, *, method: str = "boundary", layer: str = "auto",
            probe_batch: Batch | None = None, eval_batch: Batch | None = None, n_probe: int = 2000,
            n_eval: int = 1000, n_controls: int = 32, seed: int = 0, probe_l2: float = 1e-3,
            progress=None) -> AblationResult:
-    """Ablate ``feature`` in ``model`` (see the module docstring); ``layer``: "auto" or a probe layer index
-    (0 = embeddings, l+1 = output of block l). ``progress(done, total)`` is called as the controls run."""
+    """Ablate ``feature`` in ``model`` (see the module docstring); ``layer``: "auto" or a residual hook name
+    (``hook_embed``, ``blocks.{l}.hook_resid_post``). ``progress(done, total)`` is called as the controls run."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     model.eval()
@@ -122,10 +123,8 @@ def ablate(model, task, feature: str, *, method: str = "boundary", layer: int | 
     eval_batch = eval_batch if eval_batch is not None else task.sample(n_eval, seed=20_000 + seed, split="test")
     if feature not in probe_batch.features:
         raise ValueError(f"{task.name} has no feature {feature!r}; choose one of: {', '.join(probe_batch.features)}")
-    taps = layer_taps(model)
-    if layer != "auto" and layer not in taps:
-        raise ValueError(f"layer must be 'auto' or one of {', '.join(map(str, taps))}, got {layer!r}")
-    layers = list(taps) if layer == "auto" else [int(layer)]
+    taps = residual_taps(model)
+    layers = taps if layer == "auto" else [check_hook(layer, ["auto"] + taps)]
 
     # probes are fitted where the model is: in raw space a trained model's near-separable features
     # take the solver's full max_iter, minutes of work on a CPU for a model that sits on a GPU
@@ -138,7 +137,7 @@ def ablate(model, task, feature: str, *, method: str = "boundary", layer: int | 
 
     # at each position, the probe of the best layer
     score = probes.metrics[probes.main_metric]
-    best: dict[int, tuple[int, int]] = {}
+    best: dict[int, tuple[str, int]] = {}
     for i, (l, t) in enumerate(probes.pairs):
         if t not in best or score[i] > score[best[t][1]]:
             best[t] = (l, i)
@@ -154,7 +153,7 @@ def ablate(model, task, feature: str, *, method: str = "boundary", layer: int | 
     def edits_for(method_: str, per_position: dict[int, tuple[np.ndarray, np.ndarray]], labels_=None):
         """One edit per tap: the positions whose chosen layer is that tap's."""
         edits = {}
-        for l in sorted(set(chosen.values())):
+        for l in sorted(set(chosen.values()), key=depth):
             positions = [t for t, lt in chosen.items() if lt == l]
             here = np.zeros_like(where)
             here[:, positions] = where[:, positions]
@@ -162,7 +161,7 @@ def ablate(model, task, feature: str, *, method: str = "boundary", layer: int | 
                               {t: reference[t] for t in positions},
                               {t: labels_[t] for t in positions} if labels_ else None,
                               rng=rng, batch_size=len(eval_batch))
-            edits[taps[l]] = edit.to(device)
+            edits[l] = edit.to(device)
         return edits
 
     real = {t: _flat(*probes.probe(chosen[t], t)) for t in chosen}

@@ -1,7 +1,7 @@
 """Linear probes on the residual stream, fitted for every (layer, position) of a checkpoint at once.
 
 A probe reads one feature (see ``tasks.base.Feature``) from the activations at one layer and one token
-position. Layers follow the project convention: layer 0 is ``embed``, layer l+1 is ``resid.l``.
+position. A layer is named by its hook (``hook_embed``, ``blocks.{l}.hook_resid_post``; see ``models.hooks``).
 
 Kinds and models (all linear in the activation x, fitted on standardised x, reported in x's own space):
 
@@ -41,6 +41,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from ..models.hooks import EMBED, block_of, depth
 from ..tasks.base import Feature
 from .lbfgs import fit_logistic, spd_inverse
 
@@ -64,35 +65,35 @@ class ProbeResult:
 
     feature: str
     kind: str
-    pairs: list[tuple[int, int]]
+    pairs: list[tuple[str, int]]
     weight: torch.Tensor
     bias: torch.Tensor
     metrics: dict[str, np.ndarray]
     per_output: np.ndarray
     n_train: np.ndarray
-    skipped: list[tuple[int, int, str]] = field(default_factory=list)
+    skipped: list[tuple[str, int, str]] = field(default_factory=list)
     n_iter: int = 0
 
     @property
     def main_metric(self) -> str:
         return "r2" if self.kind == "scalar" else "acc"
 
-    def index(self, layer: int, position: int) -> int:
-        return self.pairs.index((int(layer), int(position)))
+    def index(self, layer: str, position: int) -> int:
+        return self.pairs.index((str(layer), int(position)))
 
-    def probe(self, layer: int, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def probe(self, layer: str, position: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(w, b) of the probe at (layer, position): x → w·x + b in residual space."""
         i = self.index(layer, position)
         return self.weight[i], self.bias[i]
 
-    def get(self, layer: int, position: int) -> dict[str, float]:
+    def get(self, layer: str, position: int) -> dict[str, float]:
         i = self.index(layer, position)
         return {k: float(v[i]) for k, v in self.metrics.items()}
 
-    def grid(self, metric: str | None = None) -> tuple[list[int], list[int], np.ndarray]:
-        """(layers, positions, values (L, T) with NaN where no probe was fitted)."""
+    def grid(self, metric: str | None = None) -> tuple[list[str], list[int], np.ndarray]:
+        """(layers in depth order, positions, values (L, T) with NaN where no probe was fitted)."""
         metric = metric or self.main_metric
-        layers = sorted({l for l, _ in self.pairs})
+        layers = sorted({l for l, _ in self.pairs}, key=depth)
         positions = sorted({t for _, t in self.pairs})
         out = np.full((len(layers), len(positions)), np.nan)
         li, ti = {l: i for i, l in enumerate(layers)}, {t: i for i, t in enumerate(positions)}
@@ -107,7 +108,7 @@ class ProbeResult:
         for metric, values in self.metrics.items():
             for (l, t), v in zip(self.pairs, values):
                 if np.isfinite(v):
-                    rows.append((int(step), name, int(l), int(t), metric, float(v)))
+                    rows.append((int(step), name, str(l), int(t), metric, float(v)))
         return rows
 
 
@@ -122,39 +123,30 @@ def split_probe_set(n: int, test_fraction: float = 0.2, seed: int = 0) -> tuple[
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
 
-def layer_taps(model) -> dict[int, str]:
-    """Probe layer index → tap name: 0 → ``embed``, l+1 → ``resid.l``."""
-    names = model.tap_names() if hasattr(model, "tap_names") else None
-    if names is None:
-        n = model.config.n_layers
-        names = ["embed"] + [f"resid.{l}" for l in range(n)]
-    out = {0: "embed"} if "embed" in names else {}
-    for name in names:
-        if name.startswith("resid."):
-            out[int(name.split(".")[1]) + 1] = name
-    return out
+def residual_taps(model) -> list[str]:
+    """The model's residual-stream taps in depth order: ``hook_embed``, ``blocks.{l}.hook_resid_post``."""
+    names = [n for n in model.tap_names() if n == EMBED or n.endswith(".hook_resid_post") and block_of(n) is not None]
+    return sorted(names, key=depth)
 
 
 @torch.no_grad()
-def capture_layers(model, tokens, batch_size: int = 500, device=None, layers: Iterable[int] | None = None,
-                   dtype=torch.float32) -> dict[int, torch.Tensor]:
-    """Residual-stream activations {layer: (N, T, d)} of ``tokens`` (numpy or tensor), in eval mode.
+def capture_layers(model, tokens, batch_size: int = 500, device=None, layers: Iterable[str] | None = None,
+                   dtype=torch.float32) -> dict[str, torch.Tensor]:
+    """Residual-stream activations {hook name: (N, T, d)} of ``tokens`` (numpy or tensor), in eval mode.
 
     Kept on ``device`` (default: the model's), in ``dtype``."""
-    taps = layer_taps(model)
-    if layers is not None:
-        taps = {l: taps[l] for l in layers}
+    taps = residual_taps(model) if layers is None else list(layers)
     p = next(model.parameters())
     device = torch.device(device) if device is not None else p.device
     tokens = torch.as_tensor(np.asarray(tokens) if not isinstance(tokens, torch.Tensor) else tokens).long()
     was_training = model.training
     model.eval()
     try:
-        chunks: dict[int, list[torch.Tensor]] = {l: [] for l in taps}
+        chunks: dict[str, list[torch.Tensor]] = {l: [] for l in taps}
         for s in range(0, len(tokens), batch_size):
-            _, acts = model(tokens[s : s + batch_size].to(p.device), capture=list(taps.values()))
-            for l, name in taps.items():
-                chunks[l].append(acts[name].to(device=device, dtype=dtype))
+            _, acts = model(tokens[s : s + batch_size].to(p.device), capture=taps)
+            for l in taps:
+                chunks[l].append(acts[l].to(device=device, dtype=dtype))
     finally:
         model.train(was_training)
     return {l: torch.cat(c) for l, c in chunks.items()}
@@ -171,11 +163,11 @@ def wilson_interval(p: np.ndarray, n: np.ndarray, z: float = Z95) -> tuple[np.nd
 
 # --------------------------------------------------------------------------------------------------
 # fitting
-def fit_probes(acts: Mapping[int, torch.Tensor], feature: Feature, train_idx: Sequence[int], test_idx: Sequence[int],
+def fit_probes(acts: Mapping[str, torch.Tensor], feature: Feature, train_idx: Sequence[int], test_idx: Sequence[int],
                *, name: str = "", **kwargs) -> ProbeResult:
     """Fit one probe per (layer, position) where ``feature`` is defined, all pairs batched.
 
-    ``acts[layer]``: (N, T, d) activations of the probe set (layer 0 = embed, l+1 = resid.l);
+    ``acts[layer]``: (N, T, d) activations of the probe set, keyed by hook name (``capture_layers``);
     ``feature``: the labels of the same N examples; ``train_idx`` / ``test_idx``: disjoint indices into
     the probe set. Keyword options as in ``fit_features``.
     """
@@ -183,12 +175,12 @@ def fit_probes(acts: Mapping[int, torch.Tensor], feature: Feature, train_idx: Se
 
 
 def fit_features(
-    acts: Mapping[int, torch.Tensor],
+    acts: Mapping[str, torch.Tensor],
     features: Mapping[str, Feature],
     train_idx: Sequence[int],
     test_idx: Sequence[int],
     *,
-    layers: Iterable[int] | None = None,
+    layers: Iterable[str] | None = None,
     positions: Iterable[int] | None = None,
     l2: float = 1e-3,
     max_iter: int = 100,
@@ -230,7 +222,7 @@ def fit_features(
     test_idx = np.asarray(test_idx, dtype=np.int64)
     if np.intersect1d(train_idx, test_idx).size:
         raise ValueError("probe-train and probe-test examples overlap")
-    layer_list = sorted(acts) if layers is None else [int(l) for l in layers]
+    layer_list = sorted(acts, key=depth) if layers is None else [str(l) for l in layers]
     first = acts[layer_list[0]]
     N, T, d = first.shape
     for name, f in features.items():
@@ -293,7 +285,7 @@ def _merge(name: str, feature: Feature, parts: list[ProbeResult], d: int) -> Pro
     if len(parts) == 1:
         return parts[0]
     pairs = [pair for r in parts for pair in r.pairs]
-    order = sorted(range(len(pairs)), key=pairs.__getitem__)
+    order = sorted(range(len(pairs)), key=lambda i: (depth(pairs[i][0]), pairs[i][1]))
     take = None if order == list(range(len(pairs))) else order
     return ProbeResult(
         feature=name, kind=feature.kind, pairs=[pairs[i] for i in order],
