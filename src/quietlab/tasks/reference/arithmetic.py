@@ -66,7 +66,8 @@ def solve_addition(a: list[int], b: list[int]):
     return _example(text, features, ".01+=", seq_len)
 
 
-def addition(n: int, seed: int, n_bits: int = 16) -> list:
+def _operand_pairs(solve, n: int, seed: int, n_bits: int) -> list:
+    """n examples of ``solve(a, b)`` on uniform n-bit operands (LSB first), a op b and b op a on one side."""
     rng = random.Random(seed)
     out = []
     while len(out) < n:
@@ -75,8 +76,12 @@ def addition(n: int, seed: int, n_bits: int = 16) -> list:
             continue
         a = [(x >> i) & 1 for i in range(n_bits)]
         b = [(y >> i) & 1 for i in range(n_bits)]
-        out.append(solve_addition(a, b))
+        out.append(solve(a, b))
     return out
+
+
+def addition(n: int, seed: int, n_bits: int = 16) -> list:
+    return _operand_pairs(solve_addition, n, seed, n_bits)
 
 
 # --- multiplication -----------------------------------------------------------------------------
@@ -125,16 +130,7 @@ def solve_multiplication(a: list[int], b: list[int]):
 
 
 def multiplication(n: int, seed: int, n_bits: int = 16) -> list:
-    rng = random.Random(seed)
-    out = []
-    while len(out) < n:
-        x, y = rng.getrandbits(n_bits), rng.getrandbits(n_bits)
-        if not _train_side((min(x, y), max(x, y))):
-            continue
-        a = [(x >> i) & 1 for i in range(n_bits)]
-        b = [(y >> i) & 1 for i in range(n_bits)]
-        out.append(solve_multiplication(a, b))
-    return out
+    return _operand_pairs(solve_multiplication, n, seed, n_bits)
 
 
 # --- majority of majorities ---------------------------------------------------------------------

@@ -252,22 +252,22 @@ def solve_mst(graph: list[set[int]], weight: dict[tuple[int, int], int], density
 
 
 # --- n examples, one at a time ------------------------------------------------------------------
-def bfs(n: int, seed: int, n_nodes: int = 11, density: float = 0.3) -> list:
+def _from_a_source(solve, n: int, seed: int, n_nodes: int, density: float) -> list:
+    """n examples of ``solve(graph, source, density)`` on drawn graphs and uniform sources."""
     rnd, out = random.Random(seed), []
     while len(out) < n:
         graph, source = draw_graph(rnd, n_nodes, density), rnd.randrange(n_nodes)
         if train_side((source, *edges_of(graph))):
-            out.append(solve_bfs(graph, source, density))
+            out.append(solve(graph, source, density))
     return out
+
+
+def bfs(n: int, seed: int, n_nodes: int = 11, density: float = 0.3) -> list:
+    return _from_a_source(solve_bfs, n, seed, n_nodes, density)
 
 
 def dfs(n: int, seed: int, n_nodes: int = 11, density: float = 0.3) -> list:
-    rnd, out = random.Random(seed), []
-    while len(out) < n:
-        graph, source = draw_graph(rnd, n_nodes, density), rnd.randrange(n_nodes)
-        if train_side((source, *edges_of(graph))):
-            out.append(solve_dfs(graph, source, density))
-    return out
+    return _from_a_source(solve_dfs, n, seed, n_nodes, density)
 
 
 def shortest_path(n: int, seed: int, n_nodes: int = 11, density: float = 0.3) -> list:
