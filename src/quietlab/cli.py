@@ -169,7 +169,7 @@ def train_cmd(
                  if k in ("task", "task_sizes") or getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
         if not ctx.args:
             typed.pop("task_sizes")
-        cfg = dataclasses.replace(TrainConfig.from_dict(RunFolder(run_dir).read_config()), **typed)
+        cfg = dataclasses.replace(RunFolder(run_dir).config().train, **typed)
     else:
         cfg = TrainConfig(**settings)
     hooks = None
