@@ -1,6 +1,6 @@
 """Plain per-example Python references for addition, multiplication, majority_of_majorities,
-max_subarray and activity_selection: the yardstick that benchmarks/generation.py measures quietlab's
-vectorised generators against.
+max_subarray and activity_selection: the specification the tests hold quietlab's vectorised
+generators to, and the yardstick that benchmarks/generation.py measures them against.
 
 ``REFERENCES[name](n, seed) -> list`` draws examples one at a time with ``random.Random(seed)``, keeps
 those on the training side of a 75/25 split (a hash of the example up to symmetry, as quietlab does),
@@ -10,7 +10,7 @@ next token is an answer token or the end) and ``features``, each a list of lengt
 the label at each position (None where it is undefined), the same labels quietlab records.
 
 ``SOLVERS[name](inputs, task) -> dict`` computes one example from quietlab's raw inputs (as plain
-Python lists); generation.py uses it to check that the reference and quietlab agree before timing.
+Python lists); ``check_against_reference`` (in this package) compares it with quietlab's batch.
 
 Straightforward code, written the way one would without thinking about speed, and not slowed on
 purpose either.

@@ -11,7 +11,7 @@ one row: ``text`` (``input=answer``), ``tokens`` (token ids, padded with 0 to se
 seq_len holding the label at each position (None where undefined), the labels quietlab records.
 
 ``SOLVERS[name](inputs, task) -> dict`` computes one example from quietlab's raw inputs (as plain
-Python lists); generation.py uses it to check that the reference and quietlab agree before timing.
+Python lists); ``check_against_reference`` (in this package) compares it with quietlab's batch.
 
 Straightforward code in plain Python: a graph is a list of neighbour sets (``adj[u]``; for the directed
 topological_sort, successor sets) and, for mst, a dict of edge weights keyed by (u, v), u < v; deques and
