@@ -82,7 +82,7 @@ def reference(model, tokens, progress=0.0, edit=None, stats=None):
         return x
 
     hidden, patterns = {}, {}
-    x = tap("embed", sd["embed.weight"][tokens])
+    x = tap("hook_embed", sd["embed.weight"][tokens])
     for l in range(cfg.n_layers):
         p = f"blocks.{l}."
         h = rmsnorm(x, sd[p + "attn_norm.weight"])
@@ -104,7 +104,7 @@ def reference(model, tokens, progress=0.0, edit=None, stats=None):
         x = x + heads_out @ sd[p + "attn.proj.weight"].T
         h = rmsnorm(x, sd[p + "mlp_norm.weight"])
         mlp = (silu(h @ sd[p + "mlp.gate.weight"].T) * (h @ sd[p + "mlp.up.weight"].T)) @ sd[p + "mlp.down.weight"].T
-        x = tap(f"resid.{l}", x + mlp)
+        x = tap(f"blocks.{l}.hook_resid_post", x + mlp)
     logits = rmsnorm(x, sd["norm.weight"]) @ sd["lm_head.weight"].T
     return logits, hidden, patterns
 
@@ -114,6 +114,9 @@ def np64(t):
 
 
 # --- models -----------------------------------------------------------------------------------
+R1, R2 = "blocks.1.hook_resid_post", "blocks.2.hook_resid_post"
+
+
 def make_model(seed=0, vocab=11, seq_len=9, d_model=16, n_layers=2, n_heads=2, **attn):
     torch.manual_seed(seed)
     model = Transformer(TransformerConfig(vocab_size=vocab, seq_len=seq_len, d_model=d_model, n_layers=n_layers,
@@ -167,7 +170,7 @@ def test_forward_and_taps_match_float64_reference(variant, kw, progress):
     for name, value in ref_hidden.items():
         np.testing.assert_allclose(np64(acts[name]), value, rtol=1e-4, atol=1e-4, err_msg=name)
     for l, pattern in ref_patterns.items():
-        np.testing.assert_allclose(np64(acts[f"attn.{l}.pattern"]), pattern, atol=1e-5)
+        np.testing.assert_allclose(np64(acts[f"blocks.{l}.attn.hook_pattern"]), pattern, atol=1e-5)
     if variant == "normsoftmax":  # both branches of min(τ, σ) were exercised
         assert stats["sharpened"] > 0 and stats["standard"] > 0, stats
 
@@ -197,16 +200,16 @@ def test_edits_change_downstream_logits_as_the_reference_does():
         return x
 
     base = model(tokens)
-    edited, acts = model(tokens, capture=["resid.1", "resid.2"], edit={"resid.1": torch_edit})
-    ref_logits, ref_hidden, _ = reference(model, tokens, edit={"resid.1": numpy_edit})
+    edited, acts = model(tokens, capture=[R1, R2], edit={R1: torch_edit})
+    ref_logits, ref_hidden, _ = reference(model, tokens, edit={R1: numpy_edit})
     np.testing.assert_allclose(np64(edited), ref_logits, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(np64(acts["resid.1"]), ref_hidden["resid.1"], rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(np64(acts["resid.2"]), ref_hidden["resid.2"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np64(acts[R1]), ref_hidden[R1], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np64(acts[R2]), ref_hidden[R2], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(edited[:, :pos], base[:, :pos])  # causal: earlier positions untouched
     assert (edited[:, pos:] - base[:, pos:]).abs().amax(-1).min() > 1e-3  # every later position moved
     # the edit of the embedding tap reaches everything downstream too
-    edited_embed = model(tokens, edit={"embed": torch_edit})
-    np.testing.assert_allclose(np64(edited_embed), reference(model, tokens, edit={"embed": numpy_edit})[0],
+    edited_embed = model(tokens, edit={"hook_embed": torch_edit})
+    np.testing.assert_allclose(np64(edited_embed), reference(model, tokens, edit={"hook_embed": numpy_edit})[0],
                                rtol=1e-4, atol=1e-4)
 
 
@@ -214,8 +217,8 @@ def test_edits_see_absolute_positions_under_a_kv_cache():
     model = make_model()
     tokens = tokens_for(model, batch=2)
     seen = []
-    model(tokens[:, :5], cache=(cache := model.new_cache(2)), edit={"resid.0": lambda x, p: seen.append(p.tolist()) or x})
-    model(tokens[:, 5:6], cache=cache, edit={"resid.0": lambda x, p: seen.append(p.tolist()) or x})
+    model(tokens[:, :5], cache=(cache := model.new_cache(2)), edit={"blocks.0.hook_resid_post": lambda x, p: seen.append(p.tolist()) or x})
+    model(tokens[:, 5:6], cache=cache, edit={"blocks.0.hook_resid_post": lambda x, p: seen.append(p.tolist()) or x})
     assert seen == [[0, 1, 2, 3, 4], [5]]
 
 

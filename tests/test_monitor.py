@@ -52,6 +52,9 @@ def rising(step, at, best=0.95, width=0.05):
     return 0.5 + (best - 0.5) * sigmoid((math.log10(max(step, 1)) - math.log10(at)) / width)
 
 
+LAYERS = ["hook_embed"] + [f"blocks.{l}.hook_resid_post" for l in range(3)]  # layer k: LAYERS[k]
+
+
 def probe_rows(curves, rng, metric="acc"):
     """curves: {feature: {layer: fn(step) -> score}}; rows at 3 positions, ±0.02 intervals, tiny noise."""
     rows = []
@@ -60,6 +63,7 @@ def probe_rows(curves, rng, metric="acc"):
         for step in PROBE_STEPS:
             for layer in range(4):
                 fn = per_layer.get(layer, lambda s: 0.5 if m == "acc" else 0.0)
+                layer = LAYERS[layer]
                 for pos in range(3):
                     v = fn(step) + rng.normal(0, 0.002)
                     rows += [(step, feat, layer, pos, m, v), (step, feat, layer, pos, f"{m}_lo", v - 0.02),
@@ -87,7 +91,7 @@ def test_planted_quiet_loud_and_absent_features_are_told_apart():
     assert got == {"quiet_f": "quiet", "loud_f": "loud", "absent_f": "absent", "late_f": "absent",
                    "blip_f": "loud", "scalar_quiet": "quiet"}
     q = classes["quiet_f"]
-    assert q["best_layer"] == 2 and q["metric"] == "acc"
+    assert q["best_layer"] == "blocks.1.hook_resid_post" and q["metric"] == "acc"
     assert 200 <= q["decodable_step"] <= 500  # planted rise at 300 (layer 1) / 400 (layer 2)
     assert q["acc_before_transition"] == pytest.approx(0.95, abs=0.01)
     assert q["acc_final"] == pytest.approx(0.95, abs=0.01) and q["baseline_acc"] == pytest.approx(0.5, abs=0.01)
@@ -136,20 +140,20 @@ def test_uniform_attention_has_entropy_one_and_a_random_model_matches_a_hand_cou
     with torch.no_grad():
         model.blocks[0].attn.qkv.weight.zero_()  # q = k = 0: every query attends uniformly
     got = attention_entropy(model, tokens)
-    assert set(got) == {f"attn/entropy/L{l}/H{h}" for l in range(2) for h in range(2)}
-    assert got["attn/entropy/L0/H0"] == pytest.approx(1.0, abs=1e-5)
-    assert got["attn/entropy/L0/H1"] == pytest.approx(1.0, abs=1e-5)
+    assert set(got) == {f"attn/entropy/blocks.{l}.attn.hook_pattern/H{h}" for l in range(2) for h in range(2)}
+    assert got["attn/entropy/blocks.0.attn.hook_pattern/H0"] == pytest.approx(1.0, abs=1e-5)
+    assert got["attn/entropy/blocks.0.attn.hook_pattern/H1"] == pytest.approx(1.0, abs=1e-5)
     # layer 1 is random: recompute from the pattern, query by query, in float64
-    _, acts = model(tokens, capture=["attn.1.pattern"])
-    p = acts["attn.1.pattern"].detach().double().numpy()
+    _, acts = model(tokens, capture=["blocks.1.attn.hook_pattern"])
+    p = acts["blocks.1.attn.hook_pattern"].detach().double().numpy()
     for h in range(2):
         vals = []
         for b in range(5):
             for q in range(1, 9):  # query q sees keys 0..q
                 row = p[b, h, q, : q + 1]
                 vals.append(-(row * np.log(row)).sum() / math.log(q + 1))
-        assert got[f"attn/entropy/L1/H{h}"] == pytest.approx(np.mean(vals), abs=1e-5)
-        assert 0 < got[f"attn/entropy/L1/H{h}"] <= 1
+        assert got[f"attn/entropy/blocks.1.attn.hook_pattern/H{h}"] == pytest.approx(np.mean(vals), abs=1e-5)
+        assert 0 < got[f"attn/entropy/blocks.1.attn.hook_pattern/H{h}"] <= 1
 
 
 def test_qkv_gradient_statistics_by_hand():
@@ -163,7 +167,7 @@ def test_qkv_gradient_statistics_by_hand():
         for part, offset in zip("qkv", (0, d, 2 * d)):
             for h in range(2):
                 rows = g[offset + h * dh : offset + (h + 1) * dh]
-                assert got[f"grad/{part}/L{l}/H{h}"] == pytest.approx(np.abs(rows).mean(), rel=1e-5)
+                assert got[f"grad/{part}/blocks.{l}.attn/H{h}"] == pytest.approx(np.abs(rows).mean(), rel=1e-5)
 
 
 def test_log_schedule():
@@ -208,21 +212,21 @@ def test_monitor_writes_probes_statistics_and_classes(monitored_run):
             rows = store.probes(f, "acc")
             assert rows and all(0 <= r[5] <= 1 for r in rows)
             layers = {r[2] for r in rows}
-            assert layers == {0, 1, 2}  # embed, resid.0, resid.1
+            assert layers == {"hook_embed", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"}
             mask = task.sample(200, split="test").features[f].mask
             assert {r[3] for r in rows} <= set(np.flatnonzero(mask.any(0)))  # only where the feature is defined
             for m in ("logloss", "acc_lo", "acc_hi", "n_test"):
                 assert len(store.probes(f, m)) == len(rows)
         for l in range(2):
             for h in range(2):
-                s, v = store.series(f"attn/entropy/L{l}/H{h}")
+                s, v = store.series(f"attn/entropy/blocks.{l}.attn.hook_pattern/H{h}")
                 assert s == eval_steps and all(0 < x <= 1 for x in v)
                 for part in "qkv":
-                    s, v = store.series(f"grad/{part}/L{l}/H{h}")
+                    s, v = store.series(f"grad/{part}/blocks.{l}.attn/H{h}")
                     assert s and set(s) <= set(log_schedule(40, 4)) and all(x > 0 for x in v)
         classes = store.results("feature_class")
         assert set(classes) == set(features)
-        assert all(c["class"] in CLASSES and c["best_layer"] in (0, 1, 2) for c in classes.values())
+        assert all(c["class"] in CLASSES and c["best_layer"] in layers for c in classes.values())
         assert "eval/loss" in store.results("transition")
     assert monitor.status() == monitor.losses.status
 
@@ -278,6 +282,9 @@ def test_cli_probe_refits_every_checkpoint(monitored_run):
     assert out["checkpoints"] == list_checkpoints(run) == [0, 20, 40]
     with RunStore(RunFolder(run).path / "metrics.sqlite") as store:
         assert {r[0] for r in store.probes("carry", "acc")} >= {0, 20, 40}
+        # the re-fit is kept apart from the monitor's rows, and the classes say which they read
+        assert store.fits() == ["online", "checkpoint"] and store.probes(fit="online")
+        assert store.get("feature_class", "carry")["probe_fit"] == "checkpoint"
     table = CliRunner().invoke(app, ["probe", str(run), "--features", "carry", "--examples", "200", "--device", "cpu"])
     assert table.exit_code == 0 and "carry" in table.stdout and "decodable" in table.stdout
 
@@ -306,7 +313,7 @@ def test_a_trained_models_next_token_is_linearly_decodable_at_its_last_layer(tra
     with RunStore(run / "metrics.sqlite") as store:
         rows = store.probes("next_sum_bit", "acc")
     last = max(r[0] for r in rows)
-    top = [r[5] for r in rows if r[0] == last and r[2] == 2]  # layer 2 = resid.1, the last block
+    top = [r[5] for r in rows if r[0] == last and r[2] == "blocks.1.hook_resid_post"]  # the last block
     assert min(top) >= 0.98
     assert out["features"]["next_sum_bit"]["acc_final"] >= 0.98
 

@@ -23,11 +23,14 @@ N, T, D = 500, 3, 10
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+H = ["hook_embed", "blocks.0.hook_resid_post"]  # the layers of the synthetic activations
+
+
 def correlated_acts(rng, layers=2, n=N, t=T, d=D):
     """Anisotropic, shifted activations, like a residual stream's (a few large, correlated directions)."""
     mix = rng.standard_normal((d, d)) * np.exp(-np.arange(d) / 3)[None]
     return {l: torch.tensor(rng.standard_normal((n, t, d)) @ mix.T * 4 + rng.standard_normal(d) * 3,
-                            dtype=torch.float32) for l in range(layers)}
+                            dtype=torch.float32) for l in H[:layers]}
 
 
 def sk_logistic(Xtr, ytr, Xte, n_train):
@@ -47,7 +50,7 @@ def logits_of(result, layer, t, X):
 def test_classification_probes_match_sklearn(kind, k, n_classes):
     rng = np.random.default_rng(1)
     acts = correlated_acts(rng)
-    X0 = acts[0].numpy()
+    X0 = acts[H[0]].numpy()
     planted = rng.standard_normal((T, D, k * n_classes)) / 2
     z = np.einsum("ntd,tdk->ntk", (X0 - X0.mean((0, 1))) / X0.std((0, 1)), planted)
     z = z + rng.standard_normal((N, T, k * n_classes))
@@ -58,8 +61,8 @@ def test_classification_probes_match_sklearn(kind, k, n_classes):
     feature = Feature(values, np.ones((N, T), bool), kind, n_classes)
     tr, te = split_probe_set(N, 0.3, seed=0)
     res = fit_probes(acts, feature, tr, te, l2=L2, max_iter=300, tol=1e-4)
-    assert sorted(res.pairs) == [(l, t) for l in range(2) for t in range(T)]
-    for layer in range(2):
+    assert res.pairs == [(l, t) for l in H for t in range(T)]  # in depth order
+    for layer in H:
         X = acts[layer].numpy()
         for t in range(T):
             accs, losses = [], []
@@ -93,7 +96,7 @@ def test_a_warm_start_reaches_the_probes_of_a_cold_one(kind, k, n_classes):
 
     rng = np.random.default_rng(7)
     acts = correlated_acts(rng)
-    X0 = acts[0].numpy()
+    X0 = acts[H[0]].numpy()
     z = np.einsum("ntd,dk->ntk", (X0 - X0.mean((0, 1))) / X0.std((0, 1)), rng.standard_normal((D, k * n_classes)))
     z = z + 0.5 * rng.standard_normal(z.shape)
     values = (z.reshape(N, T, k, n_classes).argmax(-1).astype(np.int16) if kind == "categorical"
@@ -115,7 +118,7 @@ def test_a_warm_start_reaches_the_probes_of_a_cold_one(kind, k, n_classes):
 def test_ridge_probes_match_sklearn():
     rng = np.random.default_rng(2)
     acts = correlated_acts(rng)
-    X = acts[1].numpy()
+    X = acts[H[1]].numpy()
     values = np.einsum("ntd,dk->ntk", X, rng.standard_normal((D, 2))) / 10 + rng.standard_normal((N, T, 2))
     values = values.astype(np.float32)
     feature = Feature(values, np.ones((N, T), bool), "scalar")
@@ -125,8 +128,8 @@ def test_ridge_probes_match_sklearn():
         scaler = StandardScaler().fit(X[tr, t])
         model = Ridge(alpha=L2 * len(tr)).fit(scaler.transform(X[tr, t]), values[tr, t])
         expected = model.predict(scaler.transform(X[te, t]))
-        np.testing.assert_allclose(logits_of(res, 1, t, X[te, t]).T, expected, rtol=1e-3, atol=1e-3)
-        got = res.get(1, t)
+        np.testing.assert_allclose(logits_of(res, H[1], t, X[te, t]).T, expected, rtol=1e-3, atol=1e-3)
+        got = res.get(H[1], t)
         assert got["r2"] == pytest.approx(r2_score(values[te, t], expected), abs=1e-3)
         assert got["mse"] == pytest.approx(np.mean((values[te, t] - expected) ** 2), rel=1e-3)
         assert got["r2_lo"] < got["r2"] < got["r2_hi"]
@@ -135,20 +138,20 @@ def test_ridge_probes_match_sklearn():
 def test_planted_direction_is_recovered_and_random_labels_read_chance():
     rng = np.random.default_rng(3)
     n, d = 2000, 32
-    acts = {0: torch.tensor(rng.standard_normal((n, 2, d)), dtype=torch.float32),
-            1: torch.tensor(rng.standard_normal((n, 2, d)) * 5 + 7, dtype=torch.float32)}
+    acts = {H[0]: torch.tensor(rng.standard_normal((n, 2, d)), dtype=torch.float32),
+            H[1]: torch.tensor(rng.standard_normal((n, 2, d)) * 5 + 7, dtype=torch.float32)}
     u = rng.standard_normal(d)
     u /= np.linalg.norm(u)
     values = np.zeros((n, 2, 1), np.uint8)
-    values[:, 0, 0] = acts[1][:, 0].numpy() @ u > 7 * u.sum()  # planted at layer 1, position 0
+    values[:, 0, 0] = acts[H[1]][:, 0].numpy() @ u > 7 * u.sum()  # planted at layer 1, position 0
     values[:, 1, 0] = rng.integers(0, 2, n)  # position 1: labels unrelated to anything
     tr, te = split_probe_set(n, 0.25, seed=0)
-    res = fit_probes({l: acts[l] for l in (0, 1)}, Feature(values, np.ones((n, 2), bool), "binary"), tr, te)
-    planted = res.get(1, 0)
+    res = fit_probes(acts, Feature(values, np.ones((n, 2), bool), "binary"), tr, te)
+    planted = res.get(H[1], 0)
     assert planted["acc"] > 0.95 and planted["acc_lo"] > 0.9
-    w, _ = res.probe(1, 0)
+    w, _ = res.probe(H[1], 0)
     assert abs(float(w[0].double().numpy() @ u) / float(w[0].norm())) > 0.95  # it found the planted direction
-    for layer, t in [(0, 0), (0, 1), (1, 1)]:  # no signal there: chance, and the interval says so
+    for layer, t in [(H[0], 0), (H[0], 1), (H[1], 1)]:  # no signal there: chance, and the interval says so
         got = res.get(layer, t)
         assert abs(got["acc"] - 0.5) < 0.07, (layer, t, got)
         assert got["acc_lo"] < 0.5 + 0.02 and got["acc_hi"] > 0.5 - 0.02
@@ -160,7 +163,7 @@ def test_undefined_and_constant_pairs_are_skipped_and_features_fit_together_as_a
     mask = np.zeros((N, 4), bool)
     mask[:, 1:] = True  # position 0: undefined
     mask[: N // 2, 3] = False  # position 3: defined on half the examples
-    X = acts[0].numpy()
+    X = acts[H[0]].numpy()
     a = np.zeros((N, 4, 1), np.uint8)
     a[:, 1:3, 0] = X[:, 1:3, 0] > X[:, 1:3, 0].mean()
     a[:, 3, 0] = X[:, 3, 1] > np.median(X[:, 3, 1])
@@ -172,7 +175,7 @@ def test_undefined_and_constant_pairs_are_skipped_and_features_fit_together_as_a
     assert sorted({t for _, t in both["a"].pairs}) == [1, 2, 3]
     assert sorted({t for _, t in both["b"].pairs}) == [1, 3]
     assert {(t, why) for _, t, why in both["b"].skipped} == {(2, "constant")}
-    assert both["a"].get(0, 3)["n_test"] == mask[te, 3].sum()
+    assert both["a"].get(H[0], 3)["n_test"] == mask[te, 3].sum()
     alone = fit_probes(acts, feats["b"], tr, te)
     np.testing.assert_allclose(alone.metrics["acc"], both["b"].metrics["acc"], atol=1e-3)
     np.testing.assert_allclose(alone.weight.numpy(), both["b"].weight.numpy(), rtol=1e-2, atol=1e-3)
@@ -181,7 +184,7 @@ def test_undefined_and_constant_pairs_are_skipped_and_features_fit_together_as_a
     model, scaler = sk_logistic(X[tr_def, 3], a[tr_def, 3, 0], None, len(tr_def))
     te_def = te[mask[te, 3]]
     expected = model.score(scaler.transform(X[te_def, 3]), a[te_def, 3, 0])
-    assert both["a"].get(0, 3)["acc"] == pytest.approx(expected, abs=0.02)
+    assert both["a"].get(H[0], 3)["acc"] == pytest.approx(expected, abs=0.02)
 
 
 def test_wilson_interval_matches_the_textbook_value():
@@ -192,7 +195,7 @@ def test_wilson_interval_matches_the_textbook_value():
 def test_rows_go_into_the_store(tmp_path):
     rng = np.random.default_rng(5)
     acts = correlated_acts(rng)
-    values = (acts[0].numpy()[..., :1] > 0).astype(np.uint8)
+    values = (acts[H[0]].numpy()[..., :1] > 0).astype(np.uint8)
     res = fit_probes(acts, Feature(values, np.ones((N, T), bool), "binary"), *split_probe_set(N), name="sign")
     with RunStore(tmp_path / "m.sqlite") as store:
         store.log_probes(res.rows(7))
@@ -205,7 +208,7 @@ def test_rows_go_into_the_store(tmp_path):
 def test_gpu_gives_the_cpu_probes():
     rng = np.random.default_rng(6)
     acts = correlated_acts(rng)
-    values = (acts[1].numpy()[..., :1] > 0).astype(np.uint8)
+    values = (acts[H[1]].numpy()[..., :1] > 0).astype(np.uint8)
     f = Feature(values, np.ones((N, T), bool), "binary")
     tr, te = split_probe_set(N)
     cpu = fit_probes(acts, f, tr, te)

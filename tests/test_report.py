@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from quietlab.models import TransformerConfig
 from quietlab.report import compare, headline, summarize, write_report
-from quietlab.report.summary import feature_curve, load_run
+from quietlab.report.rundata import feature_curve, load_run
 from quietlab.runs import RunFolder
+from quietlab.train import TrainConfig
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -26,10 +28,12 @@ PLATEAU_START, ONSET, END = 300, 2900, 3100
 LEVEL_BEFORE, LEVEL_AFTER = 0.69, 0.05
 CARRY_DECODABLE, BIT_DECODABLE = 1100, 2950
 LAYERS, POSITIONS, HEADS = (0, 1, 2), tuple(range(10, 18)), (0, 1)
-ABLATION = {"feature": "carry", "method": "boundary", "layer": 2, "n_examples": 512, "baseline_acc": 0.99,
+HOOKS = ("hook_embed", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post")  # layer k: HOOKS[k]
+ABLATION = {"feature": "carry", "method": "boundary", "layer": HOOKS[2], "n_examples": 512, "baseline_acc": 0.99,
             "ablated_acc": 0.12, "drop_pct": 87.9, "drop_ci": [84.0, 91.5], "control_acc": 0.98,
             "control_drop_pct": 1.0, "control_drop_ci": [0.2, 2.1], "n_controls": 32,
-            "baseline_loss": 0.05, "ablated_loss": 1.9, "control_loss": 0.06}
+            "baseline_loss": 0.05, "ablated_loss": 1.9, "control_loss": 0.06, "edit_size": 2.5,
+            "control_edit_size": 2.49}
 
 
 def sigmoid(x):
@@ -43,13 +47,22 @@ def loss_at(s, onset, end):
     return early + (LEVEL_AFTER - LEVEL_BEFORE) * drop
 
 
+def write_training_config(folder: RunFolder, task: str, sizes: dict, *, seed=0, steps=LAST, variant="softmax",
+                           d_model=32, n_layers=2, n_heads=2, vocab_size=5, seq_len=26) -> None:
+    """config.json in the layout training writes (train/loop.py): every TrainConfig setting, the model's
+    TransformerConfig and the resolved run length."""
+    train = TrainConfig(task=task, task_sizes=sizes, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
+                        attention=variant, steps=steps, seed=seed)
+    model = TransformerConfig(vocab_size=vocab_size, seq_len=seq_len, d_model=d_model, n_layers=n_layers,
+                              n_heads=n_heads, attention=variant)
+    folder.write_config({**train.to_dict(), "model_config": model.to_dict(), "resolved": {"steps": steps}})
+
+
 def make_run(path: Path, *, variant="softmax", shift=0, with_monitor=True, seed=0) -> Path:
     """A run folder: config.json and a store filled like training + monitor + probe + ablate would."""
     onset, end = ONSET - shift, END - shift
     folder = RunFolder(path)
-    folder.write_config({"task": "addition", "sizes": {"n_bits": 8},
-                         "model": {"n_layers": 2, "d_model": 32, "n_heads": 2, "attention": variant},
-                         "train": {"steps": LAST, "lr": 1e-3, "batch_size": 64}, "seed": seed})
+    write_training_config(folder, "addition", {"n_bits": 8}, seed=seed, variant=variant)
     rng = np.random.default_rng(seed)
     with folder.store() as st:
         for s in range(0, LAST + 1, 50):
@@ -63,23 +76,24 @@ def make_run(path: Path, *, variant="softmax", shift=0, with_monitor=True, seed=
             if with_monitor:
                 for l in range(2):
                     for h in HEADS:
-                        m[f"attn/entropy/L{l}/H{h}"] = 0.97 - 0.4 * up - 0.05 * h
+                        m[f"attn/entropy/blocks.{l}.attn.hook_pattern/H{h}"] = 0.97 - 0.4 * up - 0.05 * h
                         for k, g in (("q", 1e-5), ("k", 1e-5), ("v", 1e-3)):
-                            m[f"grad/{k}/L{l}/H{h}"] = g * (1 + 100 * up) * (1 + h)
+                            m[f"grad/{k}/blocks.{l}.attn/H{h}"] = g * (1 + 100 * up) * (1 + h)
             st.log(s, m)
         if not with_monitor:
             return path
         rows = []
         for s in range(0, LAST + 1, 200):
             for layer in LAYERS:
+                hook = HOOKS[layer]
                 for p in POSITIONS:
                     carry = 0.51 + 0.48 * sigmoid((s - CARRY_DECODABLE - 400) / 150) * (layer / 2) + 0.001 * (p - 10)
                     bit = 0.50 + 0.45 * sigmoid((s - BIT_DECODABLE - 100) / 50) * (layer / 2)
-                    rows += [(s, "carry", layer, p, "acc", carry), (s, "carry", layer, p, "logloss", 1 - carry),
-                             (s, "carry", layer, p, "acc_lo", carry - 0.02), (s, "carry", layer, p, "acc_hi", carry + 0.02),
-                             (s, "a_bit", layer, p, "acc", bit),
-                             (s, "noise", layer, p, "acc", 0.5 + 0.001 * layer),
-                             (s, "running_sum", layer, p, "r2", 0.9 * sigmoid((s - 2000) / 200) * layer / 2)]
+                    rows += [(s, "carry", hook, p, "acc", carry), (s, "carry", hook, p, "logloss", 1 - carry),
+                             (s, "carry", hook, p, "acc_lo", carry - 0.02), (s, "carry", hook, p, "acc_hi", carry + 0.02),
+                             (s, "a_bit", hook, p, "acc", bit),
+                             (s, "noise", hook, p, "acc", 0.5 + 0.001 * layer),
+                             (s, "running_sum", hook, p, "r2", 0.9 * sigmoid((s - 2000) / 200) * layer / 2)]
         st.log_probes(rows)
         for name in ("eval/loss", "train/loss"):
             st.put("transition", name, [{"plateau_start": PLATEAU_START, "onset": onset, "end": end,
@@ -88,13 +102,13 @@ def make_run(path: Path, *, variant="softmax", shift=0, with_monitor=True, seed=
                                                      "text": f"plateau since step {PLATEAU_START}"}, step=PLATEAU_START)
         st.put("event", f"{onset}:transition", {"step": onset, "kind": "transition",
                                                 "text": f"transition at step {onset}"}, step=onset)
-        st.put("feature_class", "carry", {"feature": "carry", "class": "quiet", "best_layer": 2,
+        st.put("feature_class", "carry", {"feature": "carry", "class": "quiet", "best_layer": HOOKS[2],
                                           "decodable_step": CARRY_DECODABLE - shift // 4, "acc_before_transition": 0.62,
                                           "acc_final": 0.99, "baseline_acc": 0.51})
-        st.put("feature_class", "a_bit", {"feature": "a_bit", "class": "loud", "best_layer": 2,
+        st.put("feature_class", "a_bit", {"feature": "a_bit", "class": "loud", "best_layer": HOOKS[2],
                                           "decodable_step": BIT_DECODABLE - shift, "acc_before_transition": 0.5,
                                           "acc_final": 0.95, "baseline_acc": 0.5})
-        st.put("feature_class", "noise", {"feature": "noise", "class": "absent", "best_layer": 2,
+        st.put("feature_class", "noise", {"feature": "noise", "class": "absent", "best_layer": HOOKS[2],
                                           "decodable_step": None, "acc_before_transition": 0.5, "acc_final": 0.502,
                                           "baseline_acc": 0.502})
         st.put("ablation", "carry/boundary", ABLATION)
@@ -115,7 +129,7 @@ def runs(tmp_path_factory):
 
 
 def make_run_config_only(path: Path) -> Path:
-    RunFolder(path).write_config({"task": "bfs", "sizes": {"n_nodes": 11}, "seed": 3})
+    write_training_config(RunFolder(path), "bfs", {"n_nodes": 11}, seed=3)
     return path
 
 
@@ -176,13 +190,16 @@ def test_summary_sentences_carry_the_numbers(runs):
     assert f"dropped to {LEVEL_AFTER:g} by step {END:,}" in text
     assert f"`carry` (quiet) decodable from step {CARRY_DECODABLE:,}, {ONSET - CARRY_DECODABLE:,} steps before the drop" in text
     assert "1,800 steps before the drop" in text  # the same, spelled out
-    assert f"Ablating `carry` (boundary, layer 2, 512 examples): exact match 99% → 12%" in text
+    assert ("Ablating `carry` (boundary, block 1 output `blocks.1.hook_resid_post`, 512 examples): "
+            "exact match 99% → 12%") in text
     assert "random directions: 98%" in text and "95% CI 84–92%" in text
+    assert "mean ‖Δx‖ 2.5, random directions 2.49." in text
     assert "`noise` never became decodable" in text
     # the final exact match is the last logged value of the synthetic curve
     em = RunFolder(runs["a"]).store().series("eval/exact_match")[1][-1]
     assert f"Final exact-match accuracy {round(100 * em)}% at step {LAST:,}" in text
     assert f"trained {LAST:,} steps" in text
+    assert sentences[0].startswith("`addition` (n_bits=8); d_model 32 × 2 layers, 2 heads; softmax attention; seed 0:")
     # a feature probed but not classified gets the probe's own numbers
     rs = [s for s in sentences if s.startswith("`running_sum`")]
     assert rs and "R² 0.90" in rs[0] and "R² 0.00 at random init" in rs[0]
@@ -212,7 +229,7 @@ def test_compare_sentences(runs):
 
 def test_feature_curve_is_best_layer_mean_over_positions(runs):
     c = feature_curve(load_run(runs["a"]), "carry")
-    assert c.layer == 2 and c.metric == "acc" and c.cls == "quiet"
+    assert c.layer == HOOKS[2] and c.metric == "acc" and c.cls == "quiet"
     s = 2000
     expected = np.mean([0.51 + 0.48 * sigmoid((s - CARRY_DECODABLE - 400) / 150) + 0.001 * (p - 10) for p in POSITIONS])
     assert math.isclose(c.values[c.steps.index(s)], expected, rel_tol=1e-9)
@@ -330,12 +347,13 @@ def test_report_opens_offline_in_chromium(reports, tmp_path):
 
 def make_ragged_run(path: Path) -> Path:
     """Half-written results: missing fields, None values, a probe only at step 0, odd config values."""
-    RunFolder(path).write_config({"task": {"name": "bfs", "n_nodes": 7}, "model": {"attention": {"name": "heat", "beta0": 3.0},
-                                                                                  "layers": [1, 2]}})
+    write_training_config(RunFolder(path), "bfs", {"n_nodes": 7}, variant="heat", n_layers=1)
     with RunFolder(path).store() as st:
-        st.log(0, {"train/loss": 2.3, "eval/exact_match": None, "attn/entropy/L0": 0.99})
-        st.log(10, {"train/loss": 2.2, "eval/exact_match": 0.0, "attn/entropy/L0": 0.98, "grad/q/L0/H3": 1e-6})
-        st.log_probes([(0, "queue", 1, 4, "acc", 0.5), (0, "queue", 1, 5, "acc", 0.52), (0, "adj", 0, 1, "mse", 3.0)])
+        st.log(0, {"train/loss": 2.3, "eval/exact_match": None, "attn/entropy/blocks.0.attn.hook_pattern": 0.99})
+        st.log(10, {"train/loss": 2.2, "eval/exact_match": 0.0, "attn/entropy/blocks.0.attn.hook_pattern": 0.98,
+                    "grad/q/blocks.0.attn/H3": 1e-6})
+        st.log_probes([(0, "queue", HOOKS[1], 4, "acc", 0.5), (0, "queue", HOOKS[1], 5, "acc", 0.52),
+                       (0, "adj", HOOKS[0], 1, "mse", 3.0)])
         st.put("transition", "train/loss", [{"onset": 5}, {"plateau_start": None, "onset": None}])
         st.put("event", "5:transition", {"step": 5, "kind": "transition"})
         st.put("feature_class", "queue", {"class": "quiet"})

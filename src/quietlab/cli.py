@@ -175,7 +175,7 @@ def train_cmd(
                  if k in ("task", "task_sizes") or getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
         if not ctx.args:
             typed.pop("task_sizes")
-        cfg = dataclasses.replace(TrainConfig.from_dict(RunFolder(run_dir).read_config()), **typed)
+        cfg = dataclasses.replace(RunFolder(run_dir).config().train, **typed)
     else:
         cfg = TrainConfig(**settings)
     hooks = None
@@ -225,7 +225,7 @@ def ablate_cmd(
     feature: Optional[str] = typer.Option(None, "--feature", help="The feature to ablate (see `quietlab tasks`)."),
     all_features: bool = typer.Option(False, "--all", help="Ablate every feature of the task."),
     method: str = typer.Option("boundary", "--method", help="boundary, mean, erase (LEACE) or resample."),
-    layer: str = typer.Option("auto", "--layer", help="'auto' (best probe layer at each position) or a layer: 0 = embeddings, l+1 = block l."),
+    layer: str = typer.Option("auto", "--layer", help="'auto' (best probe layer at each position) or a residual hook: hook_embed, blocks.{l}.hook_resid_post."),
     examples: int = typer.Option(1000, "--examples", help="Held-out examples to generate with and without the ablation."),
     controls: int = typer.Option(32, "--controls", help="Random-direction controls."),
     step: Optional[int] = typer.Option(None, "--step", help="Checkpoint step (default: the last)."),
@@ -245,14 +245,13 @@ def ablate_cmd(
         raise ValueError("give --feature NAME or --all")
     if examples < 1 or controls < 0:
         raise ValueError("--examples must be >= 1 and --controls >= 0")
-    layer_arg = layer if layer == "auto" else _int_option("--layer", layer)
     model, task, _, at_step = load_run(run, step=step, device=resolve_device(device))
     names = list(task.sample(1, split="test").features) if all_features else [feature]
     results = []
     with Progress(console=err_console, transient=True, disable=as_json) as bar:
         for name in names:
             job = bar.add_task(f"ablating {name} ({method})", total=controls + 2)
-            result = ablate(model, task, name, method=method, layer=layer_arg, n_eval=examples, n_controls=controls,
+            result = ablate(model, task, name, method=method, layer=layer, n_eval=examples, n_controls=controls,
                             seed=seed, progress=lambda done, total, job=job: bar.update(job, completed=done + 2))
             with RunFolder(run).store() as store:
                 store.put("ablation", f"{name}/{method}", {**result.to_dict(), "step": at_step}, step=at_step)
@@ -261,20 +260,16 @@ def ablate_cmd(
         print(json.dumps([r.to_dict() for r in results], indent=2))
         return
     table = Table(title=f"ablations at step {at_step} ({examples} held-out examples, {controls} random controls)")
-    for col in ("feature", "method", "probe", "exact match", "ablated", "drop % [95% CI]", "random dirs", "random drop % [95% CI]"):
+    for col in ("feature", "method", "probe", "exact match", "ablated", "drop % [95% CI]", "‖Δx‖", "random dirs",
+                "random drop % [95% CI]", "random ‖Δx‖"):
         table.add_column(col)
     for r in results:
         table.add_row(r.feature, r.method, f"{r.probe_acc:.2f}", f"{r.baseline_acc:.1%}", f"{r.ablated_acc:.1%}",
-                      f"{r.drop_pct:.1f} [{r.drop_ci[0]:.1f}, {r.drop_ci[1]:.1f}]", f"{r.control_acc:.1%}",
-                      f"{r.control_drop_pct:.1f} [{r.control_drop_ci[0]:.1f}, {r.control_drop_ci[1]:.1f}]")
+                      f"{r.drop_pct:.1f} [{r.drop_ci[0]:.1f}, {r.drop_ci[1]:.1f}]", f"{r.edit_size:.3g}",
+                      f"{r.control_acc:.1%}",
+                      f"{r.control_drop_pct:.1f} [{r.control_drop_ci[0]:.1f}, {r.control_drop_ci[1]:.1f}]",
+                      f"{r.control_edit_size:.3g}")
     console.print(table)
-
-
-def _int_option(flag: str, value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"{flag} must be an integer or 'auto', got {value!r}") from None
 
 
 @app.command("probe")
@@ -289,6 +284,7 @@ def probe_cmd(
     """Re-fit probes on every checkpoint of a run, find the loss transition, and call each feature quiet, loud or absent."""
     from rich.progress import Progress
 
+    from .models.hooks import hook_label
     from .monitor.monitor import probe_run
     from .train.loop import resolve_device
 
@@ -312,7 +308,7 @@ def probe_cmd(
              f"(loss {t['level_before']:.3g} → {t['level_after']:.3g})" if t else "no transition in the loss")
     table = Table(title=f"{run} · {len(out['steps'])} checkpoints · {where}")
     for col in ("feature", "layer", "decodable from", "before drop", "final", "random init", "class"):
-        table.add_column(col, justify="left" if col in ("feature", "class") else "right", no_wrap=col == "feature")
+        table.add_column(col, justify="left" if col in ("feature", "class") else "right", no_wrap=col in ("feature", "layer"))
     colour = {"quiet": "green", "loud": "yellow", "absent": "dim", "unresolved": "cyan"}
 
     def fmt(x):
@@ -320,7 +316,7 @@ def probe_cmd(
 
     for fc in rows:
         m = fc["metric"]
-        table.add_row(fc["feature"] + (" (R²)" if m == "r2" else ""), str(fc["best_layer"]),
+        table.add_row(fc["feature"] + (" (R²)" if m == "r2" else ""), hook_label(fc["best_layer"]),
                       "—" if fc["decodable_step"] is None else str(fc["decodable_step"]),
                       fmt(fc.get(f"{m}_before_transition")), fmt(fc.get(f"{m}_final")), fmt(fc.get(f"baseline_{m}")),
                       f"[{colour.get(fc['class'], 'white')}]{fc['class']}[/]")

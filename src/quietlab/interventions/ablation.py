@@ -4,7 +4,8 @@ The paper's recipe, generalised to every method of ``edits.py``: fit the feature
 examples at every layer and position; at each position take the probe of the best layer (or of the
 layer given); intervene there during batched greedy generation and under teacher forcing; compare
 exact-match accuracy with the unablated model and with the same intervention along random unit
-directions (same rank, same places). Drops are relative, in percent of the baseline accuracy, as the
+directions (same rank, same places, scaled to move the activations as far: the same mean ‖Δx‖ at
+each position, measured under teacher forcing on the evaluation batch). Drops are relative, in percent of the baseline accuracy, as the
 paper reports them; intervals are 95% percentile-bootstrap intervals over examples (and, for the
 controls, over directions too).
 
@@ -22,7 +23,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from ..monitor.probes import capture_layers, fit_probes, layer_taps, split_probe_set
+from ..models.hooks import check_hook, depth
+from ..monitor.probes import capture_layers, fit_probes, residual_taps, split_probe_set
 from ..tasks.base import Batch, Feature
 from ..train.decode import exact_match, greedy_decode
 from ..train.evaluate import masked_loss
@@ -33,8 +35,8 @@ from .edits import METHODS, AffineEdit, build_edit, probe_rank, random_probes
 class AblationResult:
     feature: str
     method: str
-    layer: int | str  # the layer used, or "best per position"
-    layers: dict[int, int]  # position -> layer intervened at
+    layer: str  # the hook used, or "best per position"
+    layers: dict[int, str]  # position -> hook intervened at
     n_examples: int
     baseline_acc: float
     ablated_acc: float
@@ -48,6 +50,8 @@ class AblationResult:
     ablated_loss: float
     control_loss: float
     probe_acc: float  # mean probe accuracy (R² for scalars) at the places intervened on
+    edit_size: float = float("nan")  # mean ‖Δx‖ of the feature's edit over the places it applies to
+    control_edit_size: float = float("nan")  # the same for the controls, mean over them
     control_accs: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -100,6 +104,24 @@ class _Run:
         self.start = torch.as_tensor(batch.answer_start, device=device)
 
     @torch.no_grad()
+    def sizes(self, edits: dict[str, AffineEdit]) -> torch.Tensor:
+        """Mean ‖Δx‖ of the edits at each position (T,), under teacher forcing on this batch (NaN where
+        nothing is edited): how far they move the residual stream where they apply."""
+        T = self.tokens.shape[1]
+        total, count = torch.zeros(T, device=self.tokens.device), torch.zeros(T, device=self.tokens.device)
+
+        def measured(edit):
+            def apply(x, positions):
+                moved, n = edit.sizes(x, positions)
+                total.index_add_(0, positions, moved)
+                count.index_add_(0, positions, n.to(count))
+                return edit(x, positions)
+            return apply
+
+        self.model(self.tokens, edit={name: measured(e) for name, e in edits.items()})
+        return total / count.where(count > 0, torch.nan)
+
+    @torch.no_grad()
     def __call__(self, edits: dict[str, AffineEdit] | None) -> tuple[np.ndarray, float]:
         out = greedy_decode(self.model, self.tokens, self.start, edit=edits)
         correct = exact_match(out, self.tokens, self.mask).cpu().numpy()
@@ -107,12 +129,12 @@ class _Run:
         return correct, loss
 
 
-def ablate(model, task, feature: str, *, method: str = "boundary", layer: int | str = "auto",
+def ablate(model, task, feature: str, *, method: str = "boundary", layer: str = "auto",
            probe_batch: Batch | None = None, eval_batch: Batch | None = None, n_probe: int = 2000,
            n_eval: int = 1000, n_controls: int = 32, seed: int = 0, probe_l2: float = 1e-3,
            progress=None) -> AblationResult:
-    """Ablate ``feature`` in ``model`` (see the module docstring); ``layer``: "auto" or a probe layer index
-    (0 = embeddings, l+1 = output of block l). ``progress(done, total)`` is called as the controls run."""
+    """Ablate ``feature`` in ``model`` (see the module docstring); ``layer``: "auto" or a residual hook name
+    (``hook_embed``, ``blocks.{l}.hook_resid_post``). ``progress(done, total)`` is called as the controls run."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     model.eval()
@@ -122,10 +144,8 @@ def ablate(model, task, feature: str, *, method: str = "boundary", layer: int | 
     eval_batch = eval_batch if eval_batch is not None else task.sample(n_eval, seed=20_000 + seed, split="test")
     if feature not in probe_batch.features:
         raise ValueError(f"{task.name} has no feature {feature!r}; choose one of: {', '.join(probe_batch.features)}")
-    taps = layer_taps(model)
-    if layer != "auto" and layer not in taps:
-        raise ValueError(f"layer must be 'auto' or one of {', '.join(map(str, taps))}, got {layer!r}")
-    layers = list(taps) if layer == "auto" else [int(layer)]
+    taps = residual_taps(model)
+    layers = taps if layer == "auto" else [check_hook(layer, ["auto"] + taps)]
 
     # probes are fitted where the model is: in raw space a trained model's near-separable features
     # take the solver's full max_iter, minutes of work on a CPU for a model that sits on a GPU
@@ -138,7 +158,7 @@ def ablate(model, task, feature: str, *, method: str = "boundary", layer: int | 
 
     # at each position, the probe of the best layer
     score = probes.metrics[probes.main_metric]
-    best: dict[int, tuple[int, int]] = {}
+    best: dict[int, tuple[str, int]] = {}
     for i, (l, t) in enumerate(probes.pairs):
         if t not in best or score[i] > score[best[t][1]]:
             best[t] = (l, i)
@@ -154,7 +174,7 @@ def ablate(model, task, feature: str, *, method: str = "boundary", layer: int | 
     def edits_for(method_: str, per_position: dict[int, tuple[np.ndarray, np.ndarray]], labels_=None):
         """One edit per tap: the positions whose chosen layer is that tap's."""
         edits = {}
-        for l in sorted(set(chosen.values())):
+        for l in sorted(set(chosen.values()), key=depth):
             positions = [t for t, lt in chosen.items() if lt == l]
             here = np.zeros_like(where)
             here[:, positions] = where[:, positions]
@@ -162,26 +182,34 @@ def ablate(model, task, feature: str, *, method: str = "boundary", layer: int | 
                               {t: reference[t] for t in positions},
                               {t: labels_[t] for t in positions} if labels_ else None,
                               rng=rng, batch_size=len(eval_batch))
-            edits[taps[l]] = edit.to(device)
+            edits[l] = edit.to(device)
         return edits
 
     real = {t: _flat(*probes.probe(chosen[t], t)) for t in chosen}
     run = _Run(model, eval_batch, device)
     base_correct, base_loss = run(None)
-    abl_correct, abl_loss = run(edits_for(method, real, labels))
+    ablation = edits_for(method, real, labels)
+    abl_correct, abl_loss = run(ablation)
+    size = run.sizes(ablation)  # (T,)
+    edited = size.isfinite()
 
     # controls: the same method along random directions of the same rank. LEACE's control is LEACE
     # fitted to the labels shuffled across examples: a random subspace of the same rank, drawn the way
     # LEACE draws one (through the whitening, so leaning on high-variance directions as it does), which
     # is what erasing a feature the model does not carry costs. Plain random directions would understate it.
     ranks = {t: probe_rank(W) for t, (W, _) in real.items()}
-    ctl_correct, ctl_losses = [], []
+    ctl_correct, ctl_losses, ctl_sizes = [], [], []
     for c in range(n_controls):
         if method == "erase":
             shuffled = {t: z[rng.permutation(len(z))] for t, z in labels.items()}
             edits = edits_for("erase", real, shuffled)
         else:
             edits = edits_for(method, random_probes(ranks, d, rng, reference))
+        # as far as the feature's edit at each position; an edit at an earlier tap changes what a later
+        # one sees, so the scaled controls are measured again
+        factor = torch.where(edited, size / run.sizes(edits), 1.0).nan_to_num(nan=1.0, posinf=1.0)
+        edits = {name: e.scaled(factor) for name, e in edits.items()}
+        ctl_sizes.append(_mean_size(run.sizes(edits), edited))
         correct, loss = run(edits)
         ctl_correct.append(correct)
         ctl_losses.append(loss)
@@ -199,5 +227,12 @@ def ablate(model, task, feature: str, *, method: str = "boundary", layer: int | 
         control_drop_ci=bootstrap_drop(base_correct, ctl, rng) if len(ctl) else (float("nan"),) * 2,
         n_controls=n_controls, baseline_loss=base_loss, ablated_loss=abl_loss,
         control_loss=float(np.mean(ctl_losses)) if ctl_losses else float("nan"),
-        probe_acc=probe_acc, control_accs=[float(c.mean()) for c in ctl],
+        probe_acc=probe_acc, edit_size=_mean_size(size, edited),
+        control_edit_size=float(np.mean(ctl_sizes)) if ctl_sizes else float("nan"),
+        control_accs=[float(c.mean()) for c in ctl],
     )
+
+
+def _mean_size(size: torch.Tensor, edited: torch.Tensor) -> float:
+    """Mean ‖Δx‖ over the edited positions (each position's mean over the examples edited there)."""
+    return float(size[edited].mean()) if bool(edited.any()) else float("nan")

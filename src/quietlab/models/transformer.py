@@ -4,13 +4,15 @@ no biases, untied embeddings.
 Activations are handed out by name, only when asked (``capture``), and may be edited in flight
 (``edit``), which is how probes and ablations reach the residual stream:
 
-- ``embed``            token embeddings, the input of block 0            (B, T, d_model)
-- ``resid.{l}``        the output of block l, l = 0 .. n_layers-1        (B, T, d_model)
-- ``attn.{l}.pattern`` block l's attention probabilities                 (B, n_heads, T, T)
+- ``hook_embed``                    token embeddings, the input of block 0      (B, T, d_model)
+- ``blocks.{l}.hook_resid_post``    the output of block l, l = 0 .. n_layers-1  (B, T, d_model)
+- ``blocks.{l}.attn.hook_pattern``  block l's attention probabilities           (B, n_heads, T, T)
+
+(TransformerLens names; ``models.hooks`` builds and labels them.)
 
     logits = model(tokens)
-    logits, acts = model(tokens, capture=["resid.1", "attn.1.pattern"])
-    logits = model(tokens, edit={"resid.1": fn})      # fn(x, positions) -> x; positions: (T,) absolute
+    logits, acts = model(tokens, capture=["blocks.1.hook_resid_post", "blocks.1.attn.hook_pattern"])
+    logits = model(tokens, edit={"blocks.1.hook_resid_post": fn})  # fn(x, positions) -> x; positions: (T,)
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import CausalSelfAttention, KVCache, rope_cache
+from .hooks import EMBED, attn_pattern, resid_post, residual_hooks
 
 Edit = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -127,7 +130,7 @@ class Transformer(nn.Module):
 
     def tap_names(self) -> list[str]:
         n = self.config.n_layers
-        return ["embed"] + [f"resid.{l}" for l in range(n)] + [f"attn.{l}.pattern" for l in range(n)]
+        return residual_hooks(n) + [attn_pattern(l) for l in range(n)]
 
     def n_params(self, non_embedding: bool = True) -> int:
         total = sum(p.numel() for p in self.parameters())
@@ -160,13 +163,13 @@ class Transformer(nn.Module):
 
         x = self.embed(tokens)
         if capture or edit:
-            x = self._tap("embed", x, positions, capture, edit, acts)
+            x = self._tap(EMBED, x, positions, capture, edit, acts)
         for l, block in enumerate(self.blocks):
-            x, pattern = block(x, cos, sin, cache, l, want_pattern=f"attn.{l}.pattern" in capture)
-            if pattern is not None and f"attn.{l}.pattern" in capture:
-                acts[f"attn.{l}.pattern"] = pattern
+            x, pattern = block(x, cos, sin, cache, l, want_pattern=attn_pattern(l) in capture)
+            if pattern is not None and attn_pattern(l) in capture:
+                acts[attn_pattern(l)] = pattern
             if capture or edit:
-                x = self._tap(f"resid.{l}", x, positions, capture, edit, acts)
+                x = self._tap(resid_post(l), x, positions, capture, edit, acts)
         if cache is not None:
             cache.length += T
         logits = self.lm_head(self.norm(x))

@@ -36,7 +36,8 @@ falling without an abrupt drop has no phase to be compared with: ``unresolved``.
 Each classification is a plain dict (stored as result ``feature_class``, key = feature name):
 ``feature, class, metric, best_layer, decodable_step, decodable_layer, {m}_before_transition,
 {m}_final, baseline_{m}, baseline_step, final_step, onset, end, drop_start, transition_curve, margin,
-note`` ({m} is ``acc`` or ``r2``); ``{m}_before_transition`` is the best layer's aggregate at the last
+note, probe_fit`` (layers are hook names, ``models.hooks``; ``probe_fit``: which fit's rows were used,
+``RunStore.shown_fit``) ({m} is ``acc`` or ``r2``); ``{m}_before_transition`` is the best layer's aggregate at the last
 probed step before ``drop_start`` (None without a transition).
 """
 
@@ -49,6 +50,8 @@ from typing import Iterable
 
 import numpy as np
 
+from ..models.hooks import depth
+
 CLASSES = ("quiet", "loud", "absent", "unresolved")
 
 
@@ -58,13 +61,13 @@ def probe_curves(rows: Iterable[tuple], feature: str) -> dict | None:
     by = defaultdict(lambda: defaultdict(list))  # (metric) -> (step, layer) -> values
     for step, feat, layer, _pos, metric, value in rows:
         if feat == feature and value is not None:
-            by[metric][(int(step), int(layer))].append(float(value))
+            by[metric][(int(step), str(layer))].append(float(value))
     metric = "acc" if "acc" in by else "r2" if "r2" in by else None
     if metric is None:
         return None
     keys = by[metric]
     steps = sorted({s for s, _ in keys})
-    layers = sorted({l for _, l in keys})
+    layers = sorted({l for _, l in keys}, key=depth)
     si, li = {s: i for i, s in enumerate(steps)}, {l: i for i, l in enumerate(layers)}
 
     def grid(name):
@@ -144,9 +147,9 @@ def classify_feature(curves: dict, transition=None, *, feature: str = "", margin
         "feature": feature,
         "class": cls,
         "metric": metric,
-        "best_layer": int(layers[best]),
+        "best_layer": layers[best],
         "decodable_step": None if decodable_step is None else int(decodable_step),
-        "decodable_layer": None if decodable_layer is None else int(decodable_layer),
+        "decodable_layer": decodable_layer,
         f"{metric}_before_transition": before,
         f"{metric}_final": _num(final[best]),
         f"baseline_{metric}": _num(m[base_row, best]),
@@ -201,7 +204,8 @@ def classify_run(store, *, features: Iterable[str] | None = None, curve: str | N
     that was logged). Returns {"transitions": [...], "main": dict | None, "curve": name, "features": {...}}."""
     from .transitions import detect_transitions
 
-    rows = store.probes() if features is None else [r for f in features for r in store.probes(f)]
+    fit = store.shown_fit()
+    rows = store.probes(fit=fit) if features is None else [r for f in features for r in store.probes(f, fit=fit)]
     found: dict[str, tuple] = {}
     for name in (curve,) if curve else LOSS_CURVES:
         steps, values = store.series(name)
@@ -217,6 +221,8 @@ def classify_run(store, *, features: Iterable[str] | None = None, curve: str | N
     steps, values, transitions = found[used]
     _, classes = classify_features(rows, steps, values, features=features, margin=margin, curve_name=used,
                                    transitions=transitions)
+    for c in classes.values():
+        c["probe_fit"] = fit
     main = main_transition(transitions)
     if write:
         for name, (_, _, ts) in found.items():

@@ -4,7 +4,8 @@
     train(cfg, "runs/add8", hooks=Monitor())            # or Monitor(features=["carry"], device="cuda")
 
 It implements the training loop's hooks (``train.loop.TrainHooks``) and sees the model only through
-its named activation taps (``embed``, ``resid.{l}``, ``attn.{l}.pattern``) and, for the gradient
+its named activation taps (``hook_embed``, ``blocks.{l}.hook_resid_post``, ``blocks.{l}.attn.hook_pattern``;
+``models.hooks``) and, for the gradient
 statistics, the ``qkv`` weight of each block's attention.
 
 What it records (names as in metrics.sqlite):
@@ -14,12 +15,12 @@ What it records (names as in metrics.sqlite):
   scheduled step): linear probes of every task feature at every (layer, position) on a fixed probe set
   of ``probe_examples`` held-out examples (``task.sample(n, seed, split="test")``, never training
   data), split into probe-train and probe-test; rows (step, feature, layer, position, metric, value)
-  with the metrics of ``probes.py`` (acc, logloss, acc_lo, acc_hi, n_test; r2, mse, r2_lo, r2_hi);
-  step 0 is the random-init baseline. ``monitor/probe_s``: seconds the probes took.
-- ``attn/entropy/L{l}/H{h}`` at every evaluation: normalised attention entropy on the first
+  with the metrics of ``probes.py`` (acc, logloss, acc_lo, acc_hi, n_test; r2, mse, r2_lo, r2_hi),
+  layer a hook name, fit ``online``; step 0 is the random-init baseline. ``monitor/probe_s``: seconds the probes took.
+- ``attn/entropy/blocks.{l}.attn.hook_pattern/H{h}`` at every evaluation: normalised attention entropy on the first
   ``entropy_examples`` probe examples (each query's entropy over the keys it may see divided by
   log(#keys), averaged over queries that see at least two keys); 1 = uniform attention.
-- ``grad/q|k|v/L{l}/H{h}``: mean |gradient| of that head's rows of the Q, K and V parts of the ``qkv``
+- ``grad/q|k|v/blocks.{l}.attn/H{h}``: mean |gradient| of that head's rows of the Q, K and V parts of the ``qkv``
   weight, taken in ``after_backward`` at about ``stats_per_decade`` log-spaced steps per decade.
 - results ``event`` (key ``f"{step}:{kind}"``): "plateau since step N" and "transition at step M",
   from an :class:`~quietlab.monitor.transitions.OnlineDetector` fed with ``eval/loss``, and a second
@@ -47,6 +48,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from ..models.hooks import attn_module, block_of
 from .probes import capture_layers, fit_features, split_probe_set
 from .transitions import OnlineDetector
 
@@ -91,8 +93,9 @@ def trim_to_features(tokens: np.ndarray, features: dict) -> tuple[np.ndarray, di
 
 @torch.no_grad()
 def attention_entropy(model, tokens: torch.Tensor) -> dict[str, float]:
-    """{``attn/entropy/L{l}/H{h}``: normalised entropy} of every attention pattern the model exposes."""
-    names = [n for n in model.tap_names() if n.startswith("attn.") and n.endswith(".pattern")]
+    """{``attn/entropy/{hook}/H{h}``: normalised entropy} of every attention pattern the model exposes
+    (hook: ``blocks.{l}.attn.hook_pattern``)."""
+    names = [n for n in model.tap_names() if n.endswith(".attn.hook_pattern") and block_of(n) is not None]
     if not names:
         return {}
     was_training = model.training
@@ -114,13 +117,12 @@ def attention_entropy(model, tokens: torch.Tensor) -> dict[str, float]:
             continue
         norm = ent[..., use] / torch.log(n_keys[use])
         per_head = norm.mean(dim=(0, 2)).tolist()
-        layer = int(name.split(".")[1])
-        out.update({f"attn/entropy/L{layer}/H{h}": v for h, v in enumerate(per_head)})
+        out.update({f"attn/entropy/{name}/H{h}": v for h, v in enumerate(per_head)})
     return out
 
 
 def qkv_grad_stats(model) -> dict[str, float]:
-    """{``grad/q|k|v/L{l}/H{h}``: mean |grad|} over each head's rows of every block's ``attn.qkv`` weight."""
+    """{``grad/q|k|v/blocks.{l}.attn/H{h}``: mean |grad|} over each head's rows of every block's ``attn.qkv`` weight."""
     blocks = getattr(model, "blocks", None)
     if blocks is None:
         return {}
@@ -140,7 +142,7 @@ def qkv_grad_stats(model) -> dict[str, float]:
     out = {}
     for l, per in zip(where, values):
         for part, row in zip("qkv", per):
-            out.update({f"grad/{part}/L{l}/H{h}": v for h, v in enumerate(row)})
+            out.update({f"grad/{part}/{attn_module(l)}/H{h}": v for h, v in enumerate(row)})
     return out
 
 
@@ -246,7 +248,7 @@ class Monitor:
         self._probe_steps = self._make_probe_steps()
         self._grad_steps = set(log_schedule(self.total, self.stats_per_decade))
         # resume: continue after what the store already holds
-        probed = sorted({r[0] for r in store.probes(names[0])}) if names else []
+        probed = sorted({r[0] for r in store.probes(names[0], fit="online")}) if names else []
         self.last_probe_step = probed[-1] if probed else -1
         self.losses = LossWatch(store, self._record_event)
         self._status = self.losses.status
@@ -311,7 +313,7 @@ class Monitor:
         self._last_probes = results if self.warm_start else None  # the next probe step starts from these
         del acts
         rows = [r for name, res in results.items() for r in res.rows(step, name)]
-        self.store.log_probes(rows)
+        self.store.log_probes(rows, fit="online")
         cost = time.perf_counter() - t0
         self.store.log(step, {"monitor/probe_s": cost})
         self.probe_seconds += cost
@@ -456,7 +458,7 @@ def probe_run(run_dir, features: Sequence[str] | None = None, probe_examples: in
               steps: Sequence[int] | None = None, margin: float = 0.02, progress=None, warm_start: bool = True,
               **probe_kwargs) -> dict:
     """Re-fit probes on a finished run's checkpoints (all of them by default), write their rows to the
-    run's store, then detect the transition and classify the features (``features.classify_run``).
+    run's store as the ``checkpoint`` fit (kept apart from the Monitor's ``online`` rows), then detect the transition and classify the features (``features.classify_run``).
 
     The probe set is the monitor's (same size, same seed), so rows line up with those it logged.
     ``progress(done, total, step)`` is called after each checkpoint. Returns classify_run's dict plus
@@ -493,7 +495,7 @@ def probe_run(run_dir, features: Sequence[str] | None = None, probe_examples: in
             acts = capture_layers(model, tokens, device=device)
             results = fit_features(acts, feats, train_idx, test_idx, device=device,
                                    init=results if warm_start else None, **probe_kwargs)
-            store.log_probes([r for n, res in results.items() for r in res.rows(step, n)])
+            store.log_probes([r for n, res in results.items() for r in res.rows(step, n)], fit="checkpoint")
             del acts, model
             if progress is not None:
                 progress(i + 1, len(todo), step)

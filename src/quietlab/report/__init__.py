@@ -5,10 +5,11 @@
     headline(run_dir) -> str | None         the main finding in one sentence
     compare(run_dirs) -> list[str]          sentences across runs (when each drop began, steps to 95% accuracy)
 
-The summary needs no plotting library; plotly is imported only when a report is written.
+The run's data (rundata.py) and the summary (summary.py) need no plotting library; plotly is imported only when a report is written.
 """
 
-from .summary import RunData, compare, headline, load_run, summarize
+from .rundata import RunData, load_run
+from .summary import compare, headline, summarize
 
 __all__ = ["RunData", "compare", "headline", "load_run", "render_report", "summarize", "write_report"]
 

@@ -5,7 +5,7 @@ Sections, each shown when the run holds its data and otherwise named as absent:
   comparison         with several runs: loss, exact match and attention entropy overlaid
   loss and accuracy  train/eval loss and exact-match / token accuracy against steps, plateau and transition
                      shaded where the detector put them; per-position answer accuracy as a heat map
-  features           each feature's probe score at its best layer, mean over positions (see summary.py),
+  features           each feature's probe score at its best layer, mean over positions (see rundata.py),
                      against steps, its random-init baseline dashed, quiet features marked
   probe heat maps    probe score by layer × position, a slider over the probed steps
   attention          normalised attention entropy and mean |grad| of Q, K, V per layer (mean over heads;
@@ -26,7 +26,9 @@ from plotly.colors import qualitative
 from plotly.offline import get_plotlyjs
 
 from .. import __version__
+from ..models.hooks import depth, hook_label
 from ..runs import write_atomic
+from . import rundata as D
 from . import summary as S
 
 COLORS = qualitative.Plotly + qualitative.D3
@@ -102,10 +104,10 @@ def _phase_shapes(transitions: list[dict], refs: list[tuple[str, str]]) -> list[
     shapes = []
     for t in transitions:
         bands = []
-        if S._finite(t.get("plateau_start")) and t["plateau_start"] < t["onset"]:
+        if D.finite(t.get("plateau_start")) and t["plateau_start"] < t["onset"]:
             bands.append((t["plateau_start"], t["onset"], PLATEAU_FILL, "plateau"))
         end = t.get("end")
-        if S._finite(end) and end > t["onset"]:
+        if D.finite(end) and end > t["onset"]:
             bands.append((t["onset"], end, TRANSITION_FILL, "transition"))
         for x0, x1, fill, label in bands:
             for i, (xref, yref) in enumerate(refs):
@@ -177,7 +179,7 @@ def _table(header: list[str], rows: list[list], num_cols: set[int] = frozenset()
 
 # ------------------------------------------------------------------------------------------------
 # figures for one run
-def loss_figure(rd: S.RunData) -> dict | None:
+def loss_figure(rd: D.RunData) -> dict | None:
     loss = [(n, rd.curve(n)) for n in ("train/loss", "eval/loss") if rd.curve(n)[0]]
     acc = [(n, rd.curve(n)) for n in ("eval/exact_match", "eval/token_acc") if rd.curve(n)[0]]
     if not loss and not acc:
@@ -190,7 +192,7 @@ def loss_figure(rd: S.RunData) -> dict | None:
         traces.append(_line(x, y, n, style[n][0], line={"width": style[n][1]}, xaxis="x", yaxis="y"))
     for n, (x, y) in acc:
         traces.append(_line(x, y, n, style[n][0], line={"width": style[n][1]}, xaxis="x", yaxis="y2" if two else "y"))
-    _, transitions = S.main_transitions(rd)
+    _, transitions = D.main_transitions(rd)
     layout = {
         "title": _title("Loss and accuracy"),
         "xaxis": {"title": {"text": "step"}, "anchor": "y2" if two else "y"},
@@ -208,7 +210,7 @@ def loss_figure(rd: S.RunData) -> dict | None:
     return {"data": traces, "layout": layout}
 
 
-def position_figure(rd: S.RunData) -> dict | None:
+def position_figure(rd: D.RunData) -> dict | None:
     names = [n for n in rd.series if n.startswith("eval/pos_acc/")]
     idx = sorted(int(n.rsplit("/", 1)[1]) for n in names if n.rsplit("/", 1)[1].isdigit())
     if not idx:
@@ -218,7 +220,7 @@ def position_figure(rd: S.RunData) -> dict | None:
     for i in idx:
         d = dict(zip(*rd.curve(f"eval/pos_acc/{i}")))
         z.append([d.get(s) for s in steps])
-    _, transitions = S.main_transitions(rd)
+    _, transitions = D.main_transitions(rd)
     trace = {"type": "heatmap", "x": steps, "y": [str(i) for i in idx], "z": z, "zmin": 0, "zmax": 1,
              "colorscale": "Viridis", "colorbar": {"title": {"text": "acc"}, "tickformat": ".0%"},
              "hovertemplate": "step %{x}<br>answer position %{y}: %{z:.1%}<extra></extra>"}
@@ -231,11 +233,11 @@ def position_figure(rd: S.RunData) -> dict | None:
     }}
 
 
-def feature_figure(rd: S.RunData) -> tuple[dict | None, list[S.FeatureCurve]]:
-    curves = [c for f in S.probe_features(rd) if (c := S.feature_curve(rd, f)) is not None and c.steps]
+def feature_figure(rd: D.RunData) -> tuple[dict | None, list[D.FeatureCurve]]:
+    curves = [c for f in D.probe_features(rd) if (c := D.feature_curve(rd, f)) is not None and c.steps]
     if not curves:
         return None, []
-    curves.sort(key=lambda c: (S.CLASS_ORDER.get(c.cls, len(S.CLASS_ORDER)), c.feature))
+    curves.sort(key=lambda c: (D.CLASS_ORDER.get(c.cls, len(D.CLASS_ORDER)), c.feature))
     traces = []
     x_lo, x_hi = min(min(c.steps) for c in curves), max(max(c.steps) for c in curves)
     for i, c in enumerate(curves):
@@ -249,7 +251,7 @@ def feature_figure(rd: S.RunData) -> tuple[dict | None, list[S.FeatureCurve]]:
                            "legendgroup": group, "showlegend": False, "name": f"{c.feature} 95% CI"})
         quiet = c.cls == "quiet"
         traces.append(_line(
-            c.steps, c.values, f"{c.feature} ({what}, layer {c.layer}){tag}", color,
+            c.steps, c.values, f"{c.feature} ({what}, {hook_label(c.layer)}){tag}", color,
             line={"width": 3.2 if quiet else 1.8, "dash": "solid" if c.cls != "absent" else "dot"},
             mode="lines+markers", marker={"size": 5, "symbol": "circle"}, legendgroup=group,
             hovertemplate=f"{_esc(c.feature)}<br>step %{{x}}<br>{what} %{{y:.3f}}<extra></extra>",
@@ -259,14 +261,14 @@ def feature_figure(rd: S.RunData) -> tuple[dict | None, list[S.FeatureCurve]]:
                                 line={"width": 1.2, "dash": "dash"}, legendgroup=group, showlegend=False,
                                 hovertemplate=f"{_esc(c.feature)} at random init: %{{y:.3f}}<extra></extra>"))
         ds = rd.feature_classes.get(c.feature, {}).get("decodable_step")
-        if S._finite(ds):
+        if D.finite(ds):
             y = _value_at(c.steps, c.values, ds)
             traces.append({"type": "scatter", "mode": "markers", "x": [ds], "y": [y], "legendgroup": group,
                            "name": f"{c.feature} decodable", "showlegend": False,
                            "marker": {"symbol": "star" if quiet else "diamond", "size": 16 if quiet else 11,
                                       "color": color, "line": {"width": 1, "color": "#222"}},
                            "hovertemplate": f"{_esc(c.feature)} decodable from step %{{x}}<extra></extra>"})
-    _, transitions = S.main_transitions(rd)
+    _, transitions = D.main_transitions(rd)
     all_acc = all(c.metric == "acc" for c in curves)
     layout = {
         "title": _title("Probe score per feature (best layer, mean over positions)"),
@@ -294,24 +296,20 @@ def _rgba(color: str, alpha: float) -> str:
     return color
 
 
-def _layer_label(layer: int) -> str:
-    return "emb" if layer == 0 else f"block {layer - 1}"
-
-
-def heatmap_figure(rd: S.RunData, feature: str) -> dict | None:
-    metric = S.probe_metric(rd, feature)
+def heatmap_figure(rd: D.RunData, feature: str) -> dict | None:
+    metric = D.probe_metric(rd, feature)
     if metric is None:
         return None
-    grid = S.probe_grid(rd, feature, metric)
+    grid = D.probe_grid(rd, feature, metric)
     steps = sorted(grid)
     if not steps:
         return None
     if len(steps) > MAX_HEATMAP_STEPS:  # evenly spaced, first and last kept
         n = MAX_HEATMAP_STEPS
         steps = sorted({steps[round(i * (len(steps) - 1) / (n - 1))] for i in range(n)})
-    layers = sorted({l for s in steps for l in grid[s]})
+    layers = sorted({l for s in steps for l in grid[s]}, key=depth)
     positions = sorted({p for s in steps for l in grid[s] for p in grid[s][l]})
-    _, transitions = S.main_transitions(rd)
+    _, transitions = D.main_transitions(rd)
     # open on the last probed step before the drop (what the model knows while the loss is flat), else the last
     active = len(steps) - 1
     if transitions:
@@ -327,7 +325,7 @@ def heatmap_figure(rd: S.RunData, feature: str) -> dict | None:
     for i, s in enumerate(steps):
         z = [[grid[s].get(l, {}).get(p) for p in positions] for l in layers]
         traces.append({
-            "type": "heatmap", "x": [str(p) for p in positions], "y": [_layer_label(l) for l in layers], "z": z,
+            "type": "heatmap", "x": [str(p) for p in positions], "y": [hook_label(l) for l in layers], "z": z,
             "zmin": zmin, "zmax": zmax, "colorscale": "Viridis", "visible": i == active, "name": f"step {s}",
             "colorbar": {"title": {"text": what}}, "xgap": 1, "ygap": 1,
             "hovertemplate": f"step {s}<br>%{{y}}, position %{{x}}<br>{what} %{{z:.3f}}<extra></extra>",
@@ -354,8 +352,8 @@ ATTN_PANELS = (("attn/entropy", "attention entropy (normalised)", False),
                ("grad/v", "mean |grad| of V", True))
 
 
-def attention_figure(rd: S.RunData) -> dict | None:
-    hm = S.head_metrics(rd)
+def attention_figure(rd: D.RunData) -> dict | None:
+    hm = D.head_metrics(rd)
     panels = [p for p in ATTN_PANELS if p[0] in hm]
     if not panels:
         return None
@@ -382,10 +380,10 @@ def attention_figure(rd: S.RunData) -> dict | None:
         for layer in sorted(hm[family]):
             heads = hm[family][layer]
             color = COLORS[layer % len(COLORS)]
-            x, y = S.mean_over(rd, heads.values())
-            traces.append(_line(x, y, f"layer {layer}", color, line={"width": 2.2}, xaxis=f"x{ax}", yaxis=f"y{ax}",
+            x, y = D.mean_over(rd, heads.values())
+            traces.append(_line(x, y, f"block {layer}", color, line={"width": 2.2}, xaxis=f"x{ax}", yaxis=f"y{ax}",
                                 legendgroup=f"L{layer}", showlegend=k == 0,
-                                hovertemplate=f"layer {layer} (mean over heads)<br>step %{{x}}: %{{y:.3g}}<extra></extra>"))
+                                hovertemplate=f"block {layer} (mean over heads)<br>step %{{x}}: %{{y:.3g}}<extra></extra>"))
             mean_vis.append(True)
             head_vis.append(False)
             for h, name in sorted(heads.items(), key=lambda kv: -1 if kv[0] is None else kv[0]):
@@ -393,13 +391,13 @@ def attention_figure(rd: S.RunData) -> dict | None:
                     continue
                 hx, hy = rd.curve(name)
                 dash = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")[h % 6]
-                traces.append(_line(hx, hy, f"L{layer} H{h}", color, line={"width": 1.2, "dash": dash},
+                traces.append(_line(hx, hy, f"block {layer} head {h}", color, line={"width": 1.2, "dash": dash},
                                     xaxis=f"x{ax}", yaxis=f"y{ax}", legendgroup=f"L{layer}H{h}", showlegend=k == 0,
                                     visible=False,
-                                    hovertemplate=f"layer {layer} head {h}<br>step %{{x}}: %{{y:.3g}}<extra></extra>"))
+                                    hovertemplate=f"block {layer} head {h}<br>step %{{x}}: %{{y:.3g}}<extra></extra>"))
                 mean_vis.append(False)
                 head_vis.append(True)
-    _, transitions = S.main_transitions(rd)
+    _, transitions = D.main_transitions(rd)
     x_axes = [f"xaxis{'' if k == 0 else k + 1}" for k in range(n)]
     menus = _axis_buttons(x_axes, lift=30)
     if any(head_vis):
@@ -410,7 +408,7 @@ def attention_figure(rd: S.RunData) -> dict | None:
                         {"label": "each head", "method": "restyle", "args": [{"visible": head_vis}]}],
         })
     layout.update({
-        "title": _title("Attention over training (per layer)"),
+        "title": _title("Attention over training (per block)"),
         "legend": {"orientation": "v", "x": 1.01, "y": 1},
         "shapes": _phase_shapes(transitions, refs),
         "updatemenus": menus,
@@ -419,19 +417,19 @@ def attention_figure(rd: S.RunData) -> dict | None:
     return {"data": traces, "layout": layout}
 
 
-def ablation_figure(rd: S.RunData) -> dict | None:
-    items = S.ordered_ablations(rd)
+def ablation_figure(rd: D.RunData) -> dict | None:
+    items = D.ordered_ablations(rd)
     if not items:
         return None
-    labels = [f"{a.get('feature', '?')} / {a.get('method', '?')}" + (f" ({S.layer_text(a['layer'])})" if a.get("layer") is not None else "")
+    labels = [f"{a.get('feature', '?')} / {a.get('method', '?')}" + (f" ({hook_label(a['layer'])})" if a.get("layer") is not None else "")
               for a in items]
 
     def bars(key, ci_key, acc_key, name, color):
-        y = [a.get(key) if S._finite(a.get(key)) else None for a in items]
+        y = [a.get(key) if D.finite(a.get(key)) else None for a in items]
         plus, minus = [], []
         for a, v in zip(items, y):
             ci = a.get(ci_key)
-            ok = v is not None and isinstance(ci, (list, tuple)) and len(ci) == 2 and all(S._finite(c) for c in ci)
+            ok = v is not None and isinstance(ci, (list, tuple)) and len(ci) == 2 and all(D.finite(c) for c in ci)
             plus.append(max(0.0, ci[1] - v) if ok else 0.0)
             minus.append(max(0.0, v - ci[0]) if ok else 0.0)
         text = [f"accuracy {S.fmt_pct(a.get('baseline_acc'))} → {S.fmt_pct(a.get(acc_key))}" for a in items]
@@ -440,7 +438,7 @@ def ablation_figure(rd: S.RunData) -> dict | None:
                 "customdata": text, "hovertemplate": "%{x}<br>drop %{y:.1f}%<br>%{customdata}<extra>" + name + "</extra>"}
 
     traces = [bars("drop_pct", "drop_ci", "ablated_acc", "feature direction", "#d62728")]
-    if any(S._finite(a.get("control_drop_pct")) for a in items):
+    if any(D.finite(a.get("control_drop_pct")) for a in items):
         traces.append(bars("control_drop_pct", "control_drop_ci", "control_acc", "random directions (control)", "#7f7f7f"))
     return {"data": traces, "layout": {
         "title": _title("Exact-match accuracy drop when ablating (95% intervals)"),
@@ -455,16 +453,16 @@ def _run_colors(rds):
     return {rd.path: COLORS[i % len(COLORS)] for i, rd in enumerate(rds)}
 
 
-def comparison_figures(rds: list[S.RunData]) -> list[tuple[str, dict]]:
+def comparison_figures(rds: list[D.RunData]) -> list[tuple[str, dict]]:
     colors = _run_colors(rds)
     out = []
     loss_traces, shapes = [], []
     for rd in rds:
-        name = S.loss_curve_name(rd)
+        name = D.loss_curve_name(rd)
         if name:
             x, y = rd.curve(name)
             loss_traces.append(_line(x, y, f"{rd.label} · {name}", colors[rd.path], line={"width": 2.2}))
-        _, ts = S.main_transitions(rd)
+        _, ts = D.main_transitions(rd)
         for t in ts[:1]:
             shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": t["onset"], "x1": t["onset"], "y0": 0, "y1": 1,
                            "line": {"color": colors[rd.path], "dash": "dot", "width": 1.5}})
@@ -483,9 +481,9 @@ def comparison_figures(rds: list[S.RunData]) -> list[tuple[str, dict]]:
             "legend": {"orientation": "h", "y": -0.15}, "shapes": shapes, "updatemenus": _axis_buttons(["xaxis"])}}))
     ent = []
     for rd in rds:
-        fam = S.head_metrics(rd).get("attn/entropy")
+        fam = D.head_metrics(rd).get("attn/entropy")
         if fam:
-            x, y = S.mean_over(rd, [n for heads in fam.values() for n in heads.values()])
+            x, y = D.mean_over(rd, [n for heads in fam.values() for n in heads.values()])
             ent.append(_line(x, y, rd.label, colors[rd.path], line={"width": 2.2}))
     if ent:
         out.append(("attention entropy", {"data": ent, "layout": {
@@ -497,7 +495,7 @@ def comparison_figures(rds: list[S.RunData]) -> list[tuple[str, dict]]:
 
 # ------------------------------------------------------------------------------------------------
 # sections
-def _summary_html(rd: S.RunData, sentences: list[str], head: str | None) -> str:
+def _summary_html(rd: D.RunData, sentences: list[str], head: str | None) -> str:
     absent = set(S.absent_parts(rd))
     items = "".join(f'<li class="absent">{_md(s)}</li>' if s in absent else f"<li>{_md(s)}</li>" for s in sentences)
     lead = f'<p class="headline">{_md(head)}</p>' if head else ""
@@ -513,7 +511,7 @@ def _flatten(d, prefix=""):
             yield key, v if isinstance(v, (str, int, float, bool)) or v is None else json.dumps(v)
 
 
-def run_sections(rd: S.RunData, ids: _Ids, heading_prefix: str = "") -> str:
+def run_sections(rd: D.RunData, ids: _Ids, heading_prefix: str = "") -> str:
     parts = []
     hp = heading_prefix
 
@@ -521,7 +519,7 @@ def run_sections(rd: S.RunData, ids: _Ids, heading_prefix: str = "") -> str:
     fig = loss_figure(rd)
     if fig:
         parts.append(_plot(fig, ids("loss"), 560))
-        curve, ts = S.main_transitions(rd)
+        curve, ts = D.main_transitions(rd)
         if curve:
             parts.append(f'<p class="note">Shaded: the plateau (grey) and transition (orange) the detector found in '
                          f'<code>{_esc(curve)}</code>.</p>')
@@ -536,18 +534,21 @@ def run_sections(rd: S.RunData, ids: _Ids, heading_prefix: str = "") -> str:
     parts.append(f"<h2>{hp}Features: what the probes read</h2>")
     fig, curves = feature_figure(rd)
     if fig:
+        fit = {"online": "the monitor's probes, fitted while the model trained",
+               "checkpoint": "probes re-fitted on the saved checkpoints by <code>quietlab probe</code>"}
         parts.append('<p class="note">Each line: a linear probe on the residual stream at the feature\'s best layer '
-                     '(layer 0 = embeddings, layer l = output of block l−1), averaged over the positions where the '
-                     'feature is defined; dashed: the same probe on the randomly initialised model (step 0). '
+                     '(<code>hook_embed</code>: the embeddings; <code>blocks.{l}.hook_resid_post</code>: the output of '
+                     f'block l), averaged over the positions where the feature is defined. Shown: '
+                     f'{fit.get(rd.probe_fit, rd.probe_fit)}. Dashed: the same probe on the randomly initialised model (step 0). '
                      'Thick lines and ★: quiet features, decodable before the loss drops.</p>')
         parts.append(_plot(fig, ids("features"), 520))
         rows = []
         for c in curves:
             fc = rd.feature_classes.get(c.feature, {})
             rows.append([c.feature, fc.get("class", "—"), c.layer, c.metric,
-                         S.fmt_step(fc.get("decodable_step")) if S._finite(fc.get("decodable_step")) else "—",
+                         S.fmt_step(fc.get("decodable_step")) if D.finite(fc.get("decodable_step")) else "—",
                          S.fmt_score(c.baseline, c.metric) if c.baseline is not None else "—",
-                         S.fmt_score(fc.get("acc_before_transition"), c.metric) if S._finite(fc.get("acc_before_transition")) else "—",
+                         S.fmt_score(fc.get("acc_before_transition"), c.metric) if D.finite(fc.get("acc_before_transition")) else "—",
                          S.fmt_score(c.values[-1], c.metric)])
         parts.append(_table(["feature", "class", "best layer", "metric", "decodable from step", "random init",
                              "before transition", "last probe"], rows, num_cols={2, 4, 5, 6, 7}))
@@ -567,19 +568,24 @@ def run_sections(rd: S.RunData, ids: _Ids, heading_prefix: str = "") -> str:
     fig = ablation_figure(rd)
     if fig:
         parts.append('<p class="note">Each feature\'s probe direction is removed from the residual stream at its best '
-                     'layer; the control removes random directions at the same places. Whiskers: 95% intervals.</p>')
+                     'layer; the control removes random directions at the same places, scaled to move the activations '
+                     'as far (the same mean ‖Δx‖ at each position, shown beside each). Whiskers: 95% intervals.</p>')
         parts.append(_plot(fig, ids("ablation"), 420))
         rows = []
-        for a in S.ordered_ablations(rd):
+        for a in D.ordered_ablations(rd):
             rows.append([a.get("feature", "?"), a.get("method", "?"), a.get("layer", "—"), a.get("n_examples", "—"),
                          S.fmt_pct(a.get("baseline_acc")), S.fmt_pct(a.get("ablated_acc")),
-                         S.fmt_points(a.get("drop_pct")), S._ci(a.get("drop_ci")) or "—",
+                         S.fmt_points(a.get("drop_pct")), S.fmt_ci(a.get("drop_ci")) or "—",
+                         S.fmt_num(a.get("edit_size")) if D.finite(a.get("edit_size")) else "—",
                          S.fmt_pct(a.get("control_acc")), S.fmt_points(a.get("control_drop_pct")),
-                         S._ci(a.get("control_drop_ci")) or "—", a.get("n_controls", "—"),
+                         S.fmt_ci(a.get("control_drop_ci")) or "—",
+                         S.fmt_num(a.get("control_edit_size")) if D.finite(a.get("control_edit_size")) else "—",
+                         a.get("n_controls", "—"),
                          S.fmt_num(a.get("baseline_loss")), S.fmt_num(a.get("ablated_loss")), S.fmt_num(a.get("control_loss"))])
         parts.append(_table(["feature", "method", "layer", "examples", "accuracy", "ablated", "drop", "interval",
-                             "control", "control drop", "interval", "controls", "loss", "ablated loss", "control loss"],
-                            rows, num_cols={2, 3, 4, 5, 6, 8, 9, 11, 12, 13, 14}))
+                             "mean ‖Δx‖", "control", "control drop", "interval", "control ‖Δx‖", "controls", "loss",
+                             "ablated loss", "control loss"],
+                            rows, num_cols={3, 4, 5, 6, 8, 9, 10, 12, 13, 14, 15, 16}))
     else:
         parts.append(_absent("No ablations were run on this run (run `quietlab ablate RUN`)."))
 
@@ -595,7 +601,7 @@ def run_sections(rd: S.RunData, ids: _Ids, heading_prefix: str = "") -> str:
         parts.append(_absent("No attention statistics (attention entropy, Q/K/V gradient norms) were logged for this run."))
 
     parts.append(f"<h2>{hp}Events</h2>")
-    curve, ts = S.main_transitions(rd)
+    curve, ts = D.main_transitions(rd)
     if rd.transitions:
         rows = []
         for name, lst in sorted(rd.transitions.items()):
@@ -627,7 +633,7 @@ def run_sections(rd: S.RunData, ids: _Ids, heading_prefix: str = "") -> str:
 
 def render_report(run_dirs) -> str:
     """The report's HTML text for one or several runs."""
-    rds = [S.load_run(p) for p in run_dirs]
+    rds = [D.load_run(p) for p in run_dirs]
     if not rds:
         raise ValueError("give at least one run folder")
     names = [rd.name for rd in rds]

@@ -6,10 +6,16 @@ import json
 import os
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import __version__
 from .store import RunStore
+
+if TYPE_CHECKING:
+    from ..models.transformer import TransformerConfig
+    from ..train.loop import TrainConfig
 
 _STEP_FILE = re.compile(r"step_(\d+)\.pt$")
 _UMASK = os.umask(0)
@@ -37,6 +43,25 @@ def write_atomic(path: Path | str, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """config.json as training writes it: every setting (``train``), the model built (``model``) and the
+    run's resolved length in steps (``steps``, also when it was given as a FLOPs budget)."""
+
+    train: "TrainConfig"
+    model: "TransformerConfig"
+    steps: int | None
+
+    def describe(self) -> str:
+        """E.g. "`addition` (n_bits=8); d_model 128 × 4 layers, 4 heads; softmax attention; seed 0"."""
+        t, m = self.train, self.model
+        sizes = ", ".join(f"{k}={v}" for k, v in t.task_sizes.items())
+        task = f"`{t.task}`" + (f" ({sizes})" if sizes else " (default sizes)")
+        layers = "layer" if m.n_layers == 1 else "layers"
+        heads = "head" if m.n_heads == 1 else "heads"
+        return f"{task}; d_model {m.d_model} × {m.n_layers} {layers}, {m.n_heads} {heads}; {m.attention} attention; seed {t.seed}"
 
 
 class RunFolder:
@@ -67,6 +92,24 @@ class RunFolder:
         if not self.config_path.exists():
             raise ValueError(f"{self.path} is not a run folder (no config.json)")
         return json.loads(self.config_path.read_text())
+
+    def config(self) -> RunConfig:
+        """The typed run config; a one-line ValueError when config.json is not one training wrote."""
+        from ..models.transformer import TransformerConfig
+        from ..train.loop import TrainConfig
+
+        raw = self.read_config()
+        model = raw.get("model_config") if isinstance(raw, dict) else None
+        if not isinstance(model, dict) or not isinstance(raw.get("task"), str):
+            raise ValueError(f"{self.config_path} is not a quietlab training config (no task name or model_config)")
+        try:
+            train = TrainConfig.from_dict(raw)
+            model_cfg = TransformerConfig(**model)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{self.config_path} holds an unreadable setting: {exc}") from None
+        resolved = raw.get("resolved") if isinstance(raw.get("resolved"), dict) else {}
+        steps = resolved.get("steps", train.steps)
+        return RunConfig(train, model_cfg, int(steps) if isinstance(steps, int) else None)
 
     def store(self) -> RunStore:
         return RunStore(self.path / "metrics.sqlite")

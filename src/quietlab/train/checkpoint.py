@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..models.transformer import Transformer, TransformerConfig
+from ..models.transformer import Transformer
 from ..runs.folder import RunFolder, write_atomic
 
 FORMAT = 1
@@ -115,7 +115,6 @@ def load_run(run_dir, step: int | None = None, device="cpu"):
     """(model, task, cfg, step) of a trained run: the model of checkpoint ``step`` (default: the last),
     in eval mode on ``device``; the task it was trained on; its TrainConfig."""
     from ..tasks import get_task
-    from .loop import TrainConfig
 
     folder = RunFolder(run_dir)
     if not folder.path.exists():
@@ -127,10 +126,11 @@ def load_run(run_dir, step: int | None = None, device="cpu"):
         step = steps[-1]
     elif step not in steps:
         raise ValueError(f"{folder.path} has no checkpoint at step {step}; it has steps {_ranges(steps)}")
+    run_config = folder.config()
     payload = load_checkpoint(folder.checkpoint_path(step), map_location="cpu")
-    cfg = TrainConfig.from_dict(payload["config"])
+    cfg = run_config.train
     task = get_task(cfg.task, **cfg.task_sizes)
-    model = Transformer(TransformerConfig(**payload["model_config"]))
+    model = Transformer(run_config.model)
     model.load_state_dict(payload["model"])
     model.to(device).eval()
     return model, task, cfg, int(payload["step"])
