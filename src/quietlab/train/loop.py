@@ -13,8 +13,17 @@ side ``data_chunk`` steps at a time: chunk c = (k-1) // data_chunk is ``task.sam
 seed=derive(seed, c))``. Evaluation uses one fixed held-out batch of ``eval_examples`` (the test side).
 
 Metrics logged to metrics.sqlite: train/loss, train/lr, train/tokens, train/flops (every
-``log_every`` steps), train/tokens_per_s (at each flush, about once a second), and eval/loss,
-eval/token_acc, eval/pos_acc/{i}, eval/exact_match at each evaluation (see evaluate.py).
+``log_every`` steps), train/tokens_per_s (at each flush, about once a second: tokens over the plain
+training time since the last flush, evaluations and checkpoints left out) and train/elapsed_s (wall
+seconds since the loop started, everything included), and eval/loss, eval/token_acc, eval/pos_acc/{i},
+eval/exact_match at each evaluation (see evaluate.py).
+
+Schedules (schedule.py): by default the evaluations are step 0, the last step, ``eval_per_decade``
+log-spaced steps per decade and about 50 evenly spaced ones, thinned evenly so that their estimated
+cost (a forward pass of ``eval_examples`` examples: eval_examples / (3·batch_size) training steps)
+stays within EVAL_BUDGET (3%) of the run's training compute; checkpoints are ``checkpoint_per_decade``
+log-spaced steps per decade plus at most 10 evenly spaced ones. An explicit ``eval_every`` or
+``checkpoint_every`` is taken as given, unthinned.
 
 Resuming reloads model, optimizer and RNG state from the last complete checkpoint and forgets every
 metric logged after it; on CPU the continued run's losses equal the uninterrupted run's exactly.
@@ -42,11 +51,15 @@ from ..runs.folder import RunFolder
 from .budget import flops_per_step, flops_per_token, non_embedding_params, steps_for_flops
 from .checkpoint import latest_checkpoint, remove_stale_temp_files, save_checkpoint, set_rng_state
 from .evaluate import evaluate, masked_loss
-from .schedule import lr_at, make_optimizer, schedule_steps, set_lr
+from .schedule import budgeted_steps, lr_at, make_optimizer, schedule_steps, set_lr
 
 DTYPES = ("auto", "fp32", "bf16")
 # Settings that may differ when a run is resumed (they change speed, not what is trained).
 RESUMABLE_CHANGES = ("device", "dtype", "compile")
+#: the default evaluations' estimated cost as a fraction of the training compute (see above)
+EVAL_BUDGET = 0.03
+#: evenly spaced checkpoints by default, besides the log-spaced ones
+CHECKPOINTS_SPREAD = 10
 
 
 @runtime_checkable
@@ -57,6 +70,11 @@ class TrainHooks(Protocol):
       the TrainConfig with ``steps`` resolved (set even when the budget was given as ``flops``).
     - ``after_backward(step, model)``: during update ``step`` (1-based), after ``loss.backward()`` and
       before clipping and the optimizer step; the gradients are in ``p.grad``.
+    - ``after_step(step, model)``: with the model after update ``step``, before that step's
+      evaluation and checkpoint; step 0 (the untrained model) once, after its evaluation and checkpoint.
+    - ``on_train_loss(steps, losses)``: the per-step training losses (lists of int and float) logged
+      since the last call, in step order, handed over at each flush (at the latest before every
+      evaluation and checkpoint, and at the end).
     - ``on_eval(step, model, metrics)``: after each evaluation of the model at ``step`` (metrics is the
       dict just logged; step 0 is the untrained model).
     - ``on_checkpoint(step, model)``: after each checkpoint is written (step 0 included).
@@ -68,6 +86,10 @@ class TrainHooks(Protocol):
     def attach(self, model, task, store, run_cfg) -> None: ...
 
     def after_backward(self, step: int, model) -> None: ...
+
+    def after_step(self, step: int, model) -> None: ...
+
+    def on_train_loss(self, steps: list[int], losses: list[float]) -> None: ...
 
     def on_eval(self, step: int, model, metrics: dict) -> None: ...
 
@@ -104,11 +126,11 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     # evaluation, logging, checkpoints
-    eval_every: int | None = None  # None: about 50 evaluations spread evenly
-    eval_per_decade: float = 10  # plus log-spaced evaluations: 0, 1, 2, 3, 4, 5, 6, 8, 10, 13, 16, ...
+    eval_every: int | None = None  # None: about 50 evenly spread + log-spaced, thinned to EVAL_BUDGET
+    eval_per_decade: float = 10  # log-spaced evaluations: 0, 1, 2, 3, 4, 5, 6, 8, 10, 13, 16, ...
     eval_examples: int = 512
     log_every: int = 1
-    checkpoint_every: int | None = None  # None: about 20 checkpoints spread evenly
+    checkpoint_every: int | None = None  # None: CHECKPOINTS_SPREAD checkpoints spread evenly
     checkpoint_per_decade: float = 3  # plus log-spaced checkpoints: 0, 1, 2, 5, 10, 22, 46, 100, ...
     data_chunk: int = 16  # steps of examples drawn per task.sample call (part of what defines the data)
     # hardware
@@ -264,7 +286,8 @@ class ExampleStream:
 
 # ------------------------------------------------------------------------------------------------
 class _StopRequested:
-    """Ctrl-C asks the loop to stop at the next step boundary (after a checkpoint); a second one aborts."""
+    """Ctrl-C asks the loop to stop at the next step boundary (after a checkpoint); a second one aborts.
+    A process that ignores SIGINT (nohup, a background job) keeps ignoring it."""
 
     def __init__(self):
         self.requested = False
@@ -272,8 +295,10 @@ class _StopRequested:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self._handle)
+            old = signal.getsignal(signal.SIGINT)
+            if old is not signal.SIG_IGN:
+                self._old = old
+                signal.signal(signal.SIGINT, self._handle)
         return self
 
     def _handle(self, signum, frame):
@@ -321,6 +346,17 @@ def check_resumable(saved: dict, cfg: TrainConfig) -> None:
              if k not in RESUMABLE_CHANGES and k in saved and saved[k] != v]
     if diffs:
         raise ValueError("--resume with settings that differ from the run's config.json: " + "; ".join(diffs))
+
+
+def run_schedules(cfg: TrainConfig, total: int) -> tuple[list[int], list[int]]:
+    """(evaluation steps, checkpoint steps) of a run of ``total`` steps (see the module docstring)."""
+    if cfg.eval_every:
+        evals = schedule_steps(total, cfg.eval_every, cfg.eval_per_decade)
+    else:
+        eval_cost = cfg.eval_examples / (3 * cfg.batch_size)  # a forward pass is a third of a training step
+        evals = budgeted_steps(total, max(1, round(total / 50)), cfg.eval_per_decade, eval_cost, EVAL_BUDGET)
+    every = cfg.checkpoint_every or max(1, -(-total // CHECKPOINTS_SPREAD))
+    return evals, schedule_steps(total, every, cfg.checkpoint_per_decade)
 
 
 def train(cfg: TrainConfig, run_dir, hooks: TrainHooks | None = None, progress: bool = True,
@@ -380,8 +416,7 @@ def train(cfg: TrainConfig, run_dir, hooks: TrainHooks | None = None, progress: 
     model.set_progress(max(start, 0) / total)
     state = {"loss": _last(store, "train/loss"), "acc": _last(store, "eval/exact_match"), "rate": 0.0, "last_eval": {}}
 
-    eval_steps = set(schedule_steps(total, cfg.eval_every or max(1, round(total / 50)), cfg.eval_per_decade))
-    ckpt_steps = set(schedule_steps(total, cfg.checkpoint_every or max(1, round(total / 20)), cfg.checkpoint_per_decade))
+    eval_steps, ckpt_steps = (set(s) for s in run_schedules(cfg, total))
     eval_batch = task.sample(cfg.eval_examples, seed=derive_seed(cfg.seed, _EVAL), split="test")
     saved_config = cfg.to_dict()
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
@@ -413,11 +448,13 @@ def train(cfg: TrainConfig, run_dir, hooks: TrainHooks | None = None, progress: 
                 rows[s] = {"train/loss": loss, "train/lr": lr, "train/tokens": s * tokens_per_step,
                            "train/flops": s * step_flops}
             state["loss"] = losses[-1]
+            if hooks is not None:
+                hooks.on_train_loss([s for s, _, _ in pending], losses)
             pending.clear()
         now = time.perf_counter()
         if clock["steps"]:
             state["rate"] = clock["steps"] * tokens_per_step / max(now - clock["t"], 1e-9)
-            rows.setdefault(step, {})["train/tokens_per_s"] = state["rate"]
+            rows.setdefault(step, {}).update({"train/tokens_per_s": state["rate"], "train/elapsed_s": now - t_start})
         for s, metrics in rows.items():
             store.log(s, metrics)
         clock.update(t=now, steps=0, flushed=now)
@@ -457,6 +494,9 @@ def train(cfg: TrainConfig, run_dir, hooks: TrainHooks | None = None, progress: 
             if start < 0:
                 evaluate_now(0)
                 checkpoint_now(0)
+                if hooks is not None:
+                    hooks.after_step(0, model)
+                    model.train()
                 start = 0
             show(bar, start)
             model.train()
@@ -477,6 +517,10 @@ def train(cfg: TrainConfig, run_dir, hooks: TrainHooks | None = None, progress: 
                 clock["steps"] += 1
                 if step % cfg.log_every == 0 or step == total:
                     pending.append((step, loss.detach().clone(), lr))  # a CUDA graph reuses its output
+                if hooks is not None:
+                    hooks.after_step(step, model)
+                    if not model.training:
+                        model.train()
                 if step in eval_steps:
                     evaluate_now(step)
                 if step in ckpt_steps:
