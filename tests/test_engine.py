@@ -97,3 +97,51 @@ def test_answers_of_different_lengths_follow_the_tasks_padding_rule():
         tf = teacher_forced_exact(model(tokens), tokens, mask).numpy()
         oracle = np.array([task.is_correct(row) for row in greedy_decode(model, tokens, start, use_cache=False).numpy()])
         assert np.array_equal(tf, oracle) and oracle.all() == right and oracle.any() == right
+
+
+# --- a deterministic monitor ----------------------------------------------------------------------
+def monitored(tmp_path, name, **monitor_kw):
+    from quietlab.monitor import Monitor
+    from quietlab.runs import RunFolder
+    from quietlab.train import TrainConfig, train
+
+    cfg = TrainConfig(task="addition", task_sizes={"n_bits": 4}, d_model=16, n_layers=2, n_heads=2, lr=1e-2,
+                      batch_size=16, steps=120, eval_examples=32, data_chunk=5, device="cpu")
+    monitor = Monitor(probe_examples=100, **monitor_kw)
+    train(cfg, tmp_path / name, hooks=monitor, progress=False)
+    with RunFolder(tmp_path / name).store() as store:
+        rows = store.probes(metric="acc")
+        classes = {k: (v["class"], v["decodable_step"]) for k, v in store.results("feature_class").items()}
+    return monitor, rows, classes
+
+
+def test_same_seed_same_probes_and_classes_even_on_a_slowed_machine(tmp_path, monkeypatch):
+    import time
+
+    first, rows1, classes1 = monitored(tmp_path, "a", max_overhead=0.5)
+    _, rows2, classes2 = monitored(tmp_path, "b", max_overhead=0.5)
+    clock = {"t": time.perf_counter()}
+
+    def slow_clock():  # every reading a second later than the last: a machine a thousand times slower
+        clock["t"] += 1.0
+        return clock["t"]
+
+    monkeypatch.setattr(time, "perf_counter", slow_clock)
+    slowed, rows3, classes3 = monitored(tmp_path, "c", max_overhead=0.5)
+    monkeypatch.undo()
+    assert 0 < first.deferred and 2 < len(first.probe_steps)  # the budget thinned the schedule, not to nothing
+    assert sorted({r[0] for r in rows1}) == first.probe_steps == slowed.probe_steps
+    assert rows1 == rows2 == rows3 and classes1 == classes2 == classes3
+
+
+def test_probe_budget_bounds_the_estimated_cost():
+    from quietlab.monitor import Monitor
+    from quietlab.monitor.monitor import log_schedule
+
+    for total, cost, budget in [(600, 13.0, 0.05), (20_000, 209.0, 0.05), (100, 1.0, 0.05), (600, 40.0, 0.05)]:
+        m = Monitor(max_overhead=budget)
+        m.total, m.estimated_probe_cost = total, cost
+        steps = m._make_probe_steps()
+        assert steps[0] == 0 and steps[-1] == total and set(steps) <= set(log_schedule(total, 8))
+        assert len(steps) * cost <= budget * total or len(steps) == 2
+        assert m.deferred == len(log_schedule(total, 8)) - len(steps)
