@@ -288,7 +288,7 @@ CHILD = textwrap.dedent("""
         os.replace = replace
     if mode == "kill_after_backward":  # die in the middle of an update
         class hooks:
-            attach = on_eval = on_checkpoint = lambda *a: None
+            attach = on_eval = on_checkpoint = after_step = on_train_loss = lambda *a: None
             status = lambda: ""
             def after_backward(step, model):
                 if step == arg:

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections import deque
 from typing import Iterable, Sequence
 
@@ -488,7 +489,11 @@ def probe_run(run_dir, features: Sequence[str] | None = None, probe_examples: in
     train_idx = test_idx = results = None
     with folder.store() as store:
         for i, step in enumerate(todo):
-            model, task, cfg, step = load_run(folder.path, step=step, device=device)
+            try:
+                model, task, cfg, step = load_run(folder.path, step=step, device=device)
+            except ValueError as exc:  # a corrupt or truncated checkpoint: the others still count
+                warnings.warn(f"skipping {exc}", stacklevel=2)
+                continue
             if batch is None:
                 batch = probe_set(task, probe_examples, cfg.seed)
                 names = list(batch.features) if features is None else list(features)
@@ -505,5 +510,7 @@ def probe_run(run_dir, features: Sequence[str] | None = None, probe_examples: in
             del acts, model
             if progress is not None:
                 progress(i + 1, len(todo), step)
+        if batch is None:
+            raise ValueError(f"none of the checkpoints of {folder.path} could be read")
         out = classify_run(store, features=names, margin=margin)
     return {**out, "steps": todo, "feature_order": names}

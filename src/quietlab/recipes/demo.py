@@ -49,11 +49,10 @@ def pick_feature(classes: dict[str, dict]) -> str:
 
 def run_demo(out: Path, seed: int = 0, progress: bool = True, n_controls: int = 32, log=print) -> list[str]:
     """Train (or resume), probe, detect, ablate, report; returns the summary sentences."""
-    from ..interventions.ablation import ablate
+    from ..interventions.stored import ablate_run
     from ..monitor import Monitor
     from ..report import write_report
     from ..report.summary import summarize
-    from ..train.checkpoint import load_run
     from ..train.loop import train
 
     cfg = demo_config(seed)
@@ -66,13 +65,10 @@ def run_demo(out: Path, seed: int = 0, progress: bool = True, n_controls: int = 
     monitor = Monitor(schedule="log", per_decade=20, probe_examples=1000, max_overhead=None)
     train(cfg, out, hooks=monitor, progress=progress, resume=resume)
 
-    with folder.store() as store:
+    with folder.store(readonly=True) as store:
         classes = store.results("feature_class")
     feature = pick_feature(classes)
-    model, task, _, step = load_run(out)
     log(f"ablating `{feature}` against {n_controls} random directions")
-    result = ablate(model, task, feature, method="boundary", n_eval=500, n_controls=n_controls, seed=seed)
-    with folder.store() as store:
-        store.put("ablation", f"{feature}/boundary", {**result.to_dict(), "step": step}, step=step)
+    ablate_run(out, [feature], method="boundary", n_eval=500, n_controls=n_controls, seed=seed)
     report = write_report([out], folder.report_path)
     return summarize(out) + [f"Report: {report}"]

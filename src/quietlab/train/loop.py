@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import shutil
 import signal
 import threading
 import time
@@ -48,6 +49,7 @@ from .. import __version__
 from ..models.attention import NORM_FORMS, VARIANTS
 from ..models.transformer import Transformer, TransformerConfig
 from ..runs.folder import RunFolder
+from ..runs.lock import LOCK_NAME, RunLock
 from .budget import flops_per_step, flops_per_token, non_embedding_params, steps_for_flops
 from .checkpoint import latest_checkpoint, remove_stale_temp_files, save_checkpoint, set_rng_state
 from .evaluate import evaluate, masked_loss
@@ -149,8 +151,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """A ValueError naming the first bad setting and what is allowed."""
-        if not isinstance(self.task_sizes, dict):
-            raise ValueError(f"task_sizes must be a dict, got {self.task_sizes!r}")
+        self.check_types()
         if (self.steps is None) == (self.flops is None):
             raise ValueError("give the length of training as steps (--steps) or as a FLOPs budget (--flops), not both"
                              if self.steps is not None else "give --steps or --flops")
@@ -170,12 +171,15 @@ class TrainConfig:
             raise ValueError(f"--attention must be one of {', '.join(VARIANTS)}, got {self.attention!r}")
         if self.norm_form not in NORM_FORMS:
             raise ValueError(f"--norm-form must be one of {', '.join(NORM_FORMS)}, got {self.norm_form!r}")
-        if self.tau is not None and not self.tau > 0:
-            raise ValueError(f"--tau must be > 0, got {self.tau}")
+        if self.tau is not None and not (self.tau > 0 and math.isfinite(self.tau)):
+            raise ValueError(f"--tau must be a finite number > 0, got {self.tau}")
         if not 0 < self.heat_fraction <= 1:
             raise ValueError(f"--heat-fraction must be in (0, 1], got {self.heat_fraction}")
-        if not self.heat_start > 0:
-            raise ValueError(f"--heat-start must be > 0, got {self.heat_start}")
+        if not (self.heat_start > 0 and math.isfinite(self.heat_start)):
+            raise ValueError(f"--heat-start must be a finite number > 0, got {self.heat_start}")
+        for name in ("eval_per_decade", "checkpoint_per_decade"):
+            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if not 0 <= self.min_lr_fraction <= 1:
@@ -187,6 +191,20 @@ class TrainConfig:
         resolve_device(self.device)
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
             raise ValueError(f"--d-model ({self.d_model}) must split into --heads ({self.n_heads}) heads of even size")
+
+    def check_types(self) -> None:
+        """Each setting of the type its field declares (a config.json edited by hand may hold anything)."""
+        kinds = {"int": int, "float": (int, float), "str": str, "bool": bool, "dict": dict}
+        for f in dataclasses.fields(self):
+            declared = str(f.type).replace(" ", "").split("|")
+            value = getattr(self, f.name)
+            if value is None and "None" in declared:
+                continue
+            allowed = tuple(t for k in declared if k in kinds for t in (kinds[k] if isinstance(kinds[k], tuple) else (kinds[k],)))
+            if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+                want = " or ".join("a number" if k == "float" else "a whole number" if k == "int" else
+                                   "none" if k == "None" else f"a {k}" for k in declared)
+                raise ValueError(f"{f.name} must be {want}, got {value!r}")
 
     def build_task(self):
         from ..tasks import get_task
@@ -365,15 +383,43 @@ def train(cfg: TrainConfig, run_dir, hooks: TrainHooks | None = None, progress: 
 
     ``resume=True`` continues the run in ``run_dir`` from its last complete checkpoint (a fresh start if
     it has none); without it, an existing non-empty ``run_dir`` is an error.
+
+    Everything that can be checked is checked before the folder is touched (settings, the task's sizes,
+    that both sides of the task can be drawn from); then the run holds the folder's writer lock
+    (runs/lock.py) until it returns. A folder this call created is removed again if the run fails before
+    its first checkpoint.
     """
     cfg.validate()
+    task = cfg.build_task()
+    eval_batch = _draw(task, cfg.eval_examples, derive_seed(cfg.seed, _EVAL), "test")
+    _draw(task, cfg.batch_size, derive_seed(cfg.seed, _DATA, 0), "train")
+    resolve_device(cfg.device)
     folder = RunFolder(run_dir)
-    if not resume and folder.path.exists() and any(folder.path.iterdir()):
+    if folder.path.exists() and not folder.path.is_dir():
+        raise ValueError(f"{folder.path} is not a directory; choose another --out")
+    created = not folder.path.exists()
+    with RunLock(folder.path, create=True):
+        try:
+            return _train(cfg, folder, task, eval_batch, hooks, progress, resume)
+        except BaseException:
+            if created and not folder.checkpoints():  # nothing of this run to keep or resume
+                shutil.rmtree(folder.path, ignore_errors=True)
+            raise
+
+
+def _draw(task, n: int, seed: int, split: str):
+    try:
+        return task.sample(n, seed=seed, split=split)
+    except RuntimeError as exc:  # rejection sampling found too few distinct examples on that side
+        raise ValueError(f"{task.name} at sizes {task.sizes} cannot be trained on: {exc}; choose larger sizes") from None
+
+
+def _train(cfg: TrainConfig, folder: RunFolder, task, eval_batch, hooks, progress: bool, resume: bool) -> dict:
+    if not resume and any(p.name != LOCK_NAME for p in folder.path.iterdir()):
         raise ValueError(f"{folder.path} already exists; pass --resume to continue that run, or choose another --out")
     if resume and folder.exists():
         check_resumable(folder.read_config(), cfg)
 
-    task = cfg.build_task()
     device = resolve_device(cfg.device)
     amp_dtype = resolve_dtype(cfg.dtype, device)
     model_cfg = cfg.model_config(task)
@@ -409,6 +455,7 @@ def train(cfg: TrainConfig, run_dir, hooks: TrainHooks | None = None, progress: 
                          "non_embedding_params": non_embedding_params(model_cfg),
                          "flops_per_token": flops_per_token(model_cfg), "flops_per_step": step_flops,
                          "tokens_per_step": tokens_per_step, "seq_len": task.seq_len, "vocab": "".join(task.vocab)},
+            "hooks": None if hooks is None else type(hooks).__name__,  # `--resume` keeps a run without the monitor so
             "torch_version": torch.__version__,
             "quietlab_version": __version__,
         })
@@ -417,7 +464,6 @@ def train(cfg: TrainConfig, run_dir, hooks: TrainHooks | None = None, progress: 
     state = {"loss": _last(store, "train/loss"), "acc": _last(store, "eval/exact_match"), "rate": 0.0, "last_eval": {}}
 
     eval_steps, ckpt_steps = (set(s) for s in run_schedules(cfg, total))
-    eval_batch = task.sample(cfg.eval_examples, seed=derive_seed(cfg.seed, _EVAL), split="test")
     saved_config = cfg.to_dict()
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
 
