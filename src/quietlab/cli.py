@@ -190,7 +190,12 @@ def train_cmd(
                  if k in ("task", "task_sizes") or getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
         if not ctx.args:
             typed.pop("task_sizes")
-        cfg = dataclasses.replace(TrainConfig.from_dict(RunFolder(run_dir).read_config()), **typed)
+        saved = TrainConfig.from_dict(RunFolder(run_dir).read_config())
+        try:
+            saved.check_types()
+        except ValueError as exc:
+            raise ValueError(f"{RunFolder(run_dir).config_path}: {exc}") from None
+        cfg = dataclasses.replace(saved, **typed)
     else:
         cfg = TrainConfig(**settings)
     if resume and RunFolder(run_dir).exists() and not no_monitor:  # a run trained without it stays so

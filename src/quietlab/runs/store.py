@@ -83,6 +83,14 @@ class RunStore:
         return db
 
     def close(self) -> None:
+        if not self.readonly:
+            # leave WAL mode: a finished run is then one self-contained file, and a read-only reader
+            # needs no -wal/-shm files beside it (it would create them otherwise); a no-op while
+            # another connection is open
+            try:
+                self._db.execute("PRAGMA journal_mode=DELETE")
+            except sqlite3.DatabaseError:
+                pass
         self._db.close()
 
     def __enter__(self):

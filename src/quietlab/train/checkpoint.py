@@ -95,7 +95,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     except OSError as exc:
         raise ValueError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
     except Exception as exc:  # torch raises many kinds (EOFError for an empty file, RuntimeError, pickle's)
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0][:200]
         raise ValueError(f"{path} is not a readable checkpoint ({reason})") from None
     if not isinstance(payload, dict) or not {"step", "model", "model_config", "config"} <= set(payload):
         raise ValueError(f"{path} is not a quietlab checkpoint (keys missing)")
