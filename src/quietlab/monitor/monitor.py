@@ -393,8 +393,8 @@ class Monitor:
         if s is not None and self.max_overhead is not None and total:
             inner = [x for x in steps if 0 < x < total]
             keep = max(0, int(self.max_overhead * total / max(self.estimated_probe_cost, 1e-12)) - 2)
-            kept = inner if keep >= len(inner) else \
-                [inner[i] for i in np.unique(np.linspace(0, len(inner) - 1, keep).round().astype(int))]
+            # evenly along the schedule: the middle step of each of ``keep`` equal stretches of it
+            kept = inner if keep >= len(inner) else [inner[int((j + 0.5) * len(inner) / keep)] for j in range(keep)]
             self.deferred = len(inner) - len(kept)
             steps = sorted({0, total, *kept})
         self._probe_set = set(steps)
