@@ -390,3 +390,30 @@ def test_cuda_random_states_round_trip_through_a_checkpoint(tmp_path, monkeypatc
     path = checkpoint.save_checkpoint(tmp_path, 3, model, None, {})
     checkpoint.set_rng_state(checkpoint.load_checkpoint(path)["rng"])
     assert set(restored) == {0, 1} and all(torch.equal(restored[i], states[i]) for i in states)
+
+
+# --- bounded evaluation and checkpoint schedules ----------------------------------------------------
+def test_default_evaluations_and_checkpoints_stay_within_their_bounds():
+    import math as _math
+
+    from quietlab.train import TrainConfig
+    from quietlab.train.loop import EVAL_BUDGET, run_schedules
+
+    for total in (1, 7, 300, 600, 1000, 20_000, 200_000):
+        for examples, batch in ((512, 64), (256, 64), (32, 16)):
+            evals, ckpts = run_schedules(TrainConfig(steps=total, eval_examples=examples, batch_size=batch), total)
+            cost = examples / (3 * batch)  # a forward pass is a third of a training step per token
+            assert evals[0] == 0 and evals[-1] == total and evals == sorted(set(evals))
+            assert len(evals) * cost <= EVAL_BUDGET * total or len(evals) <= 2
+            assert ckpts[0] == 0 and ckpts[-1] == total
+            assert len(ckpts) <= 3 * _math.log10(max(total, 1)) + 13
+    # explicit intervals are taken as given
+    evals, ckpts = run_schedules(TrainConfig(steps=100, eval_every=10, eval_per_decade=0, checkpoint_every=50,
+                                             checkpoint_per_decade=0), 100)
+    assert evals == list(range(0, 101, 10)) and ckpts == [0, 50, 100]
+
+
+def test_a_monitor_that_cannot_load_is_an_error_not_silence(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "quietlab.monitor", None)  # any import of it now raises ImportError
+    code, _, err = cli("train", *TINY, "--steps", 3, "--out", tmp_path / "m")
+    assert code == 2 and "--no-monitor" in one_line(err) and not (tmp_path / "m").exists()
