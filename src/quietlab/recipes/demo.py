@@ -6,10 +6,11 @@ features (quiet / loud), ablate the main quiet feature against random directions
 print a summary in which every number is read from the run.
 
 The configuration was chosen by experiment (benchmarks/demo_search.py) for a clear plateau and
-transition on a 2-core CPU across seeds, then shortened to fit two minutes: 1,000 steps at lr 7e-4
-(the earlier 1,500 at 5e-4 took about 4 minutes). When the plateau ends varies with the CPU (its kernels
-round differently, and leaving a plateau amplifies the difference); the higher learning rate brings the
-drop earlier (seed 0 on the 2-core VM: flat from step 106 to 313, dropped by 401), leaving room after it.
+transition on a 2-core CPU across seeds, then shortened to fit two minutes: 1,000 steps at lr 1e-3
+(the earlier 1,500 at 5e-4 took about 4 minutes). When the plateau ends varies with the seed and the
+CPU (its kernels round differently, and leaving a plateau amplifies the difference). At lr 7e-4 seed 1
+had not left its plateau by step 1,000; at 1e-3 seeds 0, 1 and 2 dropped near steps 300, 340 and 650 on
+the 2-core VM (benchmarks/results/cpu-engine/), leaving room after the drop.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ DEMO_CONFIG = dict(
     d_model=64,
     n_layers=4,
     n_heads=4,
-    lr=7e-4,
+    lr=1e-3,
     batch_size=64,
     steps=1000,
     eval_examples=256,
