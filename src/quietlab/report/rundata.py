@@ -89,7 +89,7 @@ def load_run(run: Path | str | RunData) -> RunData:
             rd.config_problem = str(exc)
     if db_path.exists():
         rd.has_store = True
-        with RunStore(db_path) as store:
+        with RunStore(db_path, readonly=True) as store:
             rd.series = {n: store.series(n) for n in store.metric_names()}
             rd.probe_fit = store.shown_fit() if store.fits() else None
             rd.probes = [tuple(r) for r in store.probes(fit=rd.probe_fit)]
