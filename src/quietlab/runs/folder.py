@@ -115,7 +115,7 @@ class RunFolder:
             train.check_types()
             model_cfg = TransformerConfig(**model)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"{self.config_path} holds an unreadable setting: {exc}") from None
+            raise ValueError(f"{self.config_path}: {exc}") from None
         resolved = raw.get("resolved") if isinstance(raw.get("resolved"), dict) else {}
         steps = resolved.get("steps", train.steps)
         return RunConfig(train, model_cfg, int(steps) if isinstance(steps, int) else None)
