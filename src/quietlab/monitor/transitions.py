@@ -106,7 +106,9 @@ MIN_POINTS = 8
 #: Default smallest drop: this fraction of the fitted curve's range.
 REL_DROP = 0.05
 #: Default shortest plateau: this fraction of the curve's span of u.
-MIN_PLATEAU_FRAC = 0.05
+MIN_PLATEAU_FRAC = 0.03
+#: The curve is seen after a drop's end for at least ``HOLD`` times this fraction of the span of u.
+MIN_HOLD_FRAC = 0.01
 
 # sqrt(E[Z^2 | |Z| below its 90th percentile]) for a standard normal Z: the trimmed RMS's scale
 _TRIM90 = math.sqrt((0.9 - 2 * 1.6448536269514722 * 0.10313564037537128) / 0.9)
@@ -451,9 +453,12 @@ class _Analysis:
         U, V, VV = _polyline(c, beta)
         self.U, self.V, self.VV = U, V, VV
         span_u = float(c.u[-1] - c.u[0])
+        self.span_u = span_u
         self.min_plateau = MIN_PLATEAU_FRAC * span_u if min_plateau is None else float(min_plateau)
         rng = float(V.max() - V.min()) if V.size else 0.0
+        self.auto_min_drop = min_drop is None
         self.min_drop = REL_DROP * rng if min_drop is None else float(min_drop)
+        self.flat_within = self.min_drop  # a plateau's tolerance: kept when min_drop is relaxed
         if U.size < 2:
             return
         self._runs()
@@ -630,8 +635,36 @@ class _Analysis:
         c, U, V, VV = self.curve, self.U, self.V, self.VV
         u_lb = U[0]
         ramp_pending = self.initial_ramp
+        runs = self.runs
+        if ramp_pending:
+            # The initial ramp is the first run that improves by min_drop at Z_DROP standard errors,
+            # or at Z_GROW over MIN_POINTS points (a fast fall has few points on a log axis, a noise
+            # blip at the first points fewer still). Later drops are then measured against the
+            # range of the curve after it: a ramp that dwarfs them must not hide them.
+            def ramp_like(a, e):
+                drop = V[a] - V[e]
+                z = drop / max(math.sqrt(VV[a] + VV[e]), 1e-300)
+                points = np.count_nonzero((c.u >= U[a]) & (c.u <= U[e]))
+                return drop >= self.min_drop and (z >= Z_DROP or (z >= Z_GROW and points >= MIN_POINTS))
+
+            for k, (a, e, ca, ce, slope) in enumerate(runs):
+                if ramp_like(a, e):
+                    # the runs that follow it closer than a plateau could last are more of it
+                    while k + 1 < len(runs) and U[runs[k + 1][0]] - U[e] < self.min_plateau and \
+                            ramp_like(runs[k + 1][0], runs[k + 1][1]):
+                        k += 1
+                        e = runs[k][1]
+                    ramp_pending = False
+                    self.ramp = (a, e)
+                    # its 75% point, not its extrapolated end: a ramp's run can take in the slowly
+                    # sloping plateau after it, and its end would then fall inside that plateau
+                    u_lb = self._quartiles(a, e)[2]
+                    runs = runs[k + 1 :]
+                    if self.auto_min_drop:
+                        self.min_drop = REL_DROP * float(np.ptp(V[e:]))
+                    break
         sig = []
-        for a, e, ca, ce, slope in self.runs:
+        for a, e, ca, ce, slope in runs:
             drop = V[a] - V[e]
             se = math.sqrt(VV[a] + VV[e])
             z = drop / se if se > 0 else math.inf
@@ -645,13 +678,6 @@ class _Analysis:
         for i, (a, e, drop, z) in enumerate(sig):
             q25, q50, q75 = self._quartiles(a, e)
             onset, end = q50 - (q75 - q25) / _LN3, q50 + (q75 - q25) / _LN3
-            if ramp_pending:  # the first significant improvement is the initial ramp
-                ramp_pending = False
-                self.ramp = (a, e)
-                # its 75% point, not its extrapolated end: a ramp's run can take in the slowly
-                # sloping plateau after it, and its end would then fall inside that plateau
-                u_lb = q75
-                continue
             if e == U.size - 1 and self.last_falls:
                 continue  # still falling at the last point: not over yet
             before, after = V[a], V[e]
@@ -681,11 +707,12 @@ class _Analysis:
                 continue
             if np.count_nonzero((c.u >= ps) & (c.u <= onset)) < MIN_POINTS:
                 continue
-            if not self._holds(end, end + HOLD * need, after + 0.5 * drop):
+            hold = HOLD * max(KAPPA * width, MIN_HOLD_FRAC * self.span_u)
+            if not self._holds(end, end + hold, after + 0.5 * drop):
                 continue
             # the same drop judged directly from the bins on the plateau and after the drop,
             # free of where the segmentation chose to cut
-            u_after = max(end + HOLD * need, float(c.u[np.searchsorted(c.u, end) + MIN_POINTS - 1]))
+            u_after = max(end + hold, float(c.u[np.searchsorted(c.u, end) + MIN_POINTS - 1]))
             z_bins = self._bin_contrast(ps, onset, end, u_after)
             z = min(z, z_bins)
             if z < Z_DROP:
@@ -717,7 +744,7 @@ class _Analysis:
             return None  # still before (or in) the initial ramp
         last = self.U.size - 1
         u_lb = self.u_last_end
-        h = self.min_drop if self.min_drop > 0 else REL_DROP * float(np.ptp(self.V))
+        h = self.flat_within if self.flat_within > 0 else REL_DROP * float(np.ptp(self.V))
         if h <= 0:
             return None
         ps = self._plateau_back(self.U[last], h, u_lb)
