@@ -53,12 +53,15 @@ sits one logging interval before the first step) or ``u = x`` (``log_x=False``).
    (default ``min_plateau``: ``MIN_PLATEAU_FRAC`` of the span of ``u``): the drop is quicker than
    the wait before it, which is what "abrupt" means here, and holds ``MIN_POINTS`` observed
    points; (d) the drop is over: the curve no longer falls significantly at its last point, and
-   is seen after the drop's end for ``HOLD * need`` and on at least ``MIN_POINTS`` points
-   without undoing half the drop (a dip that recovers is noise).
+   is seen after the drop's end for ``HOLD * max(KAPPA * width, MIN_HOLD_FRAC * span)`` and on at
+   least ``MIN_POINTS`` points without undoing half the drop (a dip that recovers is noise).
 8. *Initial ramp.* A curve that starts at the start of training (``initial_ramp=None``, the
    default: when its first ``x`` is at most one logging interval from 0) often sits flat for its
    first steps on a log axis before the loss starts to fall; its first drop that passes (a) and
-   (b) is then the initial ramp and never a transition. Pass ``initial_ramp=False`` when logging
+   (b), with the drops that follow it without a plateau between, is then
+   the initial ramp and never a transition; the default ``min_drop`` of later drops is
+   ``REL_DROP`` of the fitted curve's range after the ramp, so a ramp that dwarfs them does not
+   hide them. Pass ``initial_ramp=False`` when logging
    began on the plateau, ``True`` to force the rule.
 
 A smooth decrease that is convex in ``log x`` (a power law, an exponential approach) has no
@@ -96,8 +99,8 @@ RESOLUTION = 4.0
 Z_GROW = 2.0
 #: A plateau lasts at least ``KAPPA`` times as long (in u) as the drop that ends it.
 KAPPA = 1.0
-#: After a drop the curve must be seen for ``HOLD`` times the plateau it needed (see ``need``)
-#: without undoing half the drop.
+#: After a drop the curve must be seen for ``HOLD`` times its width (at least ``MIN_HOLD_FRAC`` of
+#: the span) without undoing half the drop.
 HOLD = 0.5
 #: A drop is at least ``Z_DROP`` standard errors of the levels before and after it.
 Z_DROP = 5.0
@@ -523,6 +526,13 @@ class _Analysis:
                 break
         return max(start, u_lb)
 
+    def _has_plateau(self, a: int, e: int, u_lb: float) -> bool:
+        """Does the run a..e start after a plateau (as long as condition (c) asks, from u_lb on)?"""
+        q25, q50, q75 = self._quartiles(a, e)
+        onset = q50 - (q75 - q25) / _LN3
+        ps = self._plateau_back(onset, BAND * (self.V[a] - self.V[e]), u_lb)
+        return onset - ps >= max(self.min_plateau, KAPPA * 2 * (q75 - q25) / _LN3)
+
     def _holds(self, u0: float, u1: float, ceiling: float) -> bool:
         """Is the curve observed up to u1, on at least MIN_POINTS points after u0, and does the
         fit stay below ``ceiling`` on [u0, u1]?"""
@@ -637,21 +647,19 @@ class _Analysis:
         ramp_pending = self.initial_ramp
         runs = self.runs
         if ramp_pending:
-            # The initial ramp is the first run that improves by min_drop at Z_DROP standard errors,
-            # or at Z_GROW over MIN_POINTS points (a fast fall has few points on a log axis, a noise
-            # blip at the first points fewer still). Later drops are then measured against the
-            # range of the curve after it: a ramp that dwarfs them must not hide them.
+            # The initial ramp is the first run that improves by min_drop at Z_DROP standard errors.
+            # Later drops are then measured against the range of the curve after it: a ramp that
+            # dwarfs them must not hide them.
             def ramp_like(a, e):
                 drop = V[a] - V[e]
-                z = drop / max(math.sqrt(VV[a] + VV[e]), 1e-300)
-                points = np.count_nonzero((c.u >= U[a]) & (c.u <= U[e]))
-                return drop >= self.min_drop and (z >= Z_DROP or (z >= Z_GROW and points >= MIN_POINTS))
+                return drop >= self.min_drop and drop >= Z_DROP * math.sqrt(VV[a] + VV[e])
 
             for k, (a, e, ca, ce, slope) in enumerate(runs):
                 if ramp_like(a, e):
-                    # the runs that follow it closer than a plateau could last are more of it
-                    while k + 1 < len(runs) and U[runs[k + 1][0]] - U[e] < self.min_plateau and \
-                            ramp_like(runs[k + 1][0], runs[k + 1][1]):
+                    # the runs that follow are more of it, up to one with a plateau before it
+                    while k + 1 < len(runs) and ramp_like(*runs[k + 1][:2]):
+                        if self._has_plateau(*runs[k + 1][:2], self._quartiles(a, e)[2]):
+                            break
                         k += 1
                         e = runs[k][1]
                     ramp_pending = False
@@ -688,7 +696,7 @@ class _Analysis:
             # The fit sees two drop widths either side of the drop; if that fails (too few bins,
             # or a disagreeing fit), the whole plateau and as much again after the drop. Never
             # past the next drop.
-            u_next = U[sig[i + 1][0]] if i + 1 < len(sig) else math.inf
+            u_next = next((U[b] for b, f, *_ in sig[i + 1 :] if self._has_plateau(b, f, U[e])), math.inf)
             windows = [
                 (max(ps, onset - 2 * width), min(max(end + 2 * width, U[e]), u_next)),
                 (ps, min(max(end + max(onset - ps, 2 * width), U[e]), u_next)),
@@ -914,8 +922,11 @@ class OnlineDetector:
             if t.onset <= self._last_end:
                 self._last_end = max(self._last_end, t.end)  # the same one, seen further on
                 continue
-            # report a transition once two analyses in a row agree on its onset
+            # report a transition once two analyses in a row agree on its onset; the second comes
+            # soon after the first (a quarter of the usual interval), so the report is not held back
             if not any(abs(u_on - u0) <= max(w0, width) for u0, w0 in seen):
+                n = len(self._x)
+                self._next = min(self._next, n + max(1, int(n * self.every / 4)))
                 continue
             self._last_end = t.end
             self._last_onset = t.onset
