@@ -5,8 +5,8 @@ batch 64, the training loop's default evaluation and checkpoint schedule (``--ta
 --device cuda --compile --d-model 256`` is the GPU setting of the BFS runs). It is trained
 
 - without hooks (``plain``),
-- with ``Monitor()`` at its defaults (log schedule, 8 probes per decade, 2000 probe examples,
-  overhead budget 8% for the optional probes),
+- with ``Monitor()`` at its defaults (log schedule, 8 probes per decade, 2000 probe examples, thinned
+  until the probes' estimated cost is at most 5% of the training compute),
 - with ``Monitor(max_overhead=None)`` (``strict``: every scheduled probe, whatever it costs),
 
 and the script prints each wall time and CPU time (of this process, all threads: steadier than wall

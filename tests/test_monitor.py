@@ -201,9 +201,8 @@ def test_monitor_writes_probes_statistics_and_classes(monitored_run):
     with RunFolder(run).store() as store:
         probe_steps = sorted({r[0] for r in store.probes()})
         eval_steps = store.series("eval/loss")[0]
-        # probes at step 0, at the first evaluation at or after each scheduled step, and at the end
-        expected = sorted({min(e for e in eval_steps if e >= s) for s in log_schedule(40, 4)})
-        assert probe_steps == expected and probe_steps[0] == 0 and probe_steps[-1] == 40
+        # probes at step 0, at each scheduled step (right after its update), and at the end
+        assert probe_steps == log_schedule(40, 4) == monitor.probe_steps and probe_steps[-1] == 40
         for f in features:
             rows = store.probes(f, "acc")
             assert rows and all(0 <= r[5] <= 1 for r in rows)
@@ -320,7 +319,7 @@ def load_bfs11_run() -> dict:
 
 
 def test_the_online_watch_reports_the_real_bfs_transition_while_training(tmp_path):
-    """Replays the real bfs-11 run as the training loop logs it (train/loss flushed before each
+    """Replays the real bfs-11 run as the training loop hands it over (train/loss flushed before each
     evaluation): its sparse eval/loss shows only a plateau, the per-step train/loss the transition."""
     from quietlab.monitor.monitor import LossWatch
 
@@ -331,9 +330,11 @@ def test_the_online_watch_reports_the_real_bfs_transition_while_training(tmp_pat
         watch = LossWatch(store, events.append)
         i = 0
         for step, loss in zip(*data["eval/loss"]):
-            while i < len(train_steps) and train_steps[i] <= step:
-                store.log(train_steps[i], {"train/loss": train_loss[i]})
-                i += 1
+            j = i
+            while j < len(train_steps) and train_steps[j] <= step:
+                j += 1
+            watch.feed_train(train_steps[i:j], train_loss[i:j])
+            i = j
             watch.update(step, loss)
             statuses.append((step, watch.status))
         watch.finish()

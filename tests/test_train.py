@@ -184,6 +184,12 @@ class Recorder:
         has_grads = all(p.grad is not None for p in model.parameters())
         self.calls.append(("after_backward", step, has_grads))
 
+    def after_step(self, step, model):
+        self.calls.append(("after_step", step, model.training))
+
+    def on_train_loss(self, steps, losses):
+        self.calls.append(("on_train_loss", list(steps), list(losses)))
+
     def on_eval(self, step, model, metrics):
         self.calls.append(("on_eval", step, sorted(metrics)))
 
@@ -212,8 +218,21 @@ def test_loop_calls_hooks_logs_metrics_and_checkpoints(tmp_path):
     ckpts = [c for c in hooks.calls if c[0] == "on_checkpoint"]
     assert [c[1] for c in ckpts] == [0, 8, 13] == list_checkpoints(hooks.run_dir) and all(c[2] for c in ckpts)
     # on_eval of a step comes before its checkpoint, both after that step's update
-    order = [(c[0], c[1]) for c in hooks.calls]
+    order = [(c[0], c[1]) for c in hooks.calls if c[0] != "on_train_loss"]
     assert order.index(("on_eval", 0)) < order.index(("on_checkpoint", 0)) < order.index(("after_backward", 1))
+    # after_step: step 0 once after its evaluation and checkpoint, then each update before its evaluation
+    assert [c[1] for c in hooks.calls if c[0] == "after_step"] == list(range(0, total + 1))
+    assert order.index(("on_checkpoint", 0)) < order.index(("after_step", 0)) < order.index(("after_backward", 1))
+    assert order.index(("after_backward", 6)) < order.index(("after_step", 6)) < order.index(("on_eval", 6))
+    # the training losses are handed over in step order, each once, all of them before each evaluation
+    handed = [(c[1], c[2]) for c in hooks.calls if c[0] == "on_train_loss"]
+    assert [s for steps, _ in handed for s in steps] == list(range(1, total + 1))
+    seen = 0
+    for c in hooks.calls:
+        if c[0] == "on_train_loss":
+            seen = c[1][-1]
+        elif c[0] == "on_eval":
+            assert seen == c[1]
 
     steps, losses = store_series(hooks.run_dir, "train/loss")
     assert steps == list(range(1, total + 1)) and all(math.isfinite(x) for x in losses)
@@ -225,6 +244,7 @@ def test_loop_calls_hooks_logs_metrics_and_checkpoints(tmp_path):
     assert rate_steps and all(r > 0 for r in rates)
     assert store_series(hooks.run_dir, "eval/exact_match")[0] == [0, 6, 12, 13]
     assert final["steps"] == total and final["step"] == total and final["train/loss"] == losses[-1]
+    assert [x for _, ls in handed for x in ls] == losses  # the very values the store holds
 
     saved = json.loads((hooks.run_dir / "config.json").read_text())
     assert saved["seed"] == 0 and saved["flops"] == cfg.flops and saved["resolved"]["steps"] == total
@@ -268,7 +288,7 @@ CHILD = textwrap.dedent("""
         os.replace = replace
     if mode == "kill_after_backward":  # die in the middle of an update
         class hooks:
-            attach = on_eval = on_checkpoint = lambda *a: None
+            attach = on_eval = on_checkpoint = after_step = on_train_loss = lambda *a: None
             status = lambda: ""
             def after_backward(step, model):
                 if step == arg:
@@ -308,7 +328,7 @@ def test_resume_after_kill_minus_9_reproduces_the_uninterrupted_run(tmp_path):
 
 def test_ctrl_c_checkpoints_the_current_step_and_resume_is_exact(tmp_path):
     class Interrupt:
-        attach = on_eval = on_checkpoint = lambda *a: None
+        attach = on_eval = on_checkpoint = after_step = on_train_loss = lambda *a: None
         status = lambda self: ""
 
         def after_backward(self, step, model):
@@ -317,10 +337,15 @@ def test_ctrl_c_checkpoints_the_current_step_and_resume_is_exact(tmp_path):
 
     cfg = tiny(steps=16)
     train(cfg, tmp_path / "whole", progress=False)
-    with pytest.raises(TrainingInterrupted, match="interrupted at step 11"):
-        train(cfg, tmp_path / "cut", hooks=Interrupt(), progress=False)
+    inherited = signal.getsignal(signal.SIGINT)  # ignored under nohup or in a background job
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as at an interactive terminal
+    try:
+        with pytest.raises(TrainingInterrupted, match="interrupted at step 11"):
+            train(cfg, tmp_path / "cut", hooks=Interrupt(), progress=False)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     assert 11 in list_checkpoints(tmp_path / "cut")
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
     final = train(cfg, tmp_path / "cut", progress=False, resume=True)
     assert store_series(tmp_path / "cut", "train/loss") == store_series(tmp_path / "whole", "train/loss")
     assert final["step"] == 16
@@ -329,6 +354,25 @@ def test_ctrl_c_checkpoints_the_current_step_and_resume_is_exact(tmp_path):
     assert again["eval/loss"] == final["eval/loss"] and again["train/loss"] == final["train/loss"]
     with pytest.raises(ValueError, match="differ from the run's config"):
         train(tiny(steps=17), tmp_path / "cut", progress=False, resume=True)
+
+
+def test_an_ignored_ctrl_c_stays_ignored(tmp_path):
+    """Under nohup (SIGINT ignored) a stray SIGINT neither stops the run nor changes the disposition."""
+    class Interrupt:
+        attach = on_eval = on_checkpoint = after_step = on_train_loss = lambda *a: None
+        status = lambda self: ""
+
+        def after_backward(self, step, model):
+            if step == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    inherited = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        final = train(tiny(steps=6), tmp_path / "run", hooks=Interrupt(), progress=False)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+    assert final["step"] == 6
 
 
 # --- the CLI ----------------------------------------------------------------------------------------

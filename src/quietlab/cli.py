@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import json
+import sqlite3
 import sys
+import warnings
 from typing import List, Optional
 
 import typer
@@ -28,11 +30,30 @@ def one_line_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ValueError, FileNotFoundError) as exc:
-            err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+        except (ValueError, OSError, sqlite3.DatabaseError) as exc:
+            err_console.print(f"[red]error:[/red] {_one_line(exc)}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(2)
 
     return wrapper
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error as one line, naming the file where the system names one."""
+    if isinstance(exc, OSError) and exc.strerror:
+        names = " → ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        text = f"{names}: {exc.strerror}" if names else exc.strerror
+    elif isinstance(exc, OSError | sqlite3.DatabaseError):
+        text = f"{type(exc).__name__}: {exc}"
+    else:
+        text = str(exc)
+    return " ".join(text.split())
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {' '.join(str(message).split())}\n"
+
+
+warnings.formatwarning = _one_line_warning  # e.g. a corrupt checkpoint skipped: one line, not a source excerpt
 
 
 def parse_sizes(args: List[str]) -> dict:
@@ -169,16 +190,23 @@ def train_cmd(
                  if k in ("task", "task_sizes") or getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
         if not ctx.args:
             typed.pop("task_sizes")
-        cfg = dataclasses.replace(TrainConfig.from_dict(RunFolder(run_dir).read_config()), **typed)
+        saved = TrainConfig.from_dict(RunFolder(run_dir).read_config())
+        try:
+            saved.check_types()
+        except ValueError as exc:
+            raise ValueError(f"{RunFolder(run_dir).config_path}: {exc}") from None
+        cfg = dataclasses.replace(saved, **typed)
     else:
         cfg = TrainConfig(**settings)
+    if resume and RunFolder(run_dir).exists() and not no_monitor:  # a run trained without it stays so
+        no_monitor = RunFolder(run_dir).read_config().get("hooks", "Monitor") is None
     hooks = None
     if not no_monitor:
         try:
             from .monitor import Monitor
-        except ImportError:  # the monitor is optional: train without it
-            Monitor = None
-        hooks = Monitor() if Monitor is not None else None
+        except ImportError as exc:
+            raise ValueError(f"the monitor cannot be loaded ({exc}); reinstall quietlab or train with --no-monitor") from None
+        hooks = Monitor()
     try:
         final = train(cfg, run_dir, hooks=hooks, progress=True, resume=resume)
     except TrainingInterrupted as stop:
@@ -207,8 +235,9 @@ def report_cmd(
     from pathlib import Path
 
     from .report import write_report
+    from .report.target import report_target
 
-    target = Path(out) if out else (Path(runs[0]) / "report.html" if len(runs) == 1 else Path("report.html"))
+    target = report_target(Path(out) if out else (Path(runs[0]) / "report.html" if len(runs) == 1 else Path("report.html")))
     print(write_report([Path(r) for r in runs], target))
 
 
@@ -230,9 +259,7 @@ def ablate_cmd(
     """Ablate a probed feature and compare with random directions: does the model need it?"""
     from rich.progress import Progress
 
-    from .interventions.ablation import ablate
-    from .runs import RunFolder
-    from .train.checkpoint import load_run
+    from .interventions.stored import ablate_run
     from .train.loop import resolve_device
 
     if (feature is None) == (not all_features):
@@ -240,17 +267,18 @@ def ablate_cmd(
     if examples < 1 or controls < 0:
         raise ValueError("--examples must be >= 1 and --controls >= 0")
     layer_arg = layer if layer == "auto" else _int_option("--layer", layer)
-    model, task, _, at_step = load_run(run, step=step, device=resolve_device(device))
-    names = list(task.sample(1, split="test").features) if all_features else [feature]
-    results = []
+    dev = resolve_device(device)
     with Progress(console=err_console, transient=True, disable=as_json) as bar:
-        for name in names:
-            job = bar.add_task(f"ablating {name} ({method})", total=controls + 2)
-            result = ablate(model, task, name, method=method, layer=layer_arg, n_eval=examples, n_controls=controls,
-                            seed=seed, progress=lambda done, total, job=job: bar.update(job, completed=done + 2))
-            with RunFolder(run).store() as store:
-                store.put("ablation", f"{name}/{method}", {**result.to_dict(), "step": at_step}, step=at_step)
-            results.append(result)
+        jobs = {}
+
+        def progress(name, done, total):
+            if name not in jobs:
+                jobs[name] = bar.add_task(f"ablating {name} ({method})", total=total)
+            bar.update(jobs[name], completed=done, total=total)
+
+        results, at_step = ablate_run(run, None if all_features else [feature], method=method, layer=layer_arg,
+                                      n_eval=examples, n_controls=controls, seed=seed, step=step, device=dev,
+                                      progress=progress)
     if as_json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
         return
@@ -284,13 +312,16 @@ def probe_cmd(
     from rich.progress import Progress
 
     from .monitor.monitor import probe_run
+    from .runs.lock import RunLock
     from .train.loop import resolve_device
 
-    names = [f.strip() for f in features.split(",") if f.strip()] if features else None
+    names = [f.strip() for f in features.split(",") if f.strip()] if features is not None else None
+    if names is not None and (not names or len(names) != len(features.split(","))):
+        raise ValueError(f"--features must be feature names separated by commas, got {features!r}")
     if examples < 20:
         raise ValueError(f"--examples must be at least 20, got {examples}")
     dev = resolve_device(device)
-    with Progress(console=err_console, transient=True, disable=as_json) as bar:
+    with RunLock(run), Progress(console=err_console, transient=True, disable=as_json) as bar:
         job = bar.add_task("probing checkpoints", total=None)
         out = probe_run(run, features=names, probe_examples=examples, device=dev,
                         progress=lambda done, total, step: bar.update(job, completed=done, total=total,

@@ -10,8 +10,8 @@ statistics, the ``qkv`` weight of each block's attention.
 What it records (names as in metrics.sqlite):
 
 - probes, on the probe schedule (``schedule="log"``: step 0, about ``per_decade`` log-spaced steps per
-  decade, and the last step; each probe runs at the first evaluation or checkpoint at or after its
-  scheduled step): linear probes of every task feature at every (layer, position) on a fixed probe set
+  decade, and the last step, thinned to the overhead budget below; each runs right after its step's
+  update): linear probes of every task feature at every (layer, position) on a fixed probe set
   of ``probe_examples`` held-out examples (``task.sample(n, seed, split="test")``, never training
   data), split into probe-train and probe-test; rows (step, feature, layer, position, metric, value)
   with the metrics of ``probes.py`` (acc, logloss, acc_lo, acc_hi, n_test; r2, mse, r2_lo, r2_hi);
@@ -23,31 +23,35 @@ What it records (names as in metrics.sqlite):
   weight, taken in ``after_backward`` at about ``stats_per_decade`` log-spaced steps per decade.
 - results ``event`` (key ``f"{step}:{kind}"``): "plateau since step N" and "transition at step M",
   from an :class:`~quietlab.monitor.transitions.OnlineDetector` fed with ``eval/loss``, and a second
-  one fed with the per-step ``train/loss`` (fresh examples every step: the same population loss, densely
-  sampled), whose transitions count where the sparser evaluations have not shown one; ``status()``
-  shows the latest for the progress bar.
+  one fed with the per-step training loss as the loop hands it over (fresh examples every step: the
+  same population loss, densely sampled), whose transitions count where the sparser evaluations have
+  not shown one; ``status()`` shows the latest for the progress bar.
 - at the last step (``classify_at_end``): results ``transition`` and ``feature_class`` (features.py).
 
 Cost: the probe set is captured in one no-grad pass, features that share a solver and a mask are fitted
 as one batched problem, on the model's device by default, each probe starting from the same pair's probe
-of the previous probe step (the solver then needs fewer passes). A time budget (``max_overhead``, default
-8% for the optional work, leaving room for the two mandatory probes within 10%) puts a scheduled probe
-off to a later evaluation while the monitor would exceed it (step 0 and the last step are always
-probed), so short CPU runs get fewer early probes rather than a slower run;
-benchmarks/monitor_overhead.py measures it.
+of the previous probe step (the solver then needs fewer passes). The schedule follows from the run's
+configuration alone, never from the clock, so one seed gives the same probes and classes on any machine
+and under any load: a probe's cost is estimated from shapes and counts (``probe_cost``: the capture
+pass's and the solver's FLOPs, weighed by how much slower than a training step's FLOPs they run), and
+the scheduled probes other than step 0 and the last step (always probed) are thinned evenly along the
+schedule until the estimated cost of all probes is at most ``max_overhead`` (default 5%) of the run's
+training compute.
+benchmarks/train_overhead.py measures the whole cost.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections import deque
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
-from .probes import capture_layers, fit_features, split_probe_set
+from .probes import capture_layers, fit_features, layer_taps, split_probe_set
 from .transitions import OnlineDetector
 
 #: the probe set's seed is the run's seed plus this, so that ``quietlab probe`` redraws the same set
@@ -144,24 +148,52 @@ def qkv_grad_stats(model) -> dict[str, float]:
     return out
 
 
+#: how many times slower per FLOP the probe solver runs than a training step (small batched solves
+#: against large matmuls), by device type, from benchmarks/probe_cost.py: 1.03 on the 2-core CPU
+#: (addition-12, d_model 64 × 4; a loaded machine, so rough), 9.6 on an H200 (bfs-11, d_model 256 × 4:
+#: the probe step of benchmarks/results/h200-2026-11-29b/probe_step_bfs_gpu.txt against 1.80M tokens/s)
+PROBE_SLOWDOWN = {"cpu": 1.0, "cuda": 10.0}
+
+
+def probe_cost(model, feature_set: dict, n_examples: int, n_train: int, max_iter: int, batch_size: int,
+               seq_len: int, device_type: str = "cpu", slowdown: float | None = None) -> float:
+    """Estimated cost of one probe step, in training steps of ``batch_size`` examples of ``seq_len``
+    tokens, from shapes and counts alone: a forward pass over the ``n_examples`` probe examples (a third
+    of a training step's FLOPs per token), plus ``max_iter`` solver passes over the ``n_train`` probe-train
+    examples for every (layer, position, output column) a feature is defined at (forward and gradient:
+    6·d FLOPs per example and column), the latter weighed by PROBE_SLOWDOWN."""
+    n_params = sum(p.numel() for p in model.parameters())
+    step_flops = 6 * n_params * batch_size * seq_len
+    probe_len = max(f.mask.shape[1] for f in feature_set.values()) if feature_set else 0
+    capture = 2 * n_params * n_examples * probe_len
+    d = getattr(getattr(model, "config", None), "d_model", None) or max(p.shape[-1] for p in model.parameters())
+    columns = 0
+    for f in feature_set.values():
+        columns += f.k * (f.n_classes if f.kind == "categorical" else 1) * int(f.mask.any(axis=0).sum())
+    fit = max_iter * 6 * n_train * d * columns * len(layer_taps(model))
+    if slowdown is None:
+        slowdown = PROBE_SLOWDOWN.get(device_type, PROBE_SLOWDOWN["cpu"])
+    return (capture + slowdown * fit) / step_flops
+
+
 class Monitor:
     """Training hooks: probes, attention entropy, Q/K/V gradients and plateau/transition events.
 
     ``schedule``: when to probe. ``"log"`` (default): step 0, ``per_decade`` log-spaced steps per
-    decade and the last step, each taken at the first evaluation/checkpoint at or after it;
-    ``"eval"``: at every evaluation; an int n: every n steps (plus 0 and the last); a list of steps;
-    ``None``: never (the other statistics are still logged).
+    decade and the last step; ``"eval"``: at every evaluation; an int n: every n steps (plus 0 and the
+    last); a list of steps; ``None``: never (the other statistics are still logged).
     ``probe_examples``: size of the fixed held-out probe set (``test_fraction`` of it is probe-test).
     ``features``: names of the task's features to probe (default: all). ``device``: where probes are
     fitted (default: the model's device). ``probe_kwargs`` go to ``probes.fit_features``.
-    ``max_overhead`` (default 0.08): a scheduled probe (other than step 0 and the last step) is put off
-    to a later evaluation while running it would bring the monitor's optional time (everything but
-    attach and the two mandatory probes, about half a second each on a CPU) above its allowance: this
-    fraction of the expected training time, shared evenly among the scheduled probe points (of the
-    training time so far when the run's length is unknown); None probes strictly on schedule.
+    ``max_overhead`` (default 0.05): the scheduled probes other than step 0 and the last step are
+    thinned evenly along the schedule until the estimated cost (``probe_cost``) of all probes, those
+    two included, is at most this fraction of the run's training compute (the two are kept even when
+    they alone exceed it); None probes on the whole schedule. The schedule is fixed
+    at ``attach`` from the configuration alone (``probe_steps``); ``deferred`` counts the probe steps
+    thinned away.
     ``warm_start``: each probe starts from the previous probe step's (see ``fit_features``' ``init``).
-    ``deferred`` counts the put-offs;
-    ``spent`` is the monitor's whole time, ``probe_seconds`` the part spent in probes.
+    ``spent`` is the monitor's whole time, ``probe_seconds`` the part spent in probes (measured for
+    the record only: no decision depends on a clock).
     """
 
     def __init__(
@@ -177,7 +209,7 @@ class Monitor:
         entropy_examples: int = 64,
         classify_at_end: bool = True,
         margin: float = 0.02,
-        max_overhead: float | None = 0.08,
+        max_overhead: float | None = 0.05,
         warm_start: bool = True,
         probe_kwargs: dict | None = None,
     ):
@@ -188,6 +220,8 @@ class Monitor:
             raise ValueError(f"a probe interval must be >= 1 step, got {schedule}")
         if probe_examples < 20:
             raise ValueError(f"probe_examples must be at least 20, got {probe_examples}")
+        if max_overhead is not None and not (max_overhead >= 0 and math.isfinite(max_overhead)):
+            raise ValueError(f"max_overhead must be a fraction >= 0 or None, got {max_overhead}")
         self.schedule = schedule
         self.probe_examples = int(probe_examples)
         self.features = None if features is None else list(features)
@@ -200,39 +234,32 @@ class Monitor:
         self.margin = margin
         self.max_overhead = max_overhead
         self.warm_start = warm_start
-        self.probe_kwargs = dict(probe_kwargs or {})
+        self.probe_kwargs = {"max_iter": 60, **(probe_kwargs or {})}
         self.store = None
         self.total: int | None = None
         self.losses: LossWatch | None = None
         self._last_probes: dict | None = None
         self.last_probe_step = -1
+        self.probe_steps: list[int] | None = []  # None: at every evaluation
+        self.estimated_probe_cost = 0.0  # training steps per probe step (probe_cost)
         self.probe_seconds = 0.0  # in probes (capture + fit + store)
         self.spent = 0.0  # in all of the monitor's hooks
-        self.deferred = 0  # evaluations at which a due probe was put off by the overhead budget
+        self.deferred = 0  # scheduled probe steps thinned away by the overhead budget
         self.timings: dict[str, float] = {}  # seconds per part: probes, entropy, grads, detector, classify
-        self._t0 = time.perf_counter()
-        self._fixed = 0.0  # attach and the mandatory probes (step 0, last step): outside the budget
-        self._costs: list[float] = []  # seconds of each probe so far
-        self._step_times: deque[float] = deque(maxlen=64)  # seconds of recent plain training steps
-        self._last_backward: tuple[int, float] | None = None
-        self._interrupted = False
         self._status = ""
 
     # --- the hooks -------------------------------------------------------------------------------
     def attach(self, model, task, store, run_cfg) -> None:
         """Once before training (and on resume): draw the probe set, set up the schedules and detector."""
-        self._t0 = time.perf_counter()
-        self.spent = self.probe_seconds = self._fixed = 0.0
-        self._costs, self.timings = [], {}
-        self._step_times: deque[float] = deque(maxlen=64)
-        self._last_backward: tuple[int, float] | None = None
-        self._interrupted = False
+        t0 = time.perf_counter()
+        self.spent = self.probe_seconds = 0.0
+        self.timings = {}
         self.store, self.task = store, task
-        self.total = getattr(run_cfg, "steps", None) if run_cfg is not None else None
-        if isinstance(run_cfg, dict):
-            self.total = run_cfg.get("steps")
-        seed = getattr(run_cfg, "seed", 0) if not isinstance(run_cfg, dict) else run_cfg.get("seed", 0)
-        batch = probe_set(task, self.probe_examples, seed or 0)
+        get = (lambda k, d=None: run_cfg.get(k, d)) if isinstance(run_cfg, dict) else \
+            (lambda k, d=None: getattr(run_cfg, k, d))
+        self.total = get("steps")
+        seed = get("seed", 0) or 0
+        batch = probe_set(task, self.probe_examples, seed)
         available = list(batch.features)
         names = available if self.features is None else self.features
         unknown = [n for n in names if n not in batch.features]
@@ -240,24 +267,23 @@ class Monitor:
             raise ValueError(f"unknown feature(s) {', '.join(map(repr, unknown))} for "
                              f"{getattr(task, 'name', 'this task')}; it has: {', '.join(available) or 'none'}")
         self.tokens, self.feature_set = trim_to_features(batch.tokens, {n: batch.features[n] for n in names})
-        self.train_idx, self.test_idx = split_probe_set(len(batch), self.test_fraction, seed=seed or 0)
+        self.train_idx, self.test_idx = split_probe_set(len(batch), self.test_fraction, seed=seed)
         p = next(model.parameters())
         self._entropy_tokens = torch.as_tensor(batch.tokens[: self.entropy_examples], dtype=torch.long, device=p.device)
-        self._probe_steps = self._make_probe_steps()
+        device_type = torch.device(self.device).type if self.device is not None else p.device.type
+        self.estimated_probe_cost = probe_cost(model, self.feature_set, len(batch), len(self.train_idx),
+                                               self.probe_kwargs["max_iter"], get("batch_size", 64) or 64,
+                                               task.seq_len, device_type)
+        self.probe_steps = self._make_probe_steps()
         self._grad_steps = set(log_schedule(self.total, self.stats_per_decade))
         # resume: continue after what the store already holds
         probed = sorted({r[0] for r in store.probes(names[0])}) if names else []
         self.last_probe_step = probed[-1] if probed else -1
         self.losses = LossWatch(store, self._record_event)
         self._status = self.losses.status
-        self.spent = self._fixed = self.timings["attach"] = time.perf_counter() - self._t0
+        self.spent = self.timings["attach"] = time.perf_counter() - t0
 
     def after_backward(self, step: int, model) -> None:
-        # the plain step time, from consecutive calls with no evaluation or checkpoint in between
-        now = time.perf_counter()
-        if self._last_backward is not None and step == self._last_backward[0] + 1 and not self._interrupted:
-            self._step_times.append(now - self._last_backward[1])
-        self._last_backward, self._interrupted = (step, now), False
         if step in self._grad_steps:
             t0 = time.perf_counter()
             stats = qkv_grad_stats(model)
@@ -266,8 +292,22 @@ class Monitor:
             self._took("grads", t0)
             self.spent += time.perf_counter() - t0
 
+    def after_step(self, step: int, model) -> None:
+        if self.probe_steps is not None and step > self.last_probe_step and step in self._probe_set:
+            t0 = time.perf_counter()
+            try:
+                self.probe(int(step), model)
+            finally:
+                self.spent += time.perf_counter() - t0
+
+    def on_train_loss(self, steps: list[int], losses: list[float]) -> None:
+        t0 = time.perf_counter()
+        self.losses.feed_train(steps, losses)
+        self._status = self.losses.status
+        self._took("detector", t0)
+        self.spent += time.perf_counter() - t0
+
     def on_eval(self, step: int, model, metrics: dict) -> None:
-        self._interrupted = True
         t0 = time.perf_counter()
         try:
             self._on_eval(int(step), model, metrics)
@@ -283,19 +323,13 @@ class Monitor:
         if entropy:
             self.store.log(step, entropy)
         self._took("entropy", t0)
-        if self._probe_due(step):
-            self.probe(step, model)
+        if self.probe_steps is None and step > self.last_probe_step and self.schedule is not None:
+            self.probe(step, model)  # schedule "eval"
         if self.total is not None and step == self.total:
             self.finish(step)
 
     def on_checkpoint(self, step: int, model) -> None:
-        self._interrupted = True
-        t0 = time.perf_counter()
-        try:
-            if self._probe_due(int(step)):
-                self.probe(int(step), model)
-        finally:
-            self.spent += time.perf_counter() - t0
+        pass
 
     def status(self) -> str:
         return self._status
@@ -305,9 +339,8 @@ class Monitor:
         """Capture the probe set, fit every feature's probes, write their rows; returns the ProbeResults."""
         t0 = time.perf_counter()
         acts = capture_layers(model, self.tokens, device=self.device)
-        kwargs = {"max_iter": 60, **self.probe_kwargs}
         results = fit_features(acts, self.feature_set, self.train_idx, self.test_idx, device=self.device,
-                               init=self._last_probes, **kwargs)
+                               init=self._last_probes, **self.probe_kwargs)
         self._last_probes = results if self.warm_start else None  # the next probe step starts from these
         del acts
         rows = [r for name, res in results.items() for r in res.rows(step, name)]
@@ -316,9 +349,6 @@ class Monitor:
         self.store.log(step, {"monitor/probe_s": cost})
         self.probe_seconds += cost
         self.timings["probes"] = self.probe_seconds
-        self._costs.append(cost)
-        if step == 0 or step == self.total:
-            self._fixed += cost
         self.last_probe_step = step
         return results
 
@@ -344,52 +374,31 @@ class Monitor:
         return now
 
     def _make_probe_steps(self) -> list[int] | None:
-        s = self.schedule
+        """The probe steps, from the configuration alone: the schedule, then (with ``max_overhead`` and
+        the run's length known) its interior thinned evenly to the budget; step 0 and the last always."""
+        s, total = self.schedule, self.total
+        self.deferred = 0
         if s is None:
-            return []
-        if s == "eval":
+            steps = []
+        elif s == "eval":
+            self._probe_set = set()
             return None  # every evaluation
-        if s == "log":
-            return log_schedule(self.total, self.per_decade)
-        if isinstance(s, int):
-            end = self.total if self.total is not None else 10**9
-            return sorted(set(range(0, end + 1, s)) | ({self.total} if self.total is not None else set()))
-        return sorted({int(x) for x in s})
-
-    def _probe_due(self, step: int) -> bool:
-        if step <= self.last_probe_step or self.schedule is None:
-            return False
-        if step == 0 or (self.total is not None and step == self.total):
-            return True  # the random-init baseline and the final model are always probed
-        if self._probe_steps is not None:  # else: every evaluation
-            # a scheduled step in (last probe, step]
-            i = np.searchsorted(self._probe_steps, self.last_probe_step, side="right")
-            if not (i < len(self._probe_steps) and self._probe_steps[i] <= step):
-                return False
-        if self.max_overhead is not None:
-            # overhead budget: a probe is put off (to a later evaluation) while it would take the
-            # monitor's optional work (all but attach and the step-0 and last-step probes) over its
-            # allowance. With the run's length known, the allowance is max_overhead of the expected
-            # training time (time so far + median plain step time × steps left; evaluations ahead are
-            # not counted, so it errs low), shared evenly among the scheduled probe points passed so
-            # far: probes thin out evenly along the log schedule instead of the early ones all being
-            # dropped. Until a few plain steps have been timed (early evaluations interrupt them), or
-            # without the run's length, it is max_overhead of the training time so far. A probe's
-            # cost: the median of the last five.
-            train_time = time.perf_counter() - self._t0 - self.spent
-            optional = self.spent - self._fixed
-            cost = float(np.median(self._costs[-5:])) if self._costs else 0.0
-            points = [s for s in (self._probe_steps or []) if 0 < s < (self.total or 0)]
-            if self.total and points and len(self._step_times) >= 3:
-                share = np.searchsorted(points, step, side="right") / len(points)
-                expected = train_time + float(np.median(self._step_times)) * max(self.total - step, 0)
-                allowed = self.max_overhead * expected * share
-            else:
-                allowed = self.max_overhead * train_time
-            if optional + cost > allowed:
-                self.deferred += 1
-                return False
-        return True
+        elif s == "log":
+            steps = log_schedule(total, self.per_decade)
+        elif isinstance(s, int):
+            end = total if total is not None else 10**9
+            steps = sorted(set(range(0, end + 1, s)) | ({total} if total is not None else set()))
+        else:
+            steps = sorted({int(x) for x in s} | {0} | ({total} if total is not None else set()))
+        if s is not None and self.max_overhead is not None and total:
+            inner = [x for x in steps if 0 < x < total]
+            keep = max(0, int(self.max_overhead * total / max(self.estimated_probe_cost, 1e-12)) - 2)
+            # evenly along the schedule: the middle step of each of ``keep`` equal stretches of it
+            kept = inner if keep >= len(inner) else [inner[int((j + 0.5) * len(inner) / keep)] for j in range(keep)]
+            self.deferred = len(inner) - len(kept)
+            steps = sorted({0, total, *kept})
+        self._probe_set = set(steps)
+        return steps
 
     def _record_event(self, ev) -> None:
         step = int(round(ev.step))
@@ -400,31 +409,40 @@ class Monitor:
 
 class LossWatch:
     """Plateaus and transitions of a run's loss while it trains: one :class:`OnlineDetector` on
-    ``eval/loss``, fed at each evaluation, and one on the per-step ``train/loss``, read from the store
-    as it grows. Every step draws fresh examples, so the training loss estimates the same population
-    loss, sampled densely enough to resolve a plateau that evaluations only touch a few times; its
-    transitions count while the eval/loss detector has seen none. Events go to ``record``."""
+    ``eval/loss``, fed at each evaluation, and one on the per-step training loss, fed as the loop hands
+    it over (what the store held before a resume is read once, at the start). Every step draws fresh
+    examples, so the training loss estimates the same population loss, sampled densely enough to
+    resolve a plateau that evaluations only touch a few times; its transitions count while the
+    eval/loss detector has seen none. Events go to ``record``."""
 
     def __init__(self, store, record):
-        self.store, self.record = store, record
+        self.record = record
         self.eval = OnlineDetector(log_x=True, direction="down", unit="step")
         self.train = OnlineDetector(log_x=True, direction="down", unit="step", every=0.1)
         self._train_seen = -1
         for s, v in zip(*store.series("eval/loss")):  # also what was logged before a resume
             if v is not None:
                 self.eval.update(s, v)
-        self._feed_train()
+        self.feed_train(*store.series("train/loss"))
 
     def update(self, step: int, eval_loss: float | None) -> None:
         if eval_loss is not None and math.isfinite(eval_loss):
             for ev in self.eval.update(step, eval_loss):
                 self.record(ev)
-        self._feed_train()
+
+    def feed_train(self, steps, losses) -> None:
+        """Per-step training losses, in step order (steps already seen are skipped)."""
+        events = []
+        for s, v in zip(steps, losses):
+            if s > self._train_seen and v is not None:
+                events += self.train.update(s, v)
+                self._train_seen = s
+        self._record_train(events)
 
     def finish(self) -> None:
         for ev in self.eval.finish():
             self.record(ev)
-        self._feed_train(finish=True)
+        self._record_train(self.train.finish())
 
     @property
     def status(self) -> str:
@@ -432,16 +450,7 @@ class LossWatch:
             return self.train.status
         return self.eval.status or self.train.status
 
-    def _feed_train(self, finish: bool = False) -> None:
-        steps, values = self.store.series("train/loss", after=self._train_seen)
-        events = []
-        for s, v in zip(steps, values):
-            if v is not None:
-                events += self.train.update(s, v)
-        if finish:
-            events += self.train.finish()
-        if steps:
-            self._train_seen = steps[-1]
+    def _record_train(self, events) -> None:
         if not _reported_transition(self.eval):
             for ev in events:
                 if ev.kind == "transition":
@@ -480,7 +489,11 @@ def probe_run(run_dir, features: Sequence[str] | None = None, probe_examples: in
     train_idx = test_idx = results = None
     with folder.store() as store:
         for i, step in enumerate(todo):
-            model, task, cfg, step = load_run(folder.path, step=step, device=device)
+            try:
+                model, task, cfg, step = load_run(folder.path, step=step, device=device)
+            except ValueError as exc:  # a corrupt or truncated checkpoint: the others still count
+                warnings.warn(f"skipping {exc}", stacklevel=2)
+                continue
             if batch is None:
                 batch = probe_set(task, probe_examples, cfg.seed)
                 names = list(batch.features) if features is None else list(features)
@@ -497,5 +510,7 @@ def probe_run(run_dir, features: Sequence[str] | None = None, probe_examples: in
             del acts, model
             if progress is not None:
                 progress(i + 1, len(todo), step)
+        if batch is None:
+            raise ValueError(f"none of the checkpoints of {folder.path} could be read")
         out = classify_run(store, features=names, margin=margin)
     return {**out, "steps": todo, "feature_order": names}

@@ -28,6 +28,7 @@ from plotly.offline import get_plotlyjs
 from .. import __version__
 from ..runs import write_atomic
 from . import summary as S
+from .target import REPORT_MARKER
 
 COLORS = qualitative.Plotly + qualitative.D3
 PLATEAU_FILL = "rgba(110,110,110,0.13)"
@@ -666,7 +667,7 @@ def render_report(run_dirs) -> str:
         body.append(_summary_html(rd, S.summarize(rd), S.headline(rd)))
         body.append(run_sections(rd, ids))
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n" + REPORT_MARKER + "\n"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
         f"<title>{_esc(title)}</title>\n<style>{CSS}</style>\n"
         # plotly.js inlined (no CDN), only when there is something to plot

@@ -82,7 +82,7 @@ def load_run(run: Path | str | RunData) -> RunData:
     rd = RunData(path=path, name=path.resolve().name, config=config)
     if db_path.exists():
         rd.has_store = True
-        with RunStore(db_path) as store:
+        with RunStore(db_path, readonly=True) as store:
             rd.series = {n: store.series(n) for n in store.metric_names()}
             rd.probes = [tuple(r) for r in store.probes()]
             rd.transitions = {k: [v] if isinstance(v, dict) else list(v) if isinstance(v, list) else []

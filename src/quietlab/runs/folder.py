@@ -28,9 +28,11 @@ def write_atomic(path: Path | str, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:  # say which file (disk full, file too large)
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -66,10 +68,16 @@ class RunFolder:
     def read_config(self) -> dict:
         if not self.config_path.exists():
             raise ValueError(f"{self.path} is not a run folder (no config.json)")
-        return json.loads(self.config_path.read_text())
+        try:
+            config = json.loads(self.config_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{self.config_path} is not readable JSON: {getattr(exc, 'strerror', None) or exc}") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"{self.config_path} should hold a JSON object, found {type(config).__name__}")
+        return config
 
-    def store(self) -> RunStore:
-        return RunStore(self.path / "metrics.sqlite")
+    def store(self, readonly: bool = False) -> RunStore:
+        return RunStore(self.path / "metrics.sqlite", readonly=readonly)
 
     def checkpoint_path(self, step: int) -> Path:
         return self.checkpoint_dir / f"step_{step:06d}.pt"

@@ -11,6 +11,7 @@ Tables (readable with any SQLite client):
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from pathlib import Path
@@ -26,16 +27,70 @@ CREATE TABLE IF NOT EXISTS results (kind TEXT NOT NULL, key TEXT NOT NULL, step 
 """
 
 
+TABLES = ("metrics", "probes", "results")
+
+
+def _named(method):
+    """SQLite's errors (corrupt file, disk full, read-only file) as one ValueError naming the file."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(f"{self.path}: {exc}") from None
+
+    return wrapper
+
+
 class RunStore:
-    def __init__(self, path: Path | str):
+    """The store of one run. ``readonly=True`` (every reader): opened with SQLite's ``mode=ro``, never
+    created, changed or given a schema; a missing, empty, corrupt or foreign file is a ValueError."""
+
+    def __init__(self, path: Path | str, readonly: bool = False):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self.readonly = readonly
+        try:
+            if readonly:
+                self._db = self._open_readonly()
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(self.path, timeout=30)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(f"{self.path} is not a readable quietlab store: {exc}") from None
+        except OSError as exc:
+            raise ValueError(f"cannot open {self.path}: {exc.strerror or exc}") from None
+
+    def _open_readonly(self) -> sqlite3.Connection:
+        if not self.path.is_file():
+            raise ValueError(f"{self.path} does not exist (no metrics in this run folder)")
+        uri = self.path.resolve().as_uri() + "?mode=ro"
+        try:
+            db = sqlite3.connect(uri, uri=True, timeout=30)
+            names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.OperationalError:
+            # a WAL database in a folder this process may not write: no shared-memory file can be made
+            # beside it, so read it as immutable (nothing writes a folder its reader cannot write)
+            db = sqlite3.connect(uri + "&immutable=1", uri=True)
+            names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        missing = [t for t in TABLES if t not in names]
+        if missing:
+            db.close()
+            raise ValueError(f"{self.path} is not a quietlab store (no {', '.join(missing)} table)")
+        return db
 
     def close(self) -> None:
+        if not self.readonly:
+            # leave WAL mode: a finished run is then one self-contained file, and a read-only reader
+            # needs no -wal/-shm files beside it (it would create them otherwise); a no-op while
+            # another connection is open
+            try:
+                self._db.execute("PRAGMA journal_mode=DELETE")
+            except sqlite3.DatabaseError:
+                pass
         self._db.close()
 
     def __enter__(self):
@@ -45,6 +100,7 @@ class RunStore:
         self.close()
 
     # --- writing ----------------------------------------------------------------------------
+    @_named
     def log(self, step: int, metrics: dict[str, float]) -> None:
         with self._db:
             self._db.executemany(
@@ -52,6 +108,7 @@ class RunStore:
                 [(int(step), k, None if v is None else float(v)) for k, v in metrics.items()],
             )
 
+    @_named
     def log_probes(self, rows) -> None:
         """rows: iterable of (step, feature, layer, position, metric, value)."""
         with self._db:
@@ -60,10 +117,12 @@ class RunStore:
                 [(int(s), f, int(l), int(p), m, float(v)) for s, f, l, p, m, v in rows],
             )
 
+    @_named
     def put(self, kind: str, key: str, value, step: int | None = None) -> None:
         with self._db:
             self._db.execute("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)", (kind, key, step, json.dumps(value)))
 
+    @_named
     def truncate_after(self, step: int) -> None:
         """Forget everything logged after ``step`` (used when a run resumes from an earlier checkpoint)."""
         with self._db:
@@ -71,18 +130,21 @@ class RunStore:
             self._db.execute("DELETE FROM probes WHERE step > ?", (step,))
 
     # --- reading ----------------------------------------------------------------------------
+    @_named
     def series(self, name: str, after: int | None = None) -> tuple[list[int], list[float]]:
         """(steps, values) of one metric, in step order; ``after``: only the steps past it."""
         rows = self._db.execute("SELECT step, value FROM metrics WHERE name = ? AND step > ? ORDER BY step",
                                 (name, -1 if after is None else after)).fetchall()
         return [r[0] for r in rows], [r[1] for r in rows]
 
+    @_named
     def metric_names(self, prefix: str = "") -> list[str]:
         rows = self._db.execute(
             "SELECT DISTINCT name FROM metrics WHERE name LIKE ? ORDER BY name", (prefix.replace("%", r"\%") + "%",)
         )
         return [r[0] for r in rows]
 
+    @_named
     def probes(self, feature: str | None = None, metric: str | None = None) -> list[tuple]:
         """(step, feature, layer, position, metric, value) rows, filtered."""
         sql, args = "SELECT * FROM probes WHERE 1=1", []
@@ -92,10 +154,12 @@ class RunStore:
             sql, args = sql + " AND metric = ?", args + [metric]
         return self._db.execute(sql + " ORDER BY step, feature, layer, position", args).fetchall()
 
+    @_named
     def get(self, kind: str, key: str):
         row = self._db.execute("SELECT json FROM results WHERE kind = ? AND key = ?", (kind, key)).fetchone()
         return None if row is None else json.loads(row[0])
 
+    @_named
     def results(self, kind: str) -> dict[str, object]:
         rows = self._db.execute("SELECT key, json FROM results WHERE kind = ? ORDER BY key", (kind,)).fetchall()
         return {k: json.loads(v) for k, v in rows}

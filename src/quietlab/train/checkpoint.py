@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +40,8 @@ def rng_state() -> dict:
         "python": _plain(random.getstate()),
         "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available():  # every GPU's generator (reading them initialises CUDA if need be)
+        state["cuda"] = [torch.cuda.get_rng_state(i) for i in range(torch.cuda.device_count())]
     return state
 
 
@@ -49,11 +50,14 @@ def set_rng_state(state: dict) -> None:
     random.setstate(_tuples(state["python"]))
     kind, keys, *rest = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
-    if "cuda" in state and torch.cuda.is_available():
-        try:
-            torch.cuda.set_rng_state_all(state["cuda"])
-        except (RuntimeError, IndexError):  # resumed on a machine with fewer GPUs: leave CUDA's generators
-            pass
+    saved = state.get("cuda") or []
+    if saved and torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        if len(saved) != n:
+            warnings.warn(f"the checkpoint holds the random state of {len(saved)} GPU(s) and this machine has {n}: "
+                          f"the first {min(n, len(saved))} are restored, so the resumed run may differ", stacklevel=2)
+        for i, s in enumerate(saved[:n]):
+            torch.cuda.set_rng_state(s, i)
 
 
 def _plain(x):
@@ -85,7 +89,29 @@ def save_checkpoint(run_dir, step: int, model, optimizer, config: dict) -> Path:
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """The checkpoint at ``path``; a ValueError naming the file if it is unreadable, truncated or foreign."""
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError as exc:
+        raise ValueError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # torch raises many kinds (EOFError for an empty file, RuntimeError, pickle's)
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0][:200]
+        raise ValueError(f"{path} is not a readable checkpoint ({reason})") from None
+    if not isinstance(payload, dict) or not {"step", "model", "model_config", "config"} <= set(payload):
+        raise ValueError(f"{path} is not a quietlab checkpoint (keys missing)")
+    return payload
+
+
+def readable_checkpoints(run_dir, map_location="cpu"):
+    """(step, payload) of each checkpoint that loads, newest first, lazily; each unreadable one is skipped
+    with a warning naming it."""
+    for step, path in reversed(RunFolder(run_dir).checkpoints()):
+        try:
+            payload = load_checkpoint(path, map_location)
+        except ValueError as exc:
+            warnings.warn(f"skipping {exc}", stacklevel=2)
+            continue
+        yield step, payload
 
 
 def list_checkpoints(run_dir) -> list[int]:
@@ -94,13 +120,8 @@ def list_checkpoints(run_dir) -> list[int]:
 
 
 def latest_checkpoint(run_dir, map_location="cpu") -> dict | None:
-    """The newest checkpoint that loads (older ones are tried if the newest cannot be read), or None."""
-    for step, path in reversed(RunFolder(run_dir).checkpoints()):
-        try:
-            return load_checkpoint(path, map_location)
-        except Exception:  # unreadable (e.g. a disk fault): fall back to the one before
-            continue
-    return None
+    """The newest checkpoint that loads (older ones are tried, with a warning, if it cannot be read), or None."""
+    return next((payload for _, payload in readable_checkpoints(run_dir, map_location)), None)
 
 
 def remove_stale_temp_files(run_dir) -> None:
@@ -124,11 +145,18 @@ def load_run(run_dir, step: int | None = None, device="cpu"):
     if not steps:
         raise ValueError(f"{folder.path} has no checkpoints yet")
     if step is None:
-        step = steps[-1]
+        payload = latest_checkpoint(folder.path)
+        if payload is None:
+            raise ValueError(f"{folder.path} has no readable checkpoint")
     elif step not in steps:
         raise ValueError(f"{folder.path} has no checkpoint at step {step}; it has steps {_ranges(steps)}")
-    payload = load_checkpoint(folder.checkpoint_path(step), map_location="cpu")
+    else:
+        payload = load_checkpoint(folder.checkpoint_path(step), map_location="cpu")
     cfg = TrainConfig.from_dict(payload["config"])
+    try:
+        cfg.check_types()
+    except ValueError as exc:
+        raise ValueError(f"the config in {folder.checkpoint_path(int(payload['step']))}: {exc}") from None
     task = get_task(cfg.task, **cfg.task_sizes)
     model = Transformer(TransformerConfig(**payload["model_config"]))
     model.load_state_dict(payload["model"])

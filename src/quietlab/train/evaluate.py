@@ -1,11 +1,17 @@
-"""Held-out evaluation: teacher-forced loss and accuracy on the answer tokens, and greedy exact match.
+"""Held-out evaluation: loss, token accuracy and exact match from one teacher-forced pass.
 
 Metrics (names as logged in metrics.sqlite):
 
 - ``eval/loss``          mean cross-entropy over answer tokens (EOS included), teacher-forced
 - ``eval/token_acc``     fraction of answer tokens whose argmax prediction is right, teacher-forced
 - ``eval/pos_acc/{i}``   the same at the i-th answer token (i = 0 is the first token after ``=``)
-- ``eval/exact_match``   fraction of examples whose greedy, KV-cached generation equals the answer
+- ``eval/exact_match``   fraction of examples whose every answer token (EOS included) is the argmax
+                         under teacher forcing
+
+Exact match needs no decoding: greedy generation reproduces the answer exactly when, and only when,
+every answer token is the argmax given the true prefix (by induction over the answer: while the
+generated prefix equals the true one, each generated token is the teacher-forced argmax; the first
+wrong one is generated wrong). Greedy decoding (decode.py) stays for the verbs that show answers.
 """
 
 from __future__ import annotations
@@ -15,7 +21,6 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from .decode import exact_match, greedy_decode
 
 
 def as_tensors(batch, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -32,6 +37,13 @@ def masked_loss(logits: torch.Tensor, tokens: torch.Tensor, loss_mask: torch.Ten
     m = loss_mask[:, :-1].float()
     ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), tokens[:, 1:], reduction="none")
     return (ce * m).sum() / m.sum().clamp(min=1)
+
+
+def teacher_forced_exact(logits: torch.Tensor, tokens: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: every answer token (where ``loss_mask`` marks the position before it) is the argmax of
+    ``logits`` under teacher forcing; equal to greedy decoding's exact match (see above)."""
+    hit = logits[:, :-1].argmax(-1) == tokens[:, 1:]
+    return (hit | ~loss_mask[:, :-1]).all(dim=1)
 
 
 @torch.no_grad()
@@ -53,19 +65,18 @@ def evaluate(model, task, batch, device=None, autocast_dtype: torch.dtype | None
     loss_sum, n_tokens, n_exact = 0.0, 0, 0
     try:
         for lo in range(0, len(batch), chunk):
-            tokens, mask, start = as_tensors(batch.take(slice(lo, lo + chunk)), device)
+            tokens, mask, _ = as_tensors(batch.take(slice(lo, lo + chunk)), device)
             with autocast:
                 logits = model(tokens)
-                generated = greedy_decode(model, tokens, start)
+            logits = logits.float()
             m, target = mask[:, :-1], tokens[:, 1:]
-            logits = logits[:, :-1].float()
-            loss_sum += float(F.cross_entropy(logits[m], target[m], reduction="sum"))
+            loss_sum += float(F.cross_entropy(logits[:, :-1][m], target[m], reduction="sum"))
             n_tokens += int(m.sum())
-            correct = (logits.argmax(-1) == target)[m].float()
+            n_exact += int(teacher_forced_exact(logits, tokens, mask).sum())
+            correct = (logits[:, :-1].argmax(-1) == target)[m].float()
             index = (torch.cumsum(m, dim=1) - 1)[m]  # i-th answer token of its row
             pos_correct.index_add_(0, index, correct)
             pos_count.index_add_(0, index, torch.ones_like(correct))
-            n_exact += int(exact_match(generated, tokens, mask).sum())
     finally:
         model.train(was_training)
     out = {

@@ -13,8 +13,17 @@ side ``data_chunk`` steps at a time: chunk c = (k-1) // data_chunk is ``task.sam
 seed=derive(seed, c))``. Evaluation uses one fixed held-out batch of ``eval_examples`` (the test side).
 
 Metrics logged to metrics.sqlite: train/loss, train/lr, train/tokens, train/flops (every
-``log_every`` steps), train/tokens_per_s (at each flush, about once a second), and eval/loss,
-eval/token_acc, eval/pos_acc/{i}, eval/exact_match at each evaluation (see evaluate.py).
+``log_every`` steps), train/tokens_per_s (at each flush, about once a second: tokens over the plain
+training time since the last flush, evaluations and checkpoints left out) and train/elapsed_s (wall
+seconds since the loop started, everything included), and eval/loss, eval/token_acc, eval/pos_acc/{i},
+eval/exact_match at each evaluation (see evaluate.py).
+
+Schedules (schedule.py): by default the evaluations are step 0, the last step, ``eval_per_decade``
+log-spaced steps per decade and about 50 evenly spaced ones, thinned evenly so that their estimated
+cost (a forward pass of ``eval_examples`` examples: eval_examples / (3·batch_size) training steps)
+stays within EVAL_BUDGET (3%) of the run's training compute; checkpoints are ``checkpoint_per_decade``
+log-spaced steps per decade plus at most 10 evenly spaced ones. An explicit ``eval_every`` or
+``checkpoint_every`` is taken as given, unthinned.
 
 Resuming reloads model, optimizer and RNG state from the last complete checkpoint and forgets every
 metric logged after it; on CPU the continued run's losses equal the uninterrupted run's exactly.
@@ -25,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import shutil
 import signal
 import threading
 import time
@@ -39,14 +49,19 @@ from .. import __version__
 from ..models.attention import NORM_FORMS, VARIANTS
 from ..models.transformer import Transformer, TransformerConfig
 from ..runs.folder import RunFolder
+from ..runs.lock import LOCK_NAME, RunLock
 from .budget import flops_per_step, flops_per_token, non_embedding_params, steps_for_flops
 from .checkpoint import latest_checkpoint, remove_stale_temp_files, save_checkpoint, set_rng_state
 from .evaluate import evaluate, masked_loss
-from .schedule import lr_at, make_optimizer, schedule_steps, set_lr
+from .schedule import budgeted_steps, lr_at, make_optimizer, schedule_steps, set_lr
 
 DTYPES = ("auto", "fp32", "bf16")
 # Settings that may differ when a run is resumed (they change speed, not what is trained).
 RESUMABLE_CHANGES = ("device", "dtype", "compile")
+#: the default evaluations' estimated cost as a fraction of the training compute (see above)
+EVAL_BUDGET = 0.03
+#: evenly spaced checkpoints by default, besides the log-spaced ones
+CHECKPOINTS_SPREAD = 10
 
 
 @runtime_checkable
@@ -57,6 +72,11 @@ class TrainHooks(Protocol):
       the TrainConfig with ``steps`` resolved (set even when the budget was given as ``flops``).
     - ``after_backward(step, model)``: during update ``step`` (1-based), after ``loss.backward()`` and
       before clipping and the optimizer step; the gradients are in ``p.grad``.
+    - ``after_step(step, model)``: with the model after update ``step``, before that step's
+      evaluation and checkpoint; step 0 (the untrained model) once, after its evaluation and checkpoint.
+    - ``on_train_loss(steps, losses)``: the per-step training losses (lists of int and float) logged
+      since the last call, in step order, handed over at each flush (at the latest before every
+      evaluation and checkpoint, and at the end).
     - ``on_eval(step, model, metrics)``: after each evaluation of the model at ``step`` (metrics is the
       dict just logged; step 0 is the untrained model).
     - ``on_checkpoint(step, model)``: after each checkpoint is written (step 0 included).
@@ -68,6 +88,10 @@ class TrainHooks(Protocol):
     def attach(self, model, task, store, run_cfg) -> None: ...
 
     def after_backward(self, step: int, model) -> None: ...
+
+    def after_step(self, step: int, model) -> None: ...
+
+    def on_train_loss(self, steps: list[int], losses: list[float]) -> None: ...
 
     def on_eval(self, step: int, model, metrics: dict) -> None: ...
 
@@ -104,11 +128,11 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     # evaluation, logging, checkpoints
-    eval_every: int | None = None  # None: about 50 evaluations spread evenly
-    eval_per_decade: float = 10  # plus log-spaced evaluations: 0, 1, 2, 3, 4, 5, 6, 8, 10, 13, 16, ...
+    eval_every: int | None = None  # None: about 50 evenly spread + log-spaced, thinned to EVAL_BUDGET
+    eval_per_decade: float = 10  # log-spaced evaluations: 0, 1, 2, 3, 4, 5, 6, 8, 10, 13, 16, ...
     eval_examples: int = 512
     log_every: int = 1
-    checkpoint_every: int | None = None  # None: about 20 checkpoints spread evenly
+    checkpoint_every: int | None = None  # None: CHECKPOINTS_SPREAD checkpoints spread evenly
     checkpoint_per_decade: float = 3  # plus log-spaced checkpoints: 0, 1, 2, 5, 10, 22, 46, 100, ...
     data_chunk: int = 16  # steps of examples drawn per task.sample call (part of what defines the data)
     # hardware
@@ -127,8 +151,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """A ValueError naming the first bad setting and what is allowed."""
-        if not isinstance(self.task_sizes, dict):
-            raise ValueError(f"task_sizes must be a dict, got {self.task_sizes!r}")
+        self.check_types()
         if (self.steps is None) == (self.flops is None):
             raise ValueError("give the length of training as steps (--steps) or as a FLOPs budget (--flops), not both"
                              if self.steps is not None else "give --steps or --flops")
@@ -148,12 +171,15 @@ class TrainConfig:
             raise ValueError(f"--attention must be one of {', '.join(VARIANTS)}, got {self.attention!r}")
         if self.norm_form not in NORM_FORMS:
             raise ValueError(f"--norm-form must be one of {', '.join(NORM_FORMS)}, got {self.norm_form!r}")
-        if self.tau is not None and not self.tau > 0:
-            raise ValueError(f"--tau must be > 0, got {self.tau}")
+        if self.tau is not None and not (self.tau > 0 and math.isfinite(self.tau)):
+            raise ValueError(f"--tau must be a finite number > 0, got {self.tau}")
         if not 0 < self.heat_fraction <= 1:
             raise ValueError(f"--heat-fraction must be in (0, 1], got {self.heat_fraction}")
-        if not self.heat_start > 0:
-            raise ValueError(f"--heat-start must be > 0, got {self.heat_start}")
+        if not (self.heat_start > 0 and math.isfinite(self.heat_start)):
+            raise ValueError(f"--heat-start must be a finite number > 0, got {self.heat_start}")
+        for name in ("eval_per_decade", "checkpoint_per_decade"):
+            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if not 0 <= self.min_lr_fraction <= 1:
@@ -165,6 +191,20 @@ class TrainConfig:
         resolve_device(self.device)
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
             raise ValueError(f"--d-model ({self.d_model}) must split into --heads ({self.n_heads}) heads of even size")
+
+    def check_types(self) -> None:
+        """Each setting of the type its field declares (a config.json edited by hand may hold anything)."""
+        kinds = {"int": int, "float": (int, float), "str": str, "bool": bool, "dict": dict}
+        for f in dataclasses.fields(self):
+            declared = str(f.type).replace(" ", "").split("|")
+            value = getattr(self, f.name)
+            if value is None and "None" in declared:
+                continue
+            allowed = tuple(t for k in declared if k in kinds for t in (kinds[k] if isinstance(kinds[k], tuple) else (kinds[k],)))
+            if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+                want = " or ".join("a number" if k == "float" else "a whole number" if k == "int" else
+                                   "none" if k == "None" else f"a {k}" for k in declared)
+                raise ValueError(f"{f.name} must be {want}, got {value!r}")
 
     def build_task(self):
         from ..tasks import get_task
@@ -264,7 +304,8 @@ class ExampleStream:
 
 # ------------------------------------------------------------------------------------------------
 class _StopRequested:
-    """Ctrl-C asks the loop to stop at the next step boundary (after a checkpoint); a second one aborts."""
+    """Ctrl-C asks the loop to stop at the next step boundary (after a checkpoint); a second one aborts.
+    A process that ignores SIGINT (nohup, a background job) keeps ignoring it."""
 
     def __init__(self):
         self.requested = False
@@ -272,8 +313,10 @@ class _StopRequested:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self._handle)
+            old = signal.getsignal(signal.SIGINT)
+            if old is not signal.SIG_IGN:
+                self._old = old
+                signal.signal(signal.SIGINT, self._handle)
         return self
 
     def _handle(self, signum, frame):
@@ -323,21 +366,60 @@ def check_resumable(saved: dict, cfg: TrainConfig) -> None:
         raise ValueError("--resume with settings that differ from the run's config.json: " + "; ".join(diffs))
 
 
+def run_schedules(cfg: TrainConfig, total: int) -> tuple[list[int], list[int]]:
+    """(evaluation steps, checkpoint steps) of a run of ``total`` steps (see the module docstring)."""
+    if cfg.eval_every:
+        evals = schedule_steps(total, cfg.eval_every, cfg.eval_per_decade)
+    else:
+        eval_cost = cfg.eval_examples / (3 * cfg.batch_size)  # a forward pass is a third of a training step
+        evals = budgeted_steps(total, max(1, round(total / 50)), cfg.eval_per_decade, eval_cost, EVAL_BUDGET)
+    every = cfg.checkpoint_every or max(1, -(-total // CHECKPOINTS_SPREAD))
+    return evals, schedule_steps(total, every, cfg.checkpoint_per_decade)
+
+
 def train(cfg: TrainConfig, run_dir, hooks: TrainHooks | None = None, progress: bool = True,
           resume: bool = False) -> dict:
     """Train ``cfg`` into ``run_dir``; returns the final metrics (last evaluation, last train loss, totals).
 
     ``resume=True`` continues the run in ``run_dir`` from its last complete checkpoint (a fresh start if
     it has none); without it, an existing non-empty ``run_dir`` is an error.
+
+    Everything that can be checked is checked before the folder is touched (settings, the task's sizes,
+    that both sides of the task can be drawn from); then the run holds the folder's writer lock
+    (runs/lock.py) until it returns. A folder this call created is removed again if the run fails before
+    its first checkpoint.
     """
     cfg.validate()
+    task = cfg.build_task()
+    eval_batch = _draw(task, cfg.eval_examples, derive_seed(cfg.seed, _EVAL), "test")
+    _draw(task, cfg.batch_size, derive_seed(cfg.seed, _DATA, 0), "train")
+    resolve_device(cfg.device)
     folder = RunFolder(run_dir)
-    if not resume and folder.path.exists() and any(folder.path.iterdir()):
+    if folder.path.exists() and not folder.path.is_dir():
+        raise ValueError(f"{folder.path} is not a directory; choose another --out")
+    created = not folder.path.exists()
+    with RunLock(folder.path, create=True):
+        try:
+            return _train(cfg, folder, task, eval_batch, hooks, progress, resume)
+        except BaseException:
+            if created and not folder.checkpoints():  # nothing of this run to keep or resume
+                shutil.rmtree(folder.path, ignore_errors=True)
+            raise
+
+
+def _draw(task, n: int, seed: int, split: str):
+    try:
+        return task.sample(n, seed=seed, split=split)
+    except RuntimeError as exc:  # rejection sampling found too few distinct examples on that side
+        raise ValueError(f"{task.name} at sizes {task.sizes} cannot be trained on: {exc}; choose larger sizes") from None
+
+
+def _train(cfg: TrainConfig, folder: RunFolder, task, eval_batch, hooks, progress: bool, resume: bool) -> dict:
+    if not resume and any(p.name != LOCK_NAME for p in folder.path.iterdir()):
         raise ValueError(f"{folder.path} already exists; pass --resume to continue that run, or choose another --out")
     if resume and folder.exists():
         check_resumable(folder.read_config(), cfg)
 
-    task = cfg.build_task()
     device = resolve_device(cfg.device)
     amp_dtype = resolve_dtype(cfg.dtype, device)
     model_cfg = cfg.model_config(task)
@@ -373,6 +455,7 @@ def train(cfg: TrainConfig, run_dir, hooks: TrainHooks | None = None, progress: 
                          "non_embedding_params": non_embedding_params(model_cfg),
                          "flops_per_token": flops_per_token(model_cfg), "flops_per_step": step_flops,
                          "tokens_per_step": tokens_per_step, "seq_len": task.seq_len, "vocab": "".join(task.vocab)},
+            "hooks": None if hooks is None else type(hooks).__name__,  # `--resume` keeps a run without the monitor so
             "torch_version": torch.__version__,
             "quietlab_version": __version__,
         })
@@ -380,9 +463,7 @@ def train(cfg: TrainConfig, run_dir, hooks: TrainHooks | None = None, progress: 
     model.set_progress(max(start, 0) / total)
     state = {"loss": _last(store, "train/loss"), "acc": _last(store, "eval/exact_match"), "rate": 0.0, "last_eval": {}}
 
-    eval_steps = set(schedule_steps(total, cfg.eval_every or max(1, round(total / 50)), cfg.eval_per_decade))
-    ckpt_steps = set(schedule_steps(total, cfg.checkpoint_every or max(1, round(total / 20)), cfg.checkpoint_per_decade))
-    eval_batch = task.sample(cfg.eval_examples, seed=derive_seed(cfg.seed, _EVAL), split="test")
+    eval_steps, ckpt_steps = (set(s) for s in run_schedules(cfg, total))
     saved_config = cfg.to_dict()
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
 
@@ -413,11 +494,13 @@ def train(cfg: TrainConfig, run_dir, hooks: TrainHooks | None = None, progress: 
                 rows[s] = {"train/loss": loss, "train/lr": lr, "train/tokens": s * tokens_per_step,
                            "train/flops": s * step_flops}
             state["loss"] = losses[-1]
+            if hooks is not None:
+                hooks.on_train_loss([s for s, _, _ in pending], losses)
             pending.clear()
         now = time.perf_counter()
         if clock["steps"]:
             state["rate"] = clock["steps"] * tokens_per_step / max(now - clock["t"], 1e-9)
-            rows.setdefault(step, {})["train/tokens_per_s"] = state["rate"]
+            rows.setdefault(step, {}).update({"train/tokens_per_s": state["rate"], "train/elapsed_s": now - t_start})
         for s, metrics in rows.items():
             store.log(s, metrics)
         clock.update(t=now, steps=0, flushed=now)
@@ -457,6 +540,9 @@ def train(cfg: TrainConfig, run_dir, hooks: TrainHooks | None = None, progress: 
             if start < 0:
                 evaluate_now(0)
                 checkpoint_now(0)
+                if hooks is not None:
+                    hooks.after_step(0, model)
+                    model.train()
                 start = 0
             show(bar, start)
             model.train()
@@ -477,6 +563,10 @@ def train(cfg: TrainConfig, run_dir, hooks: TrainHooks | None = None, progress: 
                 clock["steps"] += 1
                 if step % cfg.log_every == 0 or step == total:
                     pending.append((step, loss.detach().clone(), lr))  # a CUDA graph reuses its output
+                if hooks is not None:
+                    hooks.after_step(step, model)
+                    if not model.training:
+                        model.train()
                 if step in eval_steps:
                     evaluate_now(step)
                 if step in ckpt_steps:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -82,3 +83,19 @@ def schedule_steps(total_steps: int, every: int | None, per_decade: float) -> li
     if every:
         steps |= set(range(every, total_steps + 1, every))
     return sorted(steps)
+
+
+def thin(steps: list[int], keep: int) -> list[int]:
+    """At most ``keep`` (>= 2) of the sorted ``steps``, evenly by index: the first and last always, so a
+    schedule that is half log-spaced and half evenly spaced stays so."""
+    if len(steps) <= keep:
+        return list(steps)
+    picks = np.unique(np.round(np.linspace(0, len(steps) - 1, max(keep, 2))).astype(int))
+    return [steps[i] for i in picks]
+
+
+def budgeted_steps(total_steps: int, every: int, per_decade: float, cost: float, fraction: float) -> list[int]:
+    """``schedule_steps(total_steps, every, per_decade)`` thinned so that its events, each costing ``cost``
+    training steps, cost at most ``fraction`` of the run (step 0 and the last step always kept)."""
+    steps = schedule_steps(total_steps, every, per_decade)
+    return thin(steps, max(2, int(fraction * total_steps / max(cost, 1e-12))))
