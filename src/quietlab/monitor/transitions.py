@@ -58,11 +58,10 @@ sits one logging interval before the first step) or ``u = x`` (``log_x=False``).
 8. *Initial ramp.* A curve that starts at the start of training (``initial_ramp=None``, the
    default: when its first ``x`` is at most one logging interval from 0) often sits flat for its
    first steps on a log axis before the loss starts to fall; its first drop that passes (a) and
-   (b), with the drops that follow it without a plateau between, is then
-   the initial ramp and never a transition; the default ``min_drop`` of later drops is
-   ``REL_DROP`` of the fitted curve's range after the ramp, so a ramp that dwarfs them does not
-   hide them. Pass ``initial_ramp=False`` when logging
-   began on the plateau, ``True`` to force the rule.
+   (b), with the drops that follow it without a plateau between, is then the initial ramp and
+   never a transition. The default ``min_drop`` of later drops is ``REL_DROP`` of the fitted
+   curve's range after the ramp, so a ramp that dwarfs them does not hide them. Pass
+   ``initial_ramp=False`` when logging began on the plateau, ``True`` to force the rule.
 
 A smooth decrease that is convex in ``log x`` (a power law, an exponential approach) has no
 transition: before any point the curve is at least as steep as after it, so the stretch within
@@ -656,12 +655,14 @@ class _Analysis:
 
             for k, (a, e, ca, ce, slope) in enumerate(runs):
                 if ramp_like(a, e):
-                    # the runs that follow are more of it, up to one with a plateau before it
+                    # a larger fall that follows without a plateau between is more of it: what
+                    # came first was its start (a knee), not the ramp
                     while k + 1 < len(runs) and ramp_like(*runs[k + 1][:2]):
-                        if self._has_plateau(*runs[k + 1][:2], self._quartiles(a, e)[2]):
+                        na, ne = runs[k + 1][:2]
+                        if V[a] - V[e] >= V[na] - V[ne] or self._has_plateau(na, ne, self._quartiles(a, e)[2]):
                             break
                         k += 1
-                        e = runs[k][1]
+                        e = ne
                     ramp_pending = False
                     self.ramp = (a, e)
                     # its 75% point, not its extrapolated end: a ramp's run can take in the slowly
@@ -719,8 +720,9 @@ class _Analysis:
             if not self._holds(end, end + hold, after + 0.5 * drop):
                 continue
             # the same drop judged directly from the bins on the plateau and after the drop,
-            # free of where the segmentation chose to cut
-            u_after = max(end + hold, float(c.u[np.searchsorted(c.u, end) + MIN_POINTS - 1]))
+            # free of where the segmentation chose to cut (after it: as far as HOLD * need where seen)
+            u_after = max(min(end + HOLD * need, float(c.u[-1])), end + hold,
+                          float(c.u[np.searchsorted(c.u, end) + MIN_POINTS - 1]))
             z_bins = self._bin_contrast(ps, onset, end, u_after)
             z = min(z, z_bins)
             if z < Z_DROP:
@@ -787,8 +789,8 @@ def detect_transitions(
     ``steps`` may be steps or FLOPs (any order; non-finite points are skipped). ``log_x``
     analyses the curve on a log10 axis (step 0 allowed). ``direction`` is ``"down"`` for a loss,
     ``"up"`` for an accuracy. ``min_drop`` (in the values' unit) replaces the default smallest
-    drop, 5% of the fitted curve's range; ``min_plateau`` (decades when ``log_x``, else x units)
-    replaces the default shortest plateau, 5% of the curve's span. ``max_bins`` bounds the
+    drop, 5% of the fitted curve's range (after the initial ramp); ``min_plateau`` (decades when
+    ``log_x``, else x units) replaces the default shortest plateau, 3% of the curve's span. ``max_bins`` bounds the
     resolution (and the cost: the fit is O(max_bins^2), the rest O(n log n)).
 
     Returns the transitions in order of onset; see the module docstring for the definitions.
@@ -820,8 +822,8 @@ def current_plateau(
     """The plateau the curve is on at its last point, or None.
 
     A plateau here is the final stretch, after the last transition, over which the fitted curve
-    stays within the smallest drop that would count as a transition (``min_drop``, default 5% of
-    the range) of its last level, lasting at least ``min_plateau`` (default 5% of the span).
+    stays within ``min_drop`` (default 5% of the whole fitted range) of its last level, lasting at
+    least ``min_plateau`` (default 3% of the span).
     """
     return _Analysis(
         steps,
