@@ -253,6 +253,7 @@ class Monitor:
         self._last_probes: dict | None = None
         self.last_probe_step = -1
         self.probe_steps: list[int] | None = []  # None: at every evaluation
+        self._probe_set: set[int] = set()
         self.estimated_probe_cost = 0.0  # training steps per probe step (probe_cost)
         self.probe_seconds = 0.0  # in probes (capture + fit + store)
         self.spent = 0.0  # in all of the monitor's hooks

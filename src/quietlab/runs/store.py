@@ -88,6 +88,7 @@ class RunStore:
             # needs no -wal/-shm files beside it (it would create them otherwise); a no-op while
             # another connection is open
             try:
+                self._db.execute("PRAGMA busy_timeout = 0")  # a reader holds it: stay in WAL, do not wait
                 self._db.execute("PRAGMA journal_mode=DELETE")
             except sqlite3.DatabaseError:
                 pass

@@ -194,13 +194,13 @@ class TrainConfig:
 
     def check_types(self) -> None:
         """Each setting of the type its field declares (a config.json edited by hand may hold anything)."""
-        kinds = {"int": int, "float": (int, float), "str": str, "bool": bool, "dict": dict}
+        kinds = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "dict": (dict,)}
         for f in dataclasses.fields(self):
             declared = str(f.type).replace(" ", "").split("|")
             value = getattr(self, f.name)
             if value is None and "None" in declared:
                 continue
-            allowed = tuple(t for k in declared if k in kinds for t in (kinds[k] if isinstance(kinds[k], tuple) else (kinds[k],)))
+            allowed = tuple(t for k in declared for t in kinds.get(k, ()))
             if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
                 want = " or ".join("a number" if k == "float" else "a whole number" if k == "int" else
                                    "none" if k == "None" else f"a {k}" for k in declared)
@@ -393,7 +393,6 @@ def train(cfg: TrainConfig, run_dir, hooks: TrainHooks | None = None, progress: 
     task = cfg.build_task()
     eval_batch = _draw(task, cfg.eval_examples, derive_seed(cfg.seed, _EVAL), "test")
     _draw(task, cfg.batch_size, derive_seed(cfg.seed, _DATA, 0), "train")
-    resolve_device(cfg.device)
     folder = RunFolder(run_dir)
     if folder.path.exists() and not folder.path.is_dir():
         raise ValueError(f"{folder.path} is not a directory; choose another --out")
@@ -455,7 +454,7 @@ def _train(cfg: TrainConfig, folder: RunFolder, task, eval_batch, hooks, progres
                          "non_embedding_params": non_embedding_params(model_cfg),
                          "flops_per_token": flops_per_token(model_cfg), "flops_per_step": step_flops,
                          "tokens_per_step": tokens_per_step, "seq_len": task.seq_len, "vocab": "".join(task.vocab)},
-            "hooks": None if hooks is None else type(hooks).__name__,  # `--resume` keeps a run without the monitor so
+            "hooks": None if hooks is None else type(hooks).__name__,  # None: no monitor, and `--resume` keeps it so
             "torch_version": torch.__version__,
             "quietlab_version": __version__,
         })
