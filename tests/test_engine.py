@@ -130,7 +130,8 @@ def test_same_seed_same_probes_and_classes_even_on_a_slowed_machine(tmp_path, mo
     slowed, rows3, classes3 = monitored(tmp_path, "c", max_overhead=0.5)
     monkeypatch.undo()
     assert 0 < first.deferred and 2 < len(first.probe_steps)  # the budget thinned the schedule, not to nothing
-    assert sorted({r[0] for r in rows1}) == first.probe_steps == slowed.probe_steps
+    assert first.probe_steps == slowed.probe_steps and first.follower.steps == slowed.follower.steps
+    assert sorted({r[0] for r in rows1}) == sorted(first.probe_steps + first.follower.steps)  # + the plateau's
     assert rows1 == rows2 == rows3 and classes1 == classes2 == classes3
 
 

@@ -308,3 +308,84 @@ def test_current_plateau():
     assert p.level == pytest.approx(levels[0], abs=0.03)
     # in the middle of the ramp there is no plateau yet
     assert current_plateau(STEPS[:30], y[:30]) is None
+
+
+# ------------------------------------------------------- run-shaped curves on a linear step axis
+
+
+def run_shaped(n, onsets, widths, ratio, *, plateau=1.0, start=2.7, tau=0.005, noise=0.1, seed=0):
+    """A loss logged every step: a fast exponential fall (time constant ``tau`` of the run) onto
+    ``plateau``, then logistic drops in the step, together dividing the loss by ``ratio``, each
+    from its onset to its end (onset + width) in fractions of the run; multiplicative noise."""
+    x = np.arange(1, n + 1, dtype=float)
+    log_y = np.full(n, np.log(plateau))
+    for on, wd in zip(onsets, widths):
+        s = wd * n / 4
+        log_y -= np.log(ratio) / len(onsets) * logistic((x - (on * n + 2 * s)) / s)
+    y = np.exp(log_y) + (start - plateau) * np.exp(-x / (tau * n))
+    return x, y * (1 + noise * np.random.default_rng(seed).standard_normal(n))
+
+
+@pytest.mark.parametrize(
+    "onset, width, ratio, noise",
+    [(0.8, 0.05, 3.0, 0.1), (0.78, 0.02, 50.0, 0.15), (0.4, 0.06, 2.0, 0.05), (0.6, 0.01, 100.0, 0.01)],
+)
+def test_a_late_or_small_drop_on_a_linear_run_is_found(onset, width, ratio, noise):
+    """Drops up to 80% into the run (a short tail to confirm them on) and down to 2x."""
+    n = 20_000
+    x, y = run_shaped(n, [onset], [width], ratio, noise=noise, seed=1)
+    (t,) = detect_transitions(x, y)
+    assert abs(t.onset - onset * n) <= 0.05 * n
+    assert abs(t.end - (onset + width) * n) <= 0.05 * n
+
+
+def test_a_second_drop_smaller_than_the_initial_fall_is_found():
+    """Two drops dividing a plateau at 0.5 by 100 in all: the second (0.045) is a sixtieth of the
+    initial fall from 2.7, yet a tenth of the curve after it."""
+    n = 20_000
+    x, y = run_shaped(n, [0.3, 0.65], [0.03, 0.03], 100.0, plateau=0.5, noise=0.05, seed=2)
+    found = detect_transitions(x, y)
+    assert len(found) == 2
+    for t, on in zip(found, (0.3, 0.65)):
+        assert abs(t.onset - on * n) <= 0.05 * n
+
+
+def test_a_fast_noisy_initial_fall_is_the_ramp_not_a_transition():
+    """The fall onto the plateau takes a few dozen noisy steps: it is the initial ramp."""
+    n = 5_000
+    x, y = run_shaped(n, [0.5], [0.03], 10.0, tau=0.002, noise=0.15, seed=3)
+    (t,) = detect_transitions(x, y)
+    assert abs(t.onset - 0.5 * n) <= 0.05 * n
+    flat = run_shaped(n, [], [], 1.0, tau=0.002, noise=0.15, seed=3)
+    assert detect_transitions(*flat) == []
+
+
+@pytest.mark.parametrize("onset, width", [(0.5, 0.05), (0.75, 0.02)])
+def test_online_detector_reports_a_drop_soon_after_it_ends(onset, width):
+    n = 20_000
+    x, y = run_shaped(n, [onset], [width], 10.0, noise=0.05, seed=4)
+    det = OnlineDetector(every=0.1)
+    for xi, yi in zip(x, y):
+        det.update(xi, yi)
+    (t,) = [e for e in det.events if e.kind == "transition"]
+    end = (onset + width) * n
+    assert abs(t.step - onset * n) <= 0.05 * n
+    assert end < t.reported_at <= 1.25 * end
+
+
+def test_online_detector_on_the_real_bfs_run_reports_soon_after_the_drop():
+    """The real bfs-11 run's train/loss replayed step by step at the LossWatch's cadence: the drop
+    from the plateau (about 1.0, onset near step 1,900) ends at step 4,291 (issue 16's reading of
+    the run); it is announced once, by 1.25 x that step."""
+    import gzip
+    import json
+    from pathlib import Path
+
+    data = json.load(gzip.open(Path(__file__).parent / "data" / "bfs11_run.json.gz", "rt"))
+    steps, loss = data["train/loss"]
+    det = OnlineDetector(every=0.1)
+    for s, v in zip(steps, loss):
+        det.update(s, v)
+    (t,) = [e for e in det.events if e.kind == "transition"]
+    assert 1000 <= t.step <= 3000
+    assert t.reported_at <= 1.25 * 4291

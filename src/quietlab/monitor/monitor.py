@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from ..models.hooks import attn_module, block_of
+from .follow import PlateauFollower, split_budget
 from .probes import capture_layers, fit_features, residual_taps, split_probe_set
 from .transitions import OnlineDetector
 
@@ -192,7 +193,11 @@ class Monitor:
     two included, is at most this fraction of the run's training compute (the two are kept even when
     they alone exceed it); None probes on the whole schedule. The schedule is fixed
     at ``attach`` from the configuration alone (``probe_steps``); ``deferred`` counts the probe steps
-    thinned away.
+    thinned away. ``plateau_share`` (default 0.5) of that budget is held back and spent while the online
+    detector sees a plateau, on a log grid of ``plateau_per_decade`` steps per decade (default twice
+    ``per_decade``), so that a plateau gets several probes (follow.py; decided at evaluations and
+    checkpoints only, from the losses alone: still the same probes for the same seed). A run with no
+    plateau spends less.
     ``warm_start``: each probe starts from the previous probe step's (see ``fit_features``' ``init``).
     ``spent`` is the monitor's whole time, ``probe_seconds`` the part spent in probes (measured for
     the record only: no decision depends on a clock).
@@ -214,6 +219,8 @@ class Monitor:
         max_overhead: float | None = 0.05,
         warm_start: bool = True,
         probe_kwargs: dict | None = None,
+        plateau_share: float = 0.5,
+        plateau_per_decade: float | None = None,
     ):
         if isinstance(schedule, str) and schedule not in ("log", "eval"):
             raise ValueError(f"schedule must be 'log', 'eval', a step interval, a list of steps or None, "
@@ -235,6 +242,11 @@ class Monitor:
         self.classify_at_end = classify_at_end
         self.margin = margin
         self.max_overhead = max_overhead
+        if not 0 <= plateau_share <= 1:
+            raise ValueError(f"plateau_share must be a fraction from 0 to 1, got {plateau_share}")
+        self.plateau_share = plateau_share
+        self.plateau_per_decade = 2 * per_decade if plateau_per_decade is None else plateau_per_decade
+        self.follower: PlateauFollower | None = None
         self.warm_start = warm_start
         self.probe_kwargs = {"max_iter": 60, **(probe_kwargs or {})}
         self.store = None
@@ -282,6 +294,8 @@ class Monitor:
         # resume: continue after what the store already holds
         probed = sorted({r[0] for r in store.probes(names[0], fit="online")}) if names else []
         self.last_probe_step = probed[-1] if probed else -1
+        if self.follower is not None:  # a resumed run has spent some of the reserve already
+            self.follower.used = len(set(probed) - self._probe_set)
         self.losses = LossWatch(store, self._record_event)
         self._status = self.losses.status
         self.spent = self.timings["attach"] = time.perf_counter() - t0
@@ -296,10 +310,13 @@ class Monitor:
             self.spent += time.perf_counter() - t0
 
     def after_step(self, step: int, model) -> None:
-        if self.probe_steps is not None and step > self.last_probe_step and step in self._probe_set:
+        follow = self.follower is not None and self.follower.due(step)
+        if self.probe_steps is not None and step > self.last_probe_step and (step in self._probe_set or follow):
             t0 = time.perf_counter()
             try:
                 self.probe(int(step), model)
+                if follow:
+                    self.follower.took(step)
             finally:
                 self.spent += time.perf_counter() - t0
 
@@ -321,6 +338,7 @@ class Monitor:
         t0 = time.perf_counter()
         self.losses.update(step, metrics.get("eval/loss") if metrics else None)
         self._status = self.losses.status
+        self._sync(step)
         t0 = self._took("detector", t0)
         entropy = attention_entropy(model, self._entropy_tokens)
         if entropy:
@@ -332,7 +350,7 @@ class Monitor:
             self.finish(step)
 
     def on_checkpoint(self, step: int, model) -> None:
-        pass
+        self._sync(int(step))
 
     def status(self) -> str:
         return self._status
@@ -376,6 +394,12 @@ class Monitor:
         self.timings[part] = self.timings.get(part, 0.0) + now - t0
         return now
 
+    def _sync(self, step: int) -> None:
+        """An evaluation or checkpoint: the loop has handed over every loss up to ``step``, so what the
+        detectors say now depends on the losses alone; the plateau follower decides here."""
+        if self.follower is not None:
+            self.follower.sync(step, self.losses.train.events + self.losses.eval.events)
+
     def _make_probe_steps(self) -> list[int] | None:
         """The probe steps, from the configuration alone: the schedule, then (with ``max_overhead`` and
         the run's length known) its interior thinned evenly to the budget; step 0 and the last always."""
@@ -393,13 +417,16 @@ class Monitor:
             steps = sorted(set(range(0, end + 1, s)) | ({total} if total is not None else set()))
         else:
             steps = sorted({int(x) for x in s} | {0} | ({total} if total is not None else set()))
-        if s is not None and self.max_overhead is not None and total:
+        self.follower = None
+        if s is not None and total:
             inner = [x for x in steps if 0 < x < total]
-            keep = max(0, int(self.max_overhead * total / max(self.estimated_probe_cost, 1e-12)) - 2)
-            # evenly along the schedule: the middle step of each of ``keep`` equal stretches of it
-            kept = inner if keep >= len(inner) else [inner[int((j + 0.5) * len(inner) / keep)] for j in range(keep)]
+            keep = None if self.max_overhead is None else \
+                max(0, int(self.max_overhead * total / max(self.estimated_probe_cost, 1e-12)) - 2)
+            # ``plateau_share`` of the budget is held back for probes that follow a plateau
+            kept, reserve = split_budget(inner, keep, self.plateau_share)
             self.deferred = len(inner) - len(kept)
             steps = sorted({0, total, *kept})
+            self.follower = PlateauFollower(total, reserve, self.plateau_per_decade, steps)
         self._probe_set = set(steps)
         return steps
 

@@ -53,13 +53,15 @@ sits one logging interval before the first step) or ``u = x`` (``log_x=False``).
    (default ``min_plateau``: ``MIN_PLATEAU_FRAC`` of the span of ``u``): the drop is quicker than
    the wait before it, which is what "abrupt" means here, and holds ``MIN_POINTS`` observed
    points; (d) the drop is over: the curve no longer falls significantly at its last point, and
-   is seen after the drop's end for ``HOLD * need`` and on at least ``MIN_POINTS`` points
-   without undoing half the drop (a dip that recovers is noise).
+   is seen after the drop's end for ``HOLD * max(KAPPA * width, MIN_HOLD_FRAC * span)`` and on at
+   least ``MIN_POINTS`` points without undoing half the drop (a dip that recovers is noise).
 8. *Initial ramp.* A curve that starts at the start of training (``initial_ramp=None``, the
    default: when its first ``x`` is at most one logging interval from 0) often sits flat for its
    first steps on a log axis before the loss starts to fall; its first drop that passes (a) and
-   (b) is then the initial ramp and never a transition. Pass ``initial_ramp=False`` when logging
-   began on the plateau, ``True`` to force the rule.
+   (b), with the drops that follow it without a plateau between, is then the initial ramp and
+   never a transition. The default ``min_drop`` of later drops is ``REL_DROP`` of the fitted
+   curve's range after the ramp, so a ramp that dwarfs them does not hide them. Pass
+   ``initial_ramp=False`` when logging began on the plateau, ``True`` to force the rule.
 
 A smooth decrease that is convex in ``log x`` (a power law, an exponential approach) has no
 transition: before any point the curve is at least as steep as after it, so the stretch within
@@ -96,8 +98,8 @@ RESOLUTION = 4.0
 Z_GROW = 2.0
 #: A plateau lasts at least ``KAPPA`` times as long (in u) as the drop that ends it.
 KAPPA = 1.0
-#: After a drop the curve must be seen for ``HOLD`` times the plateau it needed (see ``need``)
-#: without undoing half the drop.
+#: After a drop the curve must be seen for ``HOLD`` times its width (at least ``MIN_HOLD_FRAC`` of
+#: the span) without undoing half the drop.
 HOLD = 0.5
 #: A drop is at least ``Z_DROP`` standard errors of the levels before and after it.
 Z_DROP = 5.0
@@ -106,7 +108,9 @@ MIN_POINTS = 8
 #: Default smallest drop: this fraction of the fitted curve's range.
 REL_DROP = 0.05
 #: Default shortest plateau: this fraction of the curve's span of u.
-MIN_PLATEAU_FRAC = 0.05
+MIN_PLATEAU_FRAC = 0.03
+#: The curve is seen after a drop's end for at least ``HOLD`` times this fraction of the span of u.
+MIN_HOLD_FRAC = 0.01
 
 # sqrt(E[Z^2 | |Z| below its 90th percentile]) for a standard normal Z: the trimmed RMS's scale
 _TRIM90 = math.sqrt((0.9 - 2 * 1.6448536269514722 * 0.10313564037537128) / 0.9)
@@ -451,9 +455,12 @@ class _Analysis:
         U, V, VV = _polyline(c, beta)
         self.U, self.V, self.VV = U, V, VV
         span_u = float(c.u[-1] - c.u[0])
+        self.span_u = span_u
         self.min_plateau = MIN_PLATEAU_FRAC * span_u if min_plateau is None else float(min_plateau)
         rng = float(V.max() - V.min()) if V.size else 0.0
+        self.auto_min_drop = min_drop is None
         self.min_drop = REL_DROP * rng if min_drop is None else float(min_drop)
+        self.flat_within = self.min_drop  # a plateau's tolerance: kept when min_drop is relaxed
         if U.size < 2:
             return
         self._runs()
@@ -517,6 +524,13 @@ class _Analysis:
             if start <= u_lb:
                 break
         return max(start, u_lb)
+
+    def _has_plateau(self, a: int, e: int, u_lb: float) -> bool:
+        """Does the run a..e start after a plateau (as long as condition (c) asks, from u_lb on)?"""
+        q25, q50, q75 = self._quartiles(a, e)
+        onset = q50 - (q75 - q25) / _LN3
+        ps = self._plateau_back(onset, BAND * (self.V[a] - self.V[e]), u_lb)
+        return onset - ps >= max(self.min_plateau, KAPPA * 2 * (q75 - q25) / _LN3)
 
     def _holds(self, u0: float, u1: float, ceiling: float) -> bool:
         """Is the curve observed up to u1, on at least MIN_POINTS points after u0, and does the
@@ -630,8 +644,36 @@ class _Analysis:
         c, U, V, VV = self.curve, self.U, self.V, self.VV
         u_lb = U[0]
         ramp_pending = self.initial_ramp
+        runs = self.runs
+        if ramp_pending:
+            # The initial ramp is the first run that improves by min_drop at Z_DROP standard errors.
+            # Later drops are then measured against the range of the curve after it: a ramp that
+            # dwarfs them must not hide them.
+            def ramp_like(a, e):
+                drop = V[a] - V[e]
+                return drop >= self.min_drop and drop >= Z_DROP * math.sqrt(VV[a] + VV[e])
+
+            for k, (a, e, ca, ce, slope) in enumerate(runs):
+                if ramp_like(a, e):
+                    # a larger fall that follows without a plateau between is more of it: what
+                    # came first was its start (a knee), not the ramp
+                    while k + 1 < len(runs) and ramp_like(*runs[k + 1][:2]):
+                        na, ne = runs[k + 1][:2]
+                        if V[a] - V[e] >= V[na] - V[ne] or self._has_plateau(na, ne, self._quartiles(a, e)[2]):
+                            break
+                        k += 1
+                        e = ne
+                    ramp_pending = False
+                    self.ramp = (a, e)
+                    # its 75% point, not its extrapolated end: a ramp's run can take in the slowly
+                    # sloping plateau after it, and its end would then fall inside that plateau
+                    u_lb = self._quartiles(a, e)[2]
+                    runs = runs[k + 1 :]
+                    if self.auto_min_drop:
+                        self.min_drop = REL_DROP * float(np.ptp(V[e:]))
+                    break
         sig = []
-        for a, e, ca, ce, slope in self.runs:
+        for a, e, ca, ce, slope in runs:
             drop = V[a] - V[e]
             se = math.sqrt(VV[a] + VV[e])
             z = drop / se if se > 0 else math.inf
@@ -645,13 +687,6 @@ class _Analysis:
         for i, (a, e, drop, z) in enumerate(sig):
             q25, q50, q75 = self._quartiles(a, e)
             onset, end = q50 - (q75 - q25) / _LN3, q50 + (q75 - q25) / _LN3
-            if ramp_pending:  # the first significant improvement is the initial ramp
-                ramp_pending = False
-                self.ramp = (a, e)
-                # its 75% point, not its extrapolated end: a ramp's run can take in the slowly
-                # sloping plateau after it, and its end would then fall inside that plateau
-                u_lb = q75
-                continue
             if e == U.size - 1 and self.last_falls:
                 continue  # still falling at the last point: not over yet
             before, after = V[a], V[e]
@@ -662,7 +697,7 @@ class _Analysis:
             # The fit sees two drop widths either side of the drop; if that fails (too few bins,
             # or a disagreeing fit), the whole plateau and as much again after the drop. Never
             # past the next drop.
-            u_next = U[sig[i + 1][0]] if i + 1 < len(sig) else math.inf
+            u_next = next((U[b] for b, f, *_ in sig[i + 1 :] if self._has_plateau(b, f, U[e])), math.inf)
             windows = [
                 (max(ps, onset - 2 * width), min(max(end + 2 * width, U[e]), u_next)),
                 (ps, min(max(end + max(onset - ps, 2 * width), U[e]), u_next)),
@@ -681,11 +716,13 @@ class _Analysis:
                 continue
             if np.count_nonzero((c.u >= ps) & (c.u <= onset)) < MIN_POINTS:
                 continue
-            if not self._holds(end, end + HOLD * need, after + 0.5 * drop):
+            hold = HOLD * max(KAPPA * width, MIN_HOLD_FRAC * self.span_u)
+            if not self._holds(end, end + hold, after + 0.5 * drop):
                 continue
             # the same drop judged directly from the bins on the plateau and after the drop,
-            # free of where the segmentation chose to cut
-            u_after = max(end + HOLD * need, float(c.u[np.searchsorted(c.u, end) + MIN_POINTS - 1]))
+            # free of where the segmentation chose to cut (after it: as far as HOLD * need where seen)
+            u_after = max(min(end + HOLD * need, float(c.u[-1])), end + hold,
+                          float(c.u[np.searchsorted(c.u, end) + MIN_POINTS - 1]))
             z_bins = self._bin_contrast(ps, onset, end, u_after)
             z = min(z, z_bins)
             if z < Z_DROP:
@@ -717,7 +754,7 @@ class _Analysis:
             return None  # still before (or in) the initial ramp
         last = self.U.size - 1
         u_lb = self.u_last_end
-        h = self.min_drop if self.min_drop > 0 else REL_DROP * float(np.ptp(self.V))
+        h = self.flat_within if self.flat_within > 0 else REL_DROP * float(np.ptp(self.V))
         if h <= 0:
             return None
         ps = self._plateau_back(self.U[last], h, u_lb)
@@ -752,8 +789,8 @@ def detect_transitions(
     ``steps`` may be steps or FLOPs (any order; non-finite points are skipped). ``log_x``
     analyses the curve on a log10 axis (step 0 allowed). ``direction`` is ``"down"`` for a loss,
     ``"up"`` for an accuracy. ``min_drop`` (in the values' unit) replaces the default smallest
-    drop, 5% of the fitted curve's range; ``min_plateau`` (decades when ``log_x``, else x units)
-    replaces the default shortest plateau, 5% of the curve's span. ``max_bins`` bounds the
+    drop, 5% of the fitted curve's range (after the initial ramp); ``min_plateau`` (decades when
+    ``log_x``, else x units) replaces the default shortest plateau, 3% of the curve's span. ``max_bins`` bounds the
     resolution (and the cost: the fit is O(max_bins^2), the rest O(n log n)).
 
     Returns the transitions in order of onset; see the module docstring for the definitions.
@@ -785,8 +822,8 @@ def current_plateau(
     """The plateau the curve is on at its last point, or None.
 
     A plateau here is the final stretch, after the last transition, over which the fitted curve
-    stays within the smallest drop that would count as a transition (``min_drop``, default 5% of
-    the range) of its last level, lasting at least ``min_plateau`` (default 5% of the span).
+    stays within ``min_drop`` (default 5% of the whole fitted range) of its last level, lasting at
+    least ``min_plateau`` (default 3% of the span).
     """
     return _Analysis(
         steps,
@@ -887,8 +924,11 @@ class OnlineDetector:
             if t.onset <= self._last_end:
                 self._last_end = max(self._last_end, t.end)  # the same one, seen further on
                 continue
-            # report a transition once two analyses in a row agree on its onset
+            # report a transition once two analyses in a row agree on its onset; the second comes
+            # soon after the first (a quarter of the usual interval), so the report is not held back
             if not any(abs(u_on - u0) <= max(w0, width) for u0, w0 in seen):
+                n = len(self._x)
+                self._next = min(self._next, n + max(1, int(n * self.every / 4)))
                 continue
             self._last_end = t.end
             self._last_onset = t.onset
