@@ -95,18 +95,17 @@ def trim_to_features(tokens: np.ndarray, features: dict) -> tuple[np.ndarray, di
 def attention_entropy(model, tokens: torch.Tensor) -> dict[str, float]:
     """{``attn/entropy/{hook}/H{h}``: normalised entropy} of every attention pattern the model exposes
     (hook: ``blocks.{l}.attn.hook_pattern``)."""
-    names = [n for n in model.tap_names() if n.endswith(".attn.hook_pattern") and block_of(n) is not None]
-    if not names:
-        return {}
-    was_training = model.training
-    model.eval()
-    try:
-        _, acts = model(tokens, capture=names)
-    finally:
-        model.train(was_training)
+    from .taps import TransformerTaps
+
+    return pattern_entropy(TransformerTaps(None, tokens).attention_patterns(model))
+
+
+@torch.no_grad()
+def pattern_entropy(patterns: dict[str, torch.Tensor]) -> dict[str, float]:
+    """{``attn/entropy/{name}/H{h}``: normalised entropy} of attention patterns {name: (B, H, Tq, Tk)}."""
     out = {}
-    for name in names:
-        p = acts[name].float()  # (B, H, Tq, Tk)
+    for name, p in patterns.items():
+        p = p.float()
         Tq, Tk = p.shape[-2:]
         causal = Tq == Tk and Tq > 1 and float(p.triu(1).abs().amax()) == 0.0
         n_keys = torch.arange(1, Tk + 1, device=p.device, dtype=p.dtype) if causal else \
@@ -223,16 +222,12 @@ class Monitor:
     # --- the hooks -------------------------------------------------------------------------------
     def attach(self, model, task, store, run_cfg) -> None:
         """Once before training (and on resume): draw the probe set, set up the schedules and detector."""
-        self._t0 = time.perf_counter()
-        self.spent = self.probe_seconds = self._fixed = 0.0
-        self._costs, self.timings = [], {}
-        self._step_times: deque[float] = deque(maxlen=64)
-        self._last_backward: tuple[int, float] | None = None
-        self._interrupted = False
-        self.store, self.task = store, task
-        self.total = getattr(run_cfg, "steps", None) if run_cfg is not None else None
+        from .taps import TransformerTaps
+
+        t0 = time.perf_counter()
+        total = getattr(run_cfg, "steps", None) if run_cfg is not None else None
         if isinstance(run_cfg, dict):
-            self.total = run_cfg.get("steps")
+            total = run_cfg.get("steps")
         seed = getattr(run_cfg, "seed", 0) if not isinstance(run_cfg, dict) else run_cfg.get("seed", 0)
         batch = probe_set(task, self.probe_examples, seed or 0)
         available = list(batch.features)
@@ -241,13 +236,29 @@ class Monitor:
         if unknown:
             raise ValueError(f"unknown feature(s) {', '.join(map(repr, unknown))} for "
                              f"{getattr(task, 'name', 'this task')}; it has: {', '.join(available) or 'none'}")
-        self.tokens, self.feature_set = trim_to_features(batch.tokens, {n: batch.features[n] for n in names})
-        self.train_idx, self.test_idx = split_probe_set(len(batch), self.test_fraction, seed=seed or 0)
+        self.task = task
+        tokens, features = trim_to_features(batch.tokens, {n: batch.features[n] for n in names})
         p = next(model.parameters())
-        self._entropy_tokens = torch.as_tensor(batch.tokens[: self.entropy_examples], dtype=torch.long, device=p.device)
+        entropy_tokens = torch.as_tensor(batch.tokens[: self.entropy_examples], dtype=torch.long, device=p.device)
+        self.begin(store, TransformerTaps(tokens, entropy_tokens), features, total=total, seed=seed or 0, t0=t0)
+
+    def begin(self, store, taps, features: dict, total: int | None = None, seed: int = 0, t0: float | None = None) -> None:
+        """What ``attach`` does past the task: probe ``features`` ({name: Feature} of the probe inputs'
+        rows) on the activations ``taps`` captures (``monitor.taps``), write to ``store``. Plain loops
+        (``quietlab.watch``) call this instead of ``attach``, then ``on_step`` every step."""
+        self._t0 = time.perf_counter() if t0 is None else t0
+        self.spent = self.probe_seconds = self._fixed = 0.0
+        self._costs, self.timings = [], {}
+        self._step_times: deque[float] = deque(maxlen=64)
+        self._last_backward: tuple[int, float] | None = None
+        self._interrupted = False
+        self.store, self.taps, self.total = store, taps, total
+        self.feature_set = features
+        self.train_idx, self.test_idx = split_probe_set(taps.n, self.test_fraction, seed=seed)
         self._probe_steps = self._make_probe_steps()
         self._grad_steps = set(log_schedule(self.total, self.stats_per_decade))
         # resume: continue after what the store already holds
+        names = list(features)
         probed = sorted({r[0] for r in store.probes(names[0], fit="online")}) if names else []
         self.last_probe_step = probed[-1] if probed else -1
         self.losses = LossWatch(store, self._record_event)
@@ -281,7 +292,7 @@ class Monitor:
         self.losses.update(step, metrics.get("eval/loss") if metrics else None)
         self._status = self.losses.status
         t0 = self._took("detector", t0)
-        entropy = attention_entropy(model, self._entropy_tokens)
+        entropy = pattern_entropy(self.taps.attention_patterns(model))
         if entropy:
             self.store.log(step, entropy)
         self._took("entropy", t0)
@@ -299,6 +310,17 @@ class Monitor:
         finally:
             self.spent += time.perf_counter() - t0
 
+    def on_step(self, step: int, model, evaluate: bool = False) -> None:
+        """A plain loop's step (``quietlab.watch``), after the optimizer step: the step timing and gradient
+        statistics of ``after_backward``; at ``evaluate`` steps what ``on_eval`` does (with no eval
+        metrics: the detector reads ``train/loss`` from the store); else a probe when one is due."""
+        self.after_backward(step, model)
+        if evaluate:
+            self.on_eval(step, model, {})
+        else:
+            self.on_checkpoint(step, model)
+            self._interrupted = self.last_probe_step == step  # only a probe spoils the next step's timing
+
     def status(self) -> str:
         return self._status
 
@@ -306,7 +328,7 @@ class Monitor:
     def probe(self, step: int, model) -> dict:
         """Capture the probe set, fit every feature's probes, write their rows; returns the ProbeResults."""
         t0 = time.perf_counter()
-        acts = capture_layers(model, self.tokens, device=self.device)
+        acts = self.taps.capture(model, device=self.device)
         kwargs = {"max_iter": 60, **self.probe_kwargs}
         results = fit_features(acts, self.feature_set, self.train_idx, self.test_idx, device=self.device,
                                init=self._last_probes, **kwargs)
