@@ -4,7 +4,8 @@
     cb = QuietlabCallback("runs/mine", taps=["model.blocks.0"], inputs=probe_tokens, features=features)
     pl.Trainer(max_steps=2000, callbacks=[cb]).fit(module, loader)
 
-Taps are module names of the LightningModule (``module.named_modules()``). The step is the trainer's
+Taps are module names of the LightningModule (``module.named_modules()``); the probes call the
+module's ``forward`` on the probe inputs. The step is the trainer's
 ``global_step`` (optimizer updates); the loss is what ``training_step`` returned (its ``"loss"`` entry
 when it returned a dict). The run's length is ``trainer.max_steps`` when set, else Lightning's estimate.
 """

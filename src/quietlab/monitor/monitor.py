@@ -203,6 +203,7 @@ class Monitor:
         self.warm_start = warm_start
         self.probe_kwargs = dict(probe_kwargs or {})
         self.store = None
+        self.result: dict = {}  # finish()'s classification
         self.total: int | None = None
         self.losses: LossWatch | None = None
         self._last_probes: dict | None = None
@@ -359,6 +360,7 @@ class Monitor:
         t0 = time.perf_counter()
         out = classify_run(self.store, features=list(self.feature_set), margin=self.margin)
         self._took("classify", t0)
+        self.result = out
         return out
 
     # --- helpers ---------------------------------------------------------------------------------

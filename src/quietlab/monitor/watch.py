@@ -92,7 +92,8 @@ class Watch:
         if not self._finished:
             if self.last_step > m.last_probe_step:
                 m.probe(self.last_step, self.model)
-            self.result = m.finish(self.last_step)
+            m.finish(self.last_step)
+        self.result = m.result
         self.store.close()
         self.closed = True
         if self.export:
