@@ -21,14 +21,18 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--out", default="runs/hf_gpt2")
+    ap.add_argument("--examples", type=int, default=1000, help="probe inputs (held-out examples)")
+    ap.add_argument("--fast", action="store_true", help="a smoke run: 20 steps, 200 probe inputs")
     args = ap.parse_args(argv)
+    if args.fast:
+        args.steps, args.examples = 20, 200
     torch.manual_seed(0)
 
     task = get_task("addition", n_bits=4)
     config = GPT2Config(vocab_size=len(task.vocab), n_positions=task.seq_len, n_embd=64, n_layer=2, n_head=4,
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     model = GPT2LMHeadModel(config)
-    probe = task.sample(1000, seed=10**6, split="test")  # held out: training samples the train side
+    probe = task.sample(args.examples, seed=10**6, split="test")  # held out: training samples the train side
     w = quietlab.watch(model, out=args.out, taps=["transformer.wte", "transformer.h.0", "transformer.h.1"],
                        inputs={"input_ids": torch.as_tensor(probe.tokens).long()}, features=probe.features,
                        steps=args.steps, overwrite=True, max_overhead=None)

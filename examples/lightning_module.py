@@ -51,11 +51,15 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--out", default="runs/lightning")
+    ap.add_argument("--examples", type=int, default=1000, help="probe inputs (held-out examples)")
+    ap.add_argument("--fast", action="store_true", help="a smoke run: 20 steps, 200 probe inputs")
     args = ap.parse_args(argv)
+    if args.fast:
+        args.steps, args.examples = 20, 200
     torch.manual_seed(0)
 
     task = get_task("addition", n_bits=4)
-    probe = task.sample(1000, seed=10**6, split="test")
+    probe = task.sample(args.examples, seed=10**6, split="test")
     callback = QuietlabCallback(args.out, taps=["model.embed", "model.blocks.0", "model.blocks.1"],
                                 inputs=torch.as_tensor(probe.tokens).long(), features=probe.features,
                                 overwrite=True, max_overhead=None)

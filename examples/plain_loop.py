@@ -41,11 +41,15 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--out", default="runs/plain_loop")
+    ap.add_argument("--examples", type=int, default=1000, help="probe inputs (held-out examples)")
+    ap.add_argument("--fast", action="store_true", help="a smoke run: 20 steps, 200 probe inputs")
     args = ap.parse_args(argv)
+    if args.fast:
+        args.steps, args.examples = 20, 200
     torch.manual_seed(0)
 
-    probe_bits, probe_parity, probe_ones = make_data(1000, seed=123)  # held out: a seed training never uses
-    everywhere = np.ones((1000, SEQ), dtype=bool)
+    probe_bits, probe_parity, probe_ones = make_data(args.examples, seed=123)  # held out: a seed training never uses
+    everywhere = np.ones((args.examples, SEQ), dtype=bool)
     features = {
         "parity": quietlab.Feature(probe_parity.numpy()[..., None], everywhere, "binary"),
         "ones": quietlab.Feature(probe_ones[..., None], everywhere, "categorical", n_classes=SEQ + 1),

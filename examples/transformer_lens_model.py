@@ -21,7 +21,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--out", default="runs/transformer_lens")
+    ap.add_argument("--examples", type=int, default=1000, help="probe inputs (held-out examples)")
+    ap.add_argument("--fast", action="store_true", help="a smoke run: 20 steps, 200 probe inputs")
     args = ap.parse_args(argv)
+    if args.fast:
+        args.steps, args.examples = 20, 200
     torch.manual_seed(0)
 
     task = get_task("addition", n_bits=4)
@@ -29,7 +33,7 @@ def main(argv=None):
                                   d_vocab=len(task.vocab), act_fn="gelu", normalization_type="LN", seed=0,
                                   device="cpu")
     model = HookedTransformer(cfg)
-    probe = task.sample(1000, seed=10**6, split="test")
+    probe = task.sample(args.examples, seed=10**6, split="test")
     taps = ["hook_embed"] + [f"blocks.{l}.hook_resid_post" for l in range(cfg.n_layers)]
     w = quietlab.watch(model, out=args.out, taps=taps, inputs=torch.as_tensor(probe.tokens).long(),
                        features=probe.features, steps=args.steps, overwrite=True, max_overhead=None)
