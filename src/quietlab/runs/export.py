@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -112,6 +113,8 @@ def export_mlflow(run_dir, tracking_uri=None, experiment: str = "quietlab") -> s
 
     folder = RunFolder(run_dir)
     uri = tracking_uri or (folder.path / "mlruns").resolve().as_uri()
+    if uri.startswith("file:"):  # MLflow 3 asks for this opt-in to keep writing its plain-file store
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
