@@ -68,18 +68,21 @@ class Watch:
         self._finished = self._finished or (evaluate and self.total is not None and step == self.total)
 
     def log(self, step: int, loss: float | None = None, **metrics: float) -> None:
-        """Scalars of a step, written to the store at the next evaluation (``train/loss``, ``train/{name}``;
-        a name with a ``/`` is kept as is)."""
+        """Scalars of a step (floats or one-element tensors), written to the store at the next evaluation
+        (``train/loss``, ``train/{name}``; a name with a ``/`` is kept as is)."""
         row = self._pending.setdefault(int(step), {})
         if loss is not None:
-            row["train/loss"] = float(loss)
+            row["train/loss"] = _scalar(loss)
         for name, value in metrics.items():
-            row[name if "/" in name else f"train/{name}"] = float(value)
+            row[name if "/" in name else f"train/{name}"] = _scalar(value)
 
     def flush(self) -> None:
-        for s, row in sorted(self._pending.items()):
+        rows = sorted(self._pending.items())
+        tensors = [v for _, row in rows for v in row.values() if isinstance(v, torch.Tensor)]
+        values = iter(torch.stack([t.float().reshape(()) for t in tensors]).tolist() if tensors else [])
+        for s, row in rows:  # one device sync for all the tensors logged since the last flush
             if row:
-                self.store.log(s, row)
+                self.store.log(s, {k: next(values) if isinstance(v, torch.Tensor) else v for k, v in row.items()})
         self._pending.clear()
 
     def close(self) -> dict:
@@ -229,6 +232,14 @@ def check_features(features, n: int) -> dict[str, Feature]:
         assert f.kind in FEATURE_KINDS
         out[str(name)] = Feature(values, mask, f.kind, f.n_classes, f.description)
     return out
+
+
+def _scalar(value):
+    """A float, or a detached copy of a one-element tensor (read at the next flush: no sync per step;
+    a copy because a CUDA graph reuses its output buffer)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    return float(value)
 
 
 def _numpy(x) -> np.ndarray:
