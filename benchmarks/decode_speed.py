@@ -1,18 +1,23 @@
-"""Greedy decoding of held-out bfs-11 examples: batched with a KV cache against one example at a time with
-the whole prefix recomputed for every new token (how the paper's released code evaluates graph tasks).
+"""Greedy decoding of held-out bfs-11 examples, four ways: one example at a time with the whole prefix
+recomputed for every new token (how the paper's released code evaluates graph tasks), batched without
+a cache, one at a time with a KV cache, and batched with a KV cache (quietlab's) — so that the gain of
+batching and the gain of the cache show apart.
 
     .venv/bin/python benchmarks/decode_speed.py            # 1,000 bfs-11 examples, d_model 128, 4 layers
     .venv/bin/python benchmarks/decode_speed.py --quick    # CPU smoke run (60 examples, a small model)
     .venv/bin/python benchmarks/decode_speed.py --run runs/bfs11   # a trained model instead of a random one
 
-Both sides use the same model in fp32 and the same stopping rule (a row ends at its end token), and their
-outputs are checked to be identical. The random-init model has its end-token logit held at zero, so that
-rows decode to full length: the slowest case for both. Prints examples/s of each and their ratio.
+Every arm uses the same model in fp32 and the same stopping rule (a row ends at its end token), is timed
+the same number of times (--repeats, median), and its outputs are checked against the batched cached
+arm's. The random-init model has its end-token logit held at zero, so that rows decode to full length:
+the slowest case for all. Prints examples/s of each and its speed-up over the first; --out also writes
+the raw numbers as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -61,6 +66,8 @@ def main():
     ap.add_argument("--run", default=None, help="decode with the last checkpoint of this run folder")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: 1 with --quick)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs of every arm (median reported)")
+    ap.add_argument("--out", default=None, help="write the raw numbers to this JSON file")
     args = ap.parse_args()
     q = args.quick
     if args.threads or q:
@@ -91,33 +98,51 @@ def main():
     print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'} · {task!r}, "
           f"seq_len {task.seq_len}, prompts of {int(start.min())}-{int(start.max())} tokens · model: {what}")
 
-    # warm-up both paths
+    def batched(cache: bool):
+        return lambda: torch.cat([greedy_decode(model, tokens[i : i + args.batch], start[i : i + args.batch],
+                                                use_cache=cache) for i in range(0, n, args.batch)])
+
+    def cached_one_at_a_time():
+        return torch.cat([greedy_decode(model, tokens[i : i + 1], start[i : i + 1]) for i in range(n)])
+
+    rows = min(args.batch, n)
+    arms = {  # name -> how one run decodes all n examples
+        "one at a time, full prefix each token": lambda: one_at_a_time(model, tokens, start),
+        f"batched ({rows} rows), no cache": batched(False),
+        "one at a time, KV cache": cached_one_at_a_time,
+        f"batched ({rows} rows), KV cache": batched(True),
+    }
+    # warm-up every path
     greedy_decode(model, tokens[: min(8, n)], start[: min(8, n)])
+    greedy_decode(model, tokens[: min(8, n)], start[: min(8, n)], use_cache=False)
     one_at_a_time(model, tokens[:2], start[:2])
 
-    times = []
-    for _ in range(3):
-        sync(device)
-        t = time.perf_counter()
-        fast = torch.cat([greedy_decode(model, tokens[i : i + args.batch], start[i : i + args.batch])
-                          for i in range(0, n, args.batch)])
-        sync(device)
-        times.append(time.perf_counter() - t)
-    t_fast = statistics.median(times)
-    sync(device)
-    t = time.perf_counter()
-    slow = one_at_a_time(model, tokens, start)
-    sync(device)
-    t_slow = time.perf_counter() - t
-
-    same = torch.equal(fast, slow)
-    print(f"{'method':<44}{'seconds':>10}{'examples/s':>14}")
-    print(f"{'one at a time, full prefix each token':<44}{t_slow:>10.3f}{n / t_slow:>14,.1f}")
-    print(f"{f'batched ({min(args.batch, n)} rows), KV cache':<44}{t_fast:>10.3f}{n / t_fast:>14,.1f}")
-    print(f"speed-up: {t_slow / t_fast:.1f}x on {n} examples ({answer_tokens} answer tokens) · outputs identical: {same}")
-    if not same:
-        diff = (fast != slow).any(1).sum().item()
-        print(f"WARNING: {diff} of {n} rows differ (near-tied logits can flip an argmax between kernels)")
+    seconds, outputs = {}, {}
+    for name, run in arms.items():
+        times = []
+        for _ in range(args.repeats):
+            sync(device)
+            t = time.perf_counter()
+            outputs[name] = run()
+            sync(device)
+            times.append(time.perf_counter() - t)
+        seconds[name] = times
+    reference = outputs[list(arms)[-1]]
+    base = statistics.median(seconds[list(arms)[0]])
+    print(f"{'method':<44}{'seconds':>10}{'examples/s':>14}{'speed-up':>10}  same outputs")
+    result = {"device": str(device), "task": repr(task), "model": what, "examples": n, "answer_tokens": answer_tokens,
+              "repeats": args.repeats, "arms": {}}
+    for name in arms:
+        med = statistics.median(seconds[name])
+        same = torch.equal(outputs[name], reference)
+        print(f"{name:<44}{med:>10.3f}{n / med:>14,.1f}{base / med:>9.1f}x  {same}")
+        result["arms"][name] = {"seconds": seconds[name], "median_s": med, "examples_per_s": n / med,
+                                "speedup_vs_first": base / med, "same_outputs": same,
+                                "rows_differing": int((outputs[name] != reference).any(1).sum())}
+    if not all(a["same_outputs"] for a in result["arms"].values()):
+        print("WARNING: some rows differ (near-tied logits can flip an argmax between kernels)")
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

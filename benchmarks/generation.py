@@ -5,7 +5,7 @@
 Each task runs at its default (paper) size, in a fresh Python process of its own, on one core
 (numerical libraries held to one thread). quietlab and the reference are timed in that same
 process, as CPU seconds of the process (other work on the machine does not count against either),
-best of --repeats.
+each the best of the same --repeats.
 
 Two allocator settings, both in the same process: glibc's defaults, then glibc told to keep freed
 memory (mallopt: M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 1 GiB). With the defaults, a batch of
@@ -15,12 +15,10 @@ in the VM this was written on (a fraction of a microsecond on bare metal), which
 the algorithm. The second setting measures the generators themselves; a long-running trainer gets
 it with MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824 in its environment.
 
-The references are benchmarks/reference_arithmetic.py (addition, multiplication,
-majority_of_majorities, max_subarray, activity_selection) and benchmarks/reference_graphs.py (bfs,
-dfs, shortest_path, topological_sort, mst), each ``REFERENCES[name](n, seed) -> list``; a task whose
-reference or module is missing is skipped or timed alone. Where the reference module has
-``SOLVERS``, it is first checked to give exactly quietlab's text, tokens, loss mask and feature
-labels on the same inputs.
+The references are quietlab.tasks.reference (one plain per-example implementation per task, the
+same the tests take as the specification; its graphs are drawn in plain Python), each
+``REFERENCES[name](n, seed) -> list``. Each is first checked to give exactly quietlab's text, tokens,
+loss mask and feature labels on the same inputs (``check_against_reference``).
 """
 
 from __future__ import annotations
@@ -32,7 +30,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUME
 
 import argparse  # noqa: E402
 import ctypes  # noqa: E402
-import importlib  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import subprocess  # noqa: E402
@@ -41,22 +38,10 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
-# task -> (quietlab module, reference module)
-TASKS = {
-    "addition": ("arithmetic", "reference_arithmetic"),
-    "multiplication": ("arithmetic", "reference_arithmetic"),
-    "majority_of_majorities": ("arithmetic", "reference_arithmetic"),
-    "max_subarray": ("sequences", "reference_arithmetic"),
-    "activity_selection": ("sequences", "reference_arithmetic"),
-    "bfs": ("graphs", "reference_graphs"),
-    "dfs": ("graphs", "reference_graphs"),
-    "shortest_path": ("graphs", "reference_graphs"),
-    "topological_sort": ("graphs", "reference_graphs"),
-    "mst": ("graphs", "reference_graphs"),
-}
+TASKS = ("addition", "multiplication", "majority_of_majorities", "max_subarray", "activity_selection",
+         "bfs", "dfs", "shortest_path", "topological_sort", "mst")
 TARGET_RATIO = 50
 
 
@@ -68,29 +53,6 @@ def keep_freed_memory() -> bool:
         return False
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
     return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
-
-
-def check_agreement(task, solve, count: int = 300) -> None:
-    """The reference gives quietlab's text, tokens, loss mask and labels on the same raw inputs."""
-    import numpy as np
-
-    inputs = task._draw(count, np.random.default_rng(123))
-    batch = task._build(inputs)
-    for i in range(count):
-        ref = solve({k: v[i].tolist() for k, v in inputs.items()}, task)
-        where = f"{task.name} example {i}"
-        assert task.decode(batch.tokens[i]) == ref["text"], where
-        assert batch.tokens[i].tolist() == ref["tokens"], where
-        assert batch.loss_mask[i].tolist() == ref["loss_mask"], where
-        assert set(ref["features"]) == set(batch.features), where
-        for name, feat in batch.features.items():
-            labels = ref["features"][name]
-            for t in range(task.seq_len):
-                if labels[t] is None:
-                    assert not feat.mask[i, t], (where, name, t)
-                else:
-                    assert feat.mask[i, t], (where, name, t)
-                    assert np.array_equal(feat.values[i, t], np.atleast_1d(labels[t])), (where, name, t)
 
 
 def cpu_rate(make, n: int, repeats: int) -> float:
@@ -106,34 +68,23 @@ def cpu_rate(make, n: int, repeats: int) -> float:
 
 def worker(name: str, args) -> dict:
     """Measure one task in this (fresh) process; returns the numbers as a dict."""
-    module, ref_module = TASKS[name]
-    importlib.import_module(f"quietlab.tasks.{module}")
-    from quietlab import tasks
+    from quietlab.tasks import get_task
+    from quietlab.tasks.reference import REFERENCES, check_against_reference
 
-    task = tasks._REGISTRY[name]()
+    task = get_task(name)
     result = {"task": name, "size": ",".join(f"{k}={v}" for k, v in task.sizes.items())}
-    reference = solver = None
-    try:
-        refs = importlib.import_module(ref_module)
-        reference = getattr(refs, "REFERENCES", {}).get(name)
-        solver = getattr(refs, "SOLVERS", {}).get(name)
-    except ImportError as exc:
-        result["note"] = f"no {ref_module}: {exc}"
-    if solver is not None:
-        check_agreement(task, solver)
-        result["checked"] = True
+    check_against_reference(task)
+    result["checked"] = True
+    reference = REFERENCES[name]
 
     def ours(n, seed):
         return task.sample(n, seed=seed)
 
-    ref_repeats = max(3, args.repeats // 2)
     result["ours"] = cpu_rate(ours, args.n, args.repeats)
-    if reference is not None:
-        result["reference"] = cpu_rate(reference, args.n_reference, ref_repeats)
+    result["reference"] = cpu_rate(reference, args.n_reference, args.repeats)
     if keep_freed_memory():
         result["ours_kept"] = cpu_rate(ours, args.n, args.repeats)
-        if reference is not None:
-            result["reference_kept"] = cpu_rate(reference, args.n_reference, ref_repeats)
+        result["reference_kept"] = cpu_rate(reference, args.n_reference, args.repeats)
     return result
 
 
@@ -143,6 +94,7 @@ def main() -> None:
     parser.add_argument("--n-reference", type=int, default=2_000, help="examples per reference call")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--tasks", default="", help="comma-separated task names (default: all)")
+    parser.add_argument("--out", default="", help="also write every task's raw numbers to this JSON file")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -164,6 +116,7 @@ def main() -> None:
         f"{'task':<23}{'size':<22}{'quietlab':>11}{'reference':>11}{'ratio':>8}  |"
         f"{'quietlab':>11}{'reference':>11}{'ratio':>8}"
     )
+    raw = []
     print(f"{'':<45}{'glibc default allocator':^30}  |{'freed memory kept':^30}")
     print(head)
     print("-" * len(head))
@@ -176,6 +129,7 @@ def main() -> None:
             print(f"{name:<23}(skipped: {last})")
             continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
+        raw.append(r)
 
         def cells(ours, ref):
             if ours is None:
@@ -191,6 +145,8 @@ def main() -> None:
         print(line)
     print()
     print(f"target: quietlab >= {TARGET_RATIO}x the reference and >= 50,000 ex/s")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"args": vars(args), "tasks": raw}, indent=2))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ tap captured, against a plain forward through the same modules with no tap code 
     .venv/bin/python benchmarks/tap_overhead.py --quick    # CPU smoke run
 
 Rows: ``plain`` (embed → blocks → norm → head, written out here), ``model()`` (capture=(), the path training
-takes), ``capture resid.*`` (embed and every block output handed out), and ``capture resid.* + patterns``
+takes), ``capture resid.*`` (hook_embed and every blocks.{l}.hook_resid_post handed out), and ``capture resid.* + patterns``
 (attention probabilities too, which switches attention from the fused kernel to the explicit one). Timed
 under torch.no_grad in interleaved rounds (median); on GPU with bf16 autocast, as training runs. Prints each
 time and its ratio to plain.
@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from quietlab.models import Transformer, TransformerConfig  # noqa: E402
+from quietlab.models.hooks import residual_hooks  # noqa: E402
 from quietlab.tasks import get_task  # noqa: E402
 
 TASKS = {"bfs": {"n_nodes": 11}, "addition": {"n_bits": 16}}
@@ -80,7 +81,7 @@ def main():
             torch.manual_seed(0)
             model = Transformer(TransformerConfig(vocab_size=len(task.vocab), seq_len=task.seq_len, d_model=d,
                                                   n_layers=n_layers, n_heads=4)).to(device).eval()
-            resid = ["embed"] + [f"resid.{l}" for l in range(n_layers)]
+            resid = residual_hooks(n_layers)
             variants = {
                 "plain": lambda: plain_forward(model, tokens),
                 "model()": lambda: model(tokens),

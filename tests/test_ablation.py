@@ -50,12 +50,13 @@ def test_baseline_accuracy_is_the_models_own_exact_match(model_and_task):
     assert result.baseline_acc >= 0.99
 
 
-def test_erasing_the_carry_breaks_the_model_and_random_subspaces_do_not(model_and_task):
+def test_erasing_the_carry_breaks_the_model_more_than_random_subspaces_moved_as_far(model_and_task):
     model, task = model_and_task
     result = ablate(model, task, "carry", method="erase", layer="blocks.1.hook_resid_post", n_probe=1000, n_eval=300, n_controls=8)
     assert result.drop_pct >= 20.0, result
+    # LEACE moves the activations far (its whitening leans on high-variance directions): random
+    # subspaces moved as far cost accuracy too, but clearly less
     assert result.drop_ci[0] > result.control_drop_ci[1], result
-    assert result.control_drop_pct < 5.0, result
 
 
 @pytest.mark.parametrize("method", ["boundary", "mean", "erase", "resample"])
@@ -98,3 +99,14 @@ def test_ablate_cli_bad_input_is_one_line(trained_addition, args, message):
     res = CliRunner().invoke(app, ["ablate", str(trained_addition[0]), "--examples", "20", "--controls", "1", *args])
     assert res.exit_code == 2
     assert message in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("method, layer", [("boundary", "blocks.0.hook_resid_post"), ("mean", "auto"),
+                                           ("erase", "blocks.1.hook_resid_post")])
+def test_controls_move_the_activations_as_far_as_the_ablation(model_and_task, method, layer):
+    model, task = model_and_task
+    result = ablate(model, task, "carry", method=method, layer=layer, n_probe=600, n_eval=200, n_controls=3)
+    assert result.edit_size > 0.01
+    # one tap: matched exactly; several: an earlier tap's edit changes what a later one moves, a little
+    tol = 1e-3 if layer != "auto" else 0.1
+    assert result.control_edit_size == pytest.approx(result.edit_size, rel=tol)

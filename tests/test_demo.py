@@ -27,6 +27,8 @@ def test_the_demo_runs_every_part_and_resumes(tmp_path, monkeypatch):
     assert list(ablations) == ["carry/boundary"] and ablations["carry/boundary"]["n_controls"] == 2
     assert {0, 40} <= probed
     assert any("Ablating `carry`" in line for line in lines)
+    # the summary's first line names the task and its size, the model's size and the attention
+    assert lines[0].startswith("`addition` (n_bits=4); d_model 16 × 1 layer, 4 heads; softmax attention; seed 0:")
 
     # run again in the same folder: it resumes (nothing left to train) and reports the same run
     again = demo.run_demo(out, progress=False, n_controls=2, log=logged.append)

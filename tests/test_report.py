@@ -32,7 +32,8 @@ HOOKS = ("hook_embed", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post")  
 ABLATION = {"feature": "carry", "method": "boundary", "layer": HOOKS[2], "n_examples": 512, "baseline_acc": 0.99,
             "ablated_acc": 0.12, "drop_pct": 87.9, "drop_ci": [84.0, 91.5], "control_acc": 0.98,
             "control_drop_pct": 1.0, "control_drop_ci": [0.2, 2.1], "n_controls": 32,
-            "baseline_loss": 0.05, "ablated_loss": 1.9, "control_loss": 0.06}
+            "baseline_loss": 0.05, "ablated_loss": 1.9, "control_loss": 0.06, "edit_size": 2.5,
+            "control_edit_size": 2.49}
 
 
 def sigmoid(x):
@@ -192,6 +193,7 @@ def test_summary_sentences_carry_the_numbers(runs):
     assert ("Ablating `carry` (boundary, block 1 output (`blocks.1.hook_resid_post`), 512 examples): "
             "exact match 99% → 12%") in text
     assert "random directions: 98%" in text and "95% CI 84–92%" in text
+    assert "mean ‖Δx‖ 2.5, random directions 2.49." in text
     assert "`noise` never became decodable" in text
     # the final exact match is the last logged value of the synthetic curve
     em = RunFolder(runs["a"]).store().series("eval/exact_match")[1][-1]

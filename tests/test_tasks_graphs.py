@@ -15,6 +15,7 @@ import pytest
 
 from quietlab.tasks import get_task, task_names
 from quietlab.tasks.graphs import TASKS
+from quietlab.tasks.reference import check_against_reference
 
 from task_checks import check_features_well_formed
 
@@ -71,125 +72,36 @@ def graph_of(n: int, edges, directed: bool = False) -> nx.Graph:
     return graph
 
 
-def members(nodes, n: int) -> list[int]:
-    chosen = set(nodes)
-    return [int(x in chosen) for x in range(n)]
-
-
-class Expected:
-    """Feature labels an oracle says each (row, position) should have; compared in one go."""
-
-    def __init__(self, batch):
-        self.batch = batch
-        self.mask = {name: np.zeros(f.mask.shape, dtype=bool) for name, f in batch.features.items()}
-        self.values = {name: np.zeros(f.values.shape, dtype=np.int64) for name, f in batch.features.items()}
-
-    def put(self, name: str, i: int, pos: int, value) -> None:
-        assert not self.mask[name][i, pos], (name, i, pos)
-        self.mask[name][i, pos] = True
-        self.values[name][i, pos] = value
-
-    def check(self) -> None:
-        for name, feat in self.batch.features.items():
-            np.testing.assert_array_equal(feat.mask, self.mask[name], err_msg=f"{name}: where it is defined")
-            where = self.mask[name]
-            np.testing.assert_array_equal(feat.values[where], self.values[name][where], err_msg=f"{name}: values")
-
-
-# --- one oracle per task: check the graph and the answer, fill in the expected features ---------
-def check_bfs(n, i, eq, ends, edges, answer, want: Expected):
+# --- one networkx oracle per task: the graph and the answer (the features: the reference, below) --
+def check_bfs(n, ends, edges, answer):
     (source,), graph = ends, graph_of(n, edges)
-    order = [source] + [v for _, v in nx.bfs_edges(graph, source, sort_neighbors=sorted)]
-    assert answer == order
-    parent = dict(nx.bfs_predecessors(graph, source, sort_neighbors=sorted))
-    parent[source] = source
-    depth = nx.single_source_shortest_path_length(graph, source)
-    want.put("queue", i, eq, members([source], n))
-    want.put("visited", i, eq, members([], n))
-    for r, v in enumerate(order):
-        expanded = set(order[: r + 1])
-        discovered = {source} | {x for x in range(n) if x != source and parent[x] in expanded}
-        want.put("queue", i, eq + 1 + r, members(discovered - expanded, n))
-        want.put("visited", i, eq + 1 + r, members(expanded, n))
-        want.put("adjacency", i, eq + 1 + r, members(graph[v], n))
-        want.put("depth", i, eq + 1 + r, depth[v])
-        want.put("parent", i, eq + 1 + r, parent[v])
+    assert answer == [source] + [v for _, v in nx.bfs_edges(graph, source, sort_neighbors=sorted)]
 
 
-def check_dfs(n, i, eq, ends, edges, answer, want: Expected):
+def check_dfs(n, ends, edges, answer):
     (source,), graph = ends, graph_of(n, edges)
-    order = list(nx.dfs_preorder_nodes(graph, source, sort_neighbors=sorted))
-    assert answer == order
-    parent = dict(nx.dfs_predecessors(graph, source, sort_neighbors=sorted))
-
-    def ancestors(v):  # the recursion stack below v's call: its path from the source
-        path = []
-        while v != source:
-            v = parent[v]
-            path.append(v)
-        return path
-
-    want.put("stack", i, eq, members([], n))
-    want.put("visited", i, eq, members([], n))
-    for r, v in enumerate(order):
-        after = ancestors(order[r + 1]) if r + 1 < n else []
-        want.put("stack", i, eq + 1 + r, members(after, n))
-        want.put("visited", i, eq + 1 + r, members(order[: r + 1], n))
-        want.put("adjacency", i, eq + 1 + r, members(graph[v], n))
-        want.put("depth", i, eq + 1 + r, len(ancestors(v)))
-        want.put("parent", i, eq + 1 + r, parent.get(v, source))
+    assert answer == list(nx.dfs_preorder_nodes(graph, source, sort_neighbors=sorted))
 
 
-def check_shortest_path(n, i, eq, ends, edges, answer, want: Expected):
+def check_shortest_path(n, ends, edges, answer):
     (source, target), graph = ends, graph_of(n, edges)
     assert source != target
     assert answer[0] == source and answer[-1] == target
     assert all(graph.has_edge(a, b) for a, b in zip(answer, answer[1:]))
     assert len(answer) - 1 == nx.shortest_path_length(graph, source, target)
     assert answer == min(nx.all_shortest_paths(graph, source, target))  # lexicographically smallest
-    dist = nx.single_source_shortest_path_length(graph, source)
-    to_target = nx.single_source_shortest_path_length(graph, target)
-    for pos in [eq] + [eq + 1 + r for r in range(len(answer))]:
-        want.put("distance", i, pos, [dist[x] for x in range(n)])
-        want.put("distance_to_target", i, pos, [to_target[x] for x in range(n)])
-    want.put("visited", i, eq, members([], n))
-    for r, v in enumerate(answer):
-        want.put("visited", i, eq + 1 + r, members(answer[: r + 1], n))
-        want.put("adjacency", i, eq + 1 + r, members(graph[v], n))
-        want.put("candidates", i, eq + 1 + r, members([u for u in graph[v] if to_target[u] == to_target[v] - 1], n))
 
 
-def check_topological_sort(n, i, eq, ends, edges, answer, want: Expected):
+def check_topological_sort(n, ends, edges, answer):
     dag = graph_of(n, edges, directed=True)
     assert nx.is_directed_acyclic_graph(dag) and nx.is_connected(dag.to_undirected())
     assert sorted(answer) == list(range(n))
     place = {v: k for k, v in enumerate(answer)}
     assert all(place[u] < place[v] for u, v in dag.edges)  # a topological order ...
     assert answer == list(nx.lexicographical_topological_sort(dag))  # ... Kahn's, smallest ready first
-    for r in range(-1, n):
-        removed = set(answer[: r + 1])
-        left = [sum(1 for p in dag.predecessors(x) if p not in removed) for x in range(n)]
-        pos = eq + 1 + r
-        want.put("ready", i, pos, [int(x not in removed and left[x] == 0) for x in range(n)])
-        want.put("remaining_in_degree", i, pos, left)
-        want.put("visited", i, pos, members(removed, n))
-        if r >= 0:
-            want.put("adjacency", i, pos, members(dag.successors(answer[r]), n))
 
 
-def kruskal(n, edges):
-    """Tree edges in the order Kruskal takes them: by (weight, letters), skipping cycle-closers."""
-    label = list(range(n))
-    tree = []
-    for u, v, w in sorted(edges, key=lambda e: (e[2], e[0], e[1])):
-        if label[u] != label[v]:
-            old, new = label[v], label[u]
-            label = [new if x == old else x for x in label]
-            tree.append((u, v, w))
-    return tree
-
-
-def check_mst(n, i, eq, ends, edges, answer, want: Expected):
+def check_mst(n, ends, edges, answer):
     graph = graph_of(n, edges)
     assert all(1 <= w <= 9 for _, _, w in edges)
     assert len(answer) == 2 * (n - 1)
@@ -198,24 +110,9 @@ def check_mst(n, i, eq, ends, edges, answer, want: Expected):
     assert nx.is_tree(graph_of(n, pairs))
     total = sum(graph[a][b]["weight"] for a, b in pairs)
     assert total == nx.minimum_spanning_tree(graph).size(weight="weight")
-    tree = kruskal(n, edges)
-    assert pairs == [(u, v) for u, v, _ in tree]
-
-    def forest_state(j):  # after the first j tree edges: component labels and touched nodes
-        forest = graph_of(n, [(u, v) for u, v, _ in tree[:j]])
-        label = {x: min(c) for c in nx.connected_components(forest) for x in c}
-        return [label[x] for x in range(n)], [int(forest.degree(x) > 0) for x in range(n)]
-
-    component, touched = forest_state(0)
-    want.put("component", i, eq, component)
-    want.put("in_tree", i, eq, touched)
-    for j, (u, v, w) in enumerate(tree):
-        for pos, node, done in ((eq + 1 + 2 * j, u, j), (eq + 2 + 2 * j, v, j + 1)):
-            component, touched = forest_state(done)
-            want.put("component", i, pos, component)
-            want.put("in_tree", i, pos, touched)
-            want.put("adjacency", i, pos, members(graph[node], n))
-            want.put("edge_weight", i, pos, w)
+    # Kruskal's order: networkx's Kruskal takes the edges by weight, ties in the order given (sorted)
+    taken = [(u, v) for u, v, _ in nx.minimum_spanning_edges(graph, algorithm="kruskal", data=True)]
+    assert pairs == [tuple(sorted(e)) for e in taken]
 
 
 CHECKS = {
@@ -230,7 +127,7 @@ CHECKS = {
 # --- the main check: every example, every feature, several sizes --------------------------------
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("n_nodes,density,count", SIZES)
-def test_examples_and_features_match_oracles(name, n_nodes, density, count):
+def test_examples_match_networkx_and_features_match_the_reference(name, n_nodes, density, count):
     task = get_task(name, n_nodes=n_nodes, density=density)
     batch = task.sample(count, seed=n_nodes)
     m_max = max_edges(n_nodes, density)
@@ -244,7 +141,6 @@ def test_examples_and_features_match_oracles(name, n_nodes, density, count):
     longest_answer = 2 * (n_nodes - 1) if name == "mst" else n_nodes
     assert task.seq_len == len(prompt_of_most) + 1 + longest_answer + 1
     assert batch.tokens.shape == batch.loss_mask.shape == (count, task.seq_len)
-    want = Expected(batch)
     for i, text in enumerate(texts(task, batch)):
         assert task.decode(batch.tokens[i]) == text
         assert len(text) < task.seq_len and not batch.tokens[i, len(text) :].any()
@@ -255,8 +151,8 @@ def test_examples_and_features_match_oracles(name, n_nodes, density, count):
         ends, edges, answer = parse(name, text, n_nodes)
         assert n_nodes - 1 <= len(edges) <= m_max
         assert nx.is_connected(graph_of(n_nodes, [e[:2] for e in edges]))
-        CHECKS[name](n_nodes, i, eq, ends, edges, answer, want)
-    want.check()
+        CHECKS[name](n_nodes, ends, edges, answer)
+    check_against_reference(task, count)  # every feature label, as the plain reference computes it
 
 
 # --- the drawing: sizes, spread, determinism, split ---------------------------------------------

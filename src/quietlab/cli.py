@@ -169,7 +169,7 @@ def train_cmd(
                  if k in ("task", "task_sizes") or getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
         if not ctx.args:
             typed.pop("task_sizes")
-        cfg = dataclasses.replace(TrainConfig.from_dict(RunFolder(run_dir).read_config()), **typed)
+        cfg = dataclasses.replace(RunFolder(run_dir).config().train, **typed)
     else:
         cfg = TrainConfig(**settings)
     hooks = None
@@ -254,12 +254,15 @@ def ablate_cmd(
         print(json.dumps([r.to_dict() for r in results], indent=2))
         return
     table = Table(title=f"ablations at step {at_step} ({examples} held-out examples, {controls} random controls)")
-    for col in ("feature", "method", "probe", "exact match", "ablated", "drop % [95% CI]", "random dirs", "random drop % [95% CI]"):
+    for col in ("feature", "method", "probe", "exact match", "ablated", "drop % [95% CI]", "‖Δx‖", "random dirs",
+                "random drop % [95% CI]", "random ‖Δx‖"):
         table.add_column(col)
     for r in results:
         table.add_row(r.feature, r.method, f"{r.probe_acc:.2f}", f"{r.baseline_acc:.1%}", f"{r.ablated_acc:.1%}",
-                      f"{r.drop_pct:.1f} [{r.drop_ci[0]:.1f}, {r.drop_ci[1]:.1f}]", f"{r.control_acc:.1%}",
-                      f"{r.control_drop_pct:.1f} [{r.control_drop_ci[0]:.1f}, {r.control_drop_ci[1]:.1f}]")
+                      f"{r.drop_pct:.1f} [{r.drop_ci[0]:.1f}, {r.drop_ci[1]:.1f}]", f"{r.edit_size:.3g}",
+                      f"{r.control_acc:.1%}",
+                      f"{r.control_drop_pct:.1f} [{r.control_drop_ci[0]:.1f}, {r.control_drop_ci[1]:.1f}]",
+                      f"{r.control_edit_size:.3g}")
     console.print(table)
 
 

@@ -4,7 +4,8 @@ The paper's recipe, generalised to every method of ``edits.py``: fit the feature
 examples at every layer and position; at each position take the probe of the best layer (or of the
 layer given); intervene there during batched greedy generation and under teacher forcing; compare
 exact-match accuracy with the unablated model and with the same intervention along random unit
-directions (same rank, same places). Drops are relative, in percent of the baseline accuracy, as the
+directions (same rank, same places, scaled to move the activations as far: the same mean ‖Δx‖ at
+each position, measured under teacher forcing on the evaluation batch). Drops are relative, in percent of the baseline accuracy, as the
 paper reports them; intervals are 95% percentile-bootstrap intervals over examples (and, for the
 controls, over directions too).
 
@@ -49,6 +50,8 @@ class AblationResult:
     ablated_loss: float
     control_loss: float
     probe_acc: float  # mean probe accuracy (R² for scalars) at the places intervened on
+    edit_size: float = float("nan")  # mean ‖Δx‖ of the feature's edit over the places it applies to
+    control_edit_size: float = float("nan")  # the same for the controls, mean over them
     control_accs: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -99,6 +102,24 @@ class _Run:
         self.tokens = torch.as_tensor(batch.tokens, device=device).long()
         self.mask = torch.as_tensor(batch.loss_mask, device=device)
         self.start = torch.as_tensor(batch.answer_start, device=device)
+
+    @torch.no_grad()
+    def sizes(self, edits: dict[str, AffineEdit]) -> torch.Tensor:
+        """Mean ‖Δx‖ of the edits at each position (T,), under teacher forcing on this batch (NaN where
+        nothing is edited): how far they move the residual stream where they apply."""
+        T = self.tokens.shape[1]
+        total, count = torch.zeros(T, device=self.tokens.device), torch.zeros(T, device=self.tokens.device)
+
+        def measured(edit):
+            def apply(x, positions):
+                moved, n = edit.sizes(x, positions)
+                total.index_add_(0, positions, moved)
+                count.index_add_(0, positions, n.to(count))
+                return edit(x, positions)
+            return apply
+
+        self.model(self.tokens, edit={name: measured(e) for name, e in edits.items()})
+        return total / count.where(count > 0, torch.nan)
 
     @torch.no_grad()
     def __call__(self, edits: dict[str, AffineEdit] | None) -> tuple[np.ndarray, float]:
@@ -167,20 +188,28 @@ def ablate(model, task, feature: str, *, method: str = "boundary", layer: str = 
     real = {t: _flat(*probes.probe(chosen[t], t)) for t in chosen}
     run = _Run(model, eval_batch, device)
     base_correct, base_loss = run(None)
-    abl_correct, abl_loss = run(edits_for(method, real, labels))
+    ablation = edits_for(method, real, labels)
+    abl_correct, abl_loss = run(ablation)
+    size = run.sizes(ablation)  # (T,)
+    edited = size.isfinite()
 
     # controls: the same method along random directions of the same rank. LEACE's control is LEACE
     # fitted to the labels shuffled across examples: a random subspace of the same rank, drawn the way
     # LEACE draws one (through the whitening, so leaning on high-variance directions as it does), which
     # is what erasing a feature the model does not carry costs. Plain random directions would understate it.
     ranks = {t: probe_rank(W) for t, (W, _) in real.items()}
-    ctl_correct, ctl_losses = [], []
+    ctl_correct, ctl_losses, ctl_sizes = [], [], []
     for c in range(n_controls):
         if method == "erase":
             shuffled = {t: z[rng.permutation(len(z))] for t, z in labels.items()}
             edits = edits_for("erase", real, shuffled)
         else:
             edits = edits_for(method, random_probes(ranks, d, rng, reference))
+        # as far as the feature's edit at each position; an edit at an earlier tap changes what a later
+        # one sees, so the scaled controls are measured again
+        factor = torch.where(edited, size / run.sizes(edits), 1.0).nan_to_num(nan=1.0, posinf=1.0)
+        edits = {name: e.scaled(factor) for name, e in edits.items()}
+        ctl_sizes.append(_mean_size(run.sizes(edits), edited))
         correct, loss = run(edits)
         ctl_correct.append(correct)
         ctl_losses.append(loss)
@@ -198,5 +227,12 @@ def ablate(model, task, feature: str, *, method: str = "boundary", layer: str = 
         control_drop_ci=bootstrap_drop(base_correct, ctl, rng) if len(ctl) else (float("nan"),) * 2,
         n_controls=n_controls, baseline_loss=base_loss, ablated_loss=abl_loss,
         control_loss=float(np.mean(ctl_losses)) if ctl_losses else float("nan"),
-        probe_acc=probe_acc, control_accs=[float(c.mean()) for c in ctl],
+        probe_acc=probe_acc, edit_size=_mean_size(size, edited),
+        control_edit_size=float(np.mean(ctl_sizes)) if ctl_sizes else float("nan"),
+        control_accs=[float(c.mean()) for c in ctl],
     )
+
+
+def _mean_size(size: torch.Tensor, edited: torch.Tensor) -> float:
+    """Mean ‖Δx‖ over the edited positions (each position's mean over the examples edited there)."""
+    return float(size[edited].mean()) if bool(edited.any()) else float("nan")

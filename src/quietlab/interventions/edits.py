@@ -20,7 +20,9 @@ with U_t (d, r), V_t (r, d) and s_t (r,) (or one s per example, for ``resample``
 - ``resample``  the component in the span of W's rows taken from another example's activation at the
                 same position: x - Q Qᵀ x + Q Qᵀ x_other.
 
-Random controls use the same method in random subspaces of the same rank at the same places.
+Random controls use the same method in random subspaces of the same rank at the same places, scaled
+(``AffineEdit.scaled``) so that at each position they move the activations as far on average (mean
+‖Δx‖, ``AffineEdit.sizes``) as the feature's edit does.
 """
 
 from __future__ import annotations
@@ -51,6 +53,16 @@ class AffineEdit:
         coord = torch.einsum("trd,btd->btr", V, xf) - s  # (B, T', r)
         delta = torch.einsum("tdr,btr->btd", U, coord)
         return torch.where(where[..., None], xf - delta, xf).to(x.dtype)
+
+    def sizes(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Σ ‖Δx‖, count) per position of ``positions`` over the rows the edit applies to: how far it moves x."""
+        where = self.where[:, positions]
+        moved = (self(x, positions).float() - x.float()).norm(dim=-1) * where
+        return moved.sum(0), where.sum(0)
+
+    def scaled(self, factor: torch.Tensor) -> "AffineEdit":
+        """The same edit with its move Δx multiplied by ``factor[t]`` at each position t."""
+        return AffineEdit(self.U * factor.to(self.U)[:, None, None], self.V, self.s, self.where)
 
     def to(self, device) -> "AffineEdit":
         return AffineEdit(self.U.to(device), self.V.to(device), self.s.to(device), self.where.to(device))

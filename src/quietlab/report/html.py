@@ -568,19 +568,24 @@ def run_sections(rd: D.RunData, ids: _Ids, heading_prefix: str = "") -> str:
     fig = ablation_figure(rd)
     if fig:
         parts.append('<p class="note">Each feature\'s probe direction is removed from the residual stream at its best '
-                     'layer; the control removes random directions at the same places. Whiskers: 95% intervals.</p>')
+                     'layer; the control removes random directions at the same places, scaled to move the activations '
+                     'as far (the same mean ‖Δx‖ at each position, shown beside each). Whiskers: 95% intervals.</p>')
         parts.append(_plot(fig, ids("ablation"), 420))
         rows = []
         for a in D.ordered_ablations(rd):
             rows.append([a.get("feature", "?"), a.get("method", "?"), a.get("layer", "—"), a.get("n_examples", "—"),
                          S.fmt_pct(a.get("baseline_acc")), S.fmt_pct(a.get("ablated_acc")),
                          S.fmt_points(a.get("drop_pct")), S.fmt_ci(a.get("drop_ci")) or "—",
+                         S.fmt_num(a.get("edit_size")) if D.finite(a.get("edit_size")) else "—",
                          S.fmt_pct(a.get("control_acc")), S.fmt_points(a.get("control_drop_pct")),
-                         S.fmt_ci(a.get("control_drop_ci")) or "—", a.get("n_controls", "—"),
+                         S.fmt_ci(a.get("control_drop_ci")) or "—",
+                         S.fmt_num(a.get("control_edit_size")) if D.finite(a.get("control_edit_size")) else "—",
+                         a.get("n_controls", "—"),
                          S.fmt_num(a.get("baseline_loss")), S.fmt_num(a.get("ablated_loss")), S.fmt_num(a.get("control_loss"))])
         parts.append(_table(["feature", "method", "layer", "examples", "accuracy", "ablated", "drop", "interval",
-                             "control", "control drop", "interval", "controls", "loss", "ablated loss", "control loss"],
-                            rows, num_cols={2, 3, 4, 5, 6, 8, 9, 11, 12, 13, 14}))
+                             "mean ‖Δx‖", "control", "control drop", "interval", "control ‖Δx‖", "controls", "loss",
+                             "ablated loss", "control loss"],
+                            rows, num_cols={3, 4, 5, 6, 8, 9, 10, 12, 13, 14, 15, 16}))
     else:
         parts.append(_absent("No ablations were run on this run (run `quietlab ablate RUN`)."))
 

@@ -216,6 +216,10 @@ def _ablation_sentence(a: dict) -> str:
         )
         if inner:
             text += f" ({inner})"
+    if finite(a.get("edit_size")):
+        text += f"; mean ‖Δx‖ {fmt_num(a['edit_size'])}"
+        if finite(a.get("control_edit_size")):
+            text += f", random directions {fmt_num(a['control_edit_size'])}"
     return text + "."
 
 

@@ -49,8 +49,9 @@ results: ``_row``/``_set`` (one flat gather/scatter instead of two-array indexin
 (argmax of a bool row, eight flags to a 64-bit word), ``_node_bits`` (np.packbits of a short row),
 ``_prefix_count`` (cumsum along the nodes) and
 ``_Tokens`` (uint8 token rows, each edge written as one block); ``FeatureRecorder.push`` writes a
-row's k labels as one block at that row's own position. benchmarks/generation.py times the tasks
-against the plain per-example references in benchmarks/reference_graphs.py.
+row's k labels as one block at that row's own position. ``tasks/reference/graphs.py`` is the plain
+per-example specification of every label (the tests hold these tasks to it); benchmarks/generation.py
+times the tasks against it.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Plain per-example references for bfs, dfs, shortest_path, topological_sort and mst: the yardstick
-that benchmarks/generation.py measures quietlab's vectorised graph tasks against.
+"""Plain per-example references for bfs, dfs, shortest_path, topological_sort and mst: the
+specification the tests hold quietlab's vectorised graph tasks to, and the yardstick that
+benchmarks/generation.py measures them against.
 
 ``REFERENCES[name](n, seed) -> list`` draws graphs one at a time with ``random.Random(seed)`` at the
 paper size (11 nodes, density 0.3), the same way quietlab does (a uniform random labelled tree from a
@@ -10,17 +11,17 @@ one row: ``text`` (``input=answer``), ``tokens`` (token ids, padded with 0 to se
 seq_len holding the label at each position (None where undefined), the labels quietlab records.
 
 ``SOLVERS[name](inputs, task) -> dict`` computes one example from quietlab's raw inputs (as plain
-Python lists); generation.py uses it to check that the reference and quietlab agree before timing.
+Python lists); ``check_against_reference`` (in this package) compares it with quietlab's batch.
 
-Straightforward code: networkx graphs, deques, sorted neighbour lists; not slowed on purpose.
+Straightforward code in plain Python: a graph is a list of neighbour sets (``adj[u]``; for the directed
+topological_sort, successor sets) and, for mst, a dict of edge weights keyed by (u, v), u < v; deques and
+sorted neighbour lists; not slowed on purpose.
 """
 
 from __future__ import annotations
 
 import random
 from collections import deque
-
-import networkx as nx
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -63,17 +64,55 @@ def members(nodes, n: int) -> list[int]:
     return row
 
 
-def edge_text(graph: nx.Graph) -> str:
-    return ",".join(LETTERS[u] + LETTERS[v] for u, v in sorted(tuple(sorted(e)) for e in graph.edges))
+def edges_of(adj: list[set[int]]) -> list[tuple[int, int]]:
+    """The undirected edges (u, v), u < v, in lexicographic order."""
+    return [(u, v) for u in range(len(adj)) for v in sorted(adj[u]) if u < v]
+
+
+def edge_text(adj: list[set[int]]) -> str:
+    return ",".join(LETTERS[u] + LETTERS[v] for u, v in edges_of(adj))
+
+
+def distances(adj: list[set[int]], source: int) -> list[int]:
+    """Fewest edges from ``source`` to every node (the graph is connected)."""
+    dist = {source: 0}
+    queue = deque([source])
+    while queue:
+        v = queue.popleft()
+        for u in adj[v]:
+            if u not in dist:
+                dist[u] = dist[v] + 1
+                queue.append(u)
+    return [dist[x] for x in range(len(adj))]
 
 
 # --- drawing ------------------------------------------------------------------------------------
-def draw_graph(rnd: random.Random, n: int, density: float) -> nx.Graph:
+def prufer_tree(sequence: list[int], n: int) -> list[tuple[int, int]]:
+    """The labelled tree a Prüfer sequence encodes: each step joins the smallest leaf to the next entry."""
+    degree = [1] * n
+    for x in sequence:
+        degree[x] += 1
+    edges = []
+    for x in sequence:
+        leaf = min(v for v in range(n) if degree[v] == 1)
+        edges.append((min(leaf, x), max(leaf, x)))
+        degree[leaf] -= 1
+        degree[x] -= 1
+    u, v = [x for x in range(n) if degree[x] == 1]
+    return edges + [(u, v)]
+
+
+def draw_graph(rnd: random.Random, n: int, density: float) -> list[set[int]]:
     """A uniform random labelled tree (Prüfer sequence) plus k ~ U{0..max_extra} random other pairs."""
-    graph = nx.from_prufer_sequence([rnd.randrange(n) for _ in range(n - 2)])
-    others = [(u, v) for u in range(n) for v in range(u + 1, n) if not graph.has_edge(u, v)]
-    graph.add_edges_from(rnd.sample(others, rnd.randint(0, max_edges(n, density) - (n - 1))))
-    return graph
+    adj = [set() for _ in range(n)]
+    for u, v in prufer_tree([rnd.randrange(n) for _ in range(n - 2)], n):
+        adj[u].add(v)
+        adj[v].add(u)
+    others = [(u, v) for u in range(n) for v in range(u + 1, n) if v not in adj[u]]
+    for u, v in rnd.sample(others, rnd.randint(0, max_edges(n, density) - (n - 1))):
+        adj[u].add(v)
+        adj[v].add(u)
+    return adj
 
 
 def train_side(key) -> bool:
@@ -81,12 +120,12 @@ def train_side(key) -> bool:
 
 
 # --- the algorithms, one example each ----------------------------------------------------------
-def solve_bfs(graph: nx.Graph, source: int, density: float) -> dict:
-    n = graph.number_of_nodes()
+def solve_bfs(graph: list[set[int]], source: int, density: float) -> dict:
+    n = len(graph)
     prompt = f"{LETTERS[source]}:{edge_text(graph)}="
     eq = len(prompt) - 1
     feats = {k: {} for k in ("queue", "visited", "adjacency", "depth", "parent")}
-    neighbours = {u: sorted(graph[u]) for u in graph}
+    neighbours = [sorted(graph[u]) for u in range(n)]
     queue, order = deque([source]), []
     depth, parent = {source: 0}, {source: source}
     feats["queue"][eq], feats["visited"][eq] = members(queue, n), members(order, n)
@@ -106,12 +145,12 @@ def solve_bfs(graph: nx.Graph, source: int, density: float) -> dict:
     return example(prompt + "".join(LETTERS[v] for v in order), feats, *layout("bfs", n, density))
 
 
-def solve_dfs(graph: nx.Graph, source: int, density: float) -> dict:
-    n = graph.number_of_nodes()
+def solve_dfs(graph: list[set[int]], source: int, density: float) -> dict:
+    n = len(graph)
     prompt = f"{LETTERS[source]}:{edge_text(graph)}="
     eq = len(prompt) - 1
     feats = {k: {} for k in ("stack", "visited", "adjacency", "depth", "parent")}
-    neighbours = {u: sorted(graph[u]) for u in graph}
+    neighbours = [sorted(graph[u]) for u in range(n)]
     order, stack_at_visit = [], []
     seen = {source}
 
@@ -136,13 +175,12 @@ def solve_dfs(graph: nx.Graph, source: int, density: float) -> dict:
     return example(prompt + "".join(LETTERS[v] for v in order), feats, *layout("dfs", n, density))
 
 
-def solve_shortest_path(graph: nx.Graph, source: int, target: int, density: float) -> dict:
-    n = graph.number_of_nodes()
+def solve_shortest_path(graph: list[set[int]], source: int, target: int, density: float) -> dict:
+    n = len(graph)
     prompt = f"{LETTERS[source]}{LETTERS[target]}:{edge_text(graph)}="
     eq = len(prompt) - 1
-    dist = nx.single_source_shortest_path_length(graph, source)
-    to_target = nx.single_source_shortest_path_length(graph, target)
-    dist_row, to_target_row = [dist[x] for x in range(n)], [to_target[x] for x in range(n)]
+    dist, to_target = distances(graph, source), distances(graph, target)
+    dist_row, to_target_row = dist, to_target
     path = [source]
     while path[-1] != target:  # the smallest neighbour one step closer to the target
         v = path[-1]
@@ -160,11 +198,12 @@ def solve_shortest_path(graph: nx.Graph, source: int, target: int, density: floa
     return example(prompt + "".join(LETTERS[v] for v in path), feats, *layout("shortest_path", n, density))
 
 
-def solve_topological_sort(dag: nx.DiGraph, density: float) -> dict:
-    n = dag.number_of_nodes()
-    prompt = ",".join(LETTERS[u] + LETTERS[v] for u, v in sorted(dag.edges)) + "="
+def solve_topological_sort(dag: list[set[int]], density: float) -> dict:
+    """``dag[u]``: the successors of u."""
+    n = len(dag)
+    prompt = ",".join(LETTERS[u] + LETTERS[v] for u in range(n) for v in sorted(dag[u])) + "="
     eq = len(prompt) - 1
-    in_degree = dict(dag.in_degree)
+    in_degree = [sum(x in dag[u] for u in range(n)) for x in range(n)]
     done: list[int] = []
     feats = {k: {} for k in ("ready", "remaining_in_degree", "visited", "adjacency")}
 
@@ -177,27 +216,27 @@ def solve_topological_sort(dag: nx.DiGraph, density: float) -> dict:
     for r in range(n):
         v = min(x for x in range(n) if in_degree[x] == 0 and x not in done)
         done.append(v)
-        for u in dag.successors(v):
+        for u in dag[v]:
             in_degree[u] -= 1
         record(eq + 1 + r)
-        feats["adjacency"][eq + 1 + r] = members(dag.successors(v), n)
+        feats["adjacency"][eq + 1 + r] = members(dag[v], n)
     return example(prompt + "".join(LETTERS[v] for v in done), feats, *layout("topological_sort", n, density))
 
 
-def solve_mst(graph: nx.Graph, density: float) -> dict:
-    n = graph.number_of_nodes()
-    edges = sorted(tuple(sorted(e)) for e in graph.edges)
-    prompt = ",".join(f"{LETTERS[u]}{LETTERS[v]}{graph[u][v]['weight']}" for u, v in edges) + "="
+def solve_mst(graph: list[set[int]], weight: dict[tuple[int, int], int], density: float) -> dict:
+    n = len(graph)
+    edges = edges_of(graph)
+    prompt = ",".join(f"{LETTERS[u]}{LETTERS[v]}{weight[u, v]}" for u, v in edges) + "="
     eq = len(prompt) - 1
     component = list(range(n))
     in_tree: set[int] = set()
     answer = []
     feats = {k: {} for k in ("component", "in_tree", "adjacency", "edge_weight")}
     feats["component"][eq], feats["in_tree"][eq] = list(component), members(in_tree, n)
-    for u, v in sorted(edges, key=lambda e: (graph[e[0]][e[1]]["weight"], e)):
+    for u, v in sorted(edges, key=lambda e: (weight[e], e)):
         if component[u] == component[v]:
             continue
-        w = graph[u][v]["weight"]
+        w = weight[u, v]
         for x, after in ((u, False), (v, True)):
             if after:  # union, the merged component named by its smallest node
                 lo, hi = sorted((component[u], component[v]))
@@ -213,22 +252,22 @@ def solve_mst(graph: nx.Graph, density: float) -> dict:
 
 
 # --- n examples, one at a time ------------------------------------------------------------------
-def bfs(n: int, seed: int, n_nodes: int = 11, density: float = 0.3) -> list:
+def _from_a_source(solve, n: int, seed: int, n_nodes: int, density: float) -> list:
+    """n examples of ``solve(graph, source, density)`` on drawn graphs and uniform sources."""
     rnd, out = random.Random(seed), []
     while len(out) < n:
         graph, source = draw_graph(rnd, n_nodes, density), rnd.randrange(n_nodes)
-        if train_side((source, *sorted(graph.edges))):
-            out.append(solve_bfs(graph, source, density))
+        if train_side((source, *edges_of(graph))):
+            out.append(solve(graph, source, density))
     return out
+
+
+def bfs(n: int, seed: int, n_nodes: int = 11, density: float = 0.3) -> list:
+    return _from_a_source(solve_bfs, n, seed, n_nodes, density)
 
 
 def dfs(n: int, seed: int, n_nodes: int = 11, density: float = 0.3) -> list:
-    rnd, out = random.Random(seed), []
-    while len(out) < n:
-        graph, source = draw_graph(rnd, n_nodes, density), rnd.randrange(n_nodes)
-        if train_side((source, *sorted(graph.edges))):
-            out.append(solve_dfs(graph, source, density))
-    return out
+    return _from_a_source(solve_dfs, n, seed, n_nodes, density)
 
 
 def shortest_path(n: int, seed: int, n_nodes: int = 11, density: float = 0.3) -> list:
@@ -236,7 +275,7 @@ def shortest_path(n: int, seed: int, n_nodes: int = 11, density: float = 0.3) ->
     while len(out) < n:
         graph, source = draw_graph(rnd, n_nodes, density), rnd.randrange(n_nodes)
         target = (source + rnd.randrange(1, n_nodes)) % n_nodes
-        if train_side((source, target, *sorted(graph.edges))):
+        if train_side((source, target, *edges_of(graph))):
             out.append(solve_shortest_path(graph, source, target, density))
     return out
 
@@ -246,10 +285,11 @@ def topological_sort(n: int, seed: int, n_nodes: int = 11, density: float = 0.3)
     while len(out) < n:
         undirected = draw_graph(rnd, n_nodes, density)
         rank = [rnd.random() for _ in range(n_nodes)]  # a random order; every edge points along it
-        dag = nx.DiGraph()
-        dag.add_nodes_from(range(n_nodes))
-        dag.add_edges_from((u, v) if (rank[u], u) < (rank[v], v) else (v, u) for u, v in undirected.edges)
-        if train_side(tuple(sorted(dag.edges))):
+        dag = [set() for _ in range(n_nodes)]
+        for u, v in edges_of(undirected):
+            a, b = (u, v) if (rank[u], u) < (rank[v], v) else (v, u)
+            dag[a].add(b)
+        if train_side(tuple((u, v) for u in range(n_nodes) for v in sorted(dag[u]))):
             out.append(solve_topological_sort(dag, density))
     return out
 
@@ -258,10 +298,9 @@ def mst(n: int, seed: int, n_nodes: int = 11, density: float = 0.3) -> list:
     rnd, out = random.Random(seed), []
     while len(out) < n:
         graph = draw_graph(rnd, n_nodes, density)
-        for u, v in graph.edges:
-            graph[u][v]["weight"] = rnd.randint(1, 9)
-        if train_side(tuple(sorted(graph.edges(data="weight")))):
-            out.append(solve_mst(graph, density))
+        weight = {e: rnd.randint(1, 9) for e in edges_of(graph)}
+        if train_side(tuple((u, v, w) for (u, v), w in weight.items())):
+            out.append(solve_mst(graph, weight, density))
     return out
 
 
@@ -275,25 +314,29 @@ REFERENCES = {
 
 
 # --- one example from quietlab's raw inputs (Task._draw's dict, one row, as lists) ---------------
-def _graph(inputs: dict, task, directed: bool = False) -> nx.Graph:
+def _graph(inputs: dict, task, directed: bool = False) -> tuple[list[set[int]], dict]:
+    """(neighbour or successor sets, edge weights) from quietlab's edge codes: for each pair (u, v), u < v,
+    in order, 0 = no edge; undirected: the weight (1 when unweighted); directed: 1 = u→v, else v→u."""
     n = task.n_nodes
     pairs = [(u, v) for u in range(n) for v in range(u + 1, n)]  # the order of inputs["edges"]
-    graph = nx.DiGraph() if directed else nx.Graph()
-    graph.add_nodes_from(range(n))
+    adj, weight = [set() for _ in range(n)], {}
     for (u, v), code in zip(pairs, inputs["edges"]):
         if code and directed:
-            graph.add_edge(*((u, v) if code == 1 else (v, u)))
+            a, b = (u, v) if code == 1 else (v, u)
+            adj[a].add(b)
         elif code:
-            graph.add_edge(u, v, weight=code)
-    return graph
+            adj[u].add(v)
+            adj[v].add(u)
+            weight[u, v] = code
+    return adj, weight
 
 
 SOLVERS = {
-    "bfs": lambda inp, task: solve_bfs(_graph(inp, task), inp["source"], task.density),
-    "dfs": lambda inp, task: solve_dfs(_graph(inp, task), inp["source"], task.density),
+    "bfs": lambda inp, task: solve_bfs(_graph(inp, task)[0], inp["source"], task.density),
+    "dfs": lambda inp, task: solve_dfs(_graph(inp, task)[0], inp["source"], task.density),
     "shortest_path": lambda inp, task: solve_shortest_path(
-        _graph(inp, task), inp["source"], inp["target"], task.density
+        _graph(inp, task)[0], inp["source"], inp["target"], task.density
     ),
-    "topological_sort": lambda inp, task: solve_topological_sort(_graph(inp, task, directed=True), task.density),
-    "mst": lambda inp, task: solve_mst(_graph(inp, task), task.density),
+    "topological_sort": lambda inp, task: solve_topological_sort(_graph(inp, task, directed=True)[0], task.density),
+    "mst": lambda inp, task: solve_mst(*_graph(inp, task), task.density),
 }

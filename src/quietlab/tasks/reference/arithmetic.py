@@ -1,6 +1,6 @@
 """Plain per-example Python references for addition, multiplication, majority_of_majorities,
-max_subarray and activity_selection: the yardstick that benchmarks/generation.py measures quietlab's
-vectorised generators against.
+max_subarray and activity_selection: the specification the tests hold quietlab's vectorised
+generators to, and the yardstick that benchmarks/generation.py measures them against.
 
 ``REFERENCES[name](n, seed) -> list`` draws examples one at a time with ``random.Random(seed)``, keeps
 those on the training side of a 75/25 split (a hash of the example up to symmetry, as quietlab does),
@@ -10,7 +10,7 @@ next token is an answer token or the end) and ``features``, each a list of lengt
 the label at each position (None where it is undefined), the same labels quietlab records.
 
 ``SOLVERS[name](inputs, task) -> dict`` computes one example from quietlab's raw inputs (as plain
-Python lists); generation.py uses it to check that the reference and quietlab agree before timing.
+Python lists); ``check_against_reference`` (in this package) compares it with quietlab's batch.
 
 Straightforward code, written the way one would without thinking about speed, and not slowed on
 purpose either.
@@ -66,7 +66,8 @@ def solve_addition(a: list[int], b: list[int]):
     return _example(text, features, ".01+=", seq_len)
 
 
-def addition(n: int, seed: int, n_bits: int = 16) -> list:
+def _operand_pairs(solve, n: int, seed: int, n_bits: int) -> list:
+    """n examples of ``solve(a, b)`` on uniform n-bit operands (LSB first), a op b and b op a on one side."""
     rng = random.Random(seed)
     out = []
     while len(out) < n:
@@ -75,8 +76,12 @@ def addition(n: int, seed: int, n_bits: int = 16) -> list:
             continue
         a = [(x >> i) & 1 for i in range(n_bits)]
         b = [(y >> i) & 1 for i in range(n_bits)]
-        out.append(solve_addition(a, b))
+        out.append(solve(a, b))
     return out
+
+
+def addition(n: int, seed: int, n_bits: int = 16) -> list:
+    return _operand_pairs(solve_addition, n, seed, n_bits)
 
 
 # --- multiplication -----------------------------------------------------------------------------
@@ -125,16 +130,7 @@ def solve_multiplication(a: list[int], b: list[int]):
 
 
 def multiplication(n: int, seed: int, n_bits: int = 16) -> list:
-    rng = random.Random(seed)
-    out = []
-    while len(out) < n:
-        x, y = rng.getrandbits(n_bits), rng.getrandbits(n_bits)
-        if not _train_side((min(x, y), max(x, y))):
-            continue
-        a = [(x >> i) & 1 for i in range(n_bits)]
-        b = [(y >> i) & 1 for i in range(n_bits)]
-        out.append(solve_multiplication(a, b))
-    return out
+    return _operand_pairs(solve_multiplication, n, seed, n_bits)
 
 
 # --- majority of majorities ---------------------------------------------------------------------
