@@ -39,7 +39,7 @@ def make_data(n: int, seed: int):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--out", default="runs/plain_loop")
     ap.add_argument("--examples", type=int, default=1000, help="probe inputs (held-out examples)")
     ap.add_argument("--fast", action="store_true", help="a smoke run: 20 steps, 200 probe inputs")
