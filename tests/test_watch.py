@@ -182,3 +182,14 @@ def test_quietlab_transformer_is_watched_by_its_hook_names(tmp_path):
     db = sqlite3.connect(tmp_path / "q" / "metrics.sqlite")
     assert db.execute("SELECT count(*) FROM metrics WHERE name LIKE 'attn/entropy/blocks.0.attn.hook_pattern/%'"
                       ).fetchone()[0] == 2
+
+
+def test_export_verb_errors_are_one_line(tmp_path):
+    train_watched(tmp_path / "mine", steps=2)
+    runner = CliRunner()
+    res = runner.invoke(app, ["export", str(tmp_path / "mine"), "--to", "wandb"])
+    assert res.exit_code == 2 and "unknown export format 'wandb'" in res.output
+    res = runner.invoke(app, ["export", str(tmp_path / "nothing"), "--to", "csv"])
+    assert res.exit_code == 2 and "is not a run folder" in res.output
+    res = runner.invoke(app, ["export", str(tmp_path / "mine"), "--to", "csv"])
+    assert res.exit_code == 0 and (tmp_path / "mine" / "metrics.csv").exists()
