@@ -9,7 +9,7 @@ Two models, one script:
   ``blocks.{l}.hook_resid_post``) on the uncompiled module that shares its weights.
 
 Both arms run the same loop (fresh examples every step, AdamW), timed the same way (perf_counter around
-the whole loop; the watched arm's time includes ``watch()``, its step-0 probe, and ``close()``, its last
+the whole loop, after three untimed forward/backward passes that compile; the watched arm's time includes ``watch()``, its step-0 probe, and ``close()``, its last
 probe and the classification), interleaved plain/watch for ``--repeats`` pairs after one untimed warm-up
 pair (compilation, allocator). ``watch`` runs at its defaults: the Monitor's log probe schedule and its
 overhead budget, 2000 held-out probe examples (``--examples``) of all the task's features. Overhead =
@@ -69,6 +69,13 @@ def run_arm(args, task, device, watched: bool, root: Path, tag: str) -> dict:
     probe = task.sample(args.examples, seed=10**6, split="test")
     cuda_graphs = args.compile and device.type == "cuda" and args.model == "quietlab"
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    warm = torch.as_tensor(batches[0].tokens[: args.batch_size]).long().to(device)
+    warm_mask = torch.as_tensor(batches[0].loss_mask[: args.batch_size]).to(device)
+    for _ in range(3):  # compilation and CUDA-graph capture happen here, outside the timing (no update)
+        if cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        masked_loss(forward(warm), warm, warm_mask).backward()
+    opt.zero_grad(set_to_none=True)
     sync()
     t0 = time.perf_counter()
     w = None
