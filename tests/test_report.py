@@ -190,7 +190,7 @@ def test_summary_sentences_carry_the_numbers(runs):
     assert f"dropped to {LEVEL_AFTER:g} by step {END:,}" in text
     assert f"`carry` (quiet) decodable from step {CARRY_DECODABLE:,}, {ONSET - CARRY_DECODABLE:,} steps before the drop" in text
     assert "1,800 steps before the drop" in text  # the same, spelled out
-    assert ("Ablating `carry` (boundary, block 1 output (`blocks.1.hook_resid_post`), 512 examples): "
+    assert ("Ablating `carry` (boundary, block 1 output `blocks.1.hook_resid_post`, 512 examples): "
             "exact match 99% → 12%") in text
     assert "random directions: 98%" in text and "95% CI 84–92%" in text
     assert "mean ‖Δx‖ 2.5, random directions 2.49." in text

@@ -18,12 +18,12 @@ from .rundata import (CLASS_ORDER, RunData, feature_curve, finite, head_metrics,
 
 
 def layer_text(layer) -> str:
-    """A hook name as "block 1 output (`blocks.1.hook_resid_post`)"; other text (e.g. "best per position")
+    """A hook name as "block 1 output `blocks.1.hook_resid_post`"; other text (e.g. "best per position")
     as it is."""
     if layer is None:
         return ""
     label = hook_label(layer)
-    return f"{label} (`{layer}`)" if label != str(layer) else label
+    return f"{label} `{layer}`" if label != str(layer) else label
 
 
 def fmt_step(s) -> str:
