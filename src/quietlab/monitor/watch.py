@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..runs.folder import RunFolder
-from ..tasks.base import FEATURE_KINDS, Feature
+from ..tasks.base import Feature
 from .monitor import Monitor, log_schedule
 from .taps import ModuleTaps, TransformerTaps
 
@@ -229,7 +229,6 @@ def check_features(features, n: int) -> dict[str, Feature]:
                                  f"must be integers in [0, {f.n_classes}) where the mask is set")
         if f.kind == "scalar" and not np.isfinite(defined.astype(float)).all():
             raise ValueError(f"feature {name!r} has non-finite values where its mask is set")
-        assert f.kind in FEATURE_KINDS
         out[str(name)] = Feature(values, mask, f.kind, f.n_classes, f.description)
     return out
 
