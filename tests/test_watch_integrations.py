@@ -4,14 +4,12 @@ Trainer and TransformerLens, each with the real library; the examples run (brief
 import csv
 import runpy
 import sqlite3
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-import quietlab
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

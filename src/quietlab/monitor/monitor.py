@@ -6,7 +6,9 @@
 It implements the training loop's hooks (``train.loop.TrainHooks``) and sees the model only through
 its named activation taps (``hook_embed``, ``blocks.{l}.hook_resid_post``, ``blocks.{l}.attn.hook_pattern``;
 ``models.hooks``) and, for the gradient
-statistics, the ``qkv`` weight of each block's attention.
+statistics, the ``qkv`` weight of each block's attention. The same object watches any other model in
+a plain loop (``quietlab.watch``, monitor/watch.py): ``begin`` with the taps of ``monitor.taps``
+instead of ``attach``, then ``on_step`` after every optimizer step.
 
 What it records (names as in metrics.sqlite):
 
@@ -48,7 +50,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from ..models.hooks import attn_module, block_of
+from ..models.hooks import attn_module
 from .probes import capture_layers, fit_features, split_probe_set
 from .transitions import OnlineDetector
 
