@@ -10,10 +10,11 @@ Two models, one script:
 
 Both arms run the same loop (fresh examples every step, AdamW), timed the same way (perf_counter around
 the whole loop, after three untimed forward/backward passes that compile; the watched arm's time includes ``watch()``, its step-0 probe, and ``close()``, its last
-probe and the classification), interleaved plain/watch for ``--repeats`` pairs after one untimed warm-up
+probe and the classification), interleaved for ``--repeats`` pairs (plain first, then watch first, alternately) after one untimed warm-up
 pair (compilation, allocator). ``watch`` runs at its defaults: the Monitor's log probe schedule and its
 overhead budget, 2000 held-out probe examples (``--examples``) of all the task's features. Overhead =
-median over pairs of (watched − plain) / plain. Raw times go to ``--out`` (JSON) and stdout.
+median over pairs of (watched − plain) / plain; beside it the monitor's own measured time over the
+watched run's time less it (steadier on a shared machine). Raw times go to ``--out`` (JSON) and stdout.
 
     python benchmarks/watch_overhead.py --steps 3000 --out watch_overhead_cpu.json                 # CPU
     python benchmarks/watch_overhead.py --model quietlab --compile --device cuda \\
@@ -147,17 +148,24 @@ def main():
         args.steps = warm_steps
         pairs = []
         for r in range(args.repeats):
-            plain = run_arm(args, task, device, False, root, f"plain{r}")
-            watched = run_arm(args, task, device, True, root, f"watch{r}")
+            if r % 2 == 0:  # alternate which arm goes first, so that an order effect cancels
+                plain = run_arm(args, task, device, False, root, f"plain{r}")
+                watched = run_arm(args, task, device, True, root, f"watch{r}")
+            else:
+                watched = run_arm(args, task, device, True, root, f"watch{r}")
+                plain = run_arm(args, task, device, False, root, f"plain{r}")
             pairs.append({"plain": plain, "watch": watched,
-                          "overhead": watched["seconds"] / plain["seconds"] - 1})
+                          "overhead": watched["seconds"] / plain["seconds"] - 1,
+                          "monitor_share": watched["monitor_s"] / (watched["seconds"] - watched["monitor_s"])})
             print(json.dumps(pairs[-1]), flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     result = {"args": vars(args), "device_name": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "pairs": pairs,
-              "median_overhead": statistics.median(p["overhead"] for p in pairs)}
-    print(f"median overhead of watch: {result['median_overhead']:.1%} over {len(pairs)} interleaved pairs")
+              "median_overhead": statistics.median(p["overhead"] for p in pairs),
+              "median_monitor_share": statistics.median(p["monitor_share"] for p in pairs)}
+    print(f"median overhead of watch: {result['median_overhead']:.1%} over {len(pairs)} interleaved pairs "
+          f"(the monitor's own time: {result['median_monitor_share']:.1%} of the watched run's training time)")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
 

@@ -42,7 +42,11 @@ class QuietlabCallback(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        self.watch.step(trainer.global_step, loss=None if loss is None else float(loss))
+        loss = None if loss is None else loss.detach() if hasattr(loss, "detach") else float(loss)
+        if trainer.global_step > self.watch.last_step:  # an optimizer step (not an accumulation batch)
+            self.watch.step(trainer.global_step, loss=loss)
+        else:
+            self.watch.log(trainer.global_step, loss=loss)
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.watch is not None:
