@@ -282,6 +282,9 @@ def test_cli_probe_refits_every_checkpoint(monitored_run):
     assert out["checkpoints"] == list_checkpoints(run) == [0, 20, 40]
     with RunStore(RunFolder(run).path / "metrics.sqlite") as store:
         assert {r[0] for r in store.probes("carry", "acc")} >= {0, 20, 40}
+        # the re-fit is kept apart from the monitor's rows, and the classes say which they read
+        assert store.fits() == ["online", "checkpoint"] and store.probes(fit="online")
+        assert store.get("feature_class", "carry")["probe_fit"] == "checkpoint"
     table = CliRunner().invoke(app, ["probe", str(run), "--features", "carry", "--examples", "200", "--device", "cpu"])
     assert table.exit_code == 0 and "carry" in table.stdout and "decodable" in table.stdout
 

@@ -302,7 +302,7 @@ def probe_cmd(
              f"(loss {t['level_before']:.3g} → {t['level_after']:.3g})" if t else "no transition in the loss")
     table = Table(title=f"{run} · {len(out['steps'])} checkpoints · {where}")
     for col in ("feature", "layer", "decodable from", "before drop", "final", "random init", "class"):
-        table.add_column(col, justify="left" if col in ("feature", "class") else "right", no_wrap=col == "feature")
+        table.add_column(col, justify="left" if col in ("feature", "class") else "right", no_wrap=col in ("feature", "layer"))
     colour = {"quiet": "green", "loud": "yellow", "absent": "dim", "unresolved": "cyan"}
 
     def fmt(x):
