@@ -482,6 +482,20 @@ def frontier_cmd(
     console.print(f"report: {report}", highlight=False)
 
 
+@app.command("export")
+@one_line_errors
+def export_cmd(
+    run: str = typer.Argument(..., metavar="RUN", help="A run folder (quietlab train or quietlab.watch)."),
+    to: str = typer.Option("tensorboard", "--to", help="tensorboard, mlflow or csv."),
+    target: Optional[str] = typer.Option(
+        None, "--target", help="Where: a log dir (tensorboard), a tracking URI (mlflow), a file (csv); default inside RUN."),
+):
+    """Write a run's metrics, probe scores and feature classes for TensorBoard, MLflow or as CSV."""
+    from .runs.export import export_run
+
+    print(export_run(run, to, target))
+
+
 def main() -> None:  # pragma: no cover
     app(prog_name="quietlab")
 

@@ -6,7 +6,9 @@
 It implements the training loop's hooks (``train.loop.TrainHooks``) and sees the model only through
 its named activation taps (``hook_embed``, ``blocks.{l}.hook_resid_post``, ``blocks.{l}.attn.hook_pattern``;
 ``models.hooks``) and, for the gradient
-statistics, the ``qkv`` weight of each block's attention.
+statistics, the ``qkv`` weight of each block's attention. The same object watches any other model in
+a plain loop (``quietlab.watch``, monitor/watch.py): ``begin`` with the taps of ``monitor.taps``
+instead of ``attach``, then ``on_step`` after every optimizer step.
 
 What it records (names as in metrics.sqlite):
 
@@ -46,13 +48,12 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections import deque
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
-from ..models.hooks import attn_module, block_of
+from ..models.hooks import attn_module
 from .follow import PlateauFollower, split_budget
 from .probes import capture_layers, fit_features, residual_taps, split_probe_set
 from .transitions import OnlineDetector
@@ -100,18 +101,17 @@ def trim_to_features(tokens: np.ndarray, features: dict) -> tuple[np.ndarray, di
 def attention_entropy(model, tokens: torch.Tensor) -> dict[str, float]:
     """{``attn/entropy/{hook}/H{h}``: normalised entropy} of every attention pattern the model exposes
     (hook: ``blocks.{l}.attn.hook_pattern``)."""
-    names = [n for n in model.tap_names() if n.endswith(".attn.hook_pattern") and block_of(n) is not None]
-    if not names:
-        return {}
-    was_training = model.training
-    model.eval()
-    try:
-        _, acts = model(tokens, capture=names)
-    finally:
-        model.train(was_training)
+    from .taps import TransformerTaps
+
+    return pattern_entropy(TransformerTaps(None, tokens).attention_patterns(model))
+
+
+@torch.no_grad()
+def pattern_entropy(patterns: dict[str, torch.Tensor]) -> dict[str, float]:
+    """{``attn/entropy/{name}/H{h}``: normalised entropy} of attention patterns {name: (B, H, Tq, Tk)}."""
     out = {}
-    for name in names:
-        p = acts[name].float()  # (B, H, Tq, Tk)
+    for name, p in patterns.items():
+        p = p.float()
         Tq, Tk = p.shape[-2:]
         causal = Tq == Tk and Tq > 1 and float(p.triu(1).abs().amax()) == 0.0
         n_keys = torch.arange(1, Tk + 1, device=p.device, dtype=p.dtype) if causal else \
@@ -250,6 +250,7 @@ class Monitor:
         self.warm_start = warm_start
         self.probe_kwargs = {"max_iter": 60, **(probe_kwargs or {})}
         self.store = None
+        self.result: dict = {}  # finish()'s classification
         self.total: int | None = None
         self.losses: LossWatch | None = None
         self._last_probes: dict | None = None
@@ -266,13 +267,11 @@ class Monitor:
     # --- the hooks -------------------------------------------------------------------------------
     def attach(self, model, task, store, run_cfg) -> None:
         """Once before training (and on resume): draw the probe set, set up the schedules and detector."""
+        from .taps import TransformerTaps
+
         t0 = time.perf_counter()
-        self.spent = self.probe_seconds = 0.0
-        self.timings = {}
-        self.store, self.task = store, task
         get = (lambda k, d=None: run_cfg.get(k, d)) if isinstance(run_cfg, dict) else \
             (lambda k, d=None: getattr(run_cfg, k, d))
-        self.total = get("steps")
         seed = get("seed", 0) or 0
         batch = probe_set(task, self.probe_examples, seed)
         available = list(batch.features)
@@ -281,17 +280,37 @@ class Monitor:
         if unknown:
             raise ValueError(f"unknown feature(s) {', '.join(map(repr, unknown))} for "
                              f"{getattr(task, 'name', 'this task')}; it has: {', '.join(available) or 'none'}")
-        self.tokens, self.feature_set = trim_to_features(batch.tokens, {n: batch.features[n] for n in names})
-        self.train_idx, self.test_idx = split_probe_set(len(batch), self.test_fraction, seed=seed)
+        self.task = task
+        tokens, features = trim_to_features(batch.tokens, {n: batch.features[n] for n in names})
         p = next(model.parameters())
-        self._entropy_tokens = torch.as_tensor(batch.tokens[: self.entropy_examples], dtype=torch.long, device=p.device)
-        device_type = torch.device(self.device).type if self.device is not None else p.device.type
-        self.estimated_probe_cost = probe_cost(model, self.feature_set, len(batch), len(self.train_idx),
-                                               self.probe_kwargs["max_iter"], get("batch_size", 64) or 64,
-                                               task.seq_len, device_type)
+        entropy_tokens = torch.as_tensor(batch.tokens[: self.entropy_examples], dtype=torch.long, device=p.device)
+        self.begin(store, TransformerTaps(tokens, entropy_tokens), features, total=get("steps"), seed=seed, t0=t0,
+                   model=model, train_batch_size=get("batch_size", 64) or 64, train_seq_len=task.seq_len)
+
+    def begin(self, store, taps, features: dict, total: int | None = None, seed: int = 0, t0: float | None = None,
+              model=None, train_batch_size: int = 64, train_seq_len: int | None = None) -> None:
+        """What ``attach`` does past the task: probe ``features`` ({name: Feature} of the probe inputs'
+        rows) on the activations ``taps`` captures (``monitor.taps``), write to ``store``. Plain loops
+        (``quietlab.watch``) call this instead of ``attach``, then ``on_step`` every step. With ``model``,
+        a probe step's cost is estimated (``probe_cost``) against training steps of ``train_batch_size``
+        examples of ``train_seq_len`` tokens (default: the probe inputs' length) for the overhead budget."""
+        t0 = time.perf_counter() if t0 is None else t0
+        self.spent = self.probe_seconds = 0.0
+        self.timings = {}
+        self.store, self.taps, self.total = store, taps, total
+        self.feature_set = features
+        self.train_idx, self.test_idx = split_probe_set(taps.n, self.test_fraction, seed=seed)
+        if model is not None:
+            p = next(model.parameters())
+            device_type = torch.device(self.device).type if self.device is not None else p.device.type
+            seq_len = train_seq_len or max((f.mask.shape[1] for f in features.values()), default=1)
+            self.estimated_probe_cost = probe_cost(model, features, taps.n, len(self.train_idx),
+                                                   self.probe_kwargs["max_iter"], train_batch_size, seq_len,
+                                                   device_type)
         self.probe_steps = self._make_probe_steps()
         self._grad_steps = set(log_schedule(self.total, self.stats_per_decade))
         # resume: continue after what the store already holds
+        names = list(features)
         probed = sorted({r[0] for r in store.probes(names[0], fit="online")}) if names else []
         self.last_probe_step = probed[-1] if probed else -1
         if self.follower is not None:  # a resumed run has spent some of the reserve already
@@ -340,7 +359,7 @@ class Monitor:
         self._status = self.losses.status
         self._sync(step)
         t0 = self._took("detector", t0)
-        entropy = attention_entropy(model, self._entropy_tokens)
+        entropy = pattern_entropy(self.taps.attention_patterns(model))
         if entropy:
             self.store.log(step, entropy)
         self._took("entropy", t0)
@@ -352,6 +371,16 @@ class Monitor:
     def on_checkpoint(self, step: int, model) -> None:
         self._sync(int(step))
 
+    def on_step(self, step: int, model, evaluate: bool = False) -> None:
+        """A plain loop's step (``quietlab.watch``), after the optimizer step and after its losses were
+        handed over (``on_train_loss``): the gradient statistics of ``after_backward``; at ``evaluate``
+        steps what ``on_eval`` does (with no eval metrics: the detectors read the training loss); then
+        a probe when one is due."""
+        self.after_backward(step, model)
+        if evaluate:
+            self.on_eval(step, model, {})
+        self.after_step(step, model)
+
     def status(self) -> str:
         return self._status
 
@@ -359,7 +388,7 @@ class Monitor:
     def probe(self, step: int, model) -> dict:
         """Capture the probe set, fit every feature's probes, write their rows; returns the ProbeResults."""
         t0 = time.perf_counter()
-        acts = capture_layers(model, self.tokens, device=self.device)
+        acts = self.taps.capture(model, device=self.device)
         results = fit_features(acts, self.feature_set, self.train_idx, self.test_idx, device=self.device,
                                init=self._last_probes, **self.probe_kwargs)
         self._last_probes = results if self.warm_start else None  # the next probe step starts from these
@@ -386,6 +415,7 @@ class Monitor:
         t0 = time.perf_counter()
         out = classify_run(self.store, features=list(self.feature_set), margin=self.margin)
         self._took("classify", t0)
+        self.result = out
         return out
 
     # --- helpers ---------------------------------------------------------------------------------

@@ -70,8 +70,12 @@ def fmt_big(v) -> str:
 
 def _run_sentence(rd: RunData) -> str:
     """Task and its sizes, model size and attention, seed; then how long it trained."""
+    watched = rd.config.get("watch") if isinstance(rd.config, dict) else None
     if rd.run_config is not None:
         text = rd.run_config.describe()
+    elif isinstance(watched, dict):  # a run of quietlab.watch on someone else's model
+        taps = ", ".join(f"`{t}`" for t in watched.get("taps", []))
+        text = f"`{watched.get('model', 'a model')}` watched by `quietlab.watch` at {taps or 'its taps'}"
     elif rd.config_problem:
         text = f"Run `{rd.name}` ({rd.config_problem})"
     else:
