@@ -159,12 +159,14 @@ PROBE_SLOWDOWN = {"cpu": 1.0, "cuda": 10.0}
 
 
 def probe_cost(model, feature_set: dict, n_examples: int, n_train: int, max_iter: int, batch_size: int,
-               seq_len: int, device_type: str = "cpu", slowdown: float | None = None) -> float:
+               seq_len: int, device_type: str = "cpu", slowdown: float | None = None,
+               n_taps: int | None = None) -> float:
     """Estimated cost of one probe step, in training steps of ``batch_size`` examples of ``seq_len``
     tokens, from shapes and counts alone: a forward pass over the ``n_examples`` probe examples (a third
     of a training step's FLOPs per token), plus ``max_iter`` solver passes over the ``n_train`` probe-train
     examples for every (layer, position, output column) a feature is defined at (forward and gradient:
-    6·d FLOPs per example and column), the latter weighed by PROBE_SLOWDOWN."""
+    6·d FLOPs per example and column) at each of ``n_taps`` taps (default: the model's residual
+    stream taps), the latter weighed by PROBE_SLOWDOWN."""
     n_params = sum(p.numel() for p in model.parameters())
     step_flops = 6 * n_params * batch_size * seq_len
     probe_len = max(f.mask.shape[1] for f in feature_set.values()) if feature_set else 0
@@ -173,10 +175,17 @@ def probe_cost(model, feature_set: dict, n_examples: int, n_train: int, max_iter
     columns = 0
     for f in feature_set.values():
         columns += f.k * (f.n_classes if f.kind == "categorical" else 1) * int(f.mask.any(axis=0).sum())
-    fit = max_iter * 6 * n_train * d * columns * len(residual_taps(model))
+    fit = max_iter * 6 * n_train * d * columns * (n_taps if n_taps is not None else len(residual_taps(model)))
     if slowdown is None:
         slowdown = PROBE_SLOWDOWN.get(device_type, PROBE_SLOWDOWN["cpu"])
     return (capture + slowdown * fit) / step_flops
+
+
+def _tap_count(taps) -> int | None:
+    """How many activations a probe step fits at: a watched model's taps, or None for quietlab's model
+    (its residual stream taps)."""
+    names = getattr(taps, "taps", None) or getattr(taps, "layers", None)
+    return len(names) if names else None
 
 
 class Monitor:
@@ -306,7 +315,7 @@ class Monitor:
             seq_len = train_seq_len or max((f.mask.shape[1] for f in features.values()), default=1)
             self.estimated_probe_cost = probe_cost(model, features, taps.n, len(self.train_idx),
                                                    self.probe_kwargs["max_iter"], train_batch_size, seq_len,
-                                                   device_type)
+                                                   device_type, n_taps=_tap_count(taps))
         self.probe_steps = self._make_probe_steps()
         self._grad_steps = set(log_schedule(self.total, self.stats_per_decade))
         # resume: continue after what the store already holds

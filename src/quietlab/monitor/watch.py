@@ -190,7 +190,8 @@ def watch(model: torch.nn.Module, out, taps: Sequence[str], inputs, features: Ma
     store = folder.store()
     try:
         monitor.begin(store, tapper, features, total=steps, seed=seed, model=model, train_batch_size=train_batch_size)
-        monitor.on_eval(0, model, {})  # the untrained model: the probes' random-init baseline
+        monitor.on_eval(0, model, {})
+        monitor.after_step(0, model)  # the untrained model: the probes' random-init baseline
     except BaseException:
         store.close()
         raise
