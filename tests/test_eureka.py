@@ -217,7 +217,7 @@ def test_vit_variants_equal_a_float64_reference(variant, kw):
     model.set_progress(kw.get("progress", 0.0))
     images = torch.rand(3, 3, 8, 8)
     logits, acts = model(images, capture=model.tap_names())
-    assert logits.shape == (3, 10) and acts["resid.1"].shape == (3, 17, 32) and acts["attn.0.pattern"].shape == (3, 2, 17, 17)
+    assert logits.shape == (3, 10) and acts["blocks.1.hook_resid_post"].shape == (3, 17, 32) and acts["blocks.0.attn.hook_pattern"].shape == (3, 2, 17, 17)
     want = reference_vit(model, images, variant, **kw)
     torch.testing.assert_close(model.double()(images.double()), want, rtol=1e-6, atol=1e-8)  # heat's β is float32
     torch.testing.assert_close(model.float()(images), want.float(), rtol=1e-4, atol=1e-4)

@@ -5,7 +5,7 @@
 resolution; global average pool and a linear head. ``widths=(64, 128, 256, 512)`` with two blocks per
 stage is ResNet-18's body; one block per stage is the study's ``resnet9``.
 
-Taps for the probes: ``resid.{s}``, the globally pooled output of stage s, as one token (B, 1, C).
+Taps for the probes: ``blocks.{s}.hook_resid_post``, the globally pooled output of stage s, as one token (B, 1, C).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .hooks import resid_post
 
 
 @dataclass
@@ -66,7 +68,7 @@ class ResNet(nn.Module):
         self.head = nn.Linear(c_in, cfg.n_classes)
 
     def tap_names(self) -> list[str]:
-        return [f"resid.{s}" for s in range(len(self.stages))]
+        return [resid_post(s) for s in range(len(self.stages))]
 
     def set_progress(self, fraction: float) -> None:
         """No temperature to anneal: here so that the recipe treats every model alike."""
@@ -77,7 +79,7 @@ class ResNet(nn.Module):
         x = self.stem(images)
         for s, stage in enumerate(self.stages):
             x = stage(x)
-            if f"resid.{s}" in capture:
-                acts[f"resid.{s}"] = x.mean(dim=(2, 3))[:, None]
+            if resid_post(s) in capture:
+                acts[resid_post(s)] = x.mean(dim=(2, 3))[:, None]
         logits = self.head(x.mean(dim=(2, 3)))
         return (logits, acts) if capture else logits

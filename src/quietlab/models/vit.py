@@ -5,8 +5,8 @@ blocks (LayerNorm eps 1e-6; attention without qkv bias, its projection and the G
 a final LayerNorm and a linear head on the CLS token. Attention is models/attention.py's, bidirectional
 and without RoPE, so every variant of the decoder (temperature, NormSoftmax, heat) applies unchanged.
 
-Taps, as in the decoder: ``embed`` (patch + position embeddings, CLS first), ``resid.{l}`` (B, 1 + P, d),
-``attn.{l}.pattern`` (B, H, 1 + P, 1 + P).
+Taps, named as in the decoder (models/hooks.py): ``hook_embed`` (patch + position embeddings, CLS
+first), ``blocks.{l}.hook_resid_post`` (B, 1 + P, d), ``blocks.{l}.attn.hook_pattern`` (B, H, 1 + P, 1 + P).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import CausalSelfAttention
+from .hooks import EMBED, attn_pattern, resid_post
 
 
 @dataclass
@@ -107,7 +108,7 @@ class ViT(nn.Module):
 
     def tap_names(self) -> list[str]:
         n = self.config.n_layers
-        return ["embed"] + [f"resid.{l}" for l in range(n)] + [f"attn.{l}.pattern" for l in range(n)]
+        return [EMBED] + [resid_post(l) for l in range(n)] + [attn_pattern(l) for l in range(n)]
 
     def set_progress(self, fraction: float) -> None:
         """Training progress in [0, 1], read by the heat-treatment schedule."""
@@ -120,13 +121,13 @@ class ViT(nn.Module):
         acts: dict[str, torch.Tensor] = {}
         x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, P, d)
         x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], dim=1) + self.pos_embed
-        if "embed" in capture:
-            acts["embed"] = x
+        if EMBED in capture:
+            acts[EMBED] = x
         for l, block in enumerate(self.blocks):
-            x, pattern = block(x, want_pattern=f"attn.{l}.pattern" in capture)
+            x, pattern = block(x, want_pattern=attn_pattern(l) in capture)
             if pattern is not None:
-                acts[f"attn.{l}.pattern"] = pattern
-            if f"resid.{l}" in capture:
-                acts[f"resid.{l}"] = x
+                acts[attn_pattern(l)] = pattern
+            if resid_post(l) in capture:
+                acts[resid_post(l)] = x
         logits = self.head(self.norm(x[:, 0]))
         return (logits, acts) if capture else logits

@@ -30,7 +30,6 @@ vmapped computation (train/packed.py) on a GPU, one after another elsewhere.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,14 +174,13 @@ def probe_cls(model, task, cfg: EurekaConfig, seed: int, step: int, device) -> l
 
     rng = np.random.default_rng(derive_seed(seed, 0x9B0E))  # the same probe set at every step
     x, _, feats = task.draw(np.arange(cfg.probe_examples), rng, "test")
-    taps = [n for n in model.tap_names() if not n.startswith("attn.")]
+    taps = [n for n in model.tap_names() if not n.endswith(".hook_pattern")]
     model.eval()
-    acts: dict[int, list] = {}
+    acts: dict[str, list] = {}
     for lo in range(0, len(x), 512):
         _, out = model(torch.from_numpy(x[lo:lo + 512]).to(device), capture=taps)
         for name in taps:
-            layer = 0 if name == "embed" else int(name.split(".")[1]) + 1
-            acts.setdefault(layer, []).append(out[name][:, :1].float().cpu())
+            acts.setdefault(name, []).append(out[name][:, :1].float().cpu())
     model.train()
     acts = {l: torch.cat(a) for l, a in acts.items()}
     train_idx, test_idx = split_probe_set(len(x), seed=seed)
