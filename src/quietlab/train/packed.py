@@ -550,7 +550,7 @@ def train_packed(cfgs: Sequence, run_dirs: Sequence, progress: bool = False, res
     wall = time.perf_counter() - t_start
     out = []
     for i, folder in enumerate(folders):
-        with folder.store() as s:
+        with folder.store(readonly=True) as s:
             losses = s.series("train/loss")[1]
             last = last_eval.get(i) or {"step": totals[i], **{m: s.series(m)[1][-1] for m in s.metric_names("eval/")}}
         out.append({**last, "train/loss": losses[-1] if losses else None, "steps": totals[i],
