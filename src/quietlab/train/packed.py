@@ -37,6 +37,8 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from ..runs.lock import LOCK_NAME, RunLock
+
 # ------------------------------------------------------------------------------------------------
 # generic
 
@@ -303,7 +305,15 @@ def train_packed(cfgs: Sequence, run_dirs: Sequence, progress: bool = False, res
     """Train every TrainConfig of ``cfgs`` (equal ``pack_key``) into its run folder at once; returns each
     run's final metrics, as ``train`` does. Runs may differ in length: each leaves the pack at its own last
     step. ``resume=True`` skips runs already finished and continues the others from the last step at which
-    all of them have a checkpoint (from scratch if there is none)."""
+    all of them have a checkpoint (from scratch if there is none). Each run folder's writer lock
+    (runs/lock.py) is held throughout, as ``train`` holds it."""
+    with contextlib.ExitStack() as locks:
+        for run_dir in run_dirs:
+            locks.enter_context(RunLock(run_dir, create=True))
+        return _train_packed(cfgs, run_dirs, progress, resume)
+
+
+def _train_packed(cfgs: Sequence, run_dirs: Sequence, progress: bool, resume: bool) -> list[dict]:
     from .. import __version__
     from ..models.transformer import Transformer
     from ..runs.folder import RunFolder
@@ -323,7 +333,7 @@ def train_packed(cfgs: Sequence, run_dirs: Sequence, progress: bool = False, res
         raise ValueError("packed runs may differ only in " + ", ".join(PER_MODEL))
     folders = [RunFolder(d) for d in run_dirs]
     for folder, cfg in zip(folders, cfgs):
-        if not resume and folder.path.exists() and any(folder.path.iterdir()):
+        if not resume and folder.path.exists() and any(p.name != LOCK_NAME for p in folder.path.iterdir()):
             raise ValueError(f"{folder.path} already exists; pass --resume to continue that run, or choose another --out")
         if resume and folder.exists():
             check_resumable(folder.read_config(), cfg)
