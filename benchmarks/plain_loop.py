@@ -1,8 +1,9 @@
 """A plain PyTorch training loop on quietlab's own model and task: the yardstick for `quietlab train`.
 
 What a user would write by hand: the same Transformer++, the same AdamW recipe (warm-up, cosine,
-clipping), fresh examples every step drawn synchronously from the task; no evaluation, no checkpoints,
-no logging, no monitor. Prints one JSON line (steps, final loss, wall seconds inside the process).
+clipping), the same fresh examples (drawn as the loop draws them, 16 steps' worth per ``task.sample``
+call, with its seeds, but synchronously: no background thread); no evaluation, no checkpoints, no
+logging, no monitor. Prints one JSON line (steps, final loss, wall seconds inside the process).
 
     .venv/bin/python benchmarks/plain_loop.py --task addition --size 12 --d-model 64 --steps 600
 """
@@ -36,6 +37,7 @@ def main():
     from quietlab.tasks import get_task
     from quietlab.train import TrainConfig
     from quietlab.train.evaluate import masked_loss
+    from quietlab.train.loop import _DATA, derive_seed
     from quietlab.train.schedule import lr_at, make_optimizer, set_lr
 
     task = get_task(args.task, **{get_task(args.task).knobs[0].name: args.size})
@@ -45,10 +47,15 @@ def main():
     model = Transformer(cfg.model_config(task)).to(dev)
     optimizer = make_optimizer(model, args.lr)
     model.train()
+    chunk = cfg.data_chunk
     for step in range(1, args.steps + 1):
-        batch = task.sample(args.batch_size, seed=args.seed * 1_000_003 + step, split="train")
-        tokens = torch.as_tensor(batch.tokens, dtype=torch.long, device=dev)
-        mask = torch.as_tensor(batch.loss_mask, dtype=torch.bool, device=dev)
+        c, i = divmod(step - 1, chunk)
+        if i == 0:
+            data = task.sample(chunk * args.batch_size, seed=derive_seed(args.seed, _DATA, c), split="train")
+            all_tokens = torch.as_tensor(data.tokens, dtype=torch.long, device=dev)
+            all_mask = torch.as_tensor(data.loss_mask, dtype=torch.bool, device=dev)
+        rows = slice(i * args.batch_size, (i + 1) * args.batch_size)
+        tokens, mask = all_tokens[rows], all_mask[rows]
         set_lr(optimizer, lr_at(step - 1, args.steps, args.lr))
         loss = masked_loss(model(tokens), tokens, mask)
         loss.backward()
