@@ -276,9 +276,12 @@ class GraphTask(Task):
         return self.n_nodes
 
     # ---- drawing
+    def _graphs(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """n connected graphs as edge codes (n, pairs)."""
+        return random_connected_graphs(self.n_nodes, self.max_extra, n, rng)
+
     def _draw(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        edges = random_connected_graphs(self.n_nodes, self.max_extra, n, rng).astype(np.uint8)
-        inputs = {"edges": edges}
+        inputs = {"edges": self._graphs(n, rng).astype(np.uint8)}
         if self.endpoints:
             inputs["source"] = rng.integers(0, self.n_nodes, size=n).astype(np.int64)
         if "target" in self.endpoints:

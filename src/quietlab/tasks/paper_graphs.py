@@ -22,8 +22,8 @@ import numpy as np
 from . import register
 from .base import PAD, Batch, FeatureRecorder, Knob
 from .graph_sampling import isomorphism_invariant, uniform_connected_graphs
-from .graphs import (BFS, DFS, LETTERS, MST, GraphTask, ShortestPath, TopologicalSort, _acyclic, _bfs_distances,
-                     _connected, _first, _merge, _node_bits, _other_node, _pair_index, _row, _set)
+from .graphs import (BFS, LETTERS, MST, GraphTask, ShortestPath, TopologicalSort, _acyclic, _bfs_distances,
+                     _connected, _first, _merge, _node_bits, _pair_index, _row, _set)
 from .paper_format import target_equals
 
 
@@ -59,13 +59,8 @@ class PaperGraphTask(GraphTask):
         docs = {name: self.feature_docs[self.renames.get(name, name)] for name in names}
         rec.declare_together(docs, kind, k=k, n_classes=n_classes)
 
-    def _draw(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        inputs = {"edges": uniform_connected_graphs(self.n_nodes, n, rng).astype(np.uint8)}
-        if self.endpoints:
-            inputs["source"] = rng.integers(0, self.n_nodes, size=n).astype(np.int64)
-        if "target" in self.endpoints:
-            inputs["target"] = _other_node(inputs["source"], self.n_nodes, rng)
-        return inputs
+    def _graphs(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        return uniform_connected_graphs(self.n_nodes, n, rng)
 
     def _identity(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         # the unlabelled graph alone: isomorphic graphs, whatever their endpoints, share a side
