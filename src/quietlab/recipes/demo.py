@@ -6,11 +6,9 @@ features (quiet / loud), ablate the main quiet feature against random directions
 print a summary in which every number is read from the run.
 
 The configuration was chosen by experiment (benchmarks/demo_search.py) for a clear plateau and
-transition on a 2-core CPU across seeds, then shortened to fit two minutes: 1,000 steps at lr 1e-3
-(the earlier 1,500 at 5e-4 took about 4 minutes). When the plateau ends varies with the seed and the
-CPU (its kernels round differently, and leaving a plateau amplifies the difference). At lr 7e-4 seed 1
-had not left its plateau by step 1,000; at 1e-3 seeds 0, 1 and 2 dropped near steps 300, 340 and 650 on
-the 2-core VM (benchmarks/results/cpu-engine/), leaving room after the drop.
+transition on a 2-core CPU across seeds: 1,500 steps at lr 5e-4 (the plateau's end varies with the CPU;
+1,500 steps leave room after the drop on every machine tried). A shorter run (1,000 steps, lr 7e-4 or
+1e-3) told the story on some seeds only (benchmarks/results/cpu-engine/).
 """
 
 from __future__ import annotations
@@ -25,9 +23,9 @@ DEMO_CONFIG = dict(
     d_model=64,
     n_layers=4,
     n_heads=4,
-    lr=1e-3,
+    lr=5e-4,
     batch_size=64,
-    steps=1000,
+    steps=1500,
     eval_examples=256,
 )
 #: the demo's probes: dense on the log schedule (the plateau is short on a laptop budget and every probe
