@@ -107,7 +107,7 @@ def tasks_cmd(
         for k, v in d["features"].items():
             console.print(f"  [bold]{k}[/bold] {v}", highlight=False)
         return
-    table = Table(title=f"quietlab tasks, preset {preset} (default sizes are the papers'; `quietlab tasks NAME` for details)")
+    table = Table(title=f"quietlab tasks, preset {preset} (`quietlab tasks NAME` for details; --preset paper for the study's own tasks)")
     for col in ("task", "size options", "seq_len", "vocab", "features"):
         table.add_column(col)
     for d in described:
