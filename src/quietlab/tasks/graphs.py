@@ -409,12 +409,18 @@ class GraphTask(Task):
             raise ValueError(
                 f"{name}: {len(items)} edges, but n_nodes={n}, density={self.density:g} allow at most {self.max_edges}"
             )
+        inputs["edges"] = self._checked_graph(name, edges)
+        return inputs
+
+    def _checked_graph(self, name: str, edges: np.ndarray) -> np.ndarray:
+        """A parsed graph's edge codes as a batch of one, after checking it is connected (and acyclic
+        when directed); a ValueError naming ``name`` otherwise."""
+        n = self.n_nodes
         if not _connected(n, self._iu[edges > 0], self._ju[edges > 0]):
             raise ValueError(f"{name}: the graph must be connected over all nodes A..{LETTERS[n - 1]}")
         if self.directed and not _acyclic(n, edges, self._iu, self._ju):
             raise ValueError(f"{name}: the directed graph has a cycle")
-        inputs["edges"] = edges[None]
-        return inputs
+        return edges[None]
 
 
 def _connected(n: int, us: np.ndarray, vs: np.ndarray) -> bool:

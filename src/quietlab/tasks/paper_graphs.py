@@ -22,8 +22,8 @@ import numpy as np
 from . import register
 from .base import PAD, Batch, FeatureRecorder, Knob
 from .graph_sampling import isomorphism_invariant, uniform_connected_graphs
-from .graphs import (BFS, LETTERS, MST, GraphTask, ShortestPath, TopologicalSort, _acyclic, _bfs_distances,
-                     _connected, _first, _merge, _node_bits, _pair_index, _row, _set)
+from .graphs import (BFS, LETTERS, MST, GraphTask, ShortestPath, TopologicalSort, _bfs_distances,
+                     _first, _merge, _node_bits, _pair_index, _row, _set)
 from .paper_format import target_equals
 
 
@@ -106,11 +106,7 @@ class PaperGraphTask(GraphTask):
             if edges[self._pid[u, v]]:
                 raise ValueError(f"{name}: edge {prompt[i:i + 2]!r} joins two nodes already joined by an edge")
             edges[self._pid[u, v]] = 1 if (not self.directed or u < v) else 2
-        if not _connected(n, self._iu[edges > 0], self._ju[edges > 0]):
-            raise ValueError(f"{name}: the graph must be connected over all nodes A..{LETTERS[n - 1]}")
-        if self.directed and not _acyclic(n, edges, self._iu, self._ju):
-            raise ValueError(f"{name}: the directed graph has a cycle")
-        inputs["edges"] = edges[None]
+        inputs["edges"] = self._checked_graph(name, edges)
         return inputs
 
 
