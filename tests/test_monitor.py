@@ -16,6 +16,7 @@ from quietlab.monitor.features import CLASSES
 from quietlab.monitor.monitor import log_schedule
 from quietlab.monitor.transitions import detect_transitions
 from quietlab.runs import RunFolder, RunStore
+from run_fixtures import tiny_config
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -177,12 +178,7 @@ def test_log_schedule():
 
 # --- the monitor in a real (tiny) training run, and `quietlab probe` --------------------------------
 def tiny_cfg(**kw):
-    from quietlab.train import TrainConfig
-
-    base = dict(task="addition", task_sizes={"n_bits": 4}, d_model=16, n_layers=2, n_heads=2, lr=1e-2,
-                batch_size=16, steps=40, eval_every=5, eval_per_decade=0, eval_examples=32, checkpoint_every=20,
-                checkpoint_per_decade=0, data_chunk=5, device="cpu")
-    return TrainConfig(**{**base, **kw})
+    return tiny_config(**{"steps": 40, "eval_every": 5, "checkpoint_every": 20, **kw})
 
 
 @pytest.fixture(scope="module")

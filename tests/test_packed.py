@@ -12,6 +12,7 @@ from quietlab.runs import RunFolder
 from quietlab.train import TrainConfig, load_run, lr_at, train
 from quietlab.train.packed import PackedAdamW, PackedModels, PackedStep, pack_key, train_packed
 from quietlab.train.schedule import make_optimizer, param_groups, set_lr
+from run_fixtures import store_series, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -69,15 +70,10 @@ def test_packed_step_equals_torch_adamw_per_model_in_float64():
 
 
 def tiny(**kw) -> TrainConfig:
-    base = dict(task="addition", task_sizes={"n_bits": 4}, d_model=16, n_layers=2, n_heads=2, lr=1e-2,
-                batch_size=16, steps=24, eval_every=12, eval_per_decade=0, eval_examples=32, checkpoint_every=8,
-                checkpoint_per_decade=0, data_chunk=5, device="cpu")
-    return TrainConfig(**{**base, **kw})
+    return tiny_config(**{"eval_every": 12, **kw})
 
 
-def series(run_dir, name):
-    with RunFolder(run_dir).store() as s:
-        return s.series(name)
+series = store_series
 
 
 # per-model seed, lr, clip, weight decay, data chunking and length (the third leaves the pack after 16 steps)

@@ -17,28 +17,19 @@ from typer.testing import CliRunner
 
 from quietlab.cli import app
 from quietlab.models import Transformer, TransformerConfig
-from quietlab.runs import RunFolder
 from quietlab.tasks import get_task
-from quietlab.train import (TrainConfig, TrainingInterrupted, evaluate, flops_per_step, flops_per_token,
+from quietlab.train import (TrainingInterrupted, evaluate, flops_per_step, flops_per_token,
                             list_checkpoints, load_run, lr_at, steps_for_flops, train)
 from quietlab.train.budget import non_embedding_params
 from quietlab.train.loop import ExampleStream
 from quietlab.train.schedule import log_spaced_steps, make_optimizer, schedule_steps
+from run_fixtures import store_series, tiny_config
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny(**kw) -> TrainConfig:
-    base = dict(task="addition", task_sizes={"n_bits": 4}, d_model=16, n_layers=2, n_heads=2, lr=1e-2,
-                batch_size=16, steps=24, eval_every=6, eval_per_decade=0, eval_examples=32, checkpoint_every=8,
-                checkpoint_per_decade=0, data_chunk=5, device="cpu")
-    return TrainConfig(**{**base, **kw})
-
-
-def store_series(run_dir, name):
-    with RunFolder(run_dir).store() as s:
-        return s.series(name)
+tiny = tiny_config
 
 
 # --- FLOPs --------------------------------------------------------------------------------------
