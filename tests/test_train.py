@@ -167,6 +167,7 @@ def test_evaluate_against_closed_form():
 class Recorder:
     def __init__(self):
         self.calls = []
+        self.ckpt_steps = []
 
     def attach(self, model, task, store, run_cfg):
         self.calls.append(("attach", run_cfg.steps, type(model).__name__, task.name))
@@ -185,7 +186,9 @@ class Recorder:
         self.calls.append(("on_eval", step, sorted(metrics)))
 
     def on_checkpoint(self, step, model):
-        self.calls.append(("on_checkpoint", step, step in list_checkpoints(self.run_dir)))
+        # the file is written in the background; the one before it is complete by now
+        self.calls.append(("on_checkpoint", step, all(s in list_checkpoints(self.run_dir) for s in self.ckpt_steps)))
+        self.ckpt_steps.append(step)
 
     def status(self):
         return "recording"

@@ -165,7 +165,10 @@ class Transformer(nn.Module):
         if capture or edit:
             x = self._tap(EMBED, x, positions, capture, edit, acts)
         for l, block in enumerate(self.blocks):
-            x, pattern = block(x, cos, sin, cache, l, want_pattern=attn_pattern(l) in capture)
+            # the layer index only where the cache needs it: every block is then called alike, so a
+            # compiled block's code is reused by all of them (regional compilation, train/loop.py)
+            x, pattern = (block(x, cos, sin, cache, l, want_pattern=attn_pattern(l) in capture) if cache is not None
+                          else block(x, cos, sin, want_pattern=attn_pattern(l) in capture))
             if pattern is not None and attn_pattern(l) in capture:
                 acts[attn_pattern(l)] = pattern
             if capture or edit:

@@ -25,7 +25,7 @@ DEMO_CONFIG = dict(
     n_heads=4,
     lr=5e-4,
     batch_size=64,
-    steps=1500,
+    steps=1000,
     eval_examples=256,
 )
 #: the demo's probes: dense on the log schedule (the plateau is short on a laptop budget and every probe

@@ -11,7 +11,9 @@ A checkpoint is one ``torch.save`` of a dict (loadable with ``weights_only=True`
     rng           torch CPU (and CUDA) generator states, Python's and NumPy's global states
 
 The bytes are serialised in memory and handed to ``write_atomic`` (temp file, fsync, rename), so a
-run killed at any moment leaves only complete checkpoints under their final names.
+run killed at any moment leaves only complete checkpoints under their final names. The training loop
+saves through a ``CheckpointWriter``: the state is copied at the step, the writing happens beside the
+training steps that follow, and the run waits for it before the next checkpoint and before it returns.
 
 Other verbs load a trained model with ``load_run(run_dir, step=None)``.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import io
 import random
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -70,22 +73,66 @@ def _tuples(x):
 
 def save_checkpoint(run_dir, step: int, model, optimizer, config: dict) -> Path:
     """Write ``checkpoints/step_{step:06d}.pt`` atomically and return its path."""
-    folder = RunFolder(run_dir)
-    payload = {
+    return _write(RunFolder(run_dir).checkpoint_path(step), _payload(step, model, optimizer, config))
+
+
+def _payload(step: int, model, optimizer, config: dict) -> dict:
+    """The checkpoint's contents, every tensor a CPU copy of its own (training may go on meanwhile)."""
+    return {
         "format": FORMAT,
         "step": int(step),
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model": _cpu_copy(model.state_dict()),
         "model_config": model.config.to_dict(),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "optimizer": _cpu_copy(optimizer.state_dict()) if optimizer is not None else None,
         "config": config,
         "rng": rng_state(),
         "quietlab_version": __version__,
     }
+
+
+def _cpu_copy(x):
+    if isinstance(x, torch.Tensor):
+        return x.detach().to("cpu", copy=True)
+    if isinstance(x, dict):
+        return {k: _cpu_copy(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_cpu_copy(v) for v in x)
+    return x
+
+
+def _write(path: Path, payload: dict) -> Path:
     buf = io.BytesIO()
     torch.save(payload, buf)
-    path = folder.checkpoint_path(step)
     write_atomic(path, buf.getvalue())
     return path
+
+
+class CheckpointWriter:
+    """Saves checkpoints with the serialising and the disk write (fsync included) in a background thread:
+    the state is copied to the CPU at the call, so training goes on while the bytes reach the disk.
+    One write at a time; ``wait()`` (called before each new save and by ``close()``) raises the
+    background write's error, if any, in the caller."""
+
+    def __init__(self, run_dir):
+        self.folder = RunFolder(run_dir)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="quietlab-ckpt")
+        self._pending: Future | None = None
+
+    def save(self, step: int, model, optimizer, config: dict) -> None:
+        self.wait()
+        payload = _payload(step, model, optimizer, config)
+        self._pending = self._pool.submit(_write, self.folder.checkpoint_path(step), payload)
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

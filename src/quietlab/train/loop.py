@@ -15,7 +15,9 @@ seed=derive(seed, c))``. Evaluation uses one fixed held-out batch of ``eval_exam
 Metrics logged to metrics.sqlite: train/loss, train/lr, train/tokens, train/flops (every
 ``log_every`` steps), train/tokens_per_s (at each flush, about once a second: tokens over the plain
 training time since the last flush, evaluations and checkpoints left out) and train/elapsed_s (wall
-seconds since the loop started, everything included), and eval/loss, eval/token_acc, eval/pos_acc/{i},
+seconds since the loop started, everything included), train/first_step_s (wall seconds of the first
+step, compilation included), train/eval_s and train/checkpoint_s (the loop's wall seconds spent so far
+on evaluations and on checkpoints: the state's copy; the writing runs beside training), and eval/loss, eval/token_acc, eval/pos_acc/{i},
 eval/exact_match at each evaluation (see evaluate.py).
 
 Schedules (schedule.py): by default the evaluations are step 0, the last step, ``eval_per_decade``
@@ -51,7 +53,7 @@ from ..models.transformer import Transformer, TransformerConfig
 from ..runs.folder import RunFolder
 from ..runs.lock import LOCK_NAME, RunLock
 from .budget import flops_per_step, flops_per_token, non_embedding_params, steps_for_flops
-from .checkpoint import latest_checkpoint, remove_stale_temp_files, save_checkpoint, set_rng_state
+from .checkpoint import CheckpointWriter, latest_checkpoint, remove_stale_temp_files, set_rng_state
 from .evaluate import evaluate, masked_loss
 from .schedule import budgeted_steps, lr_at, make_optimizer, schedule_steps, set_lr
 
@@ -79,7 +81,9 @@ class TrainHooks(Protocol):
       evaluation and checkpoint, and at the end).
     - ``on_eval(step, model, metrics)``: after each evaluation of the model at ``step`` (metrics is the
       dict just logged; step 0 is the untrained model).
-    - ``on_checkpoint(step, model)``: after each checkpoint is written (step 0 included).
+    - ``on_checkpoint(step, model)``: after each checkpoint is taken (step 0 included); its file may still
+      be on its way to the disk (``CheckpointWriter``): it is complete when the next checkpoint is taken
+      and when ``train`` returns.
     - ``status() -> str``: a short text shown in the progress bar.
 
     ``model`` is always the plain (uncompiled) Transformer; the loop puts it back in train mode.
@@ -485,6 +489,8 @@ def _train(cfg: TrainConfig, folder: RunFolder, task, eval_batch, hooks, progres
         hooks.attach(model, task, store, run_cfg)
 
     pending: list[tuple[int, torch.Tensor, float]] = []  # (step, loss on device, lr) not yet in the store
+    writer = CheckpointWriter(folder.path)
+    spent = {"eval": 0.0, "checkpoint": 0.0}  # wall seconds the loop spent on them (checkpoints: the copy)
     clock = {"t": time.perf_counter(), "steps": 0, "flushed": time.perf_counter()}
 
     def flush(step: int) -> None:
@@ -509,8 +515,10 @@ def _train(cfg: TrainConfig, folder: RunFolder, task, eval_batch, hooks, progres
 
     def evaluate_now(step: int) -> None:
         flush(step)
+        t = time.perf_counter()
         metrics = evaluate(model, task, eval_batch, device, amp_dtype)
-        store.log(step, metrics)
+        spent["eval"] += time.perf_counter() - t
+        store.log(step, {**metrics, "train/eval_s": spent["eval"]})
         state["acc"], state["last_eval"] = metrics["eval/exact_match"], {"step": step, **metrics}
         if hooks is not None:
             hooks.on_eval(step, model, metrics)
@@ -519,7 +527,10 @@ def _train(cfg: TrainConfig, folder: RunFolder, task, eval_batch, hooks, progres
 
     def checkpoint_now(step: int, call_hook: bool = True) -> None:
         flush(step)
-        save_checkpoint(folder.path, step, model, optimizer, saved_config)
+        t = time.perf_counter()
+        writer.save(step, model, optimizer, saved_config)
+        spent["checkpoint"] += time.perf_counter() - t
+        store.log(step, {"train/checkpoint_s": spent["checkpoint"]})
         if hooks is not None and call_hook:
             hooks.on_checkpoint(step, model)
             model.train()
@@ -548,6 +559,7 @@ def _train(cfg: TrainConfig, folder: RunFolder, task, eval_batch, hooks, progres
                 start = 0
             show(bar, start)
             model.train()
+            t_first = time.perf_counter()
             for step in range(start + 1, total + 1):
                 tokens, mask = stream.batch(step)
                 lr = lr_at(step - 1, total, cfg.lr, cfg.warmup_fraction, cfg.min_lr_fraction)
@@ -556,6 +568,10 @@ def _train(cfg: TrainConfig, folder: RunFolder, task, eval_batch, hooks, progres
                     torch.compiler.cudagraph_mark_step_begin()
                 loss = train_loss(tokens, mask)
                 loss.backward()
+                if step == start + 1:  # what compiling (and the first step) cost
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    store.log(step, {"train/first_step_s": time.perf_counter() - t_first})
                 if hooks is not None:
                     hooks.after_backward(step, model)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -583,8 +599,11 @@ def _train(cfg: TrainConfig, folder: RunFolder, task, eval_batch, hooks, progres
             flush(total)
             show(bar, total)
     finally:
-        stream.close()
-        store.close()
+        try:
+            writer.close()
+        finally:
+            stream.close()
+            store.close()
 
     with folder.store() as s:
         last = state["last_eval"] or _final_eval(s, total)  # the latter when resuming a finished run

@@ -1,0 +1,137 @@
+"""What compiling the training step costs before its first step, and what it buys per step, for two scopes:
+
+- ``model``: forward + loss of the whole model as one graph (what ``quietlab train --compile`` did until
+  2026-12-02), on CUDA with CUDA graphs (mode="reduce-overhead");
+- ``nested``: as ``model``, with the block marked ``torch.compiler.nested_compile_region``, so that the
+  alike blocks are traced and compiled once inside the one graph;
+- ``blocks``: each transformer block compiled on its own; the blocks are alike, so their code is compiled
+  once and reused (regional compilation), embedding, head and loss stay eager.
+
+Each arm runs in a fresh process, first with an empty inductor cache (``cold``: a shape's first run on a
+machine) then again on the cache that run left (``warm``: every later run of that shape). Per arm and
+cache: seconds from the model's creation to the end of step 1 (compilation, CUDA graph recording), the
+mean step time over steps 50..450, and the projected ratio of a 20,000-step run's whole training time to
+its steady steps. The step is the loop's: bf16 autocast on CUDA, fused AdamW, clip 1.0.
+
+    python benchmarks/compile_cost.py --out benchmarks/results/compile_cost.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def one_arm(scope: str, task: str, n_nodes: int, d_model: int, layers: int, batch: int, steps: int, device: str) -> dict:
+    import torch
+
+    from quietlab.models import Transformer, TransformerConfig
+    from quietlab.tasks import get_task
+    from quietlab.train.evaluate import masked_loss
+    from quietlab.train.schedule import make_optimizer
+
+    t0 = time.perf_counter()
+    dev = torch.device(device)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    t = get_task(task, n_nodes=n_nodes) if task != "addition" else get_task(task, n_bits=n_nodes)
+    b = t.sample(batch * 8, seed=0, split="train")
+    tokens = torch.as_tensor(b.tokens, dtype=torch.long, device=dev).view(8, batch, -1)
+    mask = torch.as_tensor(b.loss_mask, dtype=torch.bool, device=dev).view(8, batch, -1)
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(vocab_size=len(t.vocab), seq_len=t.seq_len, d_model=d_model,
+                                          n_layers=layers, n_heads=4)).to(dev)
+    opt = make_optimizer(model, 1e-4)
+    cuda = dev.type == "cuda"
+    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else None
+
+    def forward_loss(x, m):
+        if amp is None:
+            return masked_loss(model(x), x, m)
+        with amp():
+            return masked_loss(model(x), x, m)
+
+    mode = "reduce-overhead" if cuda else None
+    if scope in ("model", "nested"):
+        if scope == "nested":  # the blocks traced once and reused inside the one graph
+            from quietlab.models.transformer import Block
+            Block.forward = torch.compiler.nested_compile_region(Block.forward)
+        step_loss = torch.compile(forward_loss, mode=mode)
+    elif scope == "blocks":
+        for block in model.blocks:
+            block.compile(mode=mode)
+        step_loss = forward_loss
+    else:
+        step_loss = forward_loss
+
+    def step(i):
+        if cuda and scope != "eager":
+            torch.compiler.cudagraph_mark_step_begin()
+        loss = step_loss(tokens[i % 8], mask[i % 8])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    step(0)
+    sync()
+    first_s = time.perf_counter() - t0
+    for i in range(1, 50):
+        step(i)
+    sync()
+    t1 = time.perf_counter()
+    for i in range(50, 50 + steps):
+        loss = step(i)
+    sync()
+    step_ms = (time.perf_counter() - t1) / steps * 1e3
+    return {"scope": scope, "first_step_s": first_s, "step_ms": step_ms, "loss": float(loss),
+            "ratio_20k": (first_s + 20000 * step_ms / 1e3) / (20000 * step_ms / 1e3)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", default="bfs")
+    ap.add_argument("--size", type=int, default=11)
+    ap.add_argument("--d-model", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--scopes", default="model,blocks")
+    ap.add_argument("--arm", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    if args.arm:
+        print(json.dumps(one_arm(args.arm, args.task, args.size, args.d_model, args.layers, args.batch_size,
+                                 args.steps, args.device)))
+        return
+    rows = []
+    for scope in args.scopes.split(","):
+        cache = tempfile.mkdtemp(prefix=f"inductor-{scope}-")
+        for state in ("cold", "warm"):
+            env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
+            cmd = [sys.executable, __file__, "--arm", scope, "--task", args.task, "--size", str(args.size),
+                   "--d-model", str(args.d_model), "--layers", str(args.layers), "--batch-size", str(args.batch_size),
+                   "--steps", str(args.steps), "--device", args.device]
+            res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if res.returncode != 0:
+                rows.append({"scope": scope, "cache": state, "error": res.stderr[-2000:]})
+                print(f"{scope} {state}: failed\n{res.stderr[-2000:]}", flush=True)
+                continue
+            row = {**json.loads(res.stdout.strip().splitlines()[-1]), "cache": state}
+            rows.append(row)
+            print(f"{scope:7s} {state}: first step after {row['first_step_s']:.1f} s, {row['step_ms']:.3f} ms/step, "
+                  f"20k-step run / steady {row['ratio_20k']:.3f}", flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"settings": vars(args), "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
