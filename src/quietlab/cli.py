@@ -160,13 +160,14 @@ def train_cmd(
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (10% linear warm-up, cosine to 0.1·lr)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Fresh examples per step."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (or give --flops)."),
-    flops: Optional[float] = typer.Option(None, "--flops", help="Compute budget, e.g. 1e12 (6·N + attention FLOPs per token)."),
+    flops: Optional[float] = typer.Option(None, "--flops", help="Compute budget, e.g. 1e12 (quietlab: 6·N + attention FLOPs per token; paper: 6·(12·L·d² + L·ctx·d) per token, steps rounded up)."),
     attention: str = typer.Option("softmax", "--attention", help="softmax, temperature, normsoftmax or heat."),
     tau: Optional[float] = typer.Option(None, "--tau", help="temperature / normsoftmax: τ (default √d_head)."),
     norm_form: str = typer.Option("std", "--norm-form", help="normsoftmax: std or var."),
     heat_start: float = typer.Option(3.0, "--heat-start", help="heat: inverse temperature at step 0."),
     heat_fraction: float = typer.Option(0.5, "--heat-fraction", help="heat: fraction of training to anneal over."),
     seed: int = typer.Option(0, "--seed", help="Seeds the initialisation and the training examples."),
+    preset: str = typer.Option("quietlab", "--preset", help="quietlab, or paper: the study's tasks, model (init, norm eps, RoPE pairs, d_mlp), weight decay on every parameter, fp32, lr schedule and FLOPs/steps accounting (docs/presets.md)."),
     eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Evaluate every N steps (default: ~50 evaluations), plus log-spaced."),
     eval_examples: int = typer.Option(512, "--eval-examples", help="Held-out examples per evaluation."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Checkpoint every N steps (default: ~20), plus log-spaced."),
@@ -179,7 +180,8 @@ def train_cmd(
 ):
     """Train a Transformer++ on a task with the paper's recipe, evaluating and checkpointing as it goes.
 
-    Size options follow the task's knobs, e.g. `quietlab train addition --n-bits 8 --steps 2000 --out runs/add8`.
+    Size options follow the task's knobs, e.g. `quietlab train addition --n-bits 8 --steps 2000 --out runs/add8`;
+    `--preset paper` trains the study's task, model and recipe exactly (`--flops` then counts as the paper did).
     With --resume, settings not given on the command line are taken from the run's config.json."""
     settings = {k: v for k, v in locals().items() if k not in ("ctx", "out", "resume", "no_monitor", "as_json")}
     import dataclasses
