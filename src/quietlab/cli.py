@@ -302,11 +302,16 @@ def ablate_cmd(
 def probe_cmd(
     run: str = typer.Argument(..., metavar="RUN", help="A run folder written by `quietlab train`."),
     features: Optional[str] = typer.Option(None, "--features", help="Comma-separated features (default: all of the task's)."),
-    examples: int = typer.Option(2000, "--examples", help="Held-out probe examples (a fifth of them test the probes)."),
+    examples: Optional[int] = typer.Option(None, "--examples", help="quietlab protocol: held-out probe examples, default 2000 (a fifth of them test the probes); the paper protocol's are fixed (10,000 + 1,000)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="The protocol: the run's own preset (config.json); quietlab or paper, and it must match the run's."),
     device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda, cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print the classification as JSON."),
 ):
-    """Re-fit probes on every checkpoint of a run, find the loss transition, and call each feature quiet, loud or absent."""
+    """Re-fit probes on every checkpoint of a run, find the loss transition, and call each feature quiet, loud or absent.
+
+    A run of the paper preset is probed with the study's protocol (C = 100 on raw block outputs, 10,000 + 1,000
+    fresh examples, the layer chosen by probe-train log-loss, a separately initialised random model as the
+    baseline) and classified both by the study's metric (test log-loss against that baseline) and by ours."""
     from rich.progress import Progress
 
     from .models.hooks import hook_label
@@ -317,26 +322,32 @@ def probe_cmd(
     names = [f.strip() for f in features.split(",") if f.strip()] if features is not None else None
     if names is not None and (not names or len(names) != len(features.split(","))):
         raise ValueError(f"--features must be feature names separated by commas, got {features!r}")
-    if examples < 20:
+    if examples is not None and examples < 20:
         raise ValueError(f"--examples must be at least 20, got {examples}")
     dev = resolve_device(device)
     with RunLock(run), Progress(console=err_console, transient=True, disable=as_json) as bar:
         job = bar.add_task("probing checkpoints", total=None)
-        out = probe_run(run, features=names, probe_examples=examples, device=dev,
+        out = probe_run(run, features=names, probe_examples=examples, device=dev, preset=preset,
                         progress=lambda done, total, step: bar.update(job, completed=done, total=total,
                                                                       description=f"probed step {step}"))
     rows = [out["features"][n] for n in out["feature_order"] if n in out["features"]]
+    paper = out["paper_features"]
     if as_json:
-        print(json.dumps({"run": run, "checkpoints": out["steps"], "curve": out["curve"], "transition": out["main"],
-                          "transitions": out["transitions"], "features": rows}, indent=2))
+        print(json.dumps({"run": run, "preset": out["preset"], "checkpoints": out["steps"], "curve": out["curve"],
+                          "transition": out["main"], "transitions": out["transitions"], "features": rows,
+                          "paper_features": [paper[n] for n in out["feature_order"] if n in paper]}, indent=2))
         return
     t = out["main"]
     curve = out["curve"]
     where = (f"transition in {curve} from step {t['onset']:g} to {t['end']:g} "
              f"(loss {t['level_before']:.3g} → {t['level_after']:.3g})" if t else "no transition in the loss")
-    table = Table(title=f"{run} · {len(out['steps'])} checkpoints · {where}")
-    for col in ("feature", "layer", "decodable from", "before drop", "final", "random init", "class"):
-        table.add_column(col, justify="left" if col in ("feature", "class") else "right", no_wrap=col in ("feature", "layer"))
+    table = Table(title=f"{run} · {len(out['steps'])} checkpoints · {where} · {out['preset']} protocol")
+    columns = ["feature", "layer", "decodable from", "before drop", "final", "random init", "class"]
+    if paper:
+        columns += ["paper: log-loss before drop", "final", "random model", "paper: class"]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("feature", "class", "paper: class") else "right",
+                         no_wrap=col in ("feature", "layer"))
     colour = {"quiet": "green", "loud": "yellow", "absent": "dim", "unresolved": "cyan"}
 
     def fmt(x):
@@ -344,11 +355,20 @@ def probe_cmd(
 
     for fc in rows:
         m = fc["metric"]
-        table.add_row(fc["feature"] + (" (R²)" if m == "r2" else ""), hook_label(fc["best_layer"]),
-                      "—" if fc["decodable_step"] is None else str(fc["decodable_step"]),
-                      fmt(fc.get(f"{m}_before_transition")), fmt(fc.get(f"{m}_final")), fmt(fc.get(f"baseline_{m}")),
-                      f"[{colour.get(fc['class'], 'white')}]{fc['class']}[/]")
+        cells = [fc["feature"] + (" (R²)" if m == "r2" else ""), hook_label(fc["best_layer"]),
+                 "—" if fc["decodable_step"] is None else str(fc["decodable_step"]),
+                 fmt(fc.get(f"{m}_before_transition")), fmt(fc.get(f"{m}_final")), fmt(fc.get(f"baseline_{m}")),
+                 f"[{colour.get(fc['class'], 'white')}]{fc['class']}[/]"]
+        if paper:
+            pc = paper.get(fc["feature"], {})
+            cells += [fmt(pc.get("loss_before_transition")), fmt(pc.get("loss_final")), fmt(pc.get("baseline_loss")),
+                      f"[{colour.get(pc.get('class'), 'white')}]{pc.get('class', '—')}[/]"]
+        table.add_row(*cells)
     console.print(table)
+    if paper:
+        console.print("ours: the best layer's probe accuracy against this run's own random init (R² for scalars); "
+                      "paper: the geometric mean over positions of the test log-loss (MSE for scalars) at the layer "
+                      "chosen by probe-train loss, against a separately initialised random model.", highlight=False)
 
 
 @app.command("demo")
