@@ -250,16 +250,21 @@ def ablate_cmd(
     run: str = typer.Argument(..., metavar="RUN", help="A run folder written by `quietlab train`."),
     feature: Optional[str] = typer.Option(None, "--feature", help="The feature to ablate (see `quietlab tasks`)."),
     all_features: bool = typer.Option(False, "--all", help="Ablate every feature of the task."),
-    method: str = typer.Option("boundary", "--method", help="boundary, mean, erase (LEACE) or resample."),
+    method: str = typer.Option("boundary", "--method", help="boundary, mean, erase (LEACE) or resample (the paper protocol: boundary only)."),
     layer: str = typer.Option("auto", "--layer", help="'auto' (best probe layer at each position) or a residual hook: hook_embed, blocks.{l}.hook_resid_post."),
-    examples: int = typer.Option(1000, "--examples", help="Held-out examples to generate with and without the ablation."),
+    examples: Optional[int] = typer.Option(None, "--examples", help="quietlab protocol: held-out examples to generate with and without the ablation (default 1000); the paper protocol uses its 1,000 probe-test examples."),
     controls: int = typer.Option(32, "--controls", help="Random-direction controls."),
     step: Optional[int] = typer.Option(None, "--step", help="Checkpoint step (default: the last)."),
     seed: int = typer.Option(0, "--seed"),
+    preset: Optional[str] = typer.Option(None, "--preset", help="The protocol: the run's own preset (config.json); quietlab or paper, and it must match the run's."),
     device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda, cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ):
-    """Ablate a probed feature and compare with random directions: does the model need it?"""
+    """Ablate a probed feature and compare with random directions: does the model need it?
+
+    A run of the paper preset is ablated with the study's protocol: its probes (C = 100, layer by probe-train
+    log-loss), the sum of unit per-row steps x − Σ_v (ŵ_v·x + b̂_v) ŵ_v, 32 unit Gaussian controls keeping the
+    probe's bias, on its 1,000 probe-test examples; exact match is given with and without `=` in the prompt."""
     from rich.progress import Progress
 
     from .interventions.stored import ablate_run
@@ -267,7 +272,7 @@ def ablate_cmd(
 
     if (feature is None) == (not all_features):
         raise ValueError("give --feature NAME or --all")
-    if examples < 1 or controls < 0:
+    if (examples is not None and examples < 1) or controls < 0:
         raise ValueError("--examples must be >= 1 and --controls >= 0")
     dev = resolve_device(device)
     with Progress(console=err_console, transient=True, disable=as_json) as bar:
@@ -280,20 +285,29 @@ def ablate_cmd(
 
         results, at_step = ablate_run(run, None if all_features else [feature], method=method, layer=layer,
                                       n_eval=examples, n_controls=controls, seed=seed, step=step, device=dev,
-                                      progress=progress)
+                                      progress=progress, preset=preset)
     if as_json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
         return
-    table = Table(title=f"ablations at step {at_step} ({examples} held-out examples, {controls} random controls)")
-    for col in ("feature", "method", "probe", "exact match", "ablated", "drop % [95% CI]", "‖Δx‖", "random dirs",
-                "random drop % [95% CI]", "random ‖Δx‖"):
+    paper = any(r.protocol == "paper" for r in results)
+    n_examples = results[0].n_examples if results else examples
+    table = Table(title=f"ablations at step {at_step} ({n_examples} held-out examples, {controls} random controls, "
+                        f"{'paper' if paper else 'quietlab'} protocol)")
+    columns = ["feature", "method", "probe", "exact match", "ablated", "drop % [95% CI]", "‖Δx‖", "random dirs",
+               "random drop % [95% CI]", "random ‖Δx‖"]
+    if paper:
+        columns += ["with = given: exact", "ablated", "random"]
+    for col in columns:
         table.add_column(col)
     for r in results:
-        table.add_row(r.feature, r.method, f"{r.probe_acc:.2f}", f"{r.baseline_acc:.1%}", f"{r.ablated_acc:.1%}",
-                      f"{r.drop_pct:.1f} [{r.drop_ci[0]:.1f}, {r.drop_ci[1]:.1f}]", f"{r.edit_size:.3g}",
-                      f"{r.control_acc:.1%}",
-                      f"{r.control_drop_pct:.1f} [{r.control_drop_ci[0]:.1f}, {r.control_drop_ci[1]:.1f}]",
-                      f"{r.control_edit_size:.3g}")
+        cells = [r.feature, r.method, f"{r.probe_acc:.2f}", f"{r.baseline_acc:.1%}", f"{r.ablated_acc:.1%}",
+                 f"{r.drop_pct:.1f} [{r.drop_ci[0]:.1f}, {r.drop_ci[1]:.1f}]", f"{r.edit_size:.3g}",
+                 f"{r.control_acc:.1%}",
+                 f"{r.control_drop_pct:.1f} [{r.control_drop_ci[0]:.1f}, {r.control_drop_ci[1]:.1f}]",
+                 f"{r.control_edit_size:.3g}"]
+        if paper:
+            cells += [f"{r.baseline_acc_given_eq:.1%}", f"{r.ablated_acc_given_eq:.1%}", f"{r.control_acc_given_eq:.1%}"]
+        table.add_row(*cells)
     console.print(table)
 
 

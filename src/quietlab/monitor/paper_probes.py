@@ -60,12 +60,14 @@ def block_outputs(model) -> list[str]:
     return [name for name in residual_taps(model) if name != EMBED]
 
 
-def fit_paper_probes(model, batch, features, train_idx, test_idx, device=None, init=None) -> dict[str, ProbeResult]:
-    """{feature: ProbeResult} of the study's probes of ``features`` (names) on ``model``'s block outputs."""
+def fit_paper_probes(model, batch, features, train_idx, test_idx, device=None, init=None,
+                     layers=None) -> dict[str, ProbeResult]:
+    """{feature: ProbeResult} of the study's probes of ``features`` (names) on ``model``'s block outputs
+    (``layers``: some of them only)."""
     from .monitor import trim_to_features
 
     tokens, feats = trim_to_features(batch.tokens, {n: batch.features[n] for n in features})
-    taps = block_outputs(model)
+    taps = block_outputs(model) if layers is None else list(layers)
     acts = capture_layers(model, tokens, layers=taps, device=device)
     return fit_features(acts, feats, train_idx, test_idx, layers=taps, device=device, init=init, **PAPER_FIT)
 
