@@ -391,11 +391,13 @@ def demo_cmd(
     out: str = typer.Option("runs/demo", "--out", help="Run folder to write (an interrupted demo resumes there)."),
     seed: int = typer.Option(0, "--seed"),
     controls: int = typer.Option(32, "--controls", help="Random-direction controls for the ablation."),
+    preset: str = typer.Option("quietlab", "--preset", help="quietlab, or paper: the study's addition, model and recipe, then its probe and ablation protocol (slower: 10,000-example probes)."),
 ):
     """Train, probe, find the transition, ablate the quiet feature and write the report (CPU, minutes)."""
     from .recipes.demo import run_demo
 
-    lines = run_demo(out, seed=seed, n_controls=controls, log=lambda s: err_console.print(s, highlight=False))
+    lines = run_demo(out, seed=seed, n_controls=controls, preset=preset,
+                     log=lambda s: err_console.print(s, highlight=False))
     print()
     for line in lines:
         print(line)
