@@ -39,6 +39,11 @@ Each classification is a plain dict (stored as result ``feature_class``, key = f
 note, probe_fit`` (layers are hook names, ``models.hooks``; ``probe_fit``: which fit's rows were used,
 ``RunStore.shown_fit``) ({m} is ``acc`` or ``r2``); ``{m}_before_transition`` is the best layer's aggregate at the last
 probed step before ``drop_start`` (None without a transition).
+
+Runs probed with the quiet-feature study's protocol (``quietlab probe`` on a run of the paper preset:
+probe rows with probe-train losses, and results ``paper_baseline``) are also classified by the study's
+metric, ``paper_probes.classify_paper``, placed against the same transition by ``place``: results
+``feature_class_paper``.
 """
 
 from __future__ import annotations
