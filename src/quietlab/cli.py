@@ -330,7 +330,6 @@ def probe_cmd(
 
     from .models.hooks import hook_label
     from .monitor.monitor import probe_run
-    from .runs.lock import RunLock
     from .train.loop import resolve_device
 
     names = [f.strip() for f in features.split(",") if f.strip()] if features is not None else None
@@ -339,7 +338,7 @@ def probe_cmd(
     if examples is not None and examples < 20:
         raise ValueError(f"--examples must be at least 20, got {examples}")
     dev = resolve_device(device)
-    with RunLock(run), Progress(console=err_console, transient=True, disable=as_json) as bar:
+    with Progress(console=err_console, transient=True, disable=as_json) as bar:
         job = bar.add_task("probing checkpoints", total=None)
         out = probe_run(run, features=names, probe_examples=examples, device=dev, preset=preset,
                         progress=lambda done, total, step: bar.update(job, completed=done, total=total,

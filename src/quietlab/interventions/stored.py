@@ -34,13 +34,13 @@ def ablate_run(run_dir: Path | str, features: list[str] | None, *, method: str =
     if method not in METHODS:
         raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     folder = RunFolder(run_dir)
-    protocol = check_preset(folder.config().train.preset, preset, folder.path)
-    if protocol == "paper" and method != "boundary":
-        raise ValueError(f"the paper protocol ablates with the boundary method only (its sum of per-row steps), "
-                         f"got --method {method}")
-    if protocol == "paper" and n_eval is not None:
-        raise ValueError("the paper protocol ablates on its 1,000 probe-test examples; drop --examples")
     with RunLock(folder.path), folder.store() as store:
+        protocol = check_preset(folder.config().train.preset, preset, folder.path)
+        if protocol == "paper" and method != "boundary":
+            raise ValueError(f"the paper protocol ablates with the boundary method only (its sum of per-row steps), "
+                             f"got --method {method}")
+        if protocol == "paper" and n_eval is not None:
+            raise ValueError("the paper protocol ablates on its 1,000 probe-test examples; drop --examples")
         model, task, cfg, at_step = load_run(folder.path, step=step, device=device)
         available = list(task.sample(1, split="test").features)
         names = available if features is None else list(features)

@@ -535,7 +535,9 @@ def probe_run(run_dir, features: Sequence[str] | None = None, probe_examples: in
               preset: str | None = None, paper_split: tuple[int, int] | None = None, **probe_kwargs) -> dict:
     """Re-fit probes on a finished run's checkpoints (all of them by default), write their rows to the
     run's store as the ``checkpoint`` fit (kept apart from the Monitor's ``online`` rows), then detect the
-    transition and classify the features (``features.classify_run``).
+    transition and classify the features (``features.classify_run``). The run folder's writer lock is
+    held throughout (a run another process writes is refused at once); the settings are checked before
+    anything is written.
 
     The protocol is the run's preset's (config.json); ``preset``, when given, must match it.
     ``quietlab``: the probe set is the monitor's (``probe_examples`` held-out examples, default 2,000, a
@@ -549,14 +551,23 @@ def probe_run(run_dir, features: Sequence[str] | None = None, probe_examples: in
     ``steps`` (the checkpoints probed), ``features`` in the order asked and ``preset``.
     """
     from ..runs.folder import RunFolder
+    from ..runs.lock import RunLock
+
+    folder = RunFolder(run_dir)
+    if not folder.path.is_dir():
+        raise FileNotFoundError(f"no run folder at {folder.path}")
+    with RunLock(folder.path):
+        return _probe_run(folder, features, probe_examples, device, steps, margin, progress, warm_start, preset,
+                          paper_split, probe_kwargs)
+
+
+def _probe_run(folder, features, probe_examples, device, steps, margin, progress, warm_start, preset, paper_split,
+               probe_kwargs) -> dict:
     from ..train.checkpoint import list_checkpoints, load_run
     from .features import classify_run
     from .paper_probes import (PROBE_TEST, PROBE_TRAIN, baseline_model, baseline_score, fit_paper_probes,
                                paper_probe_set)
 
-    folder = RunFolder(run_dir)
-    if not folder.path.is_dir():
-        raise FileNotFoundError(f"no run folder at {folder.path}")
     if not folder.exists():
         raise ValueError(f"{folder.path} is not a run folder (no config.json)")
     run_config = folder.config()
