@@ -29,7 +29,12 @@ Metrics on the probe-test examples (mean over the k outputs when k > 1):
 ``acc`` (accuracy), ``logloss`` (mean cross-entropy, nats), ``acc_lo``/``acc_hi`` (95% Wilson interval;
 for k > 1 with the effective sample size n·p(1−p)/s², s² the variance over test examples of their
 mean-over-outputs correctness, so correlated outputs do not narrow it), ``n_test``; for scalars ``r2``,
-``mse``, ``r2_lo``/``r2_hi`` (95% bootstrap interval over test examples, fixed seed), ``n_test``.
+``mse``, ``r2_lo``/``r2_hi`` (95% bootstrap interval over test examples, fixed seed), ``n_test``; with
+``train_metrics``, ``train_logloss`` or ``train_mse`` on the probe-train examples too.
+
+The quiet-feature study's probes (scikit-learn's ``LogisticRegression(C=100)`` and ``LinearRegression``
+on raw activations, constant multi-label columns dropped) are the options ``C``, ``l2=0``,
+``standardize=False``, ``drop_constant_outputs`` (``paper_probes.PAPER_FIT``).
 """
 
 from __future__ import annotations
