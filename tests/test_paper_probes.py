@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from quietlab.cli import app
 from quietlab.monitor.features import classify_run
 from quietlab.monitor.paper_probes import (PAPER_FIT, baseline_model, chosen_layers, classify_paper, paper_probe_set,
-                                           paper_score, score_rows)
+                                           paper_score)
 from quietlab.monitor.probes import fit_features, split_probe_set
 from quietlab.runs import RunFolder
 from quietlab.tasks.base import Feature
@@ -155,11 +155,11 @@ def test_each_position_takes_the_layer_with_the_lowest_probe_train_log_loss():
         want[t] = LAYERS[int(np.argmin(losses))]
     assert {t: layer for t, (layer, _) in chosen_layers(res).items()} == want
     assert want[2] == LAYERS[0]
-    # the stored rows of a probe step give the same reading as the result itself
+    # the stored rows of a probe step (what `quietlab probe` classifies from) give the same choice
     score = paper_score(res)
-    from_rows = score_rows(res.rows(7, "f"), "f")[7]
-    assert from_rows["layers"] == score["layers"] and from_rows["loss"] == pytest.approx(score["loss"])
-    assert score["loss"] == pytest.approx(np.exp(np.mean(np.log(score["losses"]))))
+    assert score["layers"] == [want[t] for t in range(T)] and score["positions"] == list(range(T))
+    test_losses = [res.get(want[t], t)["logloss"] for t in range(T)]
+    assert score["loss"] == pytest.approx(np.exp(np.mean(np.log(test_losses))))
 
 
 def test_classify_paper_places_the_first_persistent_drop_below_the_baseline():

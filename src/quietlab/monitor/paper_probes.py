@@ -109,14 +109,8 @@ def geometric_mean(values) -> float:
 def paper_score(result: ProbeResult) -> dict:
     """The study's reading of one feature's probes: per position the layer chosen by probe-train loss, its
     test loss and accuracy (R² for scalars); ``loss`` the geometric mean of the test losses over positions,
-    ``score`` the mean accuracy (R²) there."""
-    chosen = chosen_layers(result)
-    loss_name, score_name = _test_metric(result.kind), result.main_metric
-    losses = [float(result.metrics[loss_name][i]) for _, i in chosen.values()]
-    scores = [float(result.metrics[score_name][i]) for _, i in chosen.values()]
-    return {"metric": loss_name, "positions": list(chosen), "layers": [l for l, _ in chosen.values()],
-            "losses": losses, "scores": scores, "loss": geometric_mean(losses),
-            "score": float(np.mean(scores)) if scores else float("nan")}
+    ``score`` the mean accuracy (R²) there (``score_rows`` on the result's own rows)."""
+    return score_rows(result.rows(0), result.feature).get(0, {})
 
 
 def baseline_score(result: ProbeResult) -> dict:
