@@ -248,7 +248,7 @@ class TrainConfig:
 
     def context(self, task) -> float:
         """The paper preset's ctx: the mean tokens through the first end token of PAPER_CTX_EXAMPLES held-out
-        examples (the first ones of the run's evaluation batch)."""
+        examples, drawn with the seed of the run's evaluation batch (the study used 128 of its val set)."""
         return mean_context(task.sample(PAPER_CTX_EXAMPLES, seed=derive_seed(self.seed, _EVAL), split="test"))
 
     def total_steps(self, task) -> int:
