@@ -39,6 +39,7 @@ def main():
     ap.add_argument("--steps", type=int, default=20_000)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--run", default=None, help="run folder (default: a temporary one)")
     ap.add_argument("--out", required=True, help="JSON file for the results")
     args = ap.parse_args()
@@ -49,7 +50,7 @@ def main():
     run = Path(args.run) if args.run else Path(tempfile.mkdtemp(prefix="quietlab-throughput-")) / "run"
     cmd = [sys.executable, "-m", "quietlab.cli", "train", args.task, f"--{knob}", str(args.size),
            "--d-model", str(args.d_model), "--layers", str(args.layers), "--batch-size", str(args.batch_size),
-           "--lr", str(args.lr), "--steps", str(args.steps), "--device", args.device, "--out", str(run), "--json"]
+           "--lr", str(args.lr), "--steps", str(args.steps), "--device", args.device, "--seed", str(args.seed), "--out", str(run), "--json"]
     if args.compile:
         cmd.append("--compile")
     t0 = time.perf_counter()
@@ -67,6 +68,14 @@ def main():
 
     rates, elapsed = series("train/tokens_per_s"), series("train/elapsed_s")
     n_eval = len(series("eval/loss"))
+
+    def last(name):
+        rows = series(name)
+        return rows[-1][1] if rows else 0.0
+
+    # where the time beyond the steady steps went (seconds of the loop's wall time)
+    breakdown = {"first_step_s": last("train/first_step_s"), "eval_s": last("train/eval_s"),
+                 "checkpoint_s": last("train/checkpoint_s"), "probe_s": sum(v for _, v in series("monitor/probe_s"))}
     n_probe = db.execute("SELECT COUNT(DISTINCT step) FROM probes").fetchone()[0]
     db.close()
     steady = statistics.median(v for _, v in rates)
@@ -76,6 +85,8 @@ def main():
         "loop_wall_s": final["wall_s"], "process_wall_s": process_s,
         "steady_tokens_per_s": steady, "whole_run_tokens_per_s": whole, "whole_process_tokens_per_s": tokens / process_s,
         "steady_over_whole": steady / whole, "steady_over_whole_process": steady / (tokens / process_s),
+        "breakdown": {**breakdown, "steady_s": tokens / steady,
+                      "rest_s": final["wall_s"] - tokens / steady - sum(breakdown.values())},
         "evaluations": n_eval, "checkpoints": len(list((run / "checkpoints").glob("step_*.pt"))), "probe_steps": n_probe,
         "final": final, "tokens_per_s_windows": rates, "elapsed_s_windows": elapsed,
     }
@@ -84,6 +95,7 @@ def main():
     print(f"{out['device']}: whole run {whole / 1e6:.3f}M tok/s (loop {final['wall_s']:.1f} s, process {process_s:.1f} s), "
           f"steady {steady / 1e6:.3f}M tok/s: steady/whole {steady / whole:.3f} "
           f"({n_eval} evaluations, {out['checkpoints']} checkpoints, {n_probe} probe steps) -> {args.out}")
+    print("seconds: " + ", ".join(f"{k[:-2]} {v:.1f}" for k, v in out["breakdown"].items()))
 
 
 if __name__ == "__main__":

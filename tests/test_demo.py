@@ -35,3 +35,25 @@ def test_the_demo_runs_every_part_and_resumes(tmp_path, monkeypatch):
     assert logged[-2].endswith("(resuming)")
     assert again[0] == lines[0]
     assert torch.get_num_threads() == 1
+
+
+def test_the_paper_demo_probes_and_ablates_by_the_studys_protocol(tmp_path, monkeypatch):
+    from quietlab.monitor import paper_probes
+
+    monkeypatch.setitem(demo.DEMO_CONFIG, "task_sizes", {"n_bits": 4})
+    for key, value in dict(d_model=16, n_layers=1, steps=30, eval_examples=64).items():
+        monkeypatch.setitem(demo.DEMO_CONFIG, key, value)
+    monkeypatch.setattr(demo, "DEMO_PAPER_CHECKPOINTS", 3)
+    monkeypatch.setattr(paper_probes, "PROBE_TRAIN", 200)  # the protocol's 10,000 + 1,000, scaled down
+    monkeypatch.setattr(paper_probes, "PROBE_TEST", 40)
+    out = tmp_path / "demo"
+    lines = demo.run_demo(out, progress=False, n_controls=2, log=lambda s: None, preset="paper")
+    with RunFolder(out).store() as store:
+        assert set(store.results("feature_class_paper")) == {"carry", "first_operand", "second_operand",
+                                                              "next_sum_bit"}
+        ablation = store.get("ablation", "carry/boundary")
+    assert ablation["protocol"] == "paper" and ablation["n_examples"] == 40
+    assert RunFolder(out).read_config()["preset"] == "paper"
+    assert "the paper preset" in lines[0] and any("by the paper's metric" in line for line in lines)
+    with pytest.raises(ValueError, match="preset"):  # the folder holds a paper run: no quietlab demo on top
+        demo.run_demo(out, progress=False, n_controls=2, log=lambda s: None)

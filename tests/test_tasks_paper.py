@@ -142,7 +142,7 @@ def test_plotted_features_of_bfs_and_dfs():
     b, d = bfs.sample(2000, seed=7), dfs.sample(2000, seed=7)
     for i in range(len(b)):
         _, queues, adjacency = ref.bfs(_split(bfs, b.tokens[i])[0])
-        _check_feature(b, "queue", i, queues, exact_positions=False)  # here also at '=' and after the last node
+        _check_feature(b, "queue", i, queues)
         _check_feature(b, "adjacency_list", i, adjacency)
         prompt, answer = _split(dfs, d.tokens[i])
         _, _, nbrs = ref._graph(prompt, 1, 11)

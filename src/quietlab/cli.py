@@ -160,13 +160,14 @@ def train_cmd(
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (10% linear warm-up, cosine to 0.1·lr)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Fresh examples per step."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (or give --flops)."),
-    flops: Optional[float] = typer.Option(None, "--flops", help="Compute budget, e.g. 1e12 (6·N + attention FLOPs per token)."),
+    flops: Optional[float] = typer.Option(None, "--flops", help="Compute budget, e.g. 1e12 (quietlab: 6·N + attention FLOPs per token; paper: 6·(12·L·d² + L·ctx·d) per token, steps rounded up)."),
     attention: str = typer.Option("softmax", "--attention", help="softmax, temperature, normsoftmax or heat."),
     tau: Optional[float] = typer.Option(None, "--tau", help="temperature / normsoftmax: τ (default √d_head)."),
     norm_form: str = typer.Option("std", "--norm-form", help="normsoftmax: std or var."),
     heat_start: float = typer.Option(3.0, "--heat-start", help="heat: inverse temperature at step 0."),
     heat_fraction: float = typer.Option(0.5, "--heat-fraction", help="heat: fraction of training to anneal over."),
     seed: int = typer.Option(0, "--seed", help="Seeds the initialisation and the training examples."),
+    preset: str = typer.Option("quietlab", "--preset", help="quietlab, or paper: the study's tasks, model (init, norm eps, RoPE pairs, d_mlp), weight decay on every parameter, fp32, lr schedule and FLOPs/steps accounting (docs/presets.md)."),
     eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Evaluate every N steps (default: ~50 evaluations), plus log-spaced."),
     eval_examples: int = typer.Option(512, "--eval-examples", help="Held-out examples per evaluation."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Checkpoint every N steps (default: ~20), plus log-spaced."),
@@ -179,7 +180,8 @@ def train_cmd(
 ):
     """Train a Transformer++ on a task with the paper's recipe, evaluating and checkpointing as it goes.
 
-    Size options follow the task's knobs, e.g. `quietlab train addition --n-bits 8 --steps 2000 --out runs/add8`.
+    Size options follow the task's knobs, e.g. `quietlab train addition --n-bits 8 --steps 2000 --out runs/add8`;
+    `--preset paper` trains the study's task, model and recipe exactly (`--flops` then counts as the paper did).
     With --resume, settings not given on the command line are taken from the run's config.json."""
     settings = {k: v for k, v in locals().items() if k not in ("ctx", "out", "resume", "no_monitor", "as_json")}
     import dataclasses
@@ -248,16 +250,21 @@ def ablate_cmd(
     run: str = typer.Argument(..., metavar="RUN", help="A run folder written by `quietlab train`."),
     feature: Optional[str] = typer.Option(None, "--feature", help="The feature to ablate (see `quietlab tasks`)."),
     all_features: bool = typer.Option(False, "--all", help="Ablate every feature of the task."),
-    method: str = typer.Option("boundary", "--method", help="boundary, mean, erase (LEACE) or resample."),
+    method: str = typer.Option("boundary", "--method", help="boundary, mean, erase (LEACE) or resample (the paper protocol: boundary only)."),
     layer: str = typer.Option("auto", "--layer", help="'auto' (best probe layer at each position) or a residual hook: hook_embed, blocks.{l}.hook_resid_post."),
-    examples: int = typer.Option(1000, "--examples", help="Held-out examples to generate with and without the ablation."),
+    examples: Optional[int] = typer.Option(None, "--examples", help="quietlab protocol: held-out examples to generate with and without the ablation (default 1000); the paper protocol uses its 1,000 probe-test examples."),
     controls: int = typer.Option(32, "--controls", help="Random-direction controls."),
     step: Optional[int] = typer.Option(None, "--step", help="Checkpoint step (default: the last)."),
     seed: int = typer.Option(0, "--seed"),
+    preset: Optional[str] = typer.Option(None, "--preset", help="The protocol: the run's own preset (config.json); quietlab or paper, and it must match the run's."),
     device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda, cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ):
-    """Ablate a probed feature and compare with random directions: does the model need it?"""
+    """Ablate a probed feature and compare with random directions: does the model need it?
+
+    A run of the paper preset is ablated with the study's protocol: its probes (C = 100, layer by probe-train
+    log-loss), the sum of unit per-row steps x − Σ_v (ŵ_v·x + b̂_v) ŵ_v, 32 unit Gaussian controls keeping the
+    probe's bias, on its 1,000 probe-test examples; exact match is given with and without `=` in the prompt."""
     from rich.progress import Progress
 
     from .interventions.stored import ablate_run
@@ -265,7 +272,7 @@ def ablate_cmd(
 
     if (feature is None) == (not all_features):
         raise ValueError("give --feature NAME or --all")
-    if examples < 1 or controls < 0:
+    if (examples is not None and examples < 1) or controls < 0:
         raise ValueError("--examples must be >= 1 and --controls >= 0")
     dev = resolve_device(device)
     with Progress(console=err_console, transient=True, disable=as_json) as bar:
@@ -278,20 +285,29 @@ def ablate_cmd(
 
         results, at_step = ablate_run(run, None if all_features else [feature], method=method, layer=layer,
                                       n_eval=examples, n_controls=controls, seed=seed, step=step, device=dev,
-                                      progress=progress)
+                                      progress=progress, preset=preset)
     if as_json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
         return
-    table = Table(title=f"ablations at step {at_step} ({examples} held-out examples, {controls} random controls)")
-    for col in ("feature", "method", "probe", "exact match", "ablated", "drop % [95% CI]", "‖Δx‖", "random dirs",
-                "random drop % [95% CI]", "random ‖Δx‖"):
+    paper = any(r.protocol == "paper" for r in results)
+    n_examples = results[0].n_examples if results else examples
+    table = Table(title=f"ablations at step {at_step} ({n_examples} held-out examples, {controls} random controls, "
+                        f"{'paper' if paper else 'quietlab'} protocol)")
+    columns = ["feature", "method", "probe", "exact match", "ablated", "drop % [95% CI]", "‖Δx‖", "random dirs",
+               "random drop % [95% CI]", "random ‖Δx‖"]
+    if paper:
+        columns += ["with = given: exact", "ablated", "random"]
+    for col in columns:
         table.add_column(col)
     for r in results:
-        table.add_row(r.feature, r.method, f"{r.probe_acc:.2f}", f"{r.baseline_acc:.1%}", f"{r.ablated_acc:.1%}",
-                      f"{r.drop_pct:.1f} [{r.drop_ci[0]:.1f}, {r.drop_ci[1]:.1f}]", f"{r.edit_size:.3g}",
-                      f"{r.control_acc:.1%}",
-                      f"{r.control_drop_pct:.1f} [{r.control_drop_ci[0]:.1f}, {r.control_drop_ci[1]:.1f}]",
-                      f"{r.control_edit_size:.3g}")
+        cells = [r.feature, r.method, f"{r.probe_acc:.2f}", f"{r.baseline_acc:.1%}", f"{r.ablated_acc:.1%}",
+                 f"{r.drop_pct:.1f} [{r.drop_ci[0]:.1f}, {r.drop_ci[1]:.1f}]", f"{r.edit_size:.3g}",
+                 f"{r.control_acc:.1%}",
+                 f"{r.control_drop_pct:.1f} [{r.control_drop_ci[0]:.1f}, {r.control_drop_ci[1]:.1f}]",
+                 f"{r.control_edit_size:.3g}"]
+        if paper:
+            cells += [f"{r.baseline_acc_given_eq:.1%}", f"{r.ablated_acc_given_eq:.1%}", f"{r.control_acc_given_eq:.1%}"]
+        table.add_row(*cells)
     console.print(table)
 
 
@@ -300,41 +316,51 @@ def ablate_cmd(
 def probe_cmd(
     run: str = typer.Argument(..., metavar="RUN", help="A run folder written by `quietlab train`."),
     features: Optional[str] = typer.Option(None, "--features", help="Comma-separated features (default: all of the task's)."),
-    examples: int = typer.Option(2000, "--examples", help="Held-out probe examples (a fifth of them test the probes)."),
+    examples: Optional[int] = typer.Option(None, "--examples", help="quietlab protocol: held-out probe examples, default 2000 (a fifth of them test the probes); the paper protocol's are fixed (10,000 + 1,000)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="The protocol: the run's own preset (config.json); quietlab or paper, and it must match the run's."),
     device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda, cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print the classification as JSON."),
 ):
-    """Re-fit probes on every checkpoint of a run, find the loss transition, and call each feature quiet, loud or absent."""
+    """Re-fit probes on every checkpoint of a run, find the loss transition, and call each feature quiet, loud or absent.
+
+    A run of the paper preset is probed with the study's protocol (C = 100 on raw block outputs, 10,000 + 1,000
+    fresh examples, the layer chosen by probe-train log-loss, a separately initialised random model as the
+    baseline) and classified both by the study's metric (test log-loss against that baseline) and by ours."""
     from rich.progress import Progress
 
     from .models.hooks import hook_label
     from .monitor.monitor import probe_run
-    from .runs.lock import RunLock
     from .train.loop import resolve_device
 
     names = [f.strip() for f in features.split(",") if f.strip()] if features is not None else None
     if names is not None and (not names or len(names) != len(features.split(","))):
         raise ValueError(f"--features must be feature names separated by commas, got {features!r}")
-    if examples < 20:
+    if examples is not None and examples < 20:
         raise ValueError(f"--examples must be at least 20, got {examples}")
     dev = resolve_device(device)
-    with RunLock(run), Progress(console=err_console, transient=True, disable=as_json) as bar:
+    with Progress(console=err_console, transient=True, disable=as_json) as bar:
         job = bar.add_task("probing checkpoints", total=None)
-        out = probe_run(run, features=names, probe_examples=examples, device=dev,
+        out = probe_run(run, features=names, probe_examples=examples, device=dev, preset=preset,
                         progress=lambda done, total, step: bar.update(job, completed=done, total=total,
                                                                       description=f"probed step {step}"))
     rows = [out["features"][n] for n in out["feature_order"] if n in out["features"]]
+    paper = out["paper_features"]
     if as_json:
-        print(json.dumps({"run": run, "checkpoints": out["steps"], "curve": out["curve"], "transition": out["main"],
-                          "transitions": out["transitions"], "features": rows}, indent=2))
+        print(json.dumps({"run": run, "preset": out["preset"], "checkpoints": out["steps"], "curve": out["curve"],
+                          "transition": out["main"], "transitions": out["transitions"], "features": rows,
+                          "paper_features": [paper[n] for n in out["feature_order"] if n in paper]}, indent=2))
         return
     t = out["main"]
     curve = out["curve"]
     where = (f"transition in {curve} from step {t['onset']:g} to {t['end']:g} "
              f"(loss {t['level_before']:.3g} → {t['level_after']:.3g})" if t else "no transition in the loss")
-    table = Table(title=f"{run} · {len(out['steps'])} checkpoints · {where}")
-    for col in ("feature", "layer", "decodable from", "before drop", "final", "random init", "class"):
-        table.add_column(col, justify="left" if col in ("feature", "class") else "right", no_wrap=col in ("feature", "layer"))
+    table = Table(title=f"{run} · {len(out['steps'])} checkpoints · {where} · {out['preset']} protocol")
+    columns = ["feature", "layer", "decodable from", "before drop", "final", "random init", "class"]
+    if paper:
+        columns += ["paper: log-loss before drop", "final", "random model", "paper: class"]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("feature", "class", "paper: class") else "right",
+                         no_wrap=col in ("feature", "layer"))
     colour = {"quiet": "green", "loud": "yellow", "absent": "dim", "unresolved": "cyan"}
 
     def fmt(x):
@@ -342,11 +368,20 @@ def probe_cmd(
 
     for fc in rows:
         m = fc["metric"]
-        table.add_row(fc["feature"] + (" (R²)" if m == "r2" else ""), hook_label(fc["best_layer"]),
-                      "—" if fc["decodable_step"] is None else str(fc["decodable_step"]),
-                      fmt(fc.get(f"{m}_before_transition")), fmt(fc.get(f"{m}_final")), fmt(fc.get(f"baseline_{m}")),
-                      f"[{colour.get(fc['class'], 'white')}]{fc['class']}[/]")
+        cells = [fc["feature"] + (" (R²)" if m == "r2" else ""), hook_label(fc["best_layer"]),
+                 "—" if fc["decodable_step"] is None else str(fc["decodable_step"]),
+                 fmt(fc.get(f"{m}_before_transition")), fmt(fc.get(f"{m}_final")), fmt(fc.get(f"baseline_{m}")),
+                 f"[{colour.get(fc['class'], 'white')}]{fc['class']}[/]"]
+        if paper:
+            pc = paper.get(fc["feature"], {})
+            cells += [fmt(pc.get("loss_before_transition")), fmt(pc.get("loss_final")), fmt(pc.get("baseline_loss")),
+                      f"[{colour.get(pc.get('class'), 'white')}]{pc.get('class', '—')}[/]"]
+        table.add_row(*cells)
     console.print(table)
+    if paper:
+        console.print("ours: the best layer's probe accuracy against this run's own random init (R² for scalars); "
+                      "paper: the geometric mean over positions of the test log-loss (MSE for scalars) at the layer "
+                      "chosen by probe-train loss, against a separately initialised random model.", highlight=False)
 
 
 @app.command("demo")
@@ -355,11 +390,13 @@ def demo_cmd(
     out: str = typer.Option("runs/demo", "--out", help="Run folder to write (an interrupted demo resumes there)."),
     seed: int = typer.Option(0, "--seed"),
     controls: int = typer.Option(32, "--controls", help="Random-direction controls for the ablation."),
+    preset: str = typer.Option("quietlab", "--preset", help="quietlab, or paper: the study's addition, model and recipe, then its probe and ablation protocol (slower: 10,000-example probes)."),
 ):
     """Train, probe, find the transition, ablate the quiet feature and write the report (CPU, minutes)."""
     from .recipes.demo import run_demo
 
-    lines = run_demo(out, seed=seed, n_controls=controls, log=lambda s: err_console.print(s, highlight=False))
+    lines = run_demo(out, seed=seed, n_controls=controls, preset=preset,
+                     log=lambda s: err_console.print(s, highlight=False))
     print()
     for line in lines:
         print(line)

@@ -10,7 +10,10 @@ with U_t (d, r), V_t (r, d) and s_t (r,) (or one s per example, for ``resample``
                 x - (w·x + b)·w, so the probe then reads exactly its decision boundary. For a probe
                 with k outputs W (k, d), b (k,) it is the least-norm change that puts every output on
                 its boundary: x - W⁺(W x + b), W⁺ the pseudo-inverse (U = W⁺, V = W, s = -b); for
-                k = 1 this is the paper's formula.
+                k = 1 this is the paper's formula. The study itself, for k outputs, takes one such step
+                per row and adds them, x - Σ_v (ŵ_v·x + b̂_v) ŵ_v with ŵ_v = w_v/‖w_v‖, b̂_v = b_v/‖w_v‖
+                (``paper_boundary_params``; the paper preset's ablation): not a projection, and for
+                rows that are not orthogonal not exactly onto every boundary.
 - ``mean``      replace the component in the span of W's rows by its mean over a reference set:
                 Q an orthonormal basis of that span, x - Q Qᵀ(x - μ_t).
 - ``erase``     LEACE (Belrose et al., 2023): the least-squares-optimal affine eraser after which no
@@ -91,6 +94,33 @@ def _stack(per_position: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]], T
 def boundary_params(W: np.ndarray, b: np.ndarray):
     W, b = np.asarray(W, np.float64), np.asarray(b, np.float64)
     return np.linalg.pinv(W), W, -b
+
+
+def paper_boundary_params(W: np.ndarray, b: np.ndarray):
+    """The study's step x - Σ_v (ŵ_v·x + b̂_v) ŵ_v over the rows v of W with w_v ≠ 0 (a row constant on
+    probe-train has no probe and is left out): U = Ŵᵀ, V = Ŵ, s = -b̂."""
+    W, b = np.asarray(W, np.float64), np.asarray(b, np.float64)
+    norms = np.linalg.norm(W, axis=1)
+    keep = norms > 0
+    unit = W[keep] / norms[keep, None]
+    return unit.T, unit, -b[keep] / norms[keep]
+
+
+def paper_edit(probes: dict[int, tuple[np.ndarray, np.ndarray]], where: np.ndarray, d: int) -> AffineEdit:
+    """The study's ablation (``paper_boundary_params``) with one probe (W (k, d), b (k,)) per position."""
+    U, V, s = _stack({t: paper_boundary_params(W, b) for t, (W, b) in probes.items()}, where.shape[1], d)
+    return AffineEdit(U, V, s, torch.as_tensor(np.asarray(where, bool)))
+
+
+def paper_controls(probes: dict[int, tuple[np.ndarray, np.ndarray]], d: int, rng: np.random.Generator):
+    """The study's random control of ``probes``: at each position, one fresh unit Gaussian direction per
+    probe row (rows with w_v = 0 left out), each keeping its row's normalised bias b̂_v = b_v/‖w_v‖."""
+    out = {}
+    for t, (W, b) in probes.items():
+        _, unit, neg_bias = paper_boundary_params(W, b)
+        R = rng.standard_normal(unit.shape)
+        out[t] = (R / np.linalg.norm(R, axis=1, keepdims=True), -neg_bias)
+    return out
 
 
 def mean_params(W: np.ndarray, mu: np.ndarray):

@@ -12,8 +12,11 @@ def paper_d_mlp(d_model: int) -> int:
     return hidden + hidden % 2
 
 
-def paper_config(vocab_size: int, seq_len: int, d_model: int, n_layers: int) -> TransformerConfig:
+def paper_config(vocab_size: int, seq_len: int, d_model: int, n_layers: int, **options) -> TransformerConfig:
     """4 heads, interleaved RoPE (θ = 10,000), RMSNorm eps 1e-5, PyTorch's default initialisation,
-    untied output matrix, no biases."""
-    return TransformerConfig(vocab_size=vocab_size, seq_len=seq_len, d_model=d_model, n_layers=n_layers, n_heads=4,
-                             d_mlp=paper_d_mlp(d_model), rope_pairs="interleaved", norm_eps=1e-5, init="torch_default")
+    untied output matrix, no biases. ``options``: other TransformerConfig fields (e.g. ``n_heads``,
+    ``attention``), or ``d_mlp`` in place of the paper's."""
+    settings = dict(n_heads=4, d_mlp=paper_d_mlp(d_model), rope_pairs="interleaved", norm_eps=1e-5,
+                    init="torch_default")
+    return TransformerConfig(vocab_size=vocab_size, seq_len=seq_len, d_model=d_model, n_layers=n_layers,
+                             **{**settings, **options})

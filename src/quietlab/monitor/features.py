@@ -39,6 +39,11 @@ Each classification is a plain dict (stored as result ``feature_class``, key = f
 note, probe_fit`` (layers are hook names, ``models.hooks``; ``probe_fit``: which fit's rows were used,
 ``RunStore.shown_fit``) ({m} is ``acc`` or ``r2``); ``{m}_before_transition`` is the best layer's aggregate at the last
 probed step before ``drop_start`` (None without a transition).
+
+Runs probed with the quiet-feature study's protocol (``quietlab probe`` on a run of the paper preset:
+probe rows with probe-train losses, and results ``paper_baseline``) are also classified by the study's
+metric, ``paper_probes.classify_paper``, placed against the same transition by ``place``: results
+``feature_class_paper``.
 """
 
 from __future__ import annotations
@@ -111,37 +116,15 @@ def classify_feature(curves: dict, transition=None, *, feature: str = "", margin
             decodable_layer = layers[int(np.flatnonzero(beats[i])[0])]
             break
 
-    onset = end = start = None
+    placed = place(decodable_step, prev_step, transition, plateau_start, guard)
+    cls, note, onset, end, start = placed["class"], placed["note"], placed["onset"], placed["end"], placed["start"]
     before = None
-    if transition is not None:
-        onset, end = float(_get(transition, "onset")), float(_get(transition, "end"))
-        width = _get(transition, "width")
-        start = onset / 10 ** (guard * float(width)) if width is not None and onset > 0 else onset
+    if start is not None:
         prior = [i for i, s in enumerate(steps) if s < start]
         if prior:
             before = _num(m[prior[-1], best])
-    note = ""
     if decodable_step is None:
-        cls = "absent"
         note = "never decodable beyond the random-init baseline"
-    elif transition is not None:
-        if decodable_step < start:
-            cls = "quiet"
-        elif decodable_step <= end:
-            cls = "loud"
-        elif prev_step is not None and prev_step < start:
-            cls = "unresolved"  # not decodable at prev_step, decodable at decodable_step: no probe in between
-            note = (f"no probe between step {prev_step} (before the drop) and step {decodable_step} (after it): "
-                    "too few probes to place the feature")
-        else:
-            cls = "absent"
-            note = f"decodable only after the transition (from step {decodable_step})"
-    elif plateau_start is not None and decodable_step >= plateau_start:
-        cls = "quiet"
-        note = f"no transition: decodable while the loss sat on its plateau (since step {plateau_start:g})"
-    else:
-        cls = "unresolved"
-        note = "no transition in the loss curve, which was still falling when the feature became decodable"
 
     return {
         "feature": feature,
@@ -164,11 +147,45 @@ def classify_feature(curves: dict, transition=None, *, feature: str = "", margin
     }
 
 
+def place(decodable_step, prev_step, transition, plateau_start: float | None = None, guard: float = 0.5) -> dict:
+    """The class of a feature first decodable (persistently) at ``decodable_step``, the probed step before
+    it being ``prev_step``, against the main ``transition`` (see the module docstring): {"class", "note",
+    "onset", "end", "start"} (``start``: the onset moved back by the guard; None without a transition)."""
+    onset = end = start = None
+    if transition is not None:
+        onset, end = float(_get(transition, "onset")), float(_get(transition, "end"))
+        width = _get(transition, "width")
+        start = onset / 10 ** (guard * float(width)) if width is not None and onset > 0 else onset
+    note = ""
+    if decodable_step is None:
+        cls = "absent"
+        note = "never decodable beyond the baseline"
+    elif transition is not None:
+        if decodable_step < start:
+            cls = "quiet"
+        elif decodable_step <= end:
+            cls = "loud"
+        elif prev_step is not None and prev_step < start:
+            cls = "unresolved"  # not decodable at prev_step, decodable at decodable_step: no probe in between
+            note = (f"no probe between step {prev_step} (before the drop) and step {decodable_step} (after it): "
+                    "too few probes to place the feature")
+        else:
+            cls = "absent"
+            note = f"decodable only after the transition (from step {decodable_step})"
+    elif plateau_start is not None and decodable_step >= plateau_start:
+        cls = "quiet"
+        note = f"no transition: decodable while the loss sat on its plateau (since step {plateau_start:g})"
+    else:
+        cls = "unresolved"
+        note = "no transition in the loss curve, which was still falling when the feature became decodable"
+    return {"class": cls, "note": note, "onset": onset, "end": end, "start": start}
+
+
 def classify_features(probe_rows, loss_steps, loss_values, *, features: Iterable[str] | None = None,
                       margin: float = 0.02, guard: float = 0.5, curve_name: str = "eval/loss",
                       transitions=None) -> tuple[list, dict]:
     """(transitions found in the loss curve, {feature: classification dict})."""
-    from .transitions import current_plateau, detect_transitions
+    from .transitions import detect_transitions
 
     rows = list(probe_rows)
     names = sorted({r[1] for r in rows}) if features is None else list(features)
@@ -177,10 +194,7 @@ def classify_features(probe_rows, loss_steps, loss_values, *, features: Iterable
     if transitions is None:
         transitions = detect_transitions(steps, values, log_x=True, direction="down") if len(steps) >= 8 else []
     main = main_transition(transitions)
-    plateau_start = None
-    if main is None and len(steps) >= 8:
-        plateau = current_plateau(steps, values, log_x=True, direction="down")
-        plateau_start = None if plateau is None else float(plateau.start)
+    plateau_start = final_plateau_start(steps, values) if main is None else None
     out = {}
     for name in names:
         curves = probe_curves(rows, name)
@@ -188,6 +202,18 @@ def classify_features(probe_rows, loss_steps, loss_values, *, features: Iterable
             out[name] = classify_feature(curves, main, feature=name, margin=margin, guard=guard,
                                          plateau_start=plateau_start, curve_name=curve_name)
     return transitions, out
+
+
+def final_plateau_start(steps, values) -> float | None:
+    """Where the plateau a loss curve ends on began (None: it ends falling, or is too short to tell)."""
+    from .transitions import current_plateau
+
+    steps = np.asarray(steps, dtype=float)
+    values = np.asarray([np.nan if v is None else v for v in values], dtype=float)
+    if len(steps) < 8:
+        return None
+    plateau = current_plateau(steps, values, log_x=True, direction="down")
+    return None if plateau is None else float(plateau.start)
 
 
 #: Loss curves a run's transition is looked for in, in order: the held-out loss, then the training
@@ -224,13 +250,32 @@ def classify_run(store, *, features: Iterable[str] | None = None, curve: str | N
     for c in classes.values():
         c["probe_fit"] = fit
     main = main_transition(transitions)
+    paper = _paper_classes(store, rows, classes, main, None if main is not None else final_plateau_start(steps, values))
     if write:
         for name, (_, _, ts) in found.items():
             store.put("transition", name, [_as_dict(t) for t in ts])
         for name, c in classes.items():
             store.put("feature_class", name, c)
+        for name, c in paper.items():
+            store.put("feature_class_paper", name, c)
     return {"transitions": [_as_dict(t) for t in transitions], "main": None if main is None else _as_dict(main),
-            "curve": used, "features": classes}
+            "curve": used, "features": classes, "paper_features": paper}
+
+
+def _paper_classes(store, rows, features, main, plateau_start) -> dict:
+    """The study's classification (``paper_probes.classify_paper``) of each feature whose probe rows carry
+    probe-train losses and whose random-model baseline the store holds (results ``paper_baseline``, written
+    by ``quietlab probe`` on runs of the paper preset); {} otherwise."""
+    from .paper_probes import classify_paper, score_rows
+
+    baselines = store.results("paper_baseline")
+    out = {}
+    for name in features:
+        if name in baselines:
+            scores = score_rows(rows, name)
+            if scores:
+                out[name] = classify_paper(scores, baselines[name], main, plateau_start, feature=name)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ def fit_logistic(X, w, y, kind, C, gram, l2, max_iter, tol, start=None):
     """Logistic probes of a chunk, all pairs at once: (W (P, K, d), b (P, K), class_off, passes).
 
     Each output (sigmoid) or variable (softmax) is its own problem, sharing only the pair's preconditioner.
+    ``l2``: the penalty λ, one number or one per pair (P,).
     ``start``: (W, b, has) in the standardised space, the starting point of the problems marked in has.
     X is the solver's to overwrite (finished pairs are compacted out of it in place)."""
     P, N, d = X.shape
@@ -39,12 +40,15 @@ def fit_logistic(X, w, y, kind, C, gram, l2, max_iter, tol, start=None):
         G, g = y.shape[2], 1
         target = y.float()
         rate = torch.einsum("pn,pnk->pk", w, target)
-        frozen = (rate <= 0) | (rate >= 1)
+        seen = (w > 0).float()
+        ones = torch.einsum("pn,pnk->pk", seen, target)  # whole numbers: exact, unlike the weighted rate
+        frozen = (ones <= 0) | (ones >= seen.sum(1)[:, None])
         b = torch.logit(rate.clamp(1e-4, 1 - 1e-4)).view(P, G, 1)
         class_off = None
         curv = 0.25  # sigmoid Hessian ≤ ¼ xxᵀ (Böhning)
+    l2 = torch.as_tensor(l2, dtype=X.dtype, device=dev).expand(P).contiguous()
     # Böhning's bound, inverted: the preconditioner of every problem of a pair (float32 is plenty for it)
-    Ainv = spd_inverse(curv * gram + l2 * torch.eye(d, device=dev), torch.float32)
+    Ainv = spd_inverse(curv * gram + l2[:, None, None] * torch.eye(d, device=dev), torch.float32)
     objective = LogisticObjective(X, w, target, class_off, (~frozen).float()[..., None], Ainv, curv, kind, G, g, l2)
     W = torch.zeros(P, G, g, d, device=dev)
     if start is not None:
@@ -66,7 +70,7 @@ def fit_logistic(X, w, y, kind, C, gram, l2, max_iter, tol, start=None):
 
 class LogisticObjective:
     """The logistic objectives of a chunk's problems, Σ_i ω_i CE_i + ½ λ ‖W‖² per output (sigmoid) or
-    variable (softmax), with the data they need; ``select`` keeps some pairs."""
+    variable (softmax), λ one per pair (``l2``, (P,)), with the data they need; ``select`` keeps some pairs."""
 
     def __init__(self, X, w, target, class_off, live, Ainv, curv, kind, G, g, l2):
         self.X, self.w, self.target, self.class_off, self.live, self.Ainv = X, w, target, class_off, live, Ainv
@@ -79,7 +83,8 @@ class LogisticObjective:
                 self.X[i].copy_(self.X[j])
         pick = [t if t is None else t.index_select(0, keep) for t in (self.w, self.target, self.class_off, self.live,
                                                                      self.Ainv)]
-        return LogisticObjective(self.X[: len(keep)], *pick, self.curv, self.kind, self.G, self.g, self.l2)
+        return LogisticObjective(self.X[: len(keep)], *pick, self.curv, self.kind, self.G, self.g,
+                                 self.l2.index_select(0, keep))
 
     def _loss(self, W, b):
         X, G, g = self.X, self.G, self.g
@@ -93,7 +98,7 @@ class LogisticObjective:
         else:
             loss = torch.nn.functional.softplus(Z) - self.target * Z
             prob = torch.sigmoid(Z)
-        f = torch.einsum("pn,pnk->pk", self.w, loss) + 0.5 * self.l2 * (W * W).sum((2, 3))
+        f = torch.einsum("pn,pnk->pk", self.w, loss) + 0.5 * self.l2[:, None] * (W * W).sum((2, 3))
         return f, prob
 
     def value(self, W, b):
@@ -106,7 +111,7 @@ class LogisticObjective:
         P, G, g, d = W.shape
         R = (prob - self.target) * self.w[..., None]
         gW = torch.bmm(R.transpose(1, 2), self.X).view(P, G, g, d)
-        gW = (gW + self.l2 * W) * self.live[..., None]
+        gW = (gW + self.l2[:, None, None, None] * W) * self.live[..., None]
         gb = R.sum(1).view(P, G, g) * self.live
         return f, gW, gb
 
@@ -115,7 +120,7 @@ class LogisticObjective:
         their RMS change over the training examples times √c. As A = cXᵀΩX + λI, c·ΔᵀXᵀΩXΔ = Δᵀg − λ‖Δ‖²:
         what the penalty alone would move (weights along directions the data hardly spans, which no
         logit feels) is left out."""
-        inner = (gW * pW).sum((2, 3)) - self.l2 * (pW * pW).sum((2, 3)) + (gb * pb).sum(2)
+        inner = (gW * pW).sum((2, 3)) - self.l2[:, None] * (pW * pW).sum((2, 3)) + (gb * pb).sum(2)
         return inner.clamp(min=0).sqrt()
 
     def precondition(self, gW, gb):

@@ -530,25 +530,51 @@ def _reported_transition(detector: OnlineDetector) -> bool:
     return any(e.kind == "transition" for e in detector.events)
 
 
-def probe_run(run_dir, features: Sequence[str] | None = None, probe_examples: int = 2000, device=None,
+def probe_run(run_dir, features: Sequence[str] | None = None, probe_examples: int | None = None, device=None,
               steps: Sequence[int] | None = None, margin: float = 0.02, progress=None, warm_start: bool = True,
-              **probe_kwargs) -> dict:
+              preset: str | None = None, paper_split: tuple[int, int] | None = None, **probe_kwargs) -> dict:
     """Re-fit probes on a finished run's checkpoints (all of them by default), write their rows to the
-    run's store as the ``checkpoint`` fit (kept apart from the Monitor's ``online`` rows), then detect the transition and classify the features (``features.classify_run``).
+    run's store as the ``checkpoint`` fit (kept apart from the Monitor's ``online`` rows), then detect the
+    transition and classify the features (``features.classify_run``). The run folder's writer lock is
+    held throughout (a run another process writes is refused at once); the settings are checked before
+    anything is written.
 
-    The probe set is the monitor's (same size, same seed), so rows line up with those it logged.
+    The protocol is the run's preset's (config.json); ``preset``, when given, must match it.
+    ``quietlab``: the probe set is the monitor's (``probe_examples`` held-out examples, default 2,000, a
+    fifth of them probe-test; same seed, so rows line up with those it logged), probes on standardised
+    activations of every residual tap. ``paper``: the study's protocol (``paper_probes``): 10,000
+    probe-train and 1,000 probe-test fresh held-out examples (``paper_split`` changes the two counts, for
+    tests), C = 100 on the raw block outputs, the layer chosen per position by probe-train loss, and the
+    same probes on a separately initialised random model stored as results ``paper_baseline``; the
+    classification then also holds the study's (results ``feature_class_paper``).
     ``progress(done, total, step)`` is called after each checkpoint. Returns classify_run's dict plus
-    ``steps`` (the checkpoints probed) and ``features`` in the order asked.
+    ``steps`` (the checkpoints probed), ``features`` in the order asked and ``preset``.
     """
     from ..runs.folder import RunFolder
-    from ..train.checkpoint import list_checkpoints, load_run
-    from .features import classify_run
+    from ..runs.lock import RunLock
 
     folder = RunFolder(run_dir)
     if not folder.path.is_dir():
         raise FileNotFoundError(f"no run folder at {folder.path}")
+    with RunLock(folder.path):
+        return _probe_run(folder, features, probe_examples, device, steps, margin, progress, warm_start, preset,
+                          paper_split, probe_kwargs)
+
+
+def _probe_run(folder, features, probe_examples, device, steps, margin, progress, warm_start, preset, paper_split,
+               probe_kwargs) -> dict:
+    from ..train.checkpoint import list_checkpoints, load_run
+    from .features import classify_run
+    from .paper_probes import (PROBE_TEST, PROBE_TRAIN, baseline_model, baseline_score, fit_paper_probes,
+                               paper_probe_set)
+
     if not folder.exists():
         raise ValueError(f"{folder.path} is not a run folder (no config.json)")
+    run_config = folder.config()
+    protocol = check_preset(run_config.train.preset, preset, folder.path)
+    paper = protocol == "paper"
+    if paper and probe_examples is not None:
+        raise ValueError("the paper protocol probes 10,000 probe-train and 1,000 probe-test examples; drop --examples")
     available = list_checkpoints(folder.path)
     if not available:
         raise ValueError(f"{folder.path} has no checkpoints to probe")
@@ -564,22 +590,45 @@ def probe_run(run_dir, features: Sequence[str] | None = None, probe_examples: in
                 warnings.warn(f"skipping {exc}", stacklevel=2)
                 continue
             if batch is None:
-                batch = probe_set(task, probe_examples, cfg.seed)
+                if paper:
+                    batch, train_idx, test_idx = paper_probe_set(task, cfg.seed, *(paper_split or (PROBE_TRAIN, PROBE_TEST)))
+                else:
+                    batch = probe_set(task, probe_examples or 2000, cfg.seed)
+                    train_idx, test_idx = split_probe_set(len(batch), 0.2, seed=cfg.seed)
                 names = list(batch.features) if features is None else list(features)
                 unknown = [n for n in names if n not in batch.features]
                 if unknown:
                     raise ValueError(f"unknown feature(s) {', '.join(map(repr, unknown))} for {task.name}; "
                                      f"it has: {', '.join(batch.features)}")
-                train_idx, test_idx = split_probe_set(len(batch), 0.2, seed=cfg.seed)
                 tokens, feats = trim_to_features(batch.tokens, {n: batch.features[n] for n in names})
-            acts = capture_layers(model, tokens, device=device)
-            results = fit_features(acts, feats, train_idx, test_idx, device=device,
-                                   init=results if warm_start else None, **probe_kwargs)
+            init = results if warm_start else None
+            if paper:
+                results = fit_paper_probes(model, batch, names, train_idx, test_idx, device=device, init=init)
+            else:
+                acts = capture_layers(model, tokens, device=device)
+                results = fit_features(acts, feats, train_idx, test_idx, device=device, init=init, **probe_kwargs)
+                del acts
             store.log_probes([r for n, res in results.items() for r in res.rows(step, n)], fit="checkpoint")
-            del acts, model
+            del model
             if progress is not None:
                 progress(i + 1, len(todo), step)
         if batch is None:
             raise ValueError(f"none of the checkpoints of {folder.path} could be read")
+        if paper:  # the study's baseline: a separately initialised random model, probed the same way
+            random_model = baseline_model(run_config.model, cfg.seed).to(device)
+            for name, res in fit_paper_probes(random_model, batch, names, train_idx, test_idx, device=device).items():
+                store.put("paper_baseline", name, baseline_score(res))
         out = classify_run(store, features=names, margin=margin)
-    return {**out, "steps": todo, "feature_order": names}
+    return {**out, "steps": todo, "feature_order": names, "preset": protocol}
+
+
+def check_preset(run_preset: str, asked: str | None, where) -> str:
+    """The protocol to probe or ablate a run with: its own preset; a different ``asked`` one is an error."""
+    from ..train.loop import PRESETS
+
+    if asked is not None and asked not in PRESETS:
+        raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, got {asked!r}")
+    if asked is not None and asked != run_preset:
+        raise ValueError(f"--preset {asked} does not match the run's preset {run_preset} ({where}/config.json); "
+                         f"give --preset {run_preset} or leave it out")
+    return run_preset

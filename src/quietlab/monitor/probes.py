@@ -29,7 +29,12 @@ Metrics on the probe-test examples (mean over the k outputs when k > 1):
 ``acc`` (accuracy), ``logloss`` (mean cross-entropy, nats), ``acc_lo``/``acc_hi`` (95% Wilson interval;
 for k > 1 with the effective sample size n·p(1−p)/s², s² the variance over test examples of their
 mean-over-outputs correctness, so correlated outputs do not narrow it), ``n_test``; for scalars ``r2``,
-``mse``, ``r2_lo``/``r2_hi`` (95% bootstrap interval over test examples, fixed seed), ``n_test``.
+``mse``, ``r2_lo``/``r2_hi`` (95% bootstrap interval over test examples, fixed seed), ``n_test``; with
+``train_metrics``, ``train_logloss`` or ``train_mse`` on the probe-train examples too.
+
+The quiet-feature study's probes (scikit-learn's ``LogisticRegression(C=100)`` and ``LinearRegression``
+on raw activations, constant multi-label columns dropped) are the options ``C``, ``l2=0``,
+``standardize=False``, ``drop_constant_outputs`` (``paper_probes.PAPER_FIT``).
 """
 
 from __future__ import annotations
@@ -193,6 +198,9 @@ def fit_features(
     seed: int = 0,
     standardize: bool = True,
     init: Mapping[str, ProbeResult] | None = None,
+    C: float | None = None,
+    drop_constant_outputs: bool = False,
+    train_metrics: bool = False,
 ) -> dict[str, ProbeResult]:
     """Probes of several features on the same activations: {name: ProbeResult}.
 
@@ -217,6 +225,16 @@ def fit_features(
     ``init``: earlier ProbeResults of the same features (the monitor's previous checkpoint), whose
     probes start the logistic fits at the pairs they share: the optimum moves little between nearby
     checkpoints, so the solver needs far fewer passes. The optimum reached does not depend on it.
+    ``C``: scikit-learn's inverse regularisation strength for the logistic probes, in place of ``l2``:
+    λ = 1/(C·n) at each pair, n its probe-train examples, which with ``standardize=False`` is exactly
+    ``LogisticRegression(C=C)`` on the raw activations (the quiet-feature study's probes: C = 100).
+    Scalar probes keep ``l2``; ``l2=0`` makes them ordinary least squares (scikit-learn's
+    ``LinearRegression``; the minimum-norm solution where the activations are rank-deficient).
+    ``drop_constant_outputs``: outputs (sigmoid) or variables (softmax) of a multi-output feature that are
+    constant on a pair's probe-train examples are left out of its metrics, as the study's
+    ``MultiOutputClassifier`` drops such columns (their probes keep w = 0, and ``per_output`` is NaN there),
+    instead of counting as bias-only probes. ``train_metrics``: also ``train_logloss`` (classification) or
+    ``train_mse`` (scalars) on the probe-train examples, by which the study picks each position's layer.
     """
     train_idx = np.asarray(train_idx, dtype=np.int64)
     test_idx = np.asarray(test_idx, dtype=np.int64)
@@ -243,7 +261,7 @@ def fit_features(
         family = _FAMILY[f.kind]
         families.setdefault((family, int(f.n_classes) if family == "softmax" else 0), []).append(name)
     problems: dict[tuple, list[int]] = {}
-    for (family, C), names in families.items():
+    for (family, n_classes), names in families.items():
         for t in pos_list:
             sharing: dict[bytes, list[str]] = {}
             for n in names:
@@ -251,37 +269,47 @@ def fit_features(
                 if column.any():
                     sharing.setdefault(column.tobytes(), []).append(n)
             for together in sharing.values():
-                problems.setdefault((family, C, tuple(together)), []).append(t)
+                problems.setdefault((family, n_classes, tuple(together)), []).append(t)
 
     parts: dict[str, list[ProbeResult]] = {name: [] for name in features}
     buffers = ([], [])  # reused activation copies (probe-train, probe-test) of a chunk
     with _full_precision():
-        for (family, C, names), positions in problems.items():
+        for (family, C_classes, names), positions in problems.items():
             feats = [features[n] for n in names]
-            fitted = _fit_group(acts, names, feats, family, C, train_idx, test_idx, layer_list, positions, device,
-                                l2, max_iter, tol, min_train, min_test, max_chunk_bytes, bootstrap, seed,
-                                buffers, standardize, init if family != "ridge" else None)
+            fitted = _fit_group(acts, names, feats, family, C_classes, train_idx, test_idx, layer_list, positions,
+                                device, l2, max_iter, tol, min_train, min_test, max_chunk_bytes, bootstrap, seed,
+                                buffers, standardize, init if family != "ridge" else None,
+                                _Options(C, drop_constant_outputs, train_metrics))
             for name, result in fitted.items():
                 parts[name].append(result)
-    return {name: _merge(name, features[name], parts[name], d) for name in features}
+    return {name: _merge(name, features[name], parts[name], d, train_metrics) for name in features}
 
 
 _FAMILY = {"binary": "sigmoid", "multilabel": "sigmoid", "categorical": "softmax", "scalar": "ridge"}
 
 
-def _unfitted(name: str, feature: Feature, d: int, skipped=()) -> ProbeResult:
+@dataclass(frozen=True)
+class _Options:
+    """The fit options that change the objective or the metrics (``fit_features``)."""
+
+    C: float | None = None
+    drop_constant_outputs: bool = False
+    train_metrics: bool = False
+
+
+def _unfitted(name: str, feature: Feature, d: int, skipped=(), train_metrics: bool = False) -> ProbeResult:
     """A ProbeResult with no fitted pair."""
     shape = (0, feature.k, feature.n_classes, d) if feature.kind == "categorical" else (0, feature.k, d)
-    metric_names = _METRICS["scalar" if feature.kind == "scalar" else "classification"]
+    metric_names = _metric_names(feature.kind == "scalar", train_metrics)
     return ProbeResult(feature=name, kind=feature.kind, pairs=[], weight=torch.zeros(shape),
                        bias=torch.zeros(shape[:-1]), metrics={m: np.zeros(0) for m in metric_names},
                        per_output=np.zeros((0, feature.k)), n_train=np.zeros(0), skipped=list(skipped))
 
 
-def _merge(name: str, feature: Feature, parts: list[ProbeResult], d: int) -> ProbeResult:
+def _merge(name: str, feature: Feature, parts: list[ProbeResult], d: int, train_metrics: bool = False) -> ProbeResult:
     """One feature's ProbeResult from the problems it was fitted in, pairs in (layer, position) order."""
     if not parts:
-        return _unfitted(name, feature, d)
+        return _unfitted(name, feature, d, train_metrics=train_metrics)
     if len(parts) == 1:
         return parts[0]
     pairs = [pair for r in parts for pair in r.pairs]
@@ -320,7 +348,8 @@ def _full_precision():
 
 
 def _fit_group(acts, names, feats, family, C, train_idx, test_idx, layer_list, pos_list, device, l2, max_iter,
-               tol, min_train, min_test, max_chunk_bytes, bootstrap, seed, buffers, standardize=True, init=None):
+               tol, min_train, min_test, max_chunk_bytes, bootstrap, seed, buffers, standardize=True, init=None,
+               options: _Options = _Options()):
     first = acts[layer_list[0]]
     N, T, d = first.shape
     mask = feats[0].mask
@@ -365,14 +394,18 @@ def _fit_group(acts, names, feats, family, C, train_idx, test_idx, layer_list, p
         yte = torch.as_tensor(np.ascontiguousarray(vals_te[:, ts].transpose(1, 0, 2)), device=device)
         start = _initial_probes(init, names, slices, sub, family, C, d, device) if init else None
         part = _fit_chunk(Xtr, mtr, ytr, Xte, mte, yte, family, C, slices, l2, max_iter, tol, bootstrap, seed + s,
-                          standardize, start)
+                          standardize, start, options)
+        if "train_loss" in part:  # on the raw activations, the probes being in their space
+            on_train = part.pop("train_loss")(_gather(acts, sub, tr_i, device, buffers[0]))
+            for m, t in zip(part["metrics"], on_train):
+                m[TRAIN_METRIC["classification"]] = t["logloss"]
         n_iter = max(n_iter, part["n_iter"])
         parts.append(part)
     if not parts:
-        return {n: _unfitted(n, f, d, skipped[n]) for n, f in zip(names, feats)}
+        return {n: _unfitted(n, f, d, skipped[n], options.train_metrics) for n, f in zip(names, feats)}
 
     results = {}
-    metric_names = _METRICS["scalar" if family == "ridge" else "classification"]
+    metric_names = _metric_names(family == "ridge", options.train_metrics)
     for i, (n, f, sl) in enumerate(zip(names, feats, slices)):
         at = set(usable[n])
         keep = [j for j, (l, t) in enumerate(pairs) if t in at]
@@ -433,6 +466,13 @@ def _initial_probes(init, names, slices, pairs, family, C, d, device):
 
 _METRICS = {"classification": ("acc", "logloss", "acc_lo", "acc_hi", "n_test"),
             "scalar": ("r2", "mse", "r2_lo", "r2_hi", "n_test")}
+#: the probe-train loss, lower is better: what the study picks each position's layer by (``train_metrics``)
+TRAIN_METRIC = {"classification": "train_logloss", "scalar": "train_mse"}
+
+
+def _metric_names(scalar: bool, train_metrics: bool) -> tuple[str, ...]:
+    group = "scalar" if scalar else "classification"
+    return _METRICS[group] + ((TRAIN_METRIC[group],) if train_metrics else ())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -470,7 +510,7 @@ def _standardise(X: torch.Tensor, m: torch.Tensor, n: torch.Tensor, scale: bool 
 
 
 def _fit_chunk(Xtr, mtr, ytr, Xte, mte, yte, family, C, slices, l2, max_iter, tol, bootstrap, seed, standardize=True,
-               start=None):
+               start=None, options: _Options = _Options()):
     """Probes of one chunk of pairs. Xtr and Xte are the chunk's own copies: they are standardised in place."""
     P, N, d = Xtr.shape
     dev = Xtr.device
@@ -489,10 +529,19 @@ def _fit_chunk(Xtr, mtr, ytr, Xte, mte, yte, family, C, slices, l2, max_iter, to
         y = ytr.float()
         ybar = torch.einsum("pn,pnk->pk", wtr, y)
         rhs = torch.bmm(Xs.transpose(1, 2), (y - ybar[:, None]) * wtr[..., None])  # (P, d, k)
-        Ws = torch.bmm(spd_inverse(gram + l2 * torch.eye(d, device=dev)), rhs).transpose(1, 2)  # (P, k, d)
+        if l2 > 0:
+            inverse = spd_inverse(gram + l2 * torch.eye(d, device=dev))
+        else:  # ordinary least squares: the minimum-norm solution where the Gram matrix is singular
+            inverse = torch.linalg.pinv(gram.double(), rtol=1e-6, hermitian=True).to(gram.dtype)
+        Ws = torch.bmm(inverse, rhs).transpose(1, 2)  # (P, k, d)
         bs = ybar
         n_iter = 1
         metrics = _eval_scalar(Xts, Ws, bs, yte.float(), mte, wte, slices, bootstrap, seed)
+        if options.train_metrics:
+            err2 = (torch.baddbmm(bs[:, None, :], Xs, Ws.transpose(1, 2)) - y) ** 2
+            per_output = torch.einsum("pn,pnk->pk", wtr, err2)
+            for m, sl in zip(metrics, slices):
+                m[TRAIN_METRIC["scalar"]] = per_output[:, sl].mean(1).double().cpu().numpy()
     else:
         kind = "categorical" if family == "softmax" else "binary"
         if start is not None:  # into the standardised space: w_s = w·σ, b_s = b + w·μ
@@ -501,8 +550,10 @@ def _fit_chunk(Xtr, mtr, ytr, Xte, mte, yte, family, C, slices, l2, max_iter, to
                 start = (W0 * sd[:, None, None], b0 + torch.einsum("pkcd,pd->pkc", W0, mu), has)
             else:
                 start = (W0 * sd[:, None], b0 + torch.einsum("pkd,pd->pk", W0, mu), has)
-        Ws, bs, class_off, n_iter = fit_logistic(Xs, wtr, ytr, kind, C, gram, l2, max_iter, tol, start=start)
-        metrics = _eval_logistic(Xts, Ws, bs, class_off, yte, mte, wte, kind, C, slices)
+        penalty = l2 if options.C is None else 1.0 / (options.C * n_tr)  # sklearn's C: λ = 1/(C·n) per pair
+        Ws, bs, class_off, n_iter = fit_logistic(Xs, wtr, ytr, kind, C, gram, penalty, max_iter, tol, start=start)
+        live = _varying_outputs(ytr, wtr, kind, C) if options.drop_constant_outputs else None
+        metrics = _eval_logistic(Xts, Ws, bs, class_off, yte, mte, wte, kind, C, slices, live)
     # back to the original activation space: w·(x−μ)/σ + b_s = (w/σ)·x + (b_s − (w/σ)·μ)
     if family == "softmax":
         k = ytr.shape[2]
@@ -511,12 +562,30 @@ def _fit_chunk(Xtr, mtr, ytr, Xte, mte, yte, family, C, slices, l2, max_iter, to
     else:
         W = Ws / sd[:, None]
         b = bs - torch.einsum("pkd,pd->pk", W, mu)
-    return {"weight": W.cpu(), "bias": b.cpu(), "n_train": n_tr.cpu().double().numpy(), "n_iter": n_iter,
-            "metrics": metrics}
+    out = {"weight": W.cpu(), "bias": b.cpu(), "n_train": n_tr.cpu().double().numpy(), "n_iter": n_iter,
+           "metrics": metrics}
+    if options.train_metrics and family != "ridge":
+        # the solver has overwritten Xtr: the probe-train activations are gathered again (``_fit_group``)
+        out["train_loss"] = lambda X: _eval_logistic(X, W.reshape(P, -1, d), b.reshape(P, -1), class_off, ytr, mtr,
+                                                     wtr, kind, C, slices, live)
+    return out
 
 
-def _eval_logistic(X, W, b, class_off, y, m, w, kind, C, slices):
-    """Test metrics of each feature (a slice of the outputs / variables)."""
+def _varying_outputs(y, w, kind, C) -> torch.Tensor:
+    """(P, K): the outputs (sigmoid) or variables (softmax) that are not constant on each pair's
+    probe-train examples (weights ``w`` > 0)."""
+    if kind == "categorical":
+        seen = torch.zeros(*y.shape[:1], y.shape[2], C, device=y.device)
+        seen.scatter_add_(2, y.long().transpose(1, 2), (w > 0).float()[:, None, :].expand(-1, y.shape[2], -1))
+        return (seen > 0).sum(-1) > 1
+    seen = (w > 0).float()
+    ones = torch.einsum("pn,pnk->pk", seen, y.float())  # counts of whole numbers: exact in float32
+    return (ones > 0) & (ones < seen.sum(1)[:, None])
+
+
+def _eval_logistic(X, W, b, class_off, y, m, w, kind, C, slices, live=None):
+    """Metrics of each feature (a slice of the outputs / variables) on the examples of X (weights ``w``);
+    ``live`` (P, K): the outputs to average over (None: all)."""
     P, N, d = X.shape
     Z = torch.baddbmm(b[:, None, :], X, W.transpose(1, 2))
     if kind == "categorical":
@@ -533,17 +602,21 @@ def _eval_logistic(X, W, b, class_off, y, m, w, kind, C, slices):
     n = m.float().sum(1)
     n_np = n.double().cpu().numpy()
     per_output_all = torch.einsum("pn,pnk->pk", w, correct)
+    weight = torch.ones_like(per_output_all) if live is None else live.float()  # (P, K)
+    if live is not None:
+        per_output_all = per_output_all.masked_fill(~live, float("nan"))
     out = []
     for sl in slices:
-        k = sl.stop - sl.start
-        ex_acc = correct[..., sl].mean(-1)  # (P, N): each test example's mean correctness over outputs
+        share = weight[:, sl] / weight[:, sl].sum(1, keepdim=True).clamp(min=1)  # each output's share of the mean
+        k_live = weight[:, sl].sum(1).double().cpu().numpy()
+        ex_acc = torch.einsum("pnk,pk->pn", correct[..., sl], share)  # (P, N): each example's mean correctness
         acc = (w * ex_acc).sum(1)
-        logloss = (w * nll[..., sl].mean(-1)).sum(1)
+        logloss = (w * torch.einsum("pnk,pk->pn", nll[..., sl], share)).sum(1)
         var = (w * (ex_acc - acc[:, None]) ** 2).sum(1) * n / (n - 1).clamp(min=1)
         acc_np, var_np = acc.double().cpu().numpy(), var.double().cpu().numpy()
         pq = acc_np * (1 - acc_np)
-        n_eff = np.where(var_np > 1e-12, n_np * pq / np.maximum(var_np, 1e-12), n_np * k)
-        n_eff = np.clip(n_eff, np.minimum(n_np, 1), n_np * k)
+        n_eff = np.where(var_np > 1e-12, n_np * pq / np.maximum(var_np, 1e-12), n_np * k_live)
+        n_eff = np.clip(n_eff, np.minimum(n_np, 1), np.maximum(n_np * k_live, 1))
         lo, hi = wilson_interval(acc_np, n_eff)
         out.append({"acc": acc_np, "logloss": logloss.double().cpu().numpy(), "acc_lo": lo, "acc_hi": hi,
                     "n_test": n_np, "per_output": per_output_all[:, sl].double().cpu().numpy()})

@@ -9,6 +9,14 @@ The configuration was chosen by experiment (benchmarks/demo_search.py) for a cle
 transition on a 2-core CPU across seeds: 1,500 steps at lr 5e-4 (the plateau's end varies with the CPU;
 1,500 steps leave room after the drop on every machine tried). A shorter run (1,000 steps, lr 7e-4 or
 1e-3) told the story on some seeds only (benchmarks/results/cpu-engine/).
+
+``preset="paper"`` (``quietlab demo --preset paper``) tells the same story under the quiet-feature study's
+protocol: the same task size, model size, learning rate and length, but the paper's addition (``=`` is a
+target), model, recipe and fp32; after training, DEMO_PAPER_CHECKPOINTS checkpoints are probed with the
+study's probes (10,000 + 1,000 fresh examples each, C = 100 on raw block outputs, a separately initialised
+random model as the baseline) and the feature is ablated by its protocol on its 1,000 probe-test
+examples. The configuration was tuned for the quietlab preset, not for this one; the summary says what
+the run shows.
 """
 
 from __future__ import annotations
@@ -33,12 +41,14 @@ DEMO_CONFIG = dict(
 DEMO_PROBES = dict(schedule="log", per_decade=20, probe_examples=1000, max_overhead=0.15)
 #: the feature to ablate when the run finds several quiet ones (the paper's causal claim is on it)
 MAIN_FEATURE = "carry"
+#: checkpoints probed with the study's protocol under the paper preset (each fits 10,000-example probes)
+DEMO_PAPER_CHECKPOINTS = 12
 
 
-def demo_config(seed: int):
+def demo_config(seed: int, preset: str = "quietlab"):
     from ..train.loop import TrainConfig
 
-    return TrainConfig(**DEMO_CONFIG, seed=seed)
+    return TrainConfig(**DEMO_CONFIG, seed=seed, preset=preset)
 
 
 def pick_feature(classes: dict[str, dict]) -> str:
@@ -49,26 +59,38 @@ def pick_feature(classes: dict[str, dict]) -> str:
     return min(quiet, key=lambda k: quiet[k].get("decodable_step") or 0)
 
 
-def run_demo(out: Path, seed: int = 0, progress: bool = True, n_controls: int = 32, log=print) -> list[str]:
-    """Train (or resume), probe, detect, ablate, report; returns the summary sentences."""
+def run_demo(out: Path, seed: int = 0, progress: bool = True, n_controls: int = 32, log=print,
+             preset: str = "quietlab") -> list[str]:
+    """Train (or resume), probe, detect, ablate, report; returns the summary sentences. ``preset``: see the
+    module docstring (a demo folder of the other preset is refused, one line)."""
     from ..interventions.stored import ablate_run
     from ..monitor import Monitor
+    from ..monitor.monitor import probe_run
     from ..report import write_report
     from ..report.summary import summarize
+    from ..train.checkpoint import list_checkpoints
     from ..train.loop import train
+    from ..train.schedule import thin
 
-    cfg = demo_config(seed)
+    cfg = demo_config(seed, preset)
+    cfg.validate()
     folder = RunFolder(out)
     resume = folder.exists()
-    log(f"training {cfg.task} ({cfg.task_sizes['n_bits']}-bit) with the monitor into {out}"
-        + (" (resuming)" if resume else ""))
+    log(f"training {cfg.task} ({cfg.task_sizes['n_bits']}-bit{', paper preset' if cfg.paper else ''}) with the "
+        f"monitor into {out}" + (" (resuming)" if resume else ""))
     monitor = Monitor(**DEMO_PROBES)
     train(cfg, out, hooks=monitor, progress=progress, resume=resume)
 
+    if cfg.paper:
+        steps = thin(list_checkpoints(out), DEMO_PAPER_CHECKPOINTS)
+        log(f"probing {len(steps)} checkpoints with the paper's protocol (10,000 + 1,000 fresh examples, C = 100 on "
+            f"the block outputs) and a separately initialised random model")
+        probe_run(out, steps=steps)
     with folder.store(readonly=True) as store:
         classes = store.results("feature_class")
     feature = pick_feature(classes)
-    log(f"ablating `{feature}` against {n_controls} random directions")
-    ablate_run(out, [feature], method="boundary", n_eval=500, n_controls=n_controls, seed=seed)
+    log(f"ablating `{feature}` against {n_controls} random directions"
+        + (" (the paper's protocol)" if cfg.paper else ""))
+    ablate_run(out, [feature], method="boundary", n_eval=None if cfg.paper else 500, n_controls=n_controls, seed=seed)
     report = write_report([out], folder.report_path)
     return summarize(out) + [f"Report: {report}"]

@@ -182,12 +182,14 @@ def _table(header: list[str], rows: list[list], num_cols: set[int] = frozenset()
 # figures for one run
 def loss_figure(rd: D.RunData) -> dict | None:
     loss = [(n, rd.curve(n)) for n in ("train/loss", "eval/loss") if rd.curve(n)[0]]
-    acc = [(n, rd.curve(n)) for n in ("eval/exact_match", "eval/token_acc") if rd.curve(n)[0]]
+    acc = [(n, rd.curve(n)) for n in ("eval/exact_match", "eval/exact_match_given_eq", "eval/token_acc")
+           if rd.curve(n)[0]]
     if not loss and not acc:
         return None
     traces = []
     style = {"train/loss": ("#9ecae1", 1.2), "eval/loss": ("#1f77b4", 2.4),
-             "eval/exact_match": ("#d62728", 2.4), "eval/token_acc": ("#ff9896", 1.5)}
+             "eval/exact_match": ("#d62728", 2.4), "eval/exact_match_given_eq": ("#e377c2", 1.5),
+             "eval/token_acc": ("#ff9896", 1.5)}
     two = bool(loss and acc)
     for n, (x, y) in loss:
         traces.append(_line(x, y, n, style[n][0], line={"width": style[n][1]}, xaxis="x", yaxis="y"))
@@ -544,15 +546,27 @@ def run_sections(rd: D.RunData, ids: _Ids, heading_prefix: str = "") -> str:
                      'Thick lines and ★: quiet features, decodable before the loss drops.</p>')
         parts.append(_plot(fig, ids("features"), 520))
         rows = []
+        paper = rd.feature_classes_paper
         for c in curves:
             fc = rd.feature_classes.get(c.feature, {})
-            rows.append([c.feature, fc.get("class", "—"), c.layer, c.metric,
-                         S.fmt_step(fc.get("decodable_step")) if D.finite(fc.get("decodable_step")) else "—",
-                         S.fmt_score(c.baseline, c.metric) if c.baseline is not None else "—",
-                         S.fmt_score(fc.get("acc_before_transition"), c.metric) if D.finite(fc.get("acc_before_transition")) else "—",
-                         S.fmt_score(c.values[-1], c.metric)])
-        parts.append(_table(["feature", "class", "best layer", "metric", "decodable from step", "random init",
-                             "before transition", "last probe"], rows, num_cols={2, 4, 5, 6, 7}))
+            row = [c.feature, fc.get("class", "—"), c.layer, c.metric,
+                   S.fmt_step(fc.get("decodable_step")) if D.finite(fc.get("decodable_step")) else "—",
+                   S.fmt_score(c.baseline, c.metric) if c.baseline is not None else "—",
+                   S.fmt_score(fc.get("acc_before_transition"), c.metric) if D.finite(fc.get("acc_before_transition")) else "—",
+                   S.fmt_score(c.values[-1], c.metric)]
+            if paper:
+                pc = paper.get(c.feature, {})
+                row += [pc.get("class", "—"), S.fmt_num(pc.get("loss_before_transition")), S.fmt_num(pc.get("loss_final")),
+                        S.fmt_num(pc.get("baseline_loss"))]
+            rows.append(row)
+        header = ["feature", "class", "best layer", "metric", "decodable from step", "random init",
+                  "before transition", "last probe"]
+        if paper:
+            header += ["paper: class", "paper: log-loss before transition", "at the end", "random model"]
+            parts.append('<p class="note">The paper\'s metric (this run was probed with its protocol): at each position '
+                         'the test log-loss (MSE for scalars) of the layer with the lowest probe-train loss, geometric mean '
+                         'over positions, against the same probes on a separately initialised random model.</p>')
+        parts.append(_table(header, rows, num_cols={2, 4, 5, 6, 7, 9, 10, 11}))
         parts.append(f"<h3>{hp}Probe score by layer and position</h3>")
         parts.append('<p class="note">Move the slider to see the probes at each probed step; it opens on the last step '
                      'before the drop. Empty cells: the feature is not defined there.</p>')
@@ -570,7 +584,10 @@ def run_sections(rd: D.RunData, ids: _Ids, heading_prefix: str = "") -> str:
     if fig:
         parts.append('<p class="note">Each feature\'s probe direction is removed from the residual stream at its best '
                      'layer; the control removes random directions at the same places, scaled to move the activations '
-                     'as far (the same mean ‖Δx‖ at each position, shown beside each). Whiskers: 95% intervals.</p>')
+                     'as far (the same mean ‖Δx‖ at each position, shown beside each); under the paper\'s protocol '
+                     '(a run of the paper preset) the step is x − Σ_v (ŵ_v·x + b̂_v) ŵ_v with unit probe rows and the '
+                     'controls are unit Gaussian directions keeping the probe\'s bias, not scaled. Whiskers: 95% '
+                     'intervals.</p>')
         parts.append(_plot(fig, ids("ablation"), 420))
         rows = []
         for a in D.ordered_ablations(rd):

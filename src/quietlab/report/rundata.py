@@ -44,6 +44,7 @@ class RunData:
     transitions: dict[str, list[dict]] = field(default_factory=dict)
     events: list[dict] = field(default_factory=list)
     feature_classes: dict[str, dict] = field(default_factory=dict)
+    feature_classes_paper: dict[str, dict] = field(default_factory=dict)  # by the study's metric (paper runs)
     ablations: dict[str, dict] = field(default_factory=dict)
     has_store: bool = False
 
@@ -100,6 +101,8 @@ def load_run(run: Path | str | RunData) -> RunData:
                 key=lambda e: (num(e.get("step"), math.inf), str(e.get("kind"))),
             )
             rd.feature_classes = {k: v for k, v in store.results("feature_class").items() if isinstance(v, dict)}
+            rd.feature_classes_paper = {k: v for k, v in store.results("feature_class_paper").items()
+                                        if isinstance(v, dict)}
             rd.ablations = {k: v for k, v in store.results("ablation").items() if isinstance(v, dict)}
     return rd
 

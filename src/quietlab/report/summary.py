@@ -135,6 +135,9 @@ def _loss_sentences(rd: RunData) -> list[str]:
         best = max(em)
         if best > em[-1] + 0.02:
             text += f" (best {fmt_pct(best)})"
+        given = rd.curve("eval/exact_match_given_eq")[1]
+        if given:  # the paper preset: the model also had to emit '='
+            text += f", the model emitting `=` itself as the paper scores it; {fmt_pct(given[-1])} with `=` given"
         tok = rd.curve("eval/token_acc")[1]
         if tok:
             text += f"; token accuracy {fmt_pct(tok[-1])}"
@@ -194,6 +197,26 @@ def _probe_only_sentence(rd: RunData, feature: str) -> str | None:
     return text + "; not classified as quiet or loud (no feature_class result)."
 
 
+def _paper_feature_sentence(feature: str, pc: dict) -> str:
+    """A feature classified by the study's metric (``feature_class_paper``)."""
+    metric = "MSE" if pc.get("metric") == "mse" else "log-loss"
+    text = f"`{feature}` by the paper's metric ({pc.get('class', '?')})"
+    if finite(pc.get("decodable_step")):
+        text += f": probe test {metric} below the random model's from step {fmt_step(pc['decodable_step'])}"
+    else:
+        text += f": probe test {metric} never below the random model's"
+    details = []
+    if finite(pc.get("loss_before_transition")):
+        details.append(f"{fmt_num(pc['loss_before_transition'])} just before the transition")
+    if finite(pc.get("loss_final")):
+        details.append(f"{fmt_num(pc['loss_final'])} at the end")
+    if finite(pc.get("baseline_loss")):
+        details.append(f"random model {fmt_num(pc['baseline_loss'])}")
+    if details:
+        text += " (" + ", ".join(details) + "; geometric mean over positions, layer chosen by probe-train loss)"
+    return text + "."
+
+
 def fmt_ci(ci) -> str:
     if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(finite(x) for x in ci):
         return f"95% CI {ci[0]:.0f}–{ci[1]:.0f}%" if max(abs(ci[0]), abs(ci[1])) >= 10 else f"95% CI {ci[0]:.1f}–{ci[1]:.1f}%"
@@ -224,6 +247,11 @@ def _ablation_sentence(a: dict) -> str:
         text += f"; mean ‖Δx‖ {fmt_num(a['edit_size'])}"
         if finite(a.get("control_edit_size")):
             text += f", random directions {fmt_num(a['control_edit_size'])}"
+    if finite(a.get("baseline_acc_given_eq")):
+        text += (f"; with `=` given: {fmt_pct(a['baseline_acc_given_eq'])} → {fmt_pct(a.get('ablated_acc_given_eq'))}"
+                 f" (random directions {fmt_pct(a.get('control_acc_given_eq'))})")
+    if a.get("protocol") == "paper":
+        text += "; the paper's protocol"
     return text + "."
 
 
@@ -263,6 +291,7 @@ def summarize(run: Path | str | RunData) -> list[str]:
         key=lambda kv: (CLASS_ORDER.get(kv[1].get("class"), 3), num(kv[1].get("decodable_step"), math.inf), kv[0]),
     )
     out += [_feature_sentence(rd, f, fc, transitions) for f, fc in classes]
+    out += [_paper_feature_sentence(f, pc) for f, pc in sorted(rd.feature_classes_paper.items())]
     for f in probe_features(rd):
         if f not in rd.feature_classes and (s := _probe_only_sentence(rd, f)):
             out.append(s)

@@ -57,13 +57,16 @@ class RunConfig:
     steps: int | None
 
     def describe(self) -> str:
-        """E.g. "`addition` (n_bits=8); d_model 128 × 4 layers, 4 heads; softmax attention; seed 0"."""
+        """E.g. "`addition` (n_bits=8); d_model 128 × 4 layers, 4 heads; softmax attention; seed 0" (and the
+        preset when it is the paper's)."""
         t, m = self.train, self.model
         sizes = ", ".join(f"{k}={v}" for k, v in t.task_sizes.items())
         task = f"`{t.task}`" + (f" ({sizes})" if sizes else " (default sizes)")
         layers = "layer" if m.n_layers == 1 else "layers"
         heads = "head" if m.n_heads == 1 else "heads"
-        return f"{task}; d_model {m.d_model} × {m.n_layers} {layers}, {m.n_heads} {heads}; {m.attention} attention; seed {t.seed}"
+        preset = "; the paper preset (the study's task, model and recipe)" if t.preset == "paper" else ""
+        return (f"{task}; d_model {m.d_model} × {m.n_layers} {layers}, {m.n_heads} {heads}; {m.attention} attention; "
+                f"seed {t.seed}{preset}")
 
 
 class RunFolder:

@@ -10,7 +10,9 @@ Tables (readable with any SQLite client):
                                                     is step 0; fit: "online" (the Monitor, while training)
                                                     or "checkpoint" (``quietlab probe``, re-fitted later)
   results(kind, key, step, json)                    structured results: transitions, feature classes,
-                                                    ablations, events ("plateau since", "transition at")
+                                                    ablations, events ("plateau since", "transition at");
+                                                    for runs of the paper preset also paper_baseline (the
+                                                    random model's probes) and feature_class_paper
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Spec (a list is an axis of the grid, a scalar is fixed):
 
     task = "addition"            # or  tasks = ["addition", "bfs"]  or  [[tasks]] tables, each with its
     sizes = { n_bits = 8 }       #     own task, sizes and any other key (per-task sizes and axes)
-    preset = "quietlab"          # one more axis
+    preset = "quietlab"          # one more axis: quietlab or paper (the study's tasks and recipe)
     d_model = [32, 64]
     layers = [2]                 # CLI names (layers, heads) or TrainConfig names (n_layers, n_heads)
     lr = [1e-3, 3e-3]
@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..train.loop import RESUMABLE_CHANGES, TrainConfig
+from ..train.loop import PRESETS, RESUMABLE_CHANGES, TrainConfig
 
 try:
     import tomllib
@@ -46,18 +46,20 @@ except ModuleNotFoundError:  # Python 3.10
 
 ALIASES = {"layers": "n_layers", "heads": "n_heads", "sizes": "task_sizes"}
 SWEEP_KEYS = ("pack_size", "min_steps", "max_steps")
-PRESETS = ("quietlab",)  # the presets this TrainConfig knows when it has no ``preset`` field of its own
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _TASK_ENTRY_KEYS = ("task", "name")
 
 
 @dataclass
 class RunSpec:
-    """One run of the grid: its id, its TrainConfig, its preset and where its folder goes."""
+    """One run of the grid: its id, its TrainConfig (with its preset) and where its folder goes."""
 
     run_id: str
     cfg: TrainConfig
-    preset: str
+
+    @property
+    def preset(self) -> str:
+        return self.cfg.preset
 
     @property
     def folder_name(self) -> str:
@@ -125,9 +127,9 @@ def _task_entries(spec: dict) -> list[dict]:
     return entries
 
 
-def _run_id(cfg: TrainConfig, preset: str) -> str:
-    settings = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES}
-    blob = json.dumps({**settings, "preset": preset}, sort_keys=True, default=str)
+def _run_id(cfg: TrainConfig) -> str:
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES}  # the preset included
+    blob = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 
@@ -138,11 +140,11 @@ def expand_spec(spec: dict) -> tuple[list[RunSpec], dict]:
     settings = {"pack_size": 64, "min_steps": None, "max_steps": None}
     runs: list[RunSpec] = []
     seen = set()
-    known = set(_FIELDS) | set(ALIASES) | {"preset", "tasks"} | set(SWEEP_KEYS)
+    known = set(_FIELDS) | set(ALIASES) | {"tasks"} | set(SWEEP_KEYS)
     for key in spec:
         if key not in known or key in ("task_sizes",):
             raise _key_error(key, "unknown key; known keys: task, tasks, sizes, preset, layers, heads, "
-                             + ", ".join(sorted(k for k in _FIELDS if k not in ("task", "task_sizes", "n_layers", "n_heads")))
+                             + ", ".join(sorted(k for k in _FIELDS if k not in ("task", "task_sizes", "preset", "n_layers", "n_heads")))
                              + ", pack_size, min_steps, max_steps")
     for key in SWEEP_KEYS:
         if key in spec:
@@ -165,22 +167,18 @@ def expand_spec(spec: dict) -> tuple[list[RunSpec], dict]:
         axes = [[(name, v) for v in _axes(key, entry[key])] for key, name in named]
         for size_combo in itertools.product(*size_axes):
             for combo in itertools.product(*axes):
-                fields = dict(combo)
-                preset = fields.pop("preset", "quietlab")
-                if "preset" in _FIELDS:
-                    fields["preset"] = preset
-                elif preset not in PRESETS:
-                    raise _key_error("preset", f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-                cfg = TrainConfig(**{**fields, "task_sizes": dict(size_combo)})
+                cfg = TrainConfig(**{**dict(combo), "task_sizes": dict(size_combo)})
+                if cfg.preset not in PRESETS:
+                    raise _key_error("preset", f"unknown preset {cfg.preset!r}; known: {', '.join(PRESETS)}")
                 try:
                     cfg.validate()
                     cfg.build_task()
                 except ValueError as exc:
                     raise ValueError(f"spec ({cfg.task}): {exc}") from None
-                run_id = _run_id(cfg, preset)
+                run_id = _run_id(cfg)
                 if run_id not in seen:
                     seen.add(run_id)
-                    runs.append(RunSpec(run_id, cfg, preset))
+                    runs.append(RunSpec(run_id, cfg))
     return runs, settings
 
 
@@ -201,9 +199,9 @@ def load_spec(path) -> tuple[list[RunSpec], dict, str]:
 # ------------------------------------------------------------------------------------------------
 # the results table
 
-SETTING_COLUMNS = [("preset", "TEXT")] + [
+SETTING_COLUMNS = [
     (name, "REAL" if f.type in ("float", "float | None") else "INTEGER" if f.type in ("int", "int | None", "bool") else "TEXT")
-    for name, f in _FIELDS.items() if name != "preset"  # a TrainConfig with its own preset field: one column
+    for name, f in _FIELDS.items()
 ]
 RESULT_COLUMNS = [
     ("total_steps", "INTEGER"), ("train_flops", "REAL"), ("budget", "REAL"), ("params", "INTEGER"),
@@ -240,7 +238,7 @@ class SweepTable:
 
     def add(self, run: RunSpec, run_dir: Path) -> None:
         """Register a run as pending (a run already in the table keeps its status)."""
-        row = {"run_id": run.run_id, "run_dir": str(run_dir), "status": "pending", "preset": run.preset}
+        row = {"run_id": run.run_id, "run_dir": str(run_dir), "status": "pending"}
         for name, value in run.cfg.to_dict().items():
             row[name] = json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
         for k, v in run.cfg.task_sizes.items():  # each size also as its own column: size_n_bits, ...
@@ -413,13 +411,12 @@ def _within_steps(runs: list[RunSpec], lo: int | None, hi: int | None) -> tuple[
     """The runs whose length in steps lies in [lo, hi] (a bound of None: no bound), and how many were left out."""
     if lo is None and hi is None:
         return runs, 0
-    from ..train.budget import flops_per_step
-
     kept = []
     for r in runs:
-        task = r.cfg.build_task()
-        steps = r.cfg.steps if r.cfg.steps is not None else int(
-            r.cfg.flops // flops_per_step(r.cfg.model_config(task), r.cfg.batch_size, task.seq_len))
+        try:
+            steps = r.cfg.total_steps(r.cfg.build_task())
+        except ValueError:  # a budget under one step
+            steps = 0
         if (lo is None or steps >= lo) and (hi is None or steps <= hi):
             kept.append(r)
     return kept, len(runs) - len(kept)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import register
-from .base import PAD, Batch, FeatureRecorder, Knob
+from .base import PAD, Batch, Feature, FeatureRecorder, Knob
 from .graph_sampling import isomorphism_invariant, uniform_connected_graphs
 from .graphs import (BFS, LETTERS, MST, GraphTask, ShortestPath, TopologicalSort, _bfs_distances,
                      _first, _merge, _node_bits, _pair_index, _row, _set)
@@ -119,14 +119,26 @@ class PaperBFS(PaperGraphTask):
     endpoints = ("source",)
     description = "breadth-first visit order (source, edges = order), neighbours ascending; the paper's graphs"
     feature_docs = {
-        "queue": "multilabel: queue membership after expanding the node at t0+1+r (r<n-1 in the paper; "
-        "here also r=n-1, empty, and at '=': {source}) (quiet in the paper)",
+        "queue": "multilabel: queue membership after expanding the node at t0+1+r, r < n-1: the paper's "
+        "positions (quiet in the paper)",
         "visited": BFS.feature_docs["visited"],
         "adjacency_list": "multilabel: adjacency row of the node at t0+1+r (loud in the paper)",
         "depth": BFS.feature_docs["depth"],
         "parent": BFS.feature_docs["parent"],
     }
     _solve = BFS._solve
+
+    def _build(self, inputs: dict[str, np.ndarray]) -> Batch:
+        """quietlab's BFS labels ``queue`` also at '=' ({source}) and after the last node (empty); the paper
+        probes and ablates it after nodes r < n-1 only, so those two positions are left out here."""
+        batch = super()._build(inputs)
+        queue = batch.features["queue"]
+        mask = queue.mask.copy()  # shared with `visited`, which keeps its own positions
+        rows, eq = np.arange(len(mask)), batch.answer_start
+        mask[rows, eq] = mask[rows, eq + self.n_nodes] = False
+        features = {**batch.features, "queue": Feature(queue.values, mask, queue.kind, queue.n_classes,
+                                                       queue.description)}
+        return Batch(batch.tokens, batch.loss_mask, features)
 
 
 @register

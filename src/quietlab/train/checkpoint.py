@@ -181,9 +181,7 @@ def remove_stale_temp_files(run_dir) -> None:
 
 def load_run(run_dir, step: int | None = None, device="cpu"):
     """(model, task, cfg, step) of a trained run: the model of checkpoint ``step`` (default: the last),
-    in eval mode on ``device``; the task it was trained on; its TrainConfig."""
-    from ..tasks import get_task
-
+    in eval mode on ``device``; the task it was trained on (of the run's preset); its TrainConfig."""
     folder = RunFolder(run_dir)
     if not folder.path.exists():
         raise FileNotFoundError(f"no run folder at {folder.path}")
@@ -200,7 +198,7 @@ def load_run(run_dir, step: int | None = None, device="cpu"):
         payload = load_checkpoint(folder.checkpoint_path(step), map_location="cpu")
     run_config = folder.config()
     cfg = run_config.train
-    task = get_task(cfg.task, **cfg.task_sizes)
+    task = cfg.build_task()
     model = Transformer(run_config.model)
     model.load_state_dict(payload["model"])
     model.to(device).eval()

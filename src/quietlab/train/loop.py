@@ -3,6 +3,12 @@
     cfg = TrainConfig(task="addition", task_sizes={"n_bits": 8}, d_model=64, steps=2000)
     final = train(cfg, "runs/add8")                    # dict of the last evaluation's metrics and more
     final = train(cfg, "runs/add8", resume=True)       # after a kill: continue from the last checkpoint
+    cfg = TrainConfig(task="addition", preset="paper", d_model=64, flops=1e12)   # the study as its code ran
+
+Presets (``TrainConfig.preset``, docs/presets.md): ``quietlab`` (default) and ``paper``, which takes the
+quiet-feature study's tasks (``get_task(..., preset="paper")``), model (``models.paper``), weight decay on
+every parameter, fp32, learning-rate schedule (``paper_lr_at``) and FLOPs/steps accounting
+(``paper_steps_for_flops``). The preset is saved in config.json like every other setting.
 
 Step numbering: step k is the model after k optimizer updates; step 0 is the untrained model, which is
 always evaluated and checkpointed (the monitor's random-init baseline). ``train/loss`` at step k is the
@@ -17,8 +23,9 @@ Metrics logged to metrics.sqlite: train/loss, train/lr, train/tokens, train/flop
 training time since the last flush, evaluations and checkpoints left out) and train/elapsed_s (wall
 seconds since the loop started, everything included), train/first_step_s (wall seconds of the first
 step, compilation included), train/eval_s and train/checkpoint_s (the loop's wall seconds spent so far
-on evaluations and on checkpoints: the state's copy; the writing runs beside training), and eval/loss, eval/token_acc, eval/pos_acc/{i},
-eval/exact_match at each evaluation (see evaluate.py).
+on evaluations and on checkpoints: the state's copy; the writing runs beside training), and eval/loss,
+eval/token_acc, eval/pos_acc/{i}, eval/exact_match (and under the paper preset eval/exact_match_given_eq)
+at each evaluation (see evaluate.py).
 
 Schedules (schedule.py): by default the evaluations are step 0, the last step, ``eval_per_decade``
 log-spaced steps per decade and about 50 evenly spaced ones, thinned evenly so that their estimated
@@ -52,12 +59,17 @@ from ..models.attention import NORM_FORMS, VARIANTS
 from ..models.transformer import Transformer, TransformerConfig
 from ..runs.folder import RunFolder
 from ..runs.lock import LOCK_NAME, RunLock
-from .budget import flops_per_step, flops_per_token, non_embedding_params, steps_for_flops
+from .budget import (flops_per_step, flops_per_token, mean_context, non_embedding_params, paper_flops_per_token,
+                     paper_steps_for_flops, steps_for_flops)
 from .checkpoint import CheckpointWriter, latest_checkpoint, remove_stale_temp_files, set_rng_state
 from .evaluate import evaluate, masked_loss
-from .schedule import budgeted_steps, lr_at, make_optimizer, schedule_steps, set_lr
+from .schedule import budgeted_steps, lr_at, make_optimizer, paper_lr_at, schedule_steps, set_lr
 
 DTYPES = ("auto", "fp32", "bf16")
+#: quietlab's own recipe, or the quiet-feature study's as its released code ran it (docs/presets.md)
+PRESETS = ("quietlab", "paper")
+#: examples whose mean length is the paper preset's context ``ctx`` (PAPER_PROTOCOL §3: 128 val examples)
+PAPER_CTX_EXAMPLES = 128
 # Settings that may differ when a run is resumed (they change speed, not what is trained).
 RESUMABLE_CHANGES = ("device", "dtype", "compile")
 #: the default evaluations' estimated cost as a fraction of the training compute (see above)
@@ -109,6 +121,7 @@ class TrainConfig:
     # task
     task: str = "addition"
     task_sizes: dict = field(default_factory=dict)
+    preset: str = "quietlab"  # quietlab | paper: tasks, model, recipe and accounting of the quiet-feature study
     # model (TransformerConfig's fields; vocab_size and seq_len come from the task)
     d_model: int = 128
     n_layers: int = 4
@@ -156,6 +169,11 @@ class TrainConfig:
     def validate(self) -> None:
         """A ValueError naming the first bad setting and what is allowed."""
         self.check_types()
+        if self.preset not in PRESETS:
+            raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+        if self.preset == "paper" and (self.warmup_fraction, self.min_lr_fraction) != (0.1, 0.1):
+            raise ValueError("the paper preset's learning-rate schedule is fixed (10% warm-up from 0.01·lr, cosine "
+                             "to 0.1·lr): leave warmup_fraction and min_lr_fraction at 0.1")
         if (self.steps is None) == (self.flops is None):
             raise ValueError("give the length of training as steps (--steps) or as a FLOPs budget (--flops), not both"
                              if self.steps is not None else "give --steps or --flops")
@@ -213,19 +231,63 @@ class TrainConfig:
     def build_task(self):
         from ..tasks import get_task
 
-        return get_task(self.task, **self.task_sizes)
+        return get_task(self.task, preset=self.preset, **self.task_sizes)
+
+    @property
+    def paper(self) -> bool:
+        return self.preset == "paper"
 
     def model_config(self, task) -> TransformerConfig:
-        return TransformerConfig(
-            vocab_size=len(task.vocab), seq_len=task.seq_len, d_model=self.d_model, n_layers=self.n_layers,
-            n_heads=self.n_heads, d_mlp=self.d_mlp, attention=self.attention, tau=self.tau,
-            norm_form=self.norm_form, heat_start=self.heat_start, heat_fraction=self.heat_fraction,
-        )
+        """The model: quietlab's Transformer++, or under the paper preset the study's (PyTorch's default
+        initialisation, RMSNorm eps 1e-5, interleaved RoPE, SwiGLU hidden int(8d/3) rounded up to even)."""
+        options = dict(n_heads=self.n_heads, attention=self.attention, tau=self.tau, norm_form=self.norm_form,
+                       heat_start=self.heat_start, heat_fraction=self.heat_fraction)
+        if self.paper:
+            from ..models.paper import paper_config
+
+            if self.d_mlp is not None:
+                options["d_mlp"] = self.d_mlp
+            return paper_config(len(task.vocab), task.seq_len, self.d_model, self.n_layers, **options)
+        return TransformerConfig(vocab_size=len(task.vocab), seq_len=task.seq_len, d_model=self.d_model,
+                                 n_layers=self.n_layers, d_mlp=self.d_mlp, **options)
+
+    def context(self, task) -> float:
+        """The paper preset's ctx: the mean tokens through the first end token of PAPER_CTX_EXAMPLES held-out
+        examples, drawn with the seed of the run's evaluation batch (the study used 128 of its val set)."""
+        return mean_context(task.sample(PAPER_CTX_EXAMPLES, seed=derive_seed(self.seed, _EVAL), split="test"))
 
     def total_steps(self, task) -> int:
         if self.steps is not None:
             return int(self.steps)
+        if self.paper:
+            return paper_steps_for_flops(self.flops, self.n_layers, self.d_model, self.context(task), self.batch_size)
         return steps_for_flops(self.flops, self.model_config(task), self.batch_size, task.seq_len)
+
+    def flops_accounting(self, task) -> tuple[float, float]:
+        """(training FLOPs per token, per step) as the preset counts them: quietlab's 6·N + 6·L·seq_len·d on
+        every token of the padded examples (budget.py); the paper's 6·(12·L·d² + L·ctx·d) on ctx tokens per
+        example."""
+        if self.paper:
+            ctx = self.context(task)
+            per_token = 6 * paper_flops_per_token(self.n_layers, self.d_model, ctx)
+            return per_token, per_token * ctx * self.batch_size
+        model_cfg = self.model_config(task)
+        return flops_per_token(model_cfg), flops_per_step(model_cfg, self.batch_size, task.seq_len)
+
+    def lr_at(self, step: int, total: int) -> float:
+        """The learning rate of update ``step`` (0-based) of ``total`` (schedule.py)."""
+        if self.paper:
+            return paper_lr_at(step, total, self.lr)
+        return lr_at(step, total, self.lr, self.warmup_fraction, self.min_lr_fraction)
+
+    def make_optimizer(self, model) -> torch.optim.AdamW:
+        """AdamW; weight decay on linear-layer matrices only, or under the paper preset on every parameter."""
+        return make_optimizer(model, self.lr, self.weight_decay, (self.beta1, self.beta2), decay_all=self.paper)
+
+    def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
+        """The autocast dtype (None: plain fp32); ``auto`` is bf16 on CUDA, except under the paper preset,
+        which trains in fp32 as the study did."""
+        return resolve_dtype("fp32" if self.paper and self.dtype == "auto" else self.dtype, device)
 
 
 def _flag(name: str) -> str:
@@ -244,6 +306,14 @@ def resolve_device(device: str) -> torch.device:
     if dev.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
     return dev
+
+
+def set_matmul_precision(cfg: TrainConfig, device: torch.device) -> None:
+    """On CUDA, TF32 matrix products for quietlab's runs; the paper preset's fp32 keeps PyTorch's default
+    full-precision float32 products, as the study's code ran."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = not cfg.paper
+        torch.backends.cudnn.allow_tf32 = not cfg.paper
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
@@ -427,19 +497,17 @@ def _train(cfg: TrainConfig, folder: RunFolder, task, eval_batch, hooks, progres
         check_resumable(folder.read_config(), cfg)
 
     device = resolve_device(cfg.device)
-    amp_dtype = resolve_dtype(cfg.dtype, device)
+    amp_dtype = cfg.autocast_dtype(device)
     model_cfg = cfg.model_config(task)
     total = cfg.total_steps(task)
     run_cfg = dataclasses.replace(cfg, steps=total)
     tokens_per_step = cfg.batch_size * task.seq_len
-    step_flops = flops_per_step(model_cfg, cfg.batch_size, task.seq_len)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    token_flops, step_flops = cfg.flops_accounting(task)
+    set_matmul_precision(cfg, device)
 
     torch.manual_seed(cfg.seed)
     model = Transformer(model_cfg).to(device)
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
+    optimizer = cfg.make_optimizer(model)
 
     ckpt = None
     if resume:
@@ -459,8 +527,9 @@ def _train(cfg: TrainConfig, folder: RunFolder, task, eval_batch, hooks, progres
             "model_config": model_cfg.to_dict(),
             "resolved": {"steps": total, "device": str(device), "autocast": str(amp_dtype or "fp32"),
                          "non_embedding_params": non_embedding_params(model_cfg),
-                         "flops_per_token": flops_per_token(model_cfg), "flops_per_step": step_flops,
-                         "tokens_per_step": tokens_per_step, "seq_len": task.seq_len, "vocab": "".join(task.vocab)},
+                         "flops_per_token": token_flops, "flops_per_step": step_flops,
+                         "tokens_per_step": tokens_per_step, "seq_len": task.seq_len, "vocab": "".join(task.vocab),
+                         **({"ctx": cfg.context(task)} if cfg.paper else {})},
             "hooks": None if hooks is None else type(hooks).__name__,  # None: no monitor, and `--resume` keeps it so
             "torch_version": torch.__version__,
             "quietlab_version": __version__,
@@ -562,7 +631,7 @@ def _train(cfg: TrainConfig, folder: RunFolder, task, eval_batch, hooks, progres
             t_first = time.perf_counter()
             for step in range(start + 1, total + 1):
                 tokens, mask = stream.batch(step)
-                lr = lr_at(step - 1, total, cfg.lr, cfg.warmup_fraction, cfg.min_lr_fraction)
+                lr = cfg.lr_at(step - 1, total)
                 set_lr(optimizer, lr)
                 if cuda_graphs:
                     torch.compiler.cudagraph_mark_step_begin()

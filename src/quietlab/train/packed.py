@@ -317,12 +317,12 @@ def _train_packed(cfgs: Sequence, run_dirs: Sequence, progress: bool, resume: bo
     from .. import __version__
     from ..models.transformer import Transformer
     from ..runs.folder import RunFolder
-    from .budget import flops_per_step, flops_per_token, non_embedding_params
+    from .budget import non_embedding_params
     from .checkpoint import load_checkpoint, remove_stale_temp_files, save_checkpoint
     from .evaluate import evaluate, masked_loss
     from .loop import (_EVAL, ExampleStream, TrainingInterrupted, _progress_bar, _StopRequested, check_resumable,
-                       derive_seed, resolve_device, resolve_dtype)
-    from .schedule import lr_at, make_optimizer, param_groups, schedule_steps
+                       derive_seed, resolve_device, set_matmul_precision)
+    from .schedule import param_groups, schedule_steps
 
     cfgs, run_dirs = list(cfgs), list(run_dirs)
     if len(cfgs) != len(run_dirs) or not cfgs:
@@ -342,13 +342,12 @@ def _train_packed(cfgs: Sequence, run_dirs: Sequence, progress: bool, resume: bo
     c0 = cfgs[0]
     task = c0.build_task()
     device = resolve_device(c0.device)
-    amp_dtype = resolve_dtype(c0.dtype, device)
+    amp_dtype = c0.autocast_dtype(device)
     model_cfg = c0.model_config(task)
     totals = [c.total_steps(task) for c in cfgs]
     tokens_per_step = c0.batch_size * task.seq_len
-    step_flops = flops_per_step(model_cfg, c0.batch_size, task.seq_len)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
+    accounting = [c.flops_accounting(task) for c in cfgs]  # (per token, per step); the paper's ctx is per seed
+    set_matmul_precision(c0, device)
 
     # resume: runs with a checkpoint at their last step are done; the others restart from a common step
     finished = set()
@@ -373,11 +372,11 @@ def _train_packed(cfgs: Sequence, run_dirs: Sequence, progress: bool, resume: bo
         models.append(Transformer(model_cfg).to(device))
     torch.manual_seed(c0.seed)
     scratch = Transformer(model_cfg).to(device)  # reused to evaluate and checkpoint one model at a time
-    template_opt = make_optimizer(scratch, c0.lr, c0.weight_decay, (c0.beta1, c0.beta2))
+    template_opt = c0.make_optimizer(scratch)
     names_by_id = {id(p): k for k, p in scratch.named_parameters()}
     index_names = [names_by_id[id(p)] for g in template_opt.param_groups for p in g["params"]]
     template = template_opt.state_dict()
-    decayed = {names_by_id[id(p)] for p in param_groups(scratch, 1.0)[0]["params"]}
+    decayed = {names_by_id[id(p)] for p in param_groups(scratch, 1.0, decay_all=c0.paper)[0]["params"]}
     del template_opt
 
     autocast = ((lambda: torch.autocast(device.type, dtype=amp_dtype, cache_enabled=False)) if amp_dtype
@@ -419,9 +418,10 @@ def _train_packed(cfgs: Sequence, run_dirs: Sequence, progress: bool, resume: bo
                     "model_config": model_cfg.to_dict(),
                     "resolved": {"steps": totals[i], "device": str(device), "autocast": str(amp_dtype or "fp32"),
                                  "non_embedding_params": non_embedding_params(model_cfg),
-                                 "flops_per_token": flops_per_token(model_cfg), "flops_per_step": step_flops,
+                                 "flops_per_token": accounting[i][0], "flops_per_step": accounting[i][1],
                                  "tokens_per_step": tokens_per_step, "seq_len": task.seq_len,
-                                 "vocab": "".join(task.vocab), "packed_with": n},
+                                 "vocab": "".join(task.vocab), "packed_with": n,
+                                 **({"ctx": cfg.context(task)} if cfg.paper else {})},
                     "torch_version": torch.__version__,
                     "quietlab_version": __version__,
                 })
@@ -447,7 +447,7 @@ def _train_packed(cfgs: Sequence, run_dirs: Sequence, progress: bool, resume: bo
             for (s, _, lrs, runs), losses in zip(pending, values):
                 for i, loss, lr in zip(runs, losses, lrs):
                     rows.setdefault(i, {})[s] = {"train/loss": loss, "train/lr": lr, "train/tokens": s * tokens_per_step,
-                                                 "train/flops": s * step_flops}
+                                                 "train/flops": s * accounting[i][1]}
             pending.clear()
         now = time.perf_counter()
         if clock["steps"]:  # each run advances at the pack's pace
@@ -482,8 +482,7 @@ def _train_packed(cfgs: Sequence, run_dirs: Sequence, progress: bool, resume: bo
         if step not in cache:
             cache.clear()
             last = min(step + 256, max(totals[i] for i in active) + 1)
-            lrs = [[lr_at(s - 1, totals[i], cfgs[i].lr, cfgs[i].warmup_fraction, cfgs[i].min_lr_fraction) for i in active]
-                   for s in range(step, last)]
+            lrs = [[cfgs[i].lr_at(s - 1, totals[i]) for i in active] for s in range(step, last)]
             progress_rows = [[s / totals[i] for i in active] for s in range(step, last)]
             table = torch.tensor([a + b for a, b in zip(lrs, progress_rows)], dtype=torch.float64)
             if device.type == "cuda":
@@ -506,8 +505,7 @@ def _train_packed(cfgs: Sequence, run_dirs: Sequence, progress: bool, resume: bo
                 set_progress(torch.tensor([max(start, 0) / totals[i] for i in active], dtype=torch.float64, device=device))
             if start < 0 and active:
                 evaluate_now(0, active)
-                checkpoint_now(0, active, {i: lr_at(0, totals[i], cfgs[i].lr, cfgs[i].warmup_fraction,
-                                                    cfgs[i].min_lr_fraction) for i in active})
+                checkpoint_now(0, active, {i: cfgs[i].lr_at(0, totals[i]) for i in active})
                 start = 0
             for step in range(start + 1, total_max + 1) if active else ():
                 batches = [streams[i].batch(step) for i in active]
@@ -564,6 +562,6 @@ def _train_packed(cfgs: Sequence, run_dirs: Sequence, progress: bool, resume: bo
             losses = s.series("train/loss")[1]
             last = last_eval.get(i) or {"step": totals[i], **{m: s.series(m)[1][-1] for m in s.metric_names("eval/")}}
         out.append({**last, "train/loss": losses[-1] if losses else None, "steps": totals[i],
-                    "train/tokens": totals[i] * tokens_per_step, "train/flops": totals[i] * step_flops,
+                    "train/tokens": totals[i] * tokens_per_step, "train/flops": totals[i] * accounting[i][1],
                     "wall_s": wall, "run_dir": str(folder.path)})
     return out
