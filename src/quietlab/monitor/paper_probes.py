@@ -38,7 +38,7 @@ from .probes import TRAIN_METRIC, ProbeResult, capture_layers, fit_features, res
 
 PROBE_TRAIN, PROBE_TEST = 10_000, 1_000
 #: fit_features' options for the study's probes: max_iter is scikit-learn's cap for its lbfgs; tol 1e-3 (ten times
-#: tighter than quietlab's default) leaves test log-losses within 1e-3 of scikit-learn's converged fit
+#: tighter than quietlab's default) keeps test log-losses within 0.003 of scikit-learn's converged fit
 #: (tests/test_paper_probes.py)
 PAPER_FIT = dict(C=100.0, l2=0.0, standardize=False, drop_constant_outputs=True, train_metrics=True, max_iter=1000,
                  tol=1e-3)
