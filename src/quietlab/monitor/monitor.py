@@ -266,7 +266,8 @@ class Monitor:
         self.last_probe_step = -1
         self.probe_steps: list[int] | None = []  # None: at every evaluation
         self._probe_set: set[int] = set()
-        self.estimated_probe_cost = 0.0  # training steps per probe step (probe_cost)
+        self.estimated_probe_cost = 0.0  # training steps per probe step of every feature (probe_cost)
+        self._cost_of = None
         self.probe_seconds = 0.0  # in probes (capture + fit + store)
         self.spent = 0.0  # in all of the monitor's hooks
         self.deferred = 0  # scheduled probe steps thinned away by the overhead budget
@@ -282,6 +283,16 @@ class Monitor:
         get = (lambda k, d=None: run_cfg.get(k, d)) if isinstance(run_cfg, dict) else \
             (lambda k, d=None: getattr(run_cfg, k, d))
         seed = get("seed", 0) or 0
+        batch, tokens, features = self.probe_inputs(task, seed)
+        self.task = task
+        p = next(model.parameters())
+        entropy_tokens = torch.as_tensor(batch.tokens[: self.entropy_examples], dtype=torch.long, device=p.device)
+        self.begin(store, TransformerTaps(tokens, entropy_tokens), features, total=get("steps"), seed=seed, t0=t0,
+                   model=model, train_batch_size=get("batch_size", 64) or 64, train_seq_len=task.seq_len)
+
+    def probe_inputs(self, task, seed: int = 0):
+        """(the probe set, a task Batch; its tokens cut after the last position a probed feature is defined
+        at; {name: Feature} of the features probed, cut alike) of a run of ``task`` with ``seed``."""
         batch = probe_set(task, self.probe_examples, seed)
         available = list(batch.features)
         names = available if self.features is None else self.features
@@ -289,12 +300,8 @@ class Monitor:
         if unknown:
             raise ValueError(f"unknown feature(s) {', '.join(map(repr, unknown))} for "
                              f"{getattr(task, 'name', 'this task')}; it has: {', '.join(available) or 'none'}")
-        self.task = task
         tokens, features = trim_to_features(batch.tokens, {n: batch.features[n] for n in names})
-        p = next(model.parameters())
-        entropy_tokens = torch.as_tensor(batch.tokens[: self.entropy_examples], dtype=torch.long, device=p.device)
-        self.begin(store, TransformerTaps(tokens, entropy_tokens), features, total=get("steps"), seed=seed, t0=t0,
-                   model=model, train_batch_size=get("batch_size", 64) or 64, train_seq_len=task.seq_len)
+        return batch, tokens, features
 
     def begin(self, store, taps, features: dict, total: int | None = None, seed: int = 0, t0: float | None = None,
               model=None, train_batch_size: int = 64, train_seq_len: int | None = None) -> None:
@@ -309,13 +316,15 @@ class Monitor:
         self.store, self.taps, self.total = store, taps, total
         self.feature_set = features
         self.train_idx, self.test_idx = split_probe_set(taps.n, self.test_fraction, seed=seed)
+        self._cost_of = None
         if model is not None:
             p = next(model.parameters())
             device_type = torch.device(self.device).type if self.device is not None else p.device.type
             seq_len = train_seq_len or max((f.mask.shape[1] for f in features.values()), default=1)
-            self.estimated_probe_cost = probe_cost(model, features, taps.n, len(self.train_idx),
-                                                   self.probe_kwargs["max_iter"], train_batch_size, seq_len,
-                                                   device_type, n_taps=_tap_count(taps))
+            shapes = (taps.n, len(self.train_idx), self.probe_kwargs["max_iter"], train_batch_size, seq_len, device_type)
+            n_taps = _tap_count(taps)
+            self._cost_of = lambda names: probe_cost(model, {n: features[n] for n in names}, *shapes, n_taps=n_taps)
+        self.estimated_probe_cost = self.estimated_cost(features)
         self.probe_steps = self._make_probe_steps()
         self._grad_steps = set(log_schedule(self.total, self.stats_per_decade))
         # resume: continue after what the store already holds
@@ -394,13 +403,22 @@ class Monitor:
         return self._status
 
     # --- work ------------------------------------------------------------------------------------
-    def probe(self, step: int, model) -> dict:
-        """Capture the probe set, fit every feature's probes, write their rows; returns the ProbeResults."""
+    def estimated_cost(self, features: Iterable[str]) -> float:
+        """Estimated cost of a probe step fitting ``features`` (names), in training steps (``probe_cost``);
+        0 when no model was given to ``begin``."""
+        names = list(features)
+        return self._cost_of(names) if self._cost_of is not None and names else 0.0
+
+    def probe(self, step: int, model, features: Iterable[str] | None = None) -> dict:
+        """Capture the probe set, fit the probes of ``features`` (default: every feature), write their rows;
+        returns the ProbeResults."""
         t0 = time.perf_counter()
+        names = list(self.feature_set) if features is None else list(features)
         acts = self.taps.capture(model, device=self.device)
-        results = fit_features(acts, self.feature_set, self.train_idx, self.test_idx, device=self.device,
-                               init=self._last_probes, **self.probe_kwargs)
-        self._last_probes = results if self.warm_start else None  # the next probe step starts from these
+        results = fit_features(acts, {n: self.feature_set[n] for n in names}, self.train_idx, self.test_idx,
+                               device=self.device, init=self._last_probes, **self.probe_kwargs)
+        if self.warm_start:  # the next probe step of each feature starts from its latest probes
+            self._last_probes = {**(self._last_probes or {}), **results}
         del acts
         rows = [r for name, res in results.items() for r in res.rows(step, name)]
         self.store.log_probes(rows, fit="online")
