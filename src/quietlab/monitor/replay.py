@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .monitor import Monitor
+from .taps import TransformerTaps
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Replay:
     scheduled: list[int]
     plateau_probes: list[int]
     probe_features: dict[int, list[str]]
+    probe_taps: dict[int, list[str] | None]  # None: every tap
     probe_costs: dict[int, float]
     full_probe_cost: float
     events: list[dict]
@@ -107,18 +109,24 @@ class Replay:
 class _ReplayMonitor(Monitor):
     """The Monitor with its probe steps recorded instead of fitted."""
 
-    def probe(self, step: int, model, features=None) -> dict:
+    def probe(self, step: int, model, features=None, taps=None) -> dict:
         names = list(self.feature_set) if features is None else list(features)
-        self.recorded[int(step)] = names
+        self.recorded[int(step)] = (names, None if taps is None else list(taps))
         self.last_probe_step = step
+        self._update_undecided()  # no probe rows: every feature stays undecided
         return {}
 
 
-class _NoModelTaps:
-    """Probe inputs of ``n`` examples and no model behind them (no attention patterns to read)."""
+class _NoModelTaps(TransformerTaps):
+    """quietlab's Transformer's taps on probe inputs of ``n`` examples, never run (no attention patterns)."""
 
     def __init__(self, n: int):
-        self.n = n
+        super().__init__(None, None)
+        self._n = n
+
+    @property
+    def n(self) -> int:
+        return self._n
 
     def attention_patterns(self, model) -> dict:
         return {}
@@ -186,8 +194,9 @@ def replay_losses(cfg, train_steps, train_losses, eval_losses: dict[int, float],
     steps = sorted(replaying.recorded)
     return Replay(total=total, probe_steps=steps, scheduled=[s for s in steps if s in replaying._probe_set],
                   plateau_probes=sorted(follower.steps) if follower else [],
-                  probe_features={s: replaying.recorded[s] for s in steps},
-                  probe_costs={s: replaying.estimated_cost(replaying.recorded[s]) for s in steps},
+                  probe_features={s: replaying.recorded[s][0] for s in steps},
+                  probe_taps={s: replaying.recorded[s][1] for s in steps},
+                  probe_costs={s: replaying.estimated_cost(*replaying.recorded[s]) for s in steps},
                   full_probe_cost=replaying.estimated_probe_cost, events=events, transition=transition,
                   curve=curve, reserve=follower.reserve if follower else 0.0, deferred=replaying.deferred,
                   monitor_seconds=replaying.spent, timings=dict(replaying.timings))
