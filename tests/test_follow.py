@@ -145,3 +145,28 @@ def test_a_plateau_probe_fits_only_the_features_not_yet_decided(tmp_path):
         m._cost_of = lambda feats, n_taps: 10.0 * len(feats)
         m._update_undecided()
     assert m._undecided == ["b", "c", "d"] and m._undecided_cost == 30.0  # "d": never probed yet
+
+
+def test_the_real_bfs_run_with_the_shortest_plateau_gets_five_probes_in_it():
+    """Seed 1 of issue 16's bfs-11 runs (tests/data/bfs11_seeds012.npz; trained on an H200, where a probe
+    step is estimated at 217 training steps): replayed through the Monitor at its defaults, at least five
+    probe steps fall inside the plateau as the whole train/loss places it, even if no feature is ever
+    decided (the replay cannot know what probes would find: the fewest plateau probes a run takes),
+    and the transition is announced by 1.25 x the drop's end."""
+    from pathlib import Path
+
+    from quietlab.monitor.transitions import detect_transitions
+
+    data = np.load(Path(__file__).parent / "data" / "bfs11_seeds012.npz")
+    cfg = TrainConfig(task="bfs", task_sizes={"n_nodes": 11}, d_model=256, n_layers=4, n_heads=4, lr=1e-4,
+                      batch_size=64, steps=20_000, seed=1, compile=True)
+    assert run_schedules(cfg, 20_000)[0] == data["seed1_eval_steps"].tolist()
+    y = data["seed1_train_loss"].astype(float)
+    x = np.arange(1, y.size + 1)
+    evals = dict(zip(data["seed1_eval_steps"].tolist(), data["seed1_eval_loss"].astype(float).tolist()))
+    r = replay_losses(cfg, x, y, evals, device_type="cuda")
+    (t,) = detect_transitions(x, y)
+    assert r.transition["onset"] == t.onset  # the replay's offline reading is the whole curve's
+    assert len([s for s in r.probe_steps if t.plateau_start <= s <= t.onset]) >= 5
+    assert r.probe_overhead <= 0.07 + 1e-9
+    assert r.online_transition["reported_at"] <= 1.25 * t.end
