@@ -87,6 +87,28 @@ def probe_curves(rows: Iterable[tuple], feature: str) -> dict | None:
             "hi": grid(f"{metric}_hi")}
 
 
+def beats_baseline(curves: dict, margin: float = 0.02) -> np.ndarray:
+    """(S, L) bool: where a layer's aggregate clearly beats its own baseline, ``m_lo(l, s) > m_hi(l, 0) +
+    margin`` (never at the baseline row itself, the first)."""
+    lo, hi = curves["lo"], curves["hi"]
+    beats = lo > (hi[0][None, :] + margin)  # NaN compares False
+    beats[0] = False
+    return beats
+
+
+def first_decodable(beats: np.ndarray, confirmed_at_end: bool = True) -> int | None:
+    """Row of the decodable step: the first probed step after the baseline at which some layer beats its
+    baseline and does so again at the next probed step. ``confirmed_at_end``: the last row needs no next
+    one (a finished run); False while training, when a next probe may still come (then the returned
+    row is settled: no later probe can change it)."""
+    any_layer = beats.any(axis=1)
+    last = len(any_layer) - 1
+    for i in range(1, last + 1):
+        if any_layer[i] and ((i == last and confirmed_at_end) or (i < last and any_layer[i + 1])):
+            return i
+    return None
+
+
 def main_transition(transitions) -> object | None:
     """The transition with the largest drop, or None."""
     transitions = list(transitions or [])
@@ -99,22 +121,17 @@ def classify_feature(curves: dict, transition=None, *, feature: str = "", margin
     object or dict with ``onset``, ``end`` and ``width``; None without one). ``plateau_start`` matters
     only without a transition: where the plateau the loss ends on began (None: it ends falling)."""
     metric, steps, layers = curves["metric"], curves["steps"], curves["layers"]
-    m, lo, hi = curves["m"], curves["lo"], curves["hi"]
+    m = curves["m"]
     last = len(steps) - 1
     final = m[last]
     best = int(np.nanargmax(np.where(np.isnan(final), -np.inf, final))) if np.isfinite(final).any() else 0
     base_row = 0  # step 0 if probed, else the earliest probed step
-    base_hi = hi[base_row]
-
-    beats = lo > (base_hi[None, :] + margin)  # (S, L); NaN compares False
-    beats[base_row] = False
-    any_layer = beats.any(axis=1)
+    beats = beats_baseline(curves, margin)
     decodable_step = decodable_layer = prev_step = None
-    for i in range(base_row + 1, len(steps)):
-        if any_layer[i] and (i == last or any_layer[i + 1]):
-            decodable_step, prev_step = steps[i], steps[i - 1]
-            decodable_layer = layers[int(np.flatnonzero(beats[i])[0])]
-            break
+    i = first_decodable(beats, confirmed_at_end=True)
+    if i is not None:
+        decodable_step, prev_step = steps[i], steps[i - 1]
+        decodable_layer = layers[int(np.flatnonzero(beats[i])[0])]
 
     placed = place(decodable_step, prev_step, transition, plateau_start, guard)
     cls, note, onset, end, start = placed["class"], placed["note"], placed["onset"], placed["end"], placed["start"]
@@ -228,22 +245,9 @@ def classify_run(store, *, features: Iterable[str] | None = None, curve: str | N
     curve looked at, a list of transition dicts) and ``feature_class`` (one per feature). ``curve``:
     the loss curve to use; by default the first of ``LOSS_CURVES`` with a transition (else the first
     that was logged). Returns {"transitions": [...], "main": dict | None, "curve": name, "features": {...}}."""
-    from .transitions import detect_transitions
-
     fit = store.shown_fit()
     rows = store.probes(fit=fit) if features is None else [r for f in features for r in store.probes(f, fit=fit)]
-    found: dict[str, tuple] = {}
-    for name in (curve,) if curve else LOSS_CURVES:
-        steps, values = store.series(name)
-        if len(steps) == 0 and curve is None:
-            continue
-        ts = detect_transitions(steps, values, log_x=True, direction="down") if len(steps) >= 8 else []
-        found[name] = (steps, values, ts)
-        if main_transition(ts) is not None:
-            break
-    if not found:
-        found[LOSS_CURVES[0]] = ([], [], [])
-    used = next((n for n, (_, _, ts) in found.items() if main_transition(ts) is not None), next(iter(found)))
+    used, found = _loss_transitions(store, curve)
     steps, values, transitions = found[used]
     _, classes = classify_features(rows, steps, values, features=features, margin=margin, curve_name=used,
                                    transitions=transitions)
@@ -276,6 +280,34 @@ def _paper_classes(store, rows, features, main, plateau_start) -> dict:
             if scores:
                 out[name] = classify_paper(scores, baselines[name], main, plateau_start, feature=name)
     return out
+
+
+def run_transition(store, curve: str | None = None) -> tuple[dict | None, str]:
+    """(the main transition of a run as ``classify_run`` finds it, as a dict, or None; the loss curve it
+    was looked for in): the first of ``LOSS_CURVES`` with a transition, or ``curve``."""
+    used, found = _loss_transitions(store, curve)
+    main = main_transition(found[used][2])
+    return (None if main is None else _as_dict(main)), used
+
+
+def _loss_transitions(store, curve: str | None) -> tuple[str, dict[str, tuple]]:
+    """(the curve used, {curve looked at: (steps, values, transitions)}): ``curve``, or ``LOSS_CURVES`` in
+    order up to the first with a transition (the first logged one is used when none has)."""
+    from .transitions import detect_transitions
+
+    found: dict[str, tuple] = {}
+    for name in (curve,) if curve else LOSS_CURVES:
+        steps, values = store.series(name)
+        if len(steps) == 0 and curve is None:
+            continue
+        ts = detect_transitions(steps, values, log_x=True, direction="down") if len(steps) >= 8 else []
+        found[name] = (steps, values, ts)
+        if main_transition(ts) is not None:
+            break
+    if not found:
+        found[LOSS_CURVES[0]] = ([], [], [])
+    used = next((n for n, (_, _, ts) in found.items() if main_transition(ts) is not None), next(iter(found)))
+    return used, found
 
 
 # ------------------------------------------------------------------------------------------------

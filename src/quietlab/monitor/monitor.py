@@ -33,14 +33,28 @@ What it records (names as in metrics.sqlite):
 
 Cost: the probe set is captured in one no-grad pass, features that share a solver and a mask are fitted
 as one batched problem, on the model's device by default, each probe starting from the same pair's probe
-of the previous probe step (the solver then needs fewer passes). The schedule follows from the run's
-configuration alone, never from the clock, so one seed gives the same probes and classes on any machine
-and under any load: a probe's cost is estimated from shapes and counts (``probe_cost``: the capture
-pass's and the solver's FLOPs, weighed by how much slower than a training step's FLOPs they run), and
-the scheduled probes other than step 0 and the last step (always probed) are thinned evenly along the
-schedule until the estimated cost of all probes is at most ``max_overhead`` (default 5%) of the run's
-training compute.
-benchmarks/train_overhead.py measures the whole cost.
+of the previous probe step (the solver then needs fewer passes). A probe step's cost is estimated from
+shapes and counts, never from the clock (``probe_cost``: the capture pass's and the solver's FLOPs,
+weighed by how much slower than a training step's FLOPs they run), so one seed gives the same probes and
+classes on any machine and under any load. How the budget is spent, ``max_overhead`` (default 7%) of the
+run's training compute for all probes:
+
+1. step 0 (the random-init baseline) and the last step, every feature at every tap, always;
+2. ``1 - plateau_share`` (default 20%) of the rest: the probe schedule's interior steps, thinned evenly
+   along it to what that share buys (none when it buys less than one probe step);
+3. the rest, and whatever the schedule left over, is the plateau reserve (follow.py): from the
+   evaluation or checkpoint at which the online detectors see the loss on a plateau, a probe there and
+   at the steps of a log grid of ``plateau_per_decade`` per decade, while the plateau lasts and the
+   reserve covers them. A plateau probe fits only the features not yet decided (decodable at two probe
+   steps in a row: their class can no longer change) and skips the taps that read the token alone
+   (``hook_embed``: what a probe there can read is the same at every step), and costs the reserve its
+   own estimate, so the reserve buys more probes as features are decided. A run without a plateau
+   spends only steps 1 and 2.
+
+What probes happen is a function of the run's configuration, its losses and the probes' own results,
+decided at evaluations and checkpoints only (when the loop has handed over every loss so far).
+benchmarks/plateau_replay.py replays a stored run's losses through this on the CPU;
+benchmarks/train_overhead.py and benchmarks/plateau_probing.py measure the whole cost.
 """
 
 from __future__ import annotations
@@ -181,13 +195,6 @@ def probe_cost(model, feature_set: dict, n_examples: int, n_train: int, max_iter
     return (capture + slowdown * fit) / step_flops
 
 
-def _tap_count(taps) -> int | None:
-    """How many activations a probe step fits at: a watched model's taps, or None for quietlab's model
-    (its residual stream taps)."""
-    names = getattr(taps, "taps", None) or getattr(taps, "layers", None)
-    return len(names) if names else None
-
-
 class Monitor:
     """Training hooks: probes, attention entropy, Q/K/V gradients and plateau/transition events.
 
@@ -197,16 +204,15 @@ class Monitor:
     ``probe_examples``: size of the fixed held-out probe set (``test_fraction`` of it is probe-test).
     ``features``: names of the task's features to probe (default: all). ``device``: where probes are
     fitted (default: the model's device). ``probe_kwargs`` go to ``probes.fit_features``.
-    ``max_overhead`` (default 0.05): the scheduled probes other than step 0 and the last step are
-    thinned evenly along the schedule until the estimated cost (``probe_cost``) of all probes, those
-    two included, is at most this fraction of the run's training compute (the two are kept even when
-    they alone exceed it); None probes on the whole schedule. The schedule is fixed
-    at ``attach`` from the configuration alone (``probe_steps``); ``deferred`` counts the probe steps
-    thinned away. ``plateau_share`` (default 0.5) of that budget is held back and spent while the online
-    detector sees a plateau, on a log grid of ``plateau_per_decade`` steps per decade (default twice
-    ``per_decade``), so that a plateau gets several probes (follow.py; decided at evaluations and
-    checkpoints only, from the losses alone: still the same probes for the same seed). A run with no
-    plateau spends less.
+    ``max_overhead`` (default 0.07): the estimated cost (``probe_cost``) of all probes, step 0 and the
+    last step included (kept even when they alone exceed it), is at most this fraction of the run's
+    training compute; None probes on the whole schedule and follows no plateau. ``plateau_share``
+    (default 0.8) of what step 0 and the last step leave is the plateau reserve, spent while the online
+    detectors see a plateau on a log grid of ``plateau_per_decade`` steps per decade (default three
+    times ``per_decade``); the scheduled probes are thinned evenly to the rest (see "Cost" in the
+    module docstring). The schedule is fixed at ``attach`` from the configuration alone
+    (``probe_steps``; ``deferred`` counts the steps thinned away); ``follower.steps`` lists the plateau
+    probes taken.
     ``warm_start``: each probe starts from the previous probe step's (see ``fit_features``' ``init``).
     ``spent`` is the monitor's whole time, ``probe_seconds`` the part spent in probes (measured for
     the record only: no decision depends on a clock).
@@ -225,10 +231,10 @@ class Monitor:
         entropy_examples: int = 64,
         classify_at_end: bool = True,
         margin: float = 0.02,
-        max_overhead: float | None = 0.05,
+        max_overhead: float | None = 0.07,
         warm_start: bool = True,
         probe_kwargs: dict | None = None,
-        plateau_share: float = 0.5,
+        plateau_share: float = 0.8,
         plateau_per_decade: float | None = None,
     ):
         if isinstance(schedule, str) and schedule not in ("log", "eval"):
@@ -254,8 +260,10 @@ class Monitor:
         if not 0 <= plateau_share <= 1:
             raise ValueError(f"plateau_share must be a fraction from 0 to 1, got {plateau_share}")
         self.plateau_share = plateau_share
-        self.plateau_per_decade = 2 * per_decade if plateau_per_decade is None else plateau_per_decade
+        self.plateau_per_decade = 3 * per_decade if plateau_per_decade is None else plateau_per_decade
         self.follower: PlateauFollower | None = None
+        self._undecided: list[str] = []  # features whose decodable step the probes have not settled yet
+        self._undecided_cost = 0.0  # estimated cost of a probe step of those
         self.warm_start = warm_start
         self.probe_kwargs = {"max_iter": 60, **(probe_kwargs or {})}
         self.store = None
@@ -266,7 +274,9 @@ class Monitor:
         self.last_probe_step = -1
         self.probe_steps: list[int] | None = []  # None: at every evaluation
         self._probe_set: set[int] = set()
-        self.estimated_probe_cost = 0.0  # training steps per probe step (probe_cost)
+        self.estimated_probe_cost = 0.0  # training steps per probe step of every feature (probe_cost)
+        self._cost_of = None
+        self._plateau_taps: list[str] | None = None  # where plateau probes fit (None: every tap)
         self.probe_seconds = 0.0  # in probes (capture + fit + store)
         self.spent = 0.0  # in all of the monitor's hooks
         self.deferred = 0  # scheduled probe steps thinned away by the overhead budget
@@ -282,6 +292,16 @@ class Monitor:
         get = (lambda k, d=None: run_cfg.get(k, d)) if isinstance(run_cfg, dict) else \
             (lambda k, d=None: getattr(run_cfg, k, d))
         seed = get("seed", 0) or 0
+        batch, tokens, features = self.probe_inputs(task, seed)
+        self.task = task
+        p = next(model.parameters())
+        entropy_tokens = torch.as_tensor(batch.tokens[: self.entropy_examples], dtype=torch.long, device=p.device)
+        self.begin(store, TransformerTaps(tokens, entropy_tokens), features, total=get("steps"), seed=seed, t0=t0,
+                   model=model, train_batch_size=get("batch_size", 64) or 64, train_seq_len=task.seq_len)
+
+    def probe_inputs(self, task, seed: int = 0):
+        """(the probe set, a task Batch; its tokens cut after the last position a probed feature is defined
+        at; {name: Feature} of the features probed, cut alike) of a run of ``task`` with ``seed``."""
         batch = probe_set(task, self.probe_examples, seed)
         available = list(batch.features)
         names = available if self.features is None else self.features
@@ -289,12 +309,8 @@ class Monitor:
         if unknown:
             raise ValueError(f"unknown feature(s) {', '.join(map(repr, unknown))} for "
                              f"{getattr(task, 'name', 'this task')}; it has: {', '.join(available) or 'none'}")
-        self.task = task
         tokens, features = trim_to_features(batch.tokens, {n: batch.features[n] for n in names})
-        p = next(model.parameters())
-        entropy_tokens = torch.as_tensor(batch.tokens[: self.entropy_examples], dtype=torch.long, device=p.device)
-        self.begin(store, TransformerTaps(tokens, entropy_tokens), features, total=get("steps"), seed=seed, t0=t0,
-                   model=model, train_batch_size=get("batch_size", 64) or 64, train_seq_len=task.seq_len)
+        return batch, tokens, features
 
     def begin(self, store, taps, features: dict, total: int | None = None, seed: int = 0, t0: float | None = None,
               model=None, train_batch_size: int = 64, train_seq_len: int | None = None) -> None:
@@ -309,21 +325,34 @@ class Monitor:
         self.store, self.taps, self.total = store, taps, total
         self.feature_set = features
         self.train_idx, self.test_idx = split_probe_set(taps.n, self.test_fraction, seed=seed)
+        self._cost_of = None
+        self._plateau_taps = None  # all of them
         if model is not None:
             p = next(model.parameters())
             device_type = torch.device(self.device).type if self.device is not None else p.device.type
             seq_len = train_seq_len or max((f.mask.shape[1] for f in features.values()), default=1)
-            self.estimated_probe_cost = probe_cost(model, features, taps.n, len(self.train_idx),
-                                                   self.probe_kwargs["max_iter"], train_batch_size, seq_len,
-                                                   device_type, n_taps=_tap_count(taps))
+            shapes = (taps.n, len(self.train_idx), self.probe_kwargs["max_iter"], train_batch_size, seq_len, device_type)
+            tap_names = taps.names(model)
+            self._cost_of = lambda feats, n_taps: probe_cost(model, {f: features[f] for f in feats}, *shapes,
+                                                           n_taps=n_taps or len(tap_names))
+            changing = [t for t in tap_names if t not in taps.token_only]
+            self._plateau_taps = changing if changing and len(changing) < len(tap_names) else None
+        self.estimated_probe_cost = self.estimated_cost(features)
         self.probe_steps = self._make_probe_steps()
         self._grad_steps = set(log_schedule(self.total, self.stats_per_decade))
         # resume: continue after what the store already holds
         names = list(features)
         probed = sorted({r[0] for r in store.probes(names[0], fit="online")}) if names else []
         self.last_probe_step = probed[-1] if probed else -1
+        self._update_undecided()
         if self.follower is not None:  # a resumed run has spent some of the reserve already
-            self.follower.used = len(set(probed) - self._probe_set)
+            extra = set(probed) - self._probe_set
+            fitted = {s: set() for s in extra}
+            for step, feature, *_ in store.probes(fit="online"):
+                if step in fitted:
+                    fitted[step].add(feature)
+            for step in sorted(extra):
+                self.follower.took(step, self.estimated_cost(fitted[step], self._plateau_taps))
         self.losses = LossWatch(store, self._record_event)
         self._status = self.losses.status
         self.spent = self.timings["attach"] = time.perf_counter() - t0
@@ -338,15 +367,19 @@ class Monitor:
             self.spent += time.perf_counter() - t0
 
     def after_step(self, step: int, model) -> None:
-        follow = self.follower is not None and self.follower.due(step)
-        if self.probe_steps is not None and step > self.last_probe_step and (step in self._probe_set or follow):
-            t0 = time.perf_counter()
-            try:
+        if self.probe_steps is None or step <= self.last_probe_step:
+            return
+        scheduled = step in self._probe_set
+        if not scheduled and not (self.follower is not None and self.follower.due(step, self._undecided_cost)):
+            return
+        t0 = time.perf_counter()
+        try:
+            if scheduled:
                 self.probe(int(step), model)
-                if follow:
-                    self.follower.took(step)
-            finally:
-                self.spent += time.perf_counter() - t0
+            else:
+                self._follow(int(step), model)
+        finally:
+            self.spent += time.perf_counter() - t0
 
     def on_train_loss(self, steps: list[int], losses: list[float]) -> None:
         t0 = time.perf_counter()
@@ -366,8 +399,8 @@ class Monitor:
         t0 = time.perf_counter()
         self.losses.update(step, metrics.get("eval/loss") if metrics else None)
         self._status = self.losses.status
-        self._sync(step)
         t0 = self._took("detector", t0)
+        self._sync(step, model)
         entropy = pattern_entropy(self.taps.attention_patterns(model))
         if entropy:
             self.store.log(step, entropy)
@@ -378,7 +411,11 @@ class Monitor:
             self.finish(step)
 
     def on_checkpoint(self, step: int, model) -> None:
-        self._sync(int(step))
+        t0 = time.perf_counter()
+        try:
+            self._sync(int(step), model)
+        finally:
+            self.spent += time.perf_counter() - t0
 
     def on_step(self, step: int, model, evaluate: bool = False) -> None:
         """A plain loop's step (``quietlab.watch``), after the optimizer step and after its losses were
@@ -394,13 +431,25 @@ class Monitor:
         return self._status
 
     # --- work ------------------------------------------------------------------------------------
-    def probe(self, step: int, model) -> dict:
-        """Capture the probe set, fit every feature's probes, write their rows; returns the ProbeResults."""
+    def estimated_cost(self, features: Iterable[str], taps: Sequence[str] | None = None) -> float:
+        """Estimated cost of a probe step fitting ``features`` (names) at ``taps`` (default: all), in training
+        steps (``probe_cost``); 0 when no model was given to ``begin``."""
+        names = list(features)
+        return self._cost_of(names, len(taps) if taps else None) if self._cost_of is not None and names else 0.0
+
+    def probe(self, step: int, model, features: Iterable[str] | None = None,
+              taps: Sequence[str] | None = None) -> dict:
+        """Capture the probe set, fit the probes of ``features`` (default: every feature) at ``taps`` (default:
+        all), write their rows; returns the ProbeResults."""
         t0 = time.perf_counter()
+        names = list(self.feature_set) if features is None else list(features)
         acts = self.taps.capture(model, device=self.device)
-        results = fit_features(acts, self.feature_set, self.train_idx, self.test_idx, device=self.device,
-                               init=self._last_probes, **self.probe_kwargs)
-        self._last_probes = results if self.warm_start else None  # the next probe step starts from these
+        if taps is not None:
+            acts = {t: acts[t] for t in taps}
+        results = fit_features(acts, {n: self.feature_set[n] for n in names}, self.train_idx, self.test_idx,
+                               device=self.device, init=self._last_probes, **self.probe_kwargs)
+        if self.warm_start:  # the next probe step of each feature starts from its latest probes
+            self._last_probes = {**(self._last_probes or {}), **results}
         del acts
         rows = [r for name, res in results.items() for r in res.rows(step, name)]
         self.store.log_probes(rows, fit="online")
@@ -409,6 +458,7 @@ class Monitor:
         self.probe_seconds += cost
         self.timings["probes"] = self.probe_seconds
         self.last_probe_step = step
+        self._update_undecided()
         return results
 
     def finish(self, step: int | None = None) -> dict:
@@ -433,11 +483,34 @@ class Monitor:
         self.timings[part] = self.timings.get(part, 0.0) + now - t0
         return now
 
-    def _sync(self, step: int) -> None:
+    def _sync(self, step: int, model) -> None:
         """An evaluation or checkpoint: the loop has handed over every loss up to ``step``, so what the
-        detectors say now depends on the losses alone; the plateau follower decides here."""
-        if self.follower is not None:
-            self.follower.sync(step, self.losses.train.events + self.losses.eval.events)
+        detectors say now depends on the losses alone; the plateau follower decides here, and probes
+        the model at ``step`` itself when it has just seen a plateau begin."""
+        if self.follower is None:
+            return
+        started = self.follower.sync(step, (self.losses.train, self.losses.eval))
+        if started and step > self.last_probe_step and step not in self._probe_set and \
+                self.follower.affords(self._undecided_cost):
+            self._follow(step, model)
+
+    def _follow(self, step: int, model) -> None:
+        """A plateau probe: the features not yet decided, at the taps whose probes can change."""
+        cost = self._undecided_cost
+        self.probe(step, model, self._undecided, self._plateau_taps)
+        self.follower.took(step, cost)
+
+    def _update_undecided(self) -> None:
+        """The features whose decodable step (``features.first_decodable``) the online probes so far have
+        not settled (all of them before any probe), and what a probe of them costs."""
+        from .features import beats_baseline, first_decodable, probe_curves
+
+        self._undecided = []
+        for name in self.feature_set:
+            curves = probe_curves(self.store.probes(name, fit="online"), name)
+            if curves is None or first_decodable(beats_baseline(curves, self.margin), confirmed_at_end=False) is None:
+                self._undecided.append(name)
+        self._undecided_cost = self.estimated_cost(self._undecided, self._plateau_taps)
 
     def _make_probe_steps(self) -> list[int] | None:
         """The probe steps, from the configuration alone: the schedule, then (with ``max_overhead`` and
@@ -459,10 +532,10 @@ class Monitor:
         self.follower = None
         if s is not None and total:
             inner = [x for x in steps if 0 < x < total]
-            keep = None if self.max_overhead is None else \
-                max(0, int(self.max_overhead * total / max(self.estimated_probe_cost, 1e-12)) - 2)
+            cost = self.estimated_probe_cost
+            budget = None if self.max_overhead is None else max(0.0, self.max_overhead * total - 2 * cost)
             # ``plateau_share`` of the budget is held back for probes that follow a plateau
-            kept, reserve = split_budget(inner, keep, self.plateau_share)
+            kept, reserve = split_budget(inner, budget, cost, self.plateau_share)
             self.deferred = len(inner) - len(kept)
             steps = sorted({0, total, *kept})
             self.follower = PlateauFollower(total, reserve, self.plateau_per_decade, steps)
@@ -482,13 +555,15 @@ class LossWatch:
     it over (what the store held before a resume is read once, at the start). Every step draws fresh
     examples, so the training loss estimates the same population loss, sampled densely enough to
     resolve a plateau that evaluations only touch a few times; its transitions count while the
-    eval/loss detector has seen none. Events go to ``record``."""
+    eval/loss detector has seen none, and a transition both report (the onset of the later report inside
+    the drop of the earlier) is recorded once. Events go to ``record``."""
 
     def __init__(self, store, record):
-        self.record = record
+        self._record_event = record
         self.eval = OnlineDetector(log_x=True, direction="down", unit="step")
         self.train = OnlineDetector(log_x=True, direction="down", unit="step", every=0.1)
         self._train_seen = -1
+        self._ends: list[float] = []  # where the drops of the transitions recorded so far end
         for s, v in zip(*store.series("eval/loss")):  # also what was logged before a resume
             if v is not None:
                 self.eval.update(s, v)
@@ -497,7 +572,17 @@ class LossWatch:
     def update(self, step: int, eval_loss: float | None) -> None:
         if eval_loss is not None and math.isfinite(eval_loss):
             for ev in self.eval.update(step, eval_loss):
-                self.record(ev)
+                self.record(ev, self.eval)
+
+    def record(self, ev, detector: OnlineDetector) -> None:
+        """Record an event, unless it is a transition whose onset lies inside a drop recorded already
+        (the other detector's report of the same transition)."""
+        if ev.kind == "transition":
+            if any(ev.step <= end for end in self._ends):
+                return
+            seen = next((t for t in detector.transitions if t.onset == ev.step), None)
+            self._ends.append(seen.end if seen is not None else ev.step)
+        self._record_event(ev)
 
     def feed_train(self, steps, losses) -> None:
         """Per-step training losses, in step order (steps already seen are skipped)."""
@@ -510,7 +595,7 @@ class LossWatch:
 
     def finish(self) -> None:
         for ev in self.eval.finish():
-            self.record(ev)
+            self.record(ev, self.eval)
         self._record_train(self.train.finish())
 
     @property
@@ -523,7 +608,7 @@ class LossWatch:
         if not _reported_transition(self.eval):
             for ev in events:
                 if ev.kind == "transition":
-                    self.record(ev)
+                    self.record(ev, self.train)
 
 
 def _reported_transition(detector: OnlineDetector) -> bool:

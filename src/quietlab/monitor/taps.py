@@ -7,9 +7,10 @@
   tuple or a ModelOutput). A TransformerLens ``HookedTransformer``'s hook names are its HookPoint modules'
   names, so they are taps like any other.
 
-Both give ``capture(model, device)`` → {tap: (n, seq, d) activations of the probe inputs} and
+Both give ``capture(model, device)`` → {tap: (n, seq, d) activations of the probe inputs},
 ``attention_patterns(model)`` → {name: (batch, heads, q, k)} of the attention patterns they can see
-(for the entropy statistic).
+(for the entropy statistic), ``names(model)`` (the taps) and ``token_only`` (the taps known to read
+the token at each position alone: the Monitor's plateau probes skip them).
 """
 
 from __future__ import annotations
@@ -32,6 +33,20 @@ class TransformerTaps:
     @property
     def n(self) -> int:
         return len(self.tokens)
+
+    def names(self, model) -> list[str]:
+        """The taps a probe step fits at."""
+        from .probes import residual_taps
+
+        return list(self.layers) if self.layers is not None else residual_taps(model)
+
+    @property
+    def token_only(self) -> set[str]:
+        """Taps whose activation at a position is a function of the token there alone (the embedding):
+        what a probe can read there is the same at every step of training (see ``Monitor``)."""
+        from ..models.hooks import EMBED
+
+        return {EMBED}
 
     def capture(self, model, device=None) -> dict[str, torch.Tensor]:
         from .probes import capture_layers
@@ -84,6 +99,13 @@ class ModuleTaps:
         self.batch_size = int(batch_size)
         self.patterns = [m for m in modules if m.endswith("hook_pattern")] if patterns is None else list(patterns)
         self.entropy_inputs = _slice(self.inputs, 0, min(self.n, int(entropy_examples)))
+
+    def names(self, model) -> list[str]:
+        """The taps a probe step fits at."""
+        return list(self.taps)
+
+    #: what any module's output depends on is unknown here: no tap is taken as token-only
+    token_only: set[str] = set()
 
     def capture(self, model, device=None) -> dict[str, torch.Tensor]:
         """{tap: (n, seq, d) float32} on ``device`` (default: the model's), in eval mode, no grad."""

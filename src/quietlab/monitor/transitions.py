@@ -100,7 +100,7 @@ Z_GROW = 2.0
 KAPPA = 1.0
 #: After a drop the curve must be seen for ``HOLD`` times its width (at least ``MIN_HOLD_FRAC`` of
 #: the span) without undoing half the drop.
-HOLD = 0.5
+HOLD = 0.25
 #: A drop is at least ``Z_DROP`` standard errors of the levels before and after it.
 Z_DROP = 5.0
 #: A plateau holds at least this many observed points (two points are no plateau).
@@ -473,7 +473,7 @@ class _Analysis:
         dV = -np.diff(V)  # improvement of each piece
         se = Z_GROW * np.sqrt(VV[:-1] + VV[1:])
         lower = (dV - se) / dU  # a lower confidence bound of each piece's rate of improvement
-        self.last_falls = bool(lower[-1] > 0)
+        self.last_rate = float(lower[-1])
         M = dV.size
         used = np.zeros(M, dtype=bool)
         runs = []
@@ -483,11 +483,19 @@ class _Analysis:
         def fits(k, thr):  # piece k improves at rate >= thr, within its noise
             return not used[k] and dV[k] + se[k] >= thr * dU[k]
 
-        def grow(a, b, thr):
-            while a - 1 >= 0 and fits(a - 1, thr):
+        upper = (dV + se) / dU
+
+        def grow(a, b, thr, tails=False):
+            # tails: a drop's tails flatten away from its core; a piece clearly steeper than the tail
+            # has been on its way out (the least upper bound of their rates) is another fall
+            flat = math.inf
+            while a - 1 >= 0 and fits(a - 1, thr) and not (tails and lower[a - 1] > flat):
                 a -= 1
-            while b + 1 < M and fits(b + 1, thr):
+                flat = min(flat, upper[a])
+            flat = math.inf
+            while b + 1 < M and fits(b + 1, thr) and not (tails and lower[b + 1] > flat):
                 b += 1
+                flat = min(flat, upper[b])
             return a, b
 
         while True:
@@ -498,7 +506,7 @@ class _Analysis:
             ca, cb = grow(k, k, dV[k] / dU[k] / GROW)
             # the core's mean rate, over no less than the resolution of the bins
             slope = (V[ca] - V[cb + 1]) / max(U[cb + 1] - U[ca], res)
-            ea, eb = grow(ca, cb, slope / EXTEND)
+            ea, eb = grow(ca, cb, slope / EXTEND, tails=True)
             used[ea : eb + 1] = True
             runs.append((ea, eb + 1, ca, cb + 1, slope))
         self.runs = sorted(runs)
@@ -595,7 +603,8 @@ class _Analysis:
                 p = np.array([before, after, mid, math.log(min(max(w0, w_min), w_max))])
                 p, _ = self._lm(p, u, y, sw, model, w_min, w_max)
                 lb, la, cen, ww = p[0], p[1], p[2], math.exp(p[3])
-                if not (0.5 * d0 < lb - la < 2 * d0 and y.min() <= la and lb <= y.max()):
+                seen = BAND * (lb - la)  # both levels reached, to within the flatness of a plateau
+                if not (0.5 * d0 < lb - la < 2 * d0 and y.min() <= la + seen and lb - seen <= y.max()):
                     continue
                 if np.count_nonzero(u < cen - 2 * ww) < 3 or np.count_nonzero(u > cen + 2 * ww) < 3:
                     continue
@@ -683,12 +692,13 @@ class _Analysis:
                     a = sig.pop()[0]
                     drop = V[a] - V[e]
                     z = drop / math.sqrt(VV[a] + VV[e])
-                sig.append((a, e, drop, z))
-        for i, (a, e, drop, z) in enumerate(sig):
+                sig.append((a, e, drop, z, slope))
+        for i, (a, e, drop, z, slope) in enumerate(sig):
             q25, q50, q75 = self._quartiles(a, e)
             onset, end = q50 - (q75 - q25) / _LN3, q50 + (q75 - q25) / _LN3
-            if e == U.size - 1 and self.last_falls:
-                continue  # still falling at the last point: not over yet
+            # at the last point the curve still falls as fast as the drop's core: over only where a
+            # fitted drop ends inside the data (below)
+            still_falling = e == U.size - 1 and self.last_rate * GROW > slope
             before, after = V[a], V[e]
             ps = self._plateau_back(onset, BAND * drop, u_lb)
             if onset - ps < 0.5 * self.min_plateau:
@@ -704,6 +714,8 @@ class _Analysis:
             ]
             w0 = (q75 - q25) / (2 * _LN3)
             fit = self._refine(windows, before, after, q50, w0, ps, U[e])
+            if fit is None and still_falling:
+                continue
             if fit is not None:
                 before, after, cen, w = fit
                 drop = before - after
@@ -891,6 +903,7 @@ class OnlineDetector:
         self._plateau_reported = False
         self.events: list[Event] = []
         self.transitions: list[Transition] = []
+        self.plateau: Plateau | None = None  # the one the curve ends on at the latest analysis
         self.status = ""
 
     def __len__(self) -> int:
@@ -936,9 +949,10 @@ class OnlineDetector:
             text = f"transition at {self.unit} {_fmt(t.onset)}"
             new.append(Event("transition", t.onset, text, now))
             self.status = text
+        p = an.final_plateau()
+        self.plateau = p if p is not None and p.start > self._last_onset else None
         if not self._plateau_reported:
-            p = an.final_plateau()
-            if p is not None and p.start > self._last_onset:
+            if self.plateau is not None:
                 text = f"plateau since {self.unit} {_fmt(p.start)}"
                 new.append(Event("plateau", p.start, text, now))
                 self._plateau_reported = True
