@@ -57,6 +57,9 @@ def main() -> None:
     from quietlab.runs import RunFolder
     from quietlab.train import TrainConfig, train
 
+    sys.path.insert(0, str(Path(__file__).parent))
+    from run_throughput import throughput
+
     options = {k: v for k, v in (("max_overhead", args.max_overhead), ("plateau_share", args.plateau_share),
                                  ("plateau_per_decade", args.plateau_per_decade)) if v is not None}
     root = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="plateau_probing_"))
@@ -72,8 +75,10 @@ def main() -> None:
             row["plain_train_s"] = time.perf_counter() - t0
         monitor = Monitor(**options)
         t0 = time.perf_counter()
-        train(cfg, root / f"seed{seed}", hooks=monitor, progress=False)
+        final = train(cfg, root / f"seed{seed}", hooks=monitor, progress=False)
         train_s = time.perf_counter() - t0
+        row["throughput"] = {k: v for k, v in throughput(root / f"seed{seed}", final["wall_s"]).items()
+                             if not k.endswith("_windows")}  # issue 12: whole run against steady steps
         with RunFolder(root / f"seed{seed}").store(readonly=True) as store:
             rows = store.probes(metric="acc")
             events = sorted(store.results("event").values(), key=lambda e: e["reported_at"])
@@ -140,6 +145,10 @@ def _lines(seed: int, row: dict) -> list[str]:
                f"{row['monitor_over_training']:.1%} of the training time without it"
                + (f"; wall time vs a plain run {row['wall_overhead_vs_plain']:+.1%}" if "wall_overhead_vs_plain" in row
                   else ""))
+    tp = row["throughput"]
+    out.append(f"  throughput: whole run {tp['whole_run_tokens_per_s'] / 1e6:.3f}M tok/s, steady {tp['steady_tokens_per_s'] / 1e6:.3f}M: "
+               f"steady/whole {tp['steady_over_whole']:.3f}; seconds: "
+               + ", ".join(f"{k[:-2]} {v:.1f}" for k, v in tp["breakdown"].items()))
     out.append(f"  replay on the CPU (no feature decided): probes {row['replay']['probe_steps']}, inside the "
                f"plateau {row['replay']['inside_plateau']}, transition reported at {row['replay']['online_reported_at']}")
     return out

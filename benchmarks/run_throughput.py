@@ -59,43 +59,51 @@ def main():
     if res.returncode != 0:
         raise SystemExit(f"training failed ({res.returncode}):\n{res.stderr[-3000:]}")
     final = json.loads(res.stdout)
-    config = json.loads((run / "config.json").read_text())
-    tokens = args.steps * config["resolved"]["tokens_per_step"]
-    db = sqlite3.connect(f"file:{run / 'metrics.sqlite'}?mode=ro", uri=True)
-
-    def series(name):
-        return db.execute("SELECT step, value FROM metrics WHERE name = ? ORDER BY step", (name,)).fetchall()
-
-    rates, elapsed = series("train/tokens_per_s"), series("train/elapsed_s")
-    n_eval = len(series("eval/loss"))
-
-    def last(name):
-        rows = series(name)
-        return rows[-1][1] if rows else 0.0
-
-    # where the time beyond the steady steps went (seconds of the loop's wall time)
-    breakdown = {"first_step_s": last("train/first_step_s"), "eval_s": last("train/eval_s"),
-                 "checkpoint_s": last("train/checkpoint_s"), "probe_s": sum(v for _, v in series("monitor/probe_s"))}
-    n_probe = db.execute("SELECT COUNT(DISTINCT step) FROM probes").fetchone()[0]
-    db.close()
-    steady = statistics.median(v for _, v in rates)
-    whole = tokens / final["wall_s"]
-    out = {
-        "settings": vars(args), "device": config["resolved"]["device"], "tokens": tokens,
-        "loop_wall_s": final["wall_s"], "process_wall_s": process_s,
-        "steady_tokens_per_s": steady, "whole_run_tokens_per_s": whole, "whole_process_tokens_per_s": tokens / process_s,
-        "steady_over_whole": steady / whole, "steady_over_whole_process": steady / (tokens / process_s),
-        "breakdown": {**breakdown, "steady_s": tokens / steady,
-                      "rest_s": final["wall_s"] - tokens / steady - sum(breakdown.values())},
-        "evaluations": n_eval, "checkpoints": len(list((run / "checkpoints").glob("step_*.pt"))), "probe_steps": n_probe,
-        "final": final, "tokens_per_s_windows": rates, "elapsed_s_windows": elapsed,
-    }
+    out = {"settings": vars(args), "process_wall_s": process_s, **throughput(run, final["wall_s"]), "final": final}
+    out["whole_process_tokens_per_s"] = out["tokens"] / process_s
+    out["steady_over_whole_process"] = out["steady_tokens_per_s"] / out["whole_process_tokens_per_s"]
+    whole, steady, n_eval, n_probe = (out[k] for k in ("whole_run_tokens_per_s", "steady_tokens_per_s", "evaluations", "probe_steps"))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(f"{out['device']}: whole run {whole / 1e6:.3f}M tok/s (loop {final['wall_s']:.1f} s, process {process_s:.1f} s), "
           f"steady {steady / 1e6:.3f}M tok/s: steady/whole {steady / whole:.3f} "
           f"({n_eval} evaluations, {out['checkpoints']} checkpoints, {n_probe} probe steps) -> {args.out}")
     print("seconds: " + ", ".join(f"{k[:-2]} {v:.1f}" for k, v in out["breakdown"].items()))
+
+
+def throughput(run: Path, loop_wall_s: float) -> dict:
+    """A finished run's whole-run and steady-state tokens/s (``loop_wall_s``: the loop's ``wall_s``),
+    their ratio, where the time beyond the steady steps went, and its counts of evaluations,
+    checkpoints and probe steps (also used by plateau_probing.py)."""
+    run = Path(run)
+    config = json.loads((run / "config.json").read_text())
+    tokens = config["resolved"]["steps"] * config["resolved"]["tokens_per_step"]
+    db = sqlite3.connect(f"file:{run / 'metrics.sqlite'}?mode=ro", uri=True)
+
+    def series(name):
+        return db.execute("SELECT step, value FROM metrics WHERE name = ? ORDER BY step", (name,)).fetchall()
+
+    def last(name):
+        rows = series(name)
+        return rows[-1][1] if rows else 0.0
+
+    rates, elapsed = series("train/tokens_per_s"), series("train/elapsed_s")
+    # where the time beyond the steady steps went (seconds of the loop's wall time)
+    breakdown = {"first_step_s": last("train/first_step_s"), "eval_s": last("train/eval_s"),
+                 "checkpoint_s": last("train/checkpoint_s"), "probe_s": sum(v for _, v in series("monitor/probe_s"))}
+    n_eval = len(series("eval/loss"))
+    n_probe = db.execute("SELECT COUNT(DISTINCT step) FROM probes").fetchone()[0]
+    db.close()
+    steady = statistics.median(v for _, v in rates)
+    whole = tokens / loop_wall_s
+    return {
+        "device": config["resolved"]["device"], "tokens": tokens, "loop_wall_s": loop_wall_s,
+        "steady_tokens_per_s": steady, "whole_run_tokens_per_s": whole, "steady_over_whole": steady / whole,
+        "breakdown": {**breakdown, "steady_s": tokens / steady,
+                      "rest_s": loop_wall_s - tokens / steady - sum(breakdown.values())},
+        "evaluations": n_eval, "checkpoints": len(list((run / "checkpoints").glob("step_*.pt"))), "probe_steps": n_probe,
+        "tokens_per_s_windows": rates, "elapsed_s_windows": elapsed,
+    }
 
 
 if __name__ == "__main__":
