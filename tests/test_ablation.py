@@ -110,3 +110,29 @@ def test_controls_move_the_activations_as_far_as_the_ablation(model_and_task, me
     # one tap: matched exactly; several: an earlier tap's edit changes what a later one moves, a little
     tol = 1e-3 if layer != "auto" else 0.1
     assert result.control_edit_size == pytest.approx(result.edit_size, rel=tol)
+
+
+def test_exact_match_under_edits_from_one_teacher_forced_pass_equals_greedy_decoding(model_and_task):
+    """The ablation scores each arm with one teacher-forced pass; greedy decoding under the same edits is
+    the oracle, row by row, for edits strong enough to break some answers and not others."""
+    from quietlab.interventions.ablation import _Run
+    from quietlab.interventions.edits import AffineEdit
+
+    model, task = model_and_task
+    batch = task.sample(200, seed=11, split="test")
+    tokens = torch.as_tensor(batch.tokens).long()
+    T, d = tokens.shape[1], model.config.d_model
+    gen = torch.Generator().manual_seed(0)
+    outcomes = []
+    for scale in (0.0, 2.0, 6.0):
+        V = torch.randn(T, 1, d, generator=gen)
+        V = V / V.norm(dim=-1, keepdim=True)
+        edit = AffineEdit(U=V.transpose(1, 2) * scale, V=V, s=torch.zeros(T, 1),
+                          where=torch.rand(tokens.shape, generator=gen) < 0.5)
+        edits = {"blocks.1.hook_resid_post": edit}
+        correct, _, _ = _Run(model, batch, "cpu")(edits)
+        out = greedy_decode(model, tokens, torch.as_tensor(batch.answer_start), edit=edits)
+        greedy = exact_match(out, tokens, torch.as_tensor(batch.loss_mask)).numpy()
+        np.testing.assert_array_equal(correct, greedy)
+        outcomes.append(correct.mean())
+    assert outcomes[0] >= 0.99 and min(outcomes) < 0.9  # the oracle was tested on broken answers too

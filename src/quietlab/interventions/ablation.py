@@ -37,7 +37,6 @@ import torch
 from ..models.hooks import check_hook, depth
 from ..monitor.probes import capture_layers, fit_probes, residual_taps, split_probe_set
 from ..tasks.base import Batch, Feature
-from ..train.decode import exact_match, greedy_decode
 from ..train.evaluate import after_first_target, masked_loss, teacher_forced_exact
 from .edits import METHODS, AffineEdit, build_edit, paper_controls, paper_edit, probe_rank, random_probes
 
@@ -149,11 +148,12 @@ class _Run:
     @torch.no_grad()
     def __call__(self, edits: dict[str, AffineEdit] | None) -> tuple[np.ndarray, float, np.ndarray | None]:
         """(exact match of greedy decoding under ``edits``, teacher-forced loss, and for a paper task the
-        exact match with '=' given, or None). The latter comes from the teacher-forced pass: the edits act
-        on each position from the prefix alone, so it equals greedy decoding from a prompt through '='."""
-        out = greedy_decode(self.model, self.tokens, self.start, edit=edits)
-        correct = exact_match(out, self.tokens, self.mask).cpu().numpy()
+        exact match with '=' given, or None), all from one teacher-forced pass: the edits act on each
+        position from the prefix alone, so every answer token being the argmax under teacher forcing is
+        the same event as greedy decoding getting the answer right (tests/test_ablation.py checks it
+        against ``greedy_decode`` under edits), and one pass replaces a decoding step per answer token."""
         logits = self.model(self.tokens, edit=edits)
+        correct = teacher_forced_exact(logits, self.tokens, self.mask).cpu().numpy()
         loss = float(masked_loss(logits, self.tokens, self.mask))
         given_eq = (teacher_forced_exact(logits, self.tokens, after_first_target(self.mask)).cpu().numpy()
                     if self.paper_task else None)
