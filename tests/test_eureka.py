@@ -278,7 +278,8 @@ def test_decision_accuracy_brute_force():
 
 
 TINY = dict(patch_size=4, d_model=16, n_layers=1, batch_size=16, steps=6, warmup_steps=2, eval_every=3,
-            eval_examples=64, stats_examples=8, probe_evals=1, probe_examples=120, cnn_widths=(4, 8), device="cpu")
+            eval_examples=64, stats_examples=8, probe_evals=1, probe_examples=120, cnn_widths=(4, 8), device="cpu",
+            workers=1)
 
 
 def test_eureka_recipe_end_to_end(tmp_path):
@@ -300,12 +301,31 @@ def test_eureka_recipe_end_to_end(tmp_path):
     assert json.loads((tmp_path / "sweep" / "summary.json").read_text())["success_criterion"]
 
 
+def test_cpu_worker_processes_train_as_one_process_does(tmp_path):
+    from quietlab.recipes.eureka import run_eureka
+
+    tiny = {**TINY, "steps": 4, "eval_every": 2}
+    seen = []
+    one = run_eureka("small", 2, ["softmax", "heat"], tmp_path / "one", tiny,
+                     on_variant=lambda s: seen.append((list(s["variants"]), s["complete"])), report=False)
+    lines = []
+    two = run_eureka("small", 2, ["softmax", "heat"], tmp_path / "two", {**tiny, "workers": 2}, log=lines.append, report=False)
+    assert seen == [(["softmax"], False), (["softmax", "heat"], True)]
+    assert [(r["variant"], r["seed"]) for r in two["runs"]] == [(r["variant"], r["seed"]) for r in one["runs"]]
+    for a, b in zip(one["runs"], two["runs"]):
+        assert b["final_acc"] == a["final_acc"] and b["final_decision_acc"] == pytest.approx(a["final_decision_acc"])
+    # every evaluation of every run came back through the workers' log queue
+    assert sorted(l.split(" step ")[0] for l in lines) == sorted(f"{v} seed {s}" for v in ("softmax", "heat") for s in (0, 1) for _ in range(3))
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["complete"] is True
+
+
 @pytest.mark.parametrize("args,message", [
     (["--beta", "1", "--tau", "2"], "not both"),
     (["--tau", "0"], "--tau must be > 0"),
     (["--variants", "softmax,foo"], "unknown variant foo"),
     (["--scale", "huge"], "--scale must be one of"),
     (["--seeds", "0"], "--seeds must be at least 1"),
+    (["--workers", "0"], "--workers must be at least 1"),
     (["--scale", "paper", "--data", "/nonexistent/folder"], "no such folder"),
 ])
 def test_cli_errors_are_one_line(tmp_path, args, message):

@@ -416,6 +416,7 @@ def eureka_cmd(
     steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (default: the scale's)."),
     task_variant: str = typer.Option("base", "--task-variant", help="base, no_fixed_pos, digit_group_4 or colored_target."),
     device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda, cuda:N."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="CPU only: runs trained at once, each in a process of one torch thread (default: one per core)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
     """Train every attention variant (and a CNN) over seeds on the two-step image task and compare their Eureka-moments."""
@@ -428,7 +429,9 @@ def eureka_cmd(
     for flag, value in (("--beta", beta), ("--tau", tau)):
         if value is not None and not value > 0:
             raise ValueError(f"{flag} must be > 0, got {value}")
-    overrides = {"device": device, "data_dir": data, "task_variant": task_variant}
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
+    overrides = {"device": device, "data_dir": data, "task_variant": task_variant, "workers": workers}
     if beta is not None or tau is not None:
         overrides["beta"] = beta if beta is not None else 1.0 / tau
     if steps is not None:

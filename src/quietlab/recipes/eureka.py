@@ -30,7 +30,12 @@ vmapped computation (train/packed.py) on a GPU, one after another elsewhere.
 from __future__ import annotations
 
 import dataclasses
+import json
+import multiprocessing as mp
+import os
+import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..runs import RunFolder
+from ..runs import RunFolder, write_atomic
 
 MODEL_VARIANTS = ("softmax", "temperature", "normsoftmax", "heat", "qk_rescale", "cnn")
 DEFAULT_VARIANTS = ("softmax", "temperature", "normsoftmax", "heat", "cnn")
@@ -80,6 +85,7 @@ class EurekaConfig:
     dtype: str = "auto"  # bf16 autocast on cuda, fp32 on cpu
     data_dir: str | None = None
     pack: bool | None = None  # train a ViT variant's seeds as one vmapped computation; None: on a GPU
+    workers: int | None = None  # on the CPU: runs trained at once, each in a process of one torch thread; None: one per core
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "cnn_widths": list(self.cnn_widths)}
@@ -383,6 +389,65 @@ def train_seeds(cfg: EurekaConfig, variant: str, seeds: list[int], out: Path, ta
     return [train_run(cfg, variant, seed, out / f"{variant}-seed{seed}", task, log) for seed in seeds]
 
 
+def cpu_workers(cfg: EurekaConfig, n_runs: int) -> int:
+    """How many processes train runs at once: ``cfg.workers`` (default one per core) on the CPU, else one."""
+    if resolve_device(cfg.device).type != "cpu":
+        return 1
+    workers = cfg.workers if cfg.workers is not None else (os.cpu_count() or 1)
+    if workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
+    return min(workers, n_runs)
+
+
+def train_variants(cfg: EurekaConfig, variants: list[str], seeds: list[int], out: Path, task, log=None):
+    """Every seed of every variant, yielding (variant, its runs' results) in the order of ``variants``.
+
+    One process (``cpu_workers`` = 1, or a GPU): ``train_seeds`` per variant. On the CPU with more
+    workers: every run in a pool of processes of one torch thread each (tiny models are bound by
+    per-operation overhead, which a second thread barely shortens and a second process halves), all
+    submitted at once so that no worker waits for a variant's last seed; log lines come through a queue."""
+    jobs = [(v, s) for v in variants for s in seeds]
+    workers = cpu_workers(cfg, len(jobs))
+    if workers == 1:
+        for variant in variants:
+            yield variant, train_seeds(cfg, variant, seeds, out, task, log)
+        return
+    ctx = mp.get_context("spawn")  # not fork: this process's OpenMP threads do not survive a fork
+    queue = ctx.Queue()
+    forward = threading.Thread(target=_forward_log, args=(queue, log), daemon=True)
+    forward.start()
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_start, initargs=(queue,))
+    try:
+        futures = {(v, s): pool.submit(_worker_run, cfg, v, s, out / f"{v}-seed{s}") for v, s in jobs}
+        for variant in variants:
+            yield variant, [futures[(variant, s)].result() for s in seeds]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        queue.put(None)
+        forward.join()
+
+
+def _forward_log(queue, log) -> None:
+    while (line := queue.get()) is not None:
+        if log is not None:
+            log(line)
+
+
+_WORKER: dict = {}
+
+
+def _worker_start(queue) -> None:
+    torch.set_num_threads(1)
+    _WORKER["log"] = queue.put
+
+
+def _worker_run(cfg: EurekaConfig, variant: str, seed: int, run_dir: Path) -> dict:
+    key = (cfg.images, cfg.task_variant, cfg.data_dir)
+    if key not in _WORKER:
+        _WORKER[key] = load_task(cfg)
+    return train_run(cfg, variant, seed, run_dir, _WORKER[key], _WORKER["log"])
+
+
 # ------------------------------------------------------------------------------------------------
 # analysis
 def eureka_moment(store) -> dict:
@@ -450,10 +515,12 @@ def summarize(run_dirs: list[Path]) -> dict:
             "variants": variants, "runs": runs}
 
 
-def run_eureka(scale: str, seeds: int, variants: list[str], out, overrides: dict | None = None, log=None) -> dict:
-    """Train every variant over ``seeds`` seeds into ``out``/VARIANT-seedK, summarize, write the report."""
-    from ..report.eureka import write_eureka_report
-
+def run_eureka(scale: str, seeds: int, variants: list[str], out, overrides: dict | None = None, log=None,
+               on_variant=None, report: bool = True) -> dict:
+    """Train every variant over ``seeds`` seeds into ``out``/VARIANT-seedK, summarize, write the report
+    (``report``; it needs plotly). ``summary.json`` is rewritten after each variant (``complete`` false
+    until the last), and ``on_variant(summary)``, if given, is called with it, so that a run cut short
+    keeps what it finished."""
     if scale not in SCALES:
         raise ValueError(f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
     if seeds < 1:
@@ -467,14 +534,20 @@ def run_eureka(scale: str, seeds: int, variants: list[str], out, overrides: dict
         raise ValueError(f"{out} already exists and is not empty; choose another --out")
     task = load_task(cfg)
     t0 = time.perf_counter()
-    dirs = []
-    for variant in variants:
-        results = train_seeds(cfg, variant, list(range(seeds)), out, task, log)
-        dirs += [Path(r["run_dir"]) for r in results]
-    summary = summarize(dirs)
-    summary.update(scale=scale, data_source=task.source, wall_s=time.perf_counter() - t0, device=str(resolve_device(cfg.device)))
-    summary["report"] = str(write_eureka_report(summary, out / "report.html"))
-    import json
+    walls: dict[str, float] = {}
+    for i, (variant, results) in enumerate(train_variants(cfg, variants, list(range(seeds)), out, task, log)):
+        for r in results:
+            walls[r["run_dir"]] = r["wall_s"]
+        summary = summarize([Path(d) for d in walls])
+        for r in summary["runs"]:
+            r["wall_s"] = walls[r["run_dir"]]  # packed seeds share their pack's wall time
+        summary.update(scale=scale, config=cfg.to_dict(), data_source=task.source, wall_s=time.perf_counter() - t0,
+                       device=str(resolve_device(cfg.device)), complete=i == len(variants) - 1)
+        if summary["complete"] and report:
+            from ..report.eureka import write_eureka_report
 
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+            summary["report"] = str(write_eureka_report(summary, out / "report.html"))
+        write_atomic(out / "summary.json", json.dumps(summary, indent=2).encode())
+        if on_variant is not None:
+            on_variant(summary)
     return summary

@@ -1,0 +1,98 @@
+"""Search for the `quietlab eureka --scale small` configuration: each trial trains one variant over seeds
+through the recipe itself (recipes/eureka.py train_seeds, the same code the verb runs) with overrides of
+the small scale, and logs every evaluation of every seed as it comes, plus a per-run line at the end.
+
+    python benchmarks/eureka_small_search.py --out benchmarks/results/cpu-2026-12-02b/eureka_search \
+        --trial 'variant=softmax seeds=0,1,2 patch_size=8 d_model=64 steps=1500' --trial '...'
+
+A trial is space-separated key=value: ``variant``, ``seeds`` (comma list), ``threads`` (torch threads of this
+process), ``workers`` (processes of one thread, one seed each; default 1 here) and any EurekaConfig field (ints, floats, ``lr`` = one peak rate for the variant, ``cnn_widths`` = comma list). Writes
+OUT/search.log (every line printed) and OUT/search.jsonl (one record per run: its trial, wall time and
+the evaluation curves); the run folders go to OUT/runs/TRIAL_INDEX/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from quietlab.recipes.eureka import SMALL, EurekaConfig, load_task, train_variants
+from quietlab.runs import RunFolder
+
+FIELDS = {f.name: f for f in dataclasses.fields(EurekaConfig)}
+
+
+def parse_trial(text: str) -> tuple[str, list[int], int, dict]:
+    variant, seeds, threads, overrides = "softmax", [0], 1, {"workers": 1}
+    for item in text.split():
+        key, _, value = item.partition("=")
+        if key == "variant":
+            variant = value
+        elif key == "seeds":
+            seeds = [int(s) for s in value.split(",")]
+        elif key == "threads":
+            threads = int(value)
+        elif key == "lr":
+            overrides["lr"] = float(value)  # resolved into the variant's entry below
+        elif key == "cnn_widths":
+            overrides[key] = tuple(int(w) for w in value.split(","))
+        elif key == "workers":
+            overrides[key] = int(value)
+        elif key in FIELDS:
+            default = getattr(SMALL, key)
+            if isinstance(default, bool) or default is None:
+                overrides[key] = {"true": True, "false": False, "none": None}[value.lower()]
+            else:
+                overrides[key] = type(default)(value)
+        else:
+            raise SystemExit(f"unknown trial key {key!r}; allowed: variant, seeds, threads, lr, {', '.join(FIELDS)}")
+    if "lr" in overrides:
+        overrides["lr"] = {**SMALL.lr, variant: overrides["lr"]}
+    return variant, seeds, threads, overrides
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--trial", action="append", required=True, help="one trial: key=value ... (repeatable)")
+    ap.add_argument("--out", required=True, help="folder for search.log, search.jsonl and the run folders")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log_file = (out / "search.log").open("a")
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+        log_file.write(line + "\n")
+        log_file.flush()
+
+    first = len(list((out / "runs").glob("*"))) if (out / "runs").exists() else 0
+    for index, text in enumerate(args.trial, start=first):
+        variant, seeds, threads, overrides = parse_trial(text)
+        torch.set_num_threads(threads)
+        cfg = dataclasses.replace(SMALL, device="cpu", **overrides)
+        task = load_task(cfg)
+        log(f"== trial {index}: {text} (torch threads {threads}, {time.strftime('%H:%M:%S')})")
+        t0 = time.perf_counter()
+        (_, results), = train_variants(cfg, [variant], seeds, out / "runs" / str(index), task, log)
+        wall = time.perf_counter() - t0
+        with (out / "search.jsonl").open("a") as f:
+            for r in results:
+                with RunFolder(r["run_dir"]).store() as store:
+                    curves = {name: store.series(name) for name in ("eval/decision_acc", "eval/acc", "eval/loss")}
+                record = {"trial": index, "spec": text, "variant": variant, "seed": r["seed"], "trial_wall_s": wall,
+                          "final_acc": r["eval/acc"], "final_decision_acc": r["eval/decision_acc"],
+                          "curves": {k: {"steps": s, "values": v} for k, (s, v) in curves.items()}}
+                f.write(json.dumps(record) + "\n")
+                d = curves["eval/decision_acc"]
+                log(f"   trial {index} {variant} seed {r['seed']}: final acc {r['eval/acc']:.3f} decision "
+                    f"{r['eval/decision_acc']:.3f}; decision curve " + " ".join(f"{v:.2f}" for v in d[1]))
+        log(f"   trial {index} wall {wall:.1f} s for {len(seeds)} seed(s)")
+
+
+if __name__ == "__main__":
+    main()
