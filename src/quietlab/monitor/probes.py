@@ -351,32 +351,44 @@ def _fit_group(acts, names, feats, family, C, train_idx, test_idx, layer_list, p
     fit_pos = sorted(set().union(*usable.values()))
     pairs = [(l, t) for l in layer_list for t in fit_pos]
 
-    bytes_per_pair = (len(train_idx) + len(test_idx)) * (d * 4 + vals.shape[2] * C * 4 * 4 + 64) + d * d * 16
-    chunk = max(1, int(max_chunk_bytes // bytes_per_pair))
-    parts, n_iter = [], 0
-    tr_i, te_i = (torch.as_tensor(i, device=first.device) for i in (train_idx, test_idx))
-    for s in range(0, len(pairs), chunk):
-        sub = pairs[s : s + chunk]
-        ts = [t for _, t in sub]
-        Xtr, Xte = _gather(acts, sub, tr_i, device, buffers[0]), _gather(acts, sub, te_i, device, buffers[1])
-        mtr = torch.as_tensor(np.ascontiguousarray(mask_tr[:, ts].T), device=device)
-        mte = torch.as_tensor(np.ascontiguousarray(mask_te[:, ts].T), device=device)
-        ytr = torch.as_tensor(np.ascontiguousarray(vals_tr[:, ts].transpose(1, 0, 2)), device=device)
-        yte = torch.as_tensor(np.ascontiguousarray(vals_te[:, ts].transpose(1, 0, 2)), device=device)
+    # each pair is fitted on the examples where its features are defined, and no others: where answers
+    # start at varying places a position is defined on a fraction of the probe set, and the passes over
+    # the other rows would cost as much as over these. Pairs of similar counts are chunked together (in
+    # decreasing order), padded to the largest count of their chunk.
+    rows_tr = {t: np.flatnonzero(mask_tr[:, t]) for t in fit_pos}
+    rows_te = {t: np.flatnonzero(mask_te[:, t]) for t in fit_pos}
+    order = sorted(range(len(pairs)), key=lambda j: -len(rows_tr[pairs[j][1]]))
+    item_bytes = d * 4 + vals.shape[2] * C * 4 * 4 + 64
+    parts, n_iter, s = [], 0, 0
+    while s < len(order):
+        most = len(rows_tr[pairs[order[s]][1]])
+        bytes_per_pair = (most + max(len(rows_te[t]) for t in fit_pos)) * item_bytes + d * d * 16
+        chunk = max(1, int(max_chunk_bytes // bytes_per_pair))
+        sub = [pairs[j] for j in order[s : s + chunk]]
+        ts = np.array([t for _, t in sub])
+        idx_tr, mtr = _padded_rows([rows_tr[t] for t in ts], device)
+        idx_te, mte = _padded_rows([rows_te[t] for t in ts], device)
+        Xtr = _gather(acts, sub, train_idx, idx_tr, device, buffers[0], bias_column=family != "ridge")
+        Xte = _gather(acts, sub, test_idx, idx_te, device, buffers[1])
+        ytr = torch.as_tensor(vals_tr[idx_tr.cpu().numpy(), ts[:, None]], device=device)
+        yte = torch.as_tensor(vals_te[idx_te.cpu().numpy(), ts[:, None]], device=device)
         start = _initial_probes(init, names, slices, sub, family, C, d, device) if init else None
         part = _fit_chunk(Xtr, mtr, ytr, Xte, mte, yte, family, C, slices, l2, max_iter, tol, bootstrap, seed + s,
                           standardize, start)
         n_iter = max(n_iter, part["n_iter"])
         parts.append(part)
+        s += len(sub)
     if not parts:
         return {n: _unfitted(n, f, d, skipped[n]) for n, f in zip(names, feats)}
+    fitted_at = {j: i for i, j in enumerate(order)}  # pair j's row in the chunks' results
 
     results = {}
     metric_names = _METRICS["scalar" if family == "ridge" else "classification"]
     for i, (n, f, sl) in enumerate(zip(names, feats, slices)):
         at = set(usable[n])
         keep = [j for j, (l, t) in enumerate(pairs) if t in at]
-        take = None if len(keep) == len(pairs) else keep  # None: every pair of the group
+        take = [fitted_at[j] for j in keep]
+        take = None if take == list(range(len(pairs))) else take  # None: every pair of the group, in order
         W = _joined([p["weight"][:, sl] for p in parts], take)
         B = _joined([p["bias"][:, sl] for p in parts], take)
         metrics = {m: _joined([p["metrics"][i][m] for p in parts], take) for m in metric_names}
@@ -388,22 +400,39 @@ def _fit_group(acts, names, feats, family, C, train_idx, test_idx, layer_list, p
     return results
 
 
-def _gather(acts, pairs, rows: torch.Tensor, device, buffer: list) -> torch.Tensor:
-    """The activations of ``pairs`` at the probe-set ``rows`` as one contiguous float32 (P, n, d) tensor on
-    ``device``, which the solver may overwrite. One copy, of only what is needed, into ``buffer[0]`` (a
-    flat tensor kept between chunks and grown when too small): fresh memory costs a page fault per 4 KiB."""
+def _padded_rows(rows: list[np.ndarray], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(index (P, n), mask (P, n)) of P lists of rows, padded to the longest: pads repeat the list's first
+    row (any real row will do: the mask zeroes it) and are False in the mask."""
+    n = max(len(r) for r in rows)
+    idx = np.zeros((len(rows), n), dtype=np.int64)
+    mask = np.zeros((len(rows), n), dtype=bool)
+    for i, r in enumerate(rows):
+        idx[i, : len(r)], idx[i, len(r) :], mask[i, : len(r)] = r, r[0] if len(r) else 0, True
+    return torch.as_tensor(idx, device=device), torch.as_tensor(mask, device=device)
+
+
+def _gather(acts, pairs, subset: np.ndarray, rows: torch.Tensor, device, buffer: list,
+            bias_column: bool = False) -> torch.Tensor:
+    """The activations of ``pairs`` at ``subset[rows[i]]`` (the probe-set rows of pair i) as one float32
+    (P, n, d) tensor on ``device``, which the solver may overwrite; with ``bias_column`` (P, n, d + 1),
+    the last column 1 (the logistic solver's bias). One copy, of only what is needed, into ``buffer[0]``
+    (a flat tensor kept between chunks and grown when too small): fresh memory costs a page fault per 4 KiB."""
     first = acts[pairs[0][0]]
-    shape = (len(pairs), len(rows), first.shape[-1])
+    d = first.shape[-1]
+    shape = (len(pairs), rows.shape[1], d + int(bias_column))
     size = shape[0] * shape[1] * shape[2]
     if not buffer or buffer[0].numel() < size:
         buffer[:] = [torch.empty(size, dtype=torch.float32, device=first.device)]
     out = buffer[0][:size].view(shape)
+    where = torch.as_tensor(subset, device=first.device)[rows.to(first.device)]
     for i, (l, t) in enumerate(pairs):
         a = acts[l][:, t]
-        if a.dtype == torch.float32:
-            torch.index_select(a, 0, rows, out=out[i])
+        if a.dtype == torch.float32 and not bias_column:
+            torch.index_select(a, 0, where[i], out=out[i])
         else:
-            out[i].copy_(a.index_select(0, rows))
+            out[i, :, :d] = a.index_select(0, where[i])
+    if bias_column:
+        out[..., d] = 1.0
     return out.to(device)
 
 
@@ -472,8 +501,10 @@ def _standardise(X: torch.Tensor, m: torch.Tensor, n: torch.Tensor, scale: bool 
 def _fit_chunk(Xtr, mtr, ytr, Xte, mte, yte, family, C, slices, l2, max_iter, tol, bootstrap, seed, standardize=True,
                start=None):
     """Probes of one chunk of pairs. Xtr and Xte are the chunk's own copies: they are standardised in place."""
-    P, N, d = Xtr.shape
     dev = Xtr.device
+    P, N, d = Xte.shape
+    X_solver = Xtr  # the logistic solver's: with the bias column
+    Xtr = Xtr[..., :d]
     n_tr = mtr.sum(1).float()
     wtr = mtr.float() / n_tr[:, None]
     # XᵀΩX of the standardised X: exact for ridge, whose solution it is; sampled for the logistic
@@ -501,7 +532,8 @@ def _fit_chunk(Xtr, mtr, ytr, Xte, mte, yte, family, C, slices, l2, max_iter, to
                 start = (W0 * sd[:, None, None], b0 + torch.einsum("pkcd,pd->pkc", W0, mu), has)
             else:
                 start = (W0 * sd[:, None], b0 + torch.einsum("pkd,pd->pk", W0, mu), has)
-        Ws, bs, class_off, n_iter = fit_logistic(Xs, wtr, ytr, kind, C, gram, l2, max_iter, tol, start=start)
+        X_solver[..., d] = mtr  # the bias column: 1 on the pair's examples, 0 on padding
+        Ws, bs, class_off, n_iter = fit_logistic(X_solver, wtr, ytr, kind, C, gram, l2, max_iter, tol, start=start)
         metrics = _eval_logistic(Xts, Ws, bs, class_off, yte, mte, wte, kind, C, slices)
     # back to the original activation space: w·(x−μ)/σ + b_s = (w/σ)·x + (b_s − (w/σ)·μ)
     if family == "softmax":
