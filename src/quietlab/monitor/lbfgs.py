@@ -12,9 +12,9 @@ solver sees θ as (P, G, g·D). Logits are θ Xᵀ (P, K, N), classes on a middl
 over a few classes runs many times faster on a CPU than over the last axis.
 
 The quasi-Newton memory is kept in compact form (Byrd, Nocedal and Schnabel 1994, theorem 2.2): per
-problem, a ring of the last m steps S and gradient changes Y with their inner products SᵀY and
-YᵀA⁻¹Y, so that a direction costs four batched products with the memory and two m × m triangular
-solves, instead of the 2m vector operations per problem of the two-loop recursion (on a GPU each of
+problem, a ring of the last m steps S, gradient changes Y and their preconditioned A⁻¹Y, with the
+inner products SᵀY and YᵀA⁻¹Y, so that a direction costs four batched products with the memory and
+two m × m triangular solves, instead of the 2m vector operations per problem of the two-loop recursion (on a GPU each of
 those is a kernel launch; on a CPU a pass over memory). In exact arithmetic it gives the same
 directions.
 """
@@ -24,9 +24,10 @@ from __future__ import annotations
 import torch
 
 MASKED_LOGIT = -30.0  # logit given to classes never seen on a pair's probe-train side
+HISTORY = 10  # steps in the quasi-Newton memory
 
 
-def fit_logistic(X, w, y, kind, C, gram, l2, max_iter, tol, start=None, history=10):
+def fit_logistic(X, w, y, kind, C, gram, l2, max_iter, tol, start=None, history=HISTORY):
     """Logistic probes of a chunk, all pairs at once: (W (P, K, d), b (P, K), class_off, passes).
 
     X (P, N, d + 1): standardised activations with the bias column last (the solver's to overwrite:
@@ -161,7 +162,7 @@ class LogisticObjective:
         return inner.clamp(min=0).sqrt()
 
 
-def lbfgs(objective, theta, active, max_iter, tol, history=10, ftol=1e-5):
+def lbfgs(objective, theta, active, max_iter, tol, history=HISTORY, ftol=1e-5):
     """Preconditioned L-BFGS over a chunk's problems, each with its own Armijo line search, memory and
     stopping test: (θ, passes). Problems start at θ (P, G, L); those not ``active`` are left as they are.
     A problem stops when one bound-scaled (MM) step would move the standardised logits by less than about
@@ -173,9 +174,9 @@ def lbfgs(objective, theta, active, max_iter, tol, history=10, ftol=1e-5):
     f, g = objective(theta)
     p = objective.precondition(g)
     active = active & (objective.logit_move(g, p) >= tol)  # already converged: nothing to do
-    # the memory: slot k holds step k mod m; SY[i, j] = s_iᵀy_j, YAY[i, j] = y_iᵀA⁻¹y_j; steps that a
-    # problem does not use are stored as zeros and marked invalid
-    S, Y = theta.new_zeros(P, G, m, L), theta.new_zeros(P, G, m, L)
+    # the memory: slot k holds step k mod m (s, y and A⁻¹y); SY[i, j] = s_iᵀy_j, YAY[i, j] = y_iᵀA⁻¹y_j;
+    # steps that a problem does not use are stored as zeros and marked invalid
+    S, Y, AY = theta.new_zeros(P, G, m, L), theta.new_zeros(P, G, m, L), theta.new_zeros(P, G, m, L)
     SY, YAY = theta.new_zeros(P, G, m, m), theta.new_zeros(P, G, m, m)
     valid = torch.zeros(P, G, m, dtype=torch.bool, device=dev)
     direction = -p
@@ -194,8 +195,8 @@ def lbfgs(objective, theta, active, max_iter, tol, history=10, ftol=1e-5):
                 theta_out[rows] = theta
                 keep = still.nonzero().squeeze(1)
                 rows, P, objective = rows[keep], left, objective.select(keep)
-                theta, f, g, p, direction, alpha, plain, active, S, Y, SY, YAY, valid = (
-                    t.index_select(0, keep) for t in (theta, f, g, p, direction, alpha, plain, active, S, Y, SY,
+                theta, f, g, p, direction, alpha, plain, active, S, Y, AY, SY, YAY, valid = (
+                    t.index_select(0, keep) for t in (theta, f, g, p, direction, alpha, plain, active, S, Y, AY, SY,
                                                       YAY, valid))
         slope = _dot(g, direction)
         step = alpha * active
@@ -208,10 +209,11 @@ def lbfgs(objective, theta, active, max_iter, tol, history=10, ftol=1e-5):
         s, y = theta_t - theta, g_t - g
         sy = _dot(s, y)
         use = ok & (sy > 1e-12)
-        s, y = torch.where(use[..., None], s, 0.0), torch.where(use[..., None], y, 0.0)
+        # an unused step is stored as zeros (s is finite; y can be NaN where the trial point overflowed)
+        s, y = s * use[..., None], torch.where(use[..., None], y, 0.0)
         y_pre = torch.where(use[..., None], p_t - p, 0.0)  # A⁻¹y
         k = it % m
-        S[:, :, k], Y[:, :, k], valid[:, :, k] = s, y, use
+        S[:, :, k], Y[:, :, k], AY[:, :, k], valid[:, :, k] = s, y, y_pre, use
         decrease = f - f_t
         theta = torch.where(ok[..., None], theta_t, theta)
         f = torch.where(ok, f_t, f)
@@ -232,7 +234,7 @@ def lbfgs(objective, theta, active, max_iter, tol, history=10, ftol=1e-5):
         active = active & ~done & ~stuck
         valid = valid & ~reset[..., None]
         fresh = ok | reset
-        Hg = _inverse_hessian_times(objective, g, S, Y, SY, YAY, valid, k, s_prod[..., 1], y_prod[..., 2])
+        Hg = _inverse_hessian_times(p, S, AY, SY, YAY, valid, k, s_prod[..., 1], y_prod[..., 2])
         descent = (_dot(g, Hg) > 0) & ~reset  # H g must point uphill so that -H g descends
         direction = torch.where(fresh[..., None], torch.where(descent[..., None], -Hg, -p), direction)
         plain = torch.where(fresh, ~descent, plain)
@@ -248,21 +250,21 @@ def _matvecs(M, *vectors):
     return torch.bmm(M.view(P * G, m, L), V.transpose(1, 2)).view(P, G, m, len(vectors))
 
 
-def _inverse_hessian_times(objective, g, S, Y, SY, YAY, valid, newest, Sg, YAg):
+def _inverse_hessian_times(p, S, AY, SY, YAY, valid, newest, Sg, YAg):
     """H g for the L-BFGS inverse Hessian H of every problem, from H0 = γA⁻¹ and the valid memory
-    entries, in compact form: H g = γA⁻¹(g − Y a) + S t, a = R⁻¹Sᵀg, t = R⁻ᵀ((D + γYᵀA⁻¹Y) a − γYᵀA⁻¹g),
+    entries, in compact form: H g = γ(A⁻¹g − A⁻¹Y a) + S t, a = R⁻¹Sᵀg, t = R⁻ᵀ((D + γYᵀA⁻¹Y) a − γYᵀA⁻¹g),
     R the upper triangle of SᵀY in chronological order, D its diagonal. γ = sᵀy / yᵀA⁻¹y of the newest
-    valid entry (1 without one). ``Sg``, ``YAg``: Sᵀg and YᵀA⁻¹g (P, G, m), slot order."""
+    valid entry (1 without one). ``p`` = A⁻¹g; ``Sg``, ``YAg``: Sᵀg and YᵀA⁻¹g (P, G, m), slot order."""
     m = S.shape[2]
-    chrono = torch.tensor([(newest + 1 + j) % m for j in range(m)], device=g.device)  # oldest first
+    chrono = torch.tensor([(newest + 1 + j) % m for j in range(m)], device=p.device)  # oldest first
     back = torch.argsort(chrono)
-    v = valid[..., chrono].to(g.dtype)
+    v = valid[..., chrono].to(p.dtype)
     both = v[..., :, None] * v[..., None, :]
     SYc = SY[..., chrono, :][..., :, chrono]
     R = torch.triu(SYc) * both + torch.diag_embed(1 - v)  # invalid entries: identity rows, no effect
     Dg = SYc.diagonal(dim1=-2, dim2=-1) * v
     M = YAY[..., chrono, :][..., :, chrono] * both
-    last = (v * torch.arange(1, m + 1, device=g.device, dtype=g.dtype)).argmax(-1, keepdim=True)
+    last = (v * torch.arange(1, m + 1, device=p.device, dtype=p.dtype)).argmax(-1, keepdim=True)
     yay = M.diagonal(dim1=-2, dim2=-1).gather(-1, last).squeeze(-1)
     gamma = torch.where(v.any(-1), Dg.gather(-1, last).squeeze(-1) / yay.clamp(min=1e-30), torch.ones_like(yay))
     u = (Sg[..., chrono] * v)[..., None]
@@ -271,9 +273,9 @@ def _inverse_hessian_times(objective, g, S, Y, SY, YAY, valid, newest, Sg, YAg):
     t = torch.linalg.solve_triangular(R.transpose(-1, -2), rhs, upper=False)
     a, t = a.squeeze(-1)[..., back], t.squeeze(-1)[..., back]
     P, G, _, L = S.shape
-    Ya = torch.bmm(a.view(P * G, 1, m), Y.view(P * G, m, L)).view(P, G, L)
+    AYa = torch.bmm(a.view(P * G, 1, m), AY.view(P * G, m, L)).view(P, G, L)
     St = torch.bmm(t.view(P * G, 1, m), S.view(P * G, m, L)).view(P, G, L)
-    return torch.addcmul(St, gamma[..., None], objective.precondition(g - Ya))
+    return torch.addcmul(St, gamma[..., None], p - AYa)
 
 
 def spd_inverse(A: torch.Tensor, dtype=torch.float64) -> torch.Tensor:

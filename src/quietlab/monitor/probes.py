@@ -43,7 +43,7 @@ import torch
 
 from ..models.hooks import EMBED, block_of, depth
 from ..tasks.base import Feature
-from .lbfgs import fit_logistic, spd_inverse
+from .lbfgs import HISTORY, fit_logistic, spd_inverse
 
 CLASSIFICATION = ("binary", "multilabel", "categorical")
 Z95 = 1.959963984540054
@@ -358,11 +358,13 @@ def _fit_group(acts, names, feats, family, C, train_idx, test_idx, layer_list, p
     rows_tr = {t: np.flatnonzero(mask_tr[:, t]) for t in fit_pos}
     rows_te = {t: np.flatnonzero(mask_te[:, t]) for t in fit_pos}
     order = sorted(range(len(pairs)), key=lambda j: -len(rows_tr[pairs[j][1]]))
-    item_bytes = d * 4 + vals.shape[2] * C * 4 * 4 + 64
+    rows = vals.shape[2] * max(C, 1)  # logits per example
+    item_bytes = (d + 1) * 4 + rows * 4 * 4 + 64  # per example: activations, logits and what the solver derives
+    pair_bytes = d * d * 16 + (0 if family == "ridge" else 3 * HISTORY * rows * (d + 1) * 4)  # Gram, inverse; memory
     parts, n_iter, s = [], 0, 0
     while s < len(order):
         most = len(rows_tr[pairs[order[s]][1]])
-        bytes_per_pair = (most + max(len(rows_te[t]) for t in fit_pos)) * item_bytes + d * d * 16
+        bytes_per_pair = (most + max(len(rows_te[t]) for t in fit_pos)) * item_bytes + pair_bytes
         chunk = max(1, int(max_chunk_bytes // bytes_per_pair))
         sub = [pairs[j] for j in order[s : s + chunk]]
         ts = np.array([t for _, t in sub])
