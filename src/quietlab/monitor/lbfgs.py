@@ -66,7 +66,7 @@ def fit_logistic(X, w, y, kind, C, gram, l2, max_iter, tol, start=None, history=
     Ainv = torch.zeros(P, D, D, device=dev)
     Ainv[:, :d, :d] = spd_inverse(curv * gram + l2 * torch.eye(d, device=dev), torch.float32)
     Ainv[:, d, d] = 1.0 / curv
-    objective = LogisticObjective(X, w, target, class_off, (~frozen).float()[..., None], Ainv, kind, G, g, l2)
+    objective = LogisticObjective(X, w, target, class_off, (~frozen).float(), Ainv, kind, G, g, l2)
     theta = torch.zeros(P, G * g, D, device=dev)
     theta[..., d] = b.reshape(P, G * g)
     theta = theta.view(P, G, g * D)
@@ -96,55 +96,61 @@ def _dot(a, b):
 
 class LogisticObjective:
     """The logistic objectives of a chunk's problems, Σ_i ω_i CE_i + ½ λ ‖W‖² per output (sigmoid) or
-    variable (softmax), with the data they need; ``select`` keeps some pairs. Parameters θ (P, G, g·D)."""
+    variable (softmax), with the data they need; ``select`` keeps some pairs. Parameters θ (P, G, g·D).
+
+    X (P, N, D), w (P, N), target (P, K, N), class_off (P, K, 1) or None, live (P, G): 0 for problems
+    that are not solved (their gradient is zero), Ainv (P, D, D)."""
 
     def __init__(self, X, w, target, class_off, live, Ainv, kind, G, g, l2):
-        self.X, self.w, self.target, self.class_off, self.live, self.Ainv = X, w, target, class_off, live, Ainv
-        self.kind, self.G, self.g, self.l2 = kind, G, g, l2
+        P, N, D = X.shape
+        self.X, self.class_off, self.Ainv, self.kind, self.G, self.g, self.l2 = X, class_off, Ainv, kind, G, g, l2
+        self.target, self.w = target, w
+        live_rows = live.repeat_interleave(g, 1)[..., None]  # (P, K, 1)
+        self.w_live = w[:, None, :] * live_rows  # example weights of each row's gradient
+        self.neg_tw = -target * w[:, None, :]
+        # the penalty's weight of each parameter: λ on weights, 0 on the bias; 0 where not solved
+        pen = torch.full((D,), l2, device=X.device)
+        pen[D - 1] = 0.0
+        self.pen = pen.repeat(g)  # (g·D,)
+        self.pen_live = self.pen * live[..., None]  # (P, G, g·D)
 
     def select(self, keep: torch.Tensor) -> "LogisticObjective":
         """The objective of pairs ``keep`` (ascending) only; X is compacted in place (no new copy of it)."""
         for i, j in enumerate(keep.tolist()):
             if i != j:
                 self.X[i].copy_(self.X[j])
-        pick = [t if t is None else t.index_select(0, keep) for t in (self.w, self.target, self.class_off, self.live,
-                                                                     self.Ainv)]
-        return LogisticObjective(self.X[: len(keep)], *pick, self.kind, self.G, self.g, self.l2)
+        out = object.__new__(LogisticObjective)
+        out.__dict__.update(self.__dict__)
+        out.X = self.X[: len(keep)]
+        for name in ("w", "target", "class_off", "Ainv", "w_live", "neg_tw", "pen_live"):
+            t = getattr(self, name)
+            setattr(out, name, t if t is None else t.index_select(0, keep))
+        return out
 
     def _loss(self, theta):
         X, G, g = self.X, self.G, self.g
         P, N, D = X.shape
-        K = G * g
-        rows = theta.view(P, K, D)
-        Z = torch.bmm(rows, X.transpose(1, 2))  # (P, K, N)
+        Z = torch.bmm(theta.view(P, G * g, D), X.transpose(1, 2))  # (P, K, N)
         if self.kind == "categorical":
             if self.class_off is not None:
                 Z += self.class_off
             logp = torch.log_softmax(Z.view(P, G, g, N), dim=2)
-            loss = (logp * self.target.view(P, G, g, N)).view(P, K, N)
-            data = -torch.bmm(loss, self.w[..., None]).view(P, G, g).sum(2)
-            prob = logp.exp_().view(P, K, N)
+            data = _dot(logp.view(P, G, g * N), self.neg_tw.view(P, G, g * N))
+            prob = logp.exp_().view(P, G * g, N)
         else:
-            loss = torch.nn.functional.softplus(Z) - self.target * Z
-            data = torch.bmm(loss, self.w[..., None]).view(P, G)
+            data = _dot(torch.nn.functional.softplus(Z), self.w[:, None, :]) + _dot(Z, self.neg_tw)
             prob = torch.sigmoid(Z)
-        bias = rows[..., D - 1]
-        penalty = _dot(theta, theta) - (bias * bias).view(P, G, g).sum(2)
-        return data + 0.5 * self.l2 * penalty, prob
+        return torch.add(data, _dot(theta, theta * self.pen), alpha=0.5), prob
 
     def value(self, theta):
         """Objective (P, G) of every problem at θ (P, G, g·D)."""
         return self._loss(theta)[0]
 
     def __call__(self, theta):
-        """Objective (P, G) and gradient (P, G, g·D) of every problem at θ."""
+        """Objective (P, G) and gradient (P, G, g·D) of every problem at θ (zero for those not solved)."""
         f, prob = self._loss(theta)
-        P, N, D = self.X.shape
-        R = (prob - self.target).mul_(self.w[:, None, :])
-        grad = torch.bmm(R, self.X).view(theta.shape)
-        grad.add_(theta, alpha=self.l2)
-        grad.view(P, -1, D)[..., D - 1] -= self.l2 * theta.view(P, -1, D)[..., D - 1]  # the bias is not penalised
-        return f, grad.mul_(self.live)
+        grad = torch.bmm(torch.addcmul(self.neg_tw, prob, self.w_live), self.X).view(theta.shape)
+        return f, torch.addcmul(grad, theta, self.pen_live)
 
     def precondition(self, v):
         """A⁻¹v: the bound (majorisation) step's inverse curvature applied to v (P, G, g·D)."""
@@ -156,64 +162,66 @@ class LogisticObjective:
         their RMS change over the training examples times √c. As A = cXᵀΩX + λI, that is Δᵀg − λ‖Δ_W‖²:
         what the penalty alone would move (weights along directions the data hardly spans, which no
         logit feels) is left out."""
-        P, N, D = self.X.shape
-        bias = step.view(P, -1, D)[..., D - 1]
-        inner = _dot(grad, step) - self.l2 * (_dot(step, step) - (bias * bias).view(P, self.G, -1).sum(2))
-        return inner.clamp(min=0).sqrt()
+        return _dot(torch.addcmul(grad, step, self.pen, value=-1.0), step).clamp_(min=0).sqrt_()
 
 
-def lbfgs(objective, theta, active, max_iter, tol, history=HISTORY, ftol=1e-5):
+def lbfgs(objective, theta, active, max_iter, tol, history=HISTORY, ftol=1e-5, compact=None):
     """Preconditioned L-BFGS over a chunk's problems, each with its own Armijo line search, memory and
     stopping test: (θ, passes). Problems start at θ (P, G, L); those not ``active`` are left as they are.
     A problem stops when one bound-scaled (MM) step would move the standardised logits by less than about
-    ``tol``, or when a full step no longer lowers its objective. On a CPU, finished pairs leave the batch."""
+    ``tol``, or when a full step no longer lowers its objective. With ``compact`` (default: on a CPU),
+    finished pairs leave the batch, so that later passes cost only what is left; without it (on a GPU,
+    where a pass costs less than the operations that compacting takes) the batch keeps its shape and
+    the host looks at the device's progress only every fourth pass. Either way every problem takes
+    the same steps (up to rounding)."""
     P, G, L = theta.shape
     dev, m = theta.device, history
+    compact = dev.type == "cpu" if compact is None else compact
     theta_out = theta.clone()
     rows = torch.arange(P, device=dev)  # the pairs still in the batch
     f, g = objective(theta)
     p = objective.precondition(g)
     active = active & (objective.logit_move(g, p) >= tol)  # already converged: nothing to do
     # the memory: slot k holds step k mod m (s, y and A⁻¹y); SY[i, j] = s_iᵀy_j, YAY[i, j] = y_iᵀA⁻¹y_j;
-    # steps that a problem does not use are stored as zeros and marked invalid
+    # steps that a problem does not use are stored as zeros and marked invalid (valid 0)
     S, Y, AY = theta.new_zeros(P, G, m, L), theta.new_zeros(P, G, m, L), theta.new_zeros(P, G, m, L)
-    SY, YAY = theta.new_zeros(P, G, m, m), theta.new_zeros(P, G, m, m)
-    valid = torch.zeros(P, G, m, dtype=torch.bool, device=dev)
+    SY, YAY, valid = theta.new_zeros(P, G, m, m), theta.new_zeros(P, G, m, m), theta.new_zeros(P, G, m)
+    zero = theta.new_zeros(())
+    gamma = torch.ones_like(f)  # H0 = γA⁻¹, γ = sᵀy / yᵀA⁻¹y of the newest step in the memory
     direction = -p
     alpha = torch.ones_like(f)
     plain = torch.ones_like(active)  # direction is the bound (MM) step -A⁻¹g
     passes = 0
     for it in range(max_iter):
-        if dev.type == "cpu" or it % 4 == 0:  # a device sync: on a GPU not every iteration
+        if compact or it % 4 == 0:  # a host sync
             still = active.any(1)
             left = int(still.sum())
             if left == 0:
                 break
-            if left <= 0.75 * P and dev.type == "cpu":
-                # drop the finished pairs from the batch, so that later passes over X cost only what is left
-                # (not on a GPU: there a pass costs less than the kernel launches that compacting takes)
+            if left <= 0.75 * P and compact:  # drop the finished pairs from the batch
                 theta_out[rows] = theta
                 keep = still.nonzero().squeeze(1)
                 rows, P, objective = rows[keep], left, objective.select(keep)
-                theta, f, g, p, direction, alpha, plain, active, S, Y, AY, SY, YAY, valid = (
-                    t.index_select(0, keep) for t in (theta, f, g, p, direction, alpha, plain, active, S, Y, AY, SY,
-                                                      YAY, valid))
+                theta, f, g, p, direction, alpha, gamma, plain, active, S, Y, AY, SY, YAY, valid = (
+                    t.index_select(0, keep) for t in (theta, f, g, p, direction, alpha, gamma, plain, active, S, Y,
+                                                      AY, SY, YAY, valid))
         slope = _dot(g, direction)
-        step = alpha * active
-        theta_t = torch.addcmul(theta, step[..., None], direction)
+        theta_t = torch.addcmul(theta, (alpha * active)[..., None], direction)
         f_t, g_t = objective(theta_t)
         p_t = objective.precondition(g_t)
         passes += 1
-        slack = 1e-6 * f.abs()  # float32 rounding of f: do not backtrack on noise
-        ok = active & torch.isfinite(f_t) & (f_t <= f + 1e-4 * alpha * slope + slack)  # Armijo
-        s, y = theta_t - theta, g_t - g
+        # Armijo, with a slack for float32 rounding of f (≥ 0): do not backtrack on noise (NaN fails)
+        ok = active & (f_t <= torch.addcmul(f * (1 + 1e-6), alpha, slope, value=1e-4))
+        k = it % m
+        s = torch.sub(theta_t, theta, out=S[:, :, k])
+        y = g_t - g
         sy = _dot(s, y)
         use = ok & (sy > 1e-12)
         # an unused step is stored as zeros (s is finite; y can be NaN where the trial point overflowed)
-        s, y = s * use[..., None], torch.where(use[..., None], y, 0.0)
-        y_pre = torch.where(use[..., None], p_t - p, 0.0)  # A⁻¹y
-        k = it % m
-        S[:, :, k], Y[:, :, k], AY[:, :, k], valid[:, :, k] = s, y, y_pre, use
+        s.mul_(use[..., None])
+        y = torch.where(use[..., None], y, zero, out=Y[:, :, k])
+        y_pre = torch.where(use[..., None], p_t - p, zero, out=AY[:, :, k])  # A⁻¹y
+        valid[:, :, k] = use
         decrease = f - f_t
         theta = torch.where(ok[..., None], theta_t, theta)
         f = torch.where(ok, f_t, f)
@@ -223,22 +231,23 @@ def lbfgs(objective, theta, active, max_iter, tol, history=HISTORY, ftol=1e-5):
         y_prod = _matvecs(Y, s, y_pre, p)  # y_iᵀs_k, y_iᵀA⁻¹y_k, y_iᵀA⁻¹g
         SY[..., :, k], SY[..., k, :] = s_prod[..., 0], y_prod[..., 0]
         YAY[..., :, k], YAY[..., k, :] = y_prod[..., 1], y_prod[..., 1]
-        move = objective.logit_move(g, p)
+        gamma = torch.where(use, sy / y_prod[..., k, 1].clamp(min=1e-30), gamma)
         # stop when one bound-scaled (MM) step would move the standardised logits by less than ~tol, or
         # when a full step no longer lowers the objective
-        flat = decrease.abs() <= slack + ftol * f.abs()
-        done = ok & ((move < tol) | (flat & (alpha == 1)))
-        failed = ~ok & active & (alpha < 1e-3)  # the line search gave up on this direction
+        flat = decrease.abs_() <= (1e-6 + ftol) * f
+        done = ok & ((objective.logit_move(g, p) < tol) | (flat & (alpha == 1)))
+        failed = (active ^ ok) & (alpha < 1e-3)  # the line search gave up on this direction
         stuck = failed & plain  # even the bound step, which cannot fail in exact arithmetic
-        reset = failed & ~plain  # a bad quasi-Newton direction: forget the memory, take the bound step
-        active = active & ~done & ~stuck
-        valid = valid & ~reset[..., None]
+        reset = failed ^ stuck  # a bad quasi-Newton direction: forget the memory, take the bound step
+        active = active & ~(done | stuck)
+        valid.mul_(~reset[..., None])
+        gamma = torch.where(reset, 1.0, gamma)
         fresh = ok | reset
-        Hg = _inverse_hessian_times(p, S, AY, SY, YAY, valid, k, s_prod[..., 1], y_prod[..., 2])
+        Hg = _inverse_hessian_times(p, S, AY, SY, YAY, valid, gamma, k + 1, s_prod[..., 1], y_prod[..., 2])
         descent = (_dot(g, Hg) > 0) & ~reset  # H g must point uphill so that -H g descends
-        direction = torch.where(fresh[..., None], torch.where(descent[..., None], -Hg, -p), direction)
+        direction = torch.where(fresh[..., None], -torch.where(descent[..., None], Hg, p), direction)
         plain = torch.where(fresh, ~descent, plain)
-        alpha = torch.where(fresh, torch.ones_like(alpha), alpha * 0.5)
+        alpha = torch.where(fresh, 1.0, alpha * 0.5)
     theta_out[rows] = theta
     return theta_out, passes
 
@@ -250,31 +259,27 @@ def _matvecs(M, *vectors):
     return torch.bmm(M.view(P * G, m, L), V.transpose(1, 2)).view(P, G, m, len(vectors))
 
 
-def _inverse_hessian_times(p, S, AY, SY, YAY, valid, newest, Sg, YAg):
+def _inverse_hessian_times(p, S, AY, SY, YAY, valid, gamma, shift, Sg, YAg):
     """H g for the L-BFGS inverse Hessian H of every problem, from H0 = γA⁻¹ and the valid memory
     entries, in compact form: H g = γ(A⁻¹g − A⁻¹Y a) + S t, a = R⁻¹Sᵀg, t = R⁻ᵀ((D + γYᵀA⁻¹Y) a − γYᵀA⁻¹g),
-    R the upper triangle of SᵀY in chronological order, D its diagonal. γ = sᵀy / yᵀA⁻¹y of the newest
-    valid entry (1 without one). ``p`` = A⁻¹g; ``Sg``, ``YAg``: Sᵀg and YᵀA⁻¹g (P, G, m), slot order."""
-    m = S.shape[2]
-    chrono = torch.tensor([(newest + 1 + j) % m for j in range(m)], device=p.device)  # oldest first
-    back = torch.argsort(chrono)
-    v = valid[..., chrono].to(p.dtype)
+    R the upper triangle of SᵀY in chronological order, D its diagonal. ``p`` = A⁻¹g; ``Sg``, ``YAg``:
+    Sᵀg and YᵀA⁻¹g (P, G, m) in slot order; rolling by −``shift`` puts the slots in chronological order."""
+    def chrono(t, dims=(-1,)):
+        return torch.roll(t, (-shift,) * len(dims), dims)
+
+    v = chrono(valid)
     both = v[..., :, None] * v[..., None, :]
-    SYc = SY[..., chrono, :][..., :, chrono]
-    R = torch.triu(SYc) * both + torch.diag_embed(1 - v)  # invalid entries: identity rows, no effect
+    SYc = chrono(SY, (-2, -1))
+    R = torch.triu(SYc).mul_(both) + torch.diag_embed(1 - v)  # invalid entries: identity rows, no effect
     Dg = SYc.diagonal(dim1=-2, dim2=-1) * v
-    M = YAY[..., chrono, :][..., :, chrono] * both
-    last = (v * torch.arange(1, m + 1, device=p.device, dtype=p.dtype)).argmax(-1, keepdim=True)
-    yay = M.diagonal(dim1=-2, dim2=-1).gather(-1, last).squeeze(-1)
-    gamma = torch.where(v.any(-1), Dg.gather(-1, last).squeeze(-1) / yay.clamp(min=1e-30), torch.ones_like(yay))
-    u = (Sg[..., chrono] * v)[..., None]
-    a = torch.linalg.solve_triangular(R, u, upper=True)
-    rhs = Dg[..., None] * a + gamma[..., None, None] * (M @ a - (YAg[..., chrono] * v)[..., None])
+    a = torch.linalg.solve_triangular(R, (chrono(Sg) * v)[..., None], upper=True)
+    rhs = (chrono(YAY, (-2, -1)) * both) @ a - (chrono(YAg) * v)[..., None]
+    rhs = torch.addcmul(Dg[..., None] * a, gamma[..., None, None], rhs)
     t = torch.linalg.solve_triangular(R.transpose(-1, -2), rhs, upper=False)
-    a, t = a.squeeze(-1)[..., back], t.squeeze(-1)[..., back]
-    P, G, _, L = S.shape
-    AYa = torch.bmm(a.view(P * G, 1, m), AY.view(P * G, m, L)).view(P, G, L)
-    St = torch.bmm(t.view(P * G, 1, m), S.view(P * G, m, L)).view(P, G, L)
+    P, G, m, L = S.shape
+    a, t = torch.roll(a.view(P * G, 1, m), shift, -1), torch.roll(t.view(P * G, 1, m), shift, -1)
+    AYa = torch.bmm(a, AY.view(P * G, m, L)).view(P, G, L)
+    St = torch.bmm(t, S.view(P * G, m, L)).view(P, G, L)
     return torch.addcmul(St, gamma[..., None], p - AYa)
 
 
