@@ -427,12 +427,13 @@ def _gather(acts, pairs, subset: np.ndarray, rows: torch.Tensor, device, buffer:
         buffer[:] = [torch.empty(size, dtype=torch.float32, device=first.device)]
     out = buffer[0][:size].view(shape)
     where = torch.as_tensor(subset, device=first.device)[rows.to(first.device)]
+    layers = {}
     for i, (l, t) in enumerate(pairs):
-        a = acts[l][:, t]
-        if a.dtype == torch.float32 and not bias_column:
-            torch.index_select(a, 0, where[i], out=out[i])
-        else:
-            out[i, :, :d] = a.index_select(0, where[i])
+        layers.setdefault(l, []).append(i)
+    for l, at in layers.items():  # one gather per layer (a GPU is bound by the operations' count)
+        at_t = torch.as_tensor(at, device=first.device)
+        ts = torch.as_tensor([pairs[i][1] for i in at], device=first.device)
+        out[at_t, :, :d] = acts[l][where[at_t], ts[:, None]].to(torch.float32)
     if bias_column:
         out[..., d] = 1.0
     return out.to(device)
