@@ -27,7 +27,7 @@ MASKED_LOGIT = -30.0  # logit given to classes never seen on a pair's probe-trai
 HISTORY = 10  # steps in the quasi-Newton memory
 
 
-def fit_logistic(X, w, y, kind, C, gram, l2, max_iter, tol, start=None, history=HISTORY):
+def fit_logistic(X, w, y, kind, C, gram, l2, max_iter, tol, start=None, history=HISTORY, compact=None):
     """Logistic probes of a chunk, all pairs at once: (W (P, K, d), b (P, K), class_off, passes).
 
     X (P, N, d + 1): standardised activations with the bias column last (the solver's to overwrite:
@@ -36,7 +36,7 @@ def fit_logistic(X, w, y, kind, C, gram, l2, max_iter, tol, start=None, history=
     XᵀΩX of the activation columns. Each output (sigmoid) or variable (softmax) is its own problem,
     sharing only the pair's preconditioner. ``start``: (W, b, has) in the standardised space, the
     starting point of the problems marked in has. class_off (P, 1, K) or None: the logit offsets of
-    classes never seen on train (to add to the logits when evaluating)."""
+    classes never seen on train (to add to the logits when evaluating). ``compact``: as in ``lbfgs``."""
     P, N, D = X.shape
     d = D - 1
     dev = X.device
@@ -83,7 +83,7 @@ def fit_logistic(X, w, y, kind, C, gram, l2, max_iter, tol, start=None, history=
         # the bound's curvature ½ overstates a C-class softmax's (its probability is spread over C classes)
         # about C/2-fold, and the bound-scaled step understates the distance left by as much
         tol = tol * min(1.0, 2.0 / C)
-    theta, passes = lbfgs(objective, theta, ~frozen, max_iter, tol, history)
+    theta, passes = lbfgs(objective, theta, ~frozen, max_iter, tol, history, compact=compact)
     theta = theta.view(P, G * g, D)
     offsets = None if class_off is None else class_off.view(P, 1, G * g)
     return theta[..., :d].contiguous(), theta[..., d].contiguous(), offsets, passes
