@@ -272,3 +272,35 @@ def test_the_solver_takes_the_same_steps_with_and_without_compacting(kind, k, n_
             for compact in (True, False)]
     np.testing.assert_allclose(fits[0][0].numpy(), fits[1][0].numpy(), rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(fits[0][1].numpy(), fits[1][1].numpy(), rtol=1e-3, atol=1e-4)
+
+
+def test_one_batch_per_solver_family_gives_the_probes_of_one_batch_per_problem(monkeypatch):
+    """On a GPU the problems of a solver family (features whose masks agree at a position) are one batch,
+    their outputs side by side; on a CPU each problem is its own. Both give the same probes; here with
+    masks that agree at some positions and not at others, as BFS's queue and adjacency do."""
+    import quietlab.monitor.probes as probes
+
+    rng = np.random.default_rng(10)
+    acts = correlated_acts(rng, t=4)
+    X0 = acts[H[1]].numpy()
+    z = np.einsum("ntd,dk->ntk", (X0 - X0.mean((0, 1))) / X0.std((0, 1)), rng.standard_normal((D, 9)))
+    z = z + 1.5 * rng.standard_normal(z.shape)
+    everywhere, later = np.ones((N, 4), bool), np.ones((N, 4), bool)
+    later[: N // 2, 1:3] = False  # agrees with everywhere at positions 0 and 3 only
+    later[:, 0] = False
+    feats = {"a": Feature((z[..., :2] > 0).astype(np.uint8), everywhere, "multilabel"),
+             "b": Feature((z[..., 2:3] > 0).astype(np.uint8), later, "binary"),
+             "c": Feature(z[..., 3:6].argmax(-1)[..., None].astype(np.int16), everywhere, "categorical", 3),
+             "d": Feature(z[..., 6:9].argmax(-1)[..., None].astype(np.int16), later, "categorical", 3)}
+    tr, te = split_probe_set(N, 0.3, seed=0)
+    kw = dict(l2=L2, tol=1e-6, max_iter=500)
+    apart = fit_features(acts, feats, tr, te, **kw)
+    monkeypatch.setattr(probes, "_one_batch_per_family", lambda device: True)
+    together = fit_features(acts, feats, tr, te, **kw)
+    for name in feats:
+        assert together[name].pairs == apart[name].pairs
+        assert together[name].skipped == apart[name].skipped
+        for layer, t in apart[name].pairs:
+            X = acts[layer][te[feats[name].mask[te, t]], t].numpy()
+            np.testing.assert_allclose(probabilities(together[name], layer, t, X), probabilities(apart[name], layer, t, X),
+                                       atol=2e-3)

@@ -253,20 +253,32 @@ def fit_features(
             for together in sharing.values():
                 problems.setdefault((family, C, tuple(together)), []).append(t)
 
+    batches: dict[tuple, list[tuple[tuple[str, ...], int]]] = {}
+    for (family, C, names), positions in problems.items():
+        key = (family, C) if _one_batch_per_family(device) else (family, C, names)
+        batches.setdefault(key, []).extend((names, t) for t in positions)
+
     parts: dict[str, list[ProbeResult]] = {name: [] for name in features}
     buffers = ([], [])  # reused activation copies (probe-train, probe-test) of a chunk
     with _full_precision():
-        for (family, C, names), positions in problems.items():
-            feats = [features[n] for n in names]
-            fitted = _fit_group(acts, names, feats, family, C, train_idx, test_idx, layer_list, positions, device,
-                                l2, max_iter, tol, min_train, min_test, max_chunk_bytes, bootstrap, seed,
-                                buffers, standardize, init if family != "ridge" else None)
+        for (family, C, *_), sites in batches.items():
+            names = [n for n in features if any(n in present for present, _ in sites)]
+            fitted = _fit_group(acts, names, [features[n] for n in names], family, C, sites, train_idx, test_idx,
+                                layer_list, device, l2, max_iter, tol, min_train, min_test, max_chunk_bytes,
+                                bootstrap, seed, buffers, standardize, init if family != "ridge" else None)
             for name, result in fitted.items():
                 parts[name].append(result)
     return {name: _merge(name, features[name], parts[name], d) for name in features}
 
 
 _FAMILY = {"binary": "sigmoid", "multilabel": "sigmoid", "categorical": "softmax", "scalar": "ridge"}
+
+
+def _one_batch_per_family(device: torch.device) -> bool:
+    """Whether the problems of a solver family are fitted as one batch, their features' outputs side by
+    side (on a GPU, whose passes cost their operations' count rather than their size), or each problem
+    as a batch of its own (on a CPU, so that no pass computes an output that a pair does not have)."""
+    return device.type == "cuda"
 
 
 def _unfitted(name: str, feature: Feature, d: int, skipped=()) -> ProbeResult:
@@ -319,62 +331,74 @@ def _full_precision():
         torch.backends.cuda.matmul.allow_tf32 = old_tf32
 
 
-def _fit_group(acts, names, feats, family, C, train_idx, test_idx, layer_list, pos_list, device, l2, max_iter,
+def _fit_group(acts, names, feats, family, C, sites, train_idx, test_idx, layer_list, device, l2, max_iter,
                tol, min_train, min_test, max_chunk_bytes, bootstrap, seed, buffers, standardize=True, init=None):
+    """Probes of the features ``names`` (one solver family) at ``sites``: (features, position) of features
+    whose masks agree at that position, at every layer. All sites are one batch of pairs (chunked by
+    memory), the features' outputs side by side; a site's absent features have zero labels (constant,
+    so never fitted) and no results."""
     first = acts[layer_list[0]]
     N, T, d = first.shape
-    mask = feats[0].mask
-    mask_tr, mask_te = mask[train_idx], mask[test_idx]
+    of = dict(zip(names, feats))
     dtype = np.int64 if family == "softmax" else np.float32
-    vals = np.concatenate([f.values.astype(dtype, copy=False) for f in feats], axis=2)
-    vals_tr, vals_te = vals[train_idx], vals[test_idx]
     bounds = np.cumsum([0] + [f.k for f in feats])
     slices = [slice(int(bounds[i]), int(bounds[i + 1])) for i in range(len(feats))]
+    where_in = dict(zip(names, slices))
 
-    # per feature: the positions it can be probed at
+    # per site: the features fitted there (enough examples, not constant on probe-train), their rows and labels
     usable = {n: [] for n in names}
     skipped = {n: [] for n in names}
-    for t in pos_list:
-        ntr, nte = int(mask_tr[:, t].sum()), int(mask_te[:, t].sum())
-        if ntr == 0:
+    fit_sites = []  # (features fitted, position, probe-train rows, probe-test rows, labels there (N, k))
+    for present, t in sites:
+        column = of[present[0]].mask[:, t]
+        rows_tr, rows_te = np.flatnonzero(column[train_idx]), np.flatnonzero(column[test_idx])
+        if len(rows_tr) == 0:
             continue  # undefined here: not a probe site at all
-        if ntr < min_train or nte < min_test:
-            for n in names:
+        if len(rows_tr) < min_train or len(rows_te) < min_test:
+            for n in present:
                 skipped[n] += [(l, t, "too few examples") for l in layer_list]
             continue
-        v = vals_tr[mask_tr[:, t], t]
-        for n, sl in zip(names, slices):
-            if np.all(v[:, sl] == v[:1, sl]):
+        labels = np.zeros((N, int(bounds[-1])), dtype=dtype)
+        fitted = []
+        for n in present:
+            v = of[n].values[:, t]
+            if np.all(v[train_idx[rows_tr]] == v[train_idx[rows_tr[:1]]]):
                 skipped[n] += [(l, t, "constant") for l in layer_list]
             else:
                 usable[n].append(t)
-    fit_pos = sorted(set().union(*usable.values()))
-    pairs = [(l, t) for l in layer_list for t in fit_pos]
+                fitted.append(n)
+                labels[:, where_in[n]] = v
+        if fitted:
+            fit_sites.append((tuple(fitted), t, rows_tr, rows_te, labels))
+    pairs = [(l, i) for l in layer_list for i in range(len(fit_sites))]  # (layer, site)
 
     # each pair is fitted on the examples where its features are defined, and no others: where answers
     # start at varying places a position is defined on a fraction of the probe set, and the passes over
     # the other rows would cost as much as over these. Pairs of similar counts are chunked together (in
     # decreasing order), padded to the largest count of their chunk.
-    rows_tr = {t: np.flatnonzero(mask_tr[:, t]) for t in fit_pos}
-    rows_te = {t: np.flatnonzero(mask_te[:, t]) for t in fit_pos}
-    order = sorted(range(len(pairs)), key=lambda j: -len(rows_tr[pairs[j][1]]))
-    rows = vals.shape[2] * max(C, 1)  # logits per example
-    item_bytes = (d + 1) * 4 + rows * 4 * 4 + 64  # per example: activations, logits and what the solver derives
-    pair_bytes = d * d * 16 + (0 if family == "ridge" else 3 * HISTORY * rows * (d + 1) * 4)  # Gram, inverse; memory
+    order = sorted(range(len(pairs)), key=lambda j: -len(fit_sites[pairs[j][1]][2]))
+    outputs = int(bounds[-1]) * max(C, 1)  # logits per example
+    item_bytes = (d + 1) * 4 + outputs * 4 * 4 + 64  # per example: activations, logits and what the solver derives
+    pair_bytes = d * d * 16 + (0 if family == "ridge" else 3 * HISTORY * outputs * (d + 1) * 4)  # Gram, inverse; memory
+    most_te = max((len(site[3]) for site in fit_sites), default=0)
     parts, n_iter, s = [], 0, 0
     while s < len(order):
-        most = len(rows_tr[pairs[order[s]][1]])
-        bytes_per_pair = (most + max(len(rows_te[t]) for t in fit_pos)) * item_bytes + pair_bytes
+        bytes_per_pair = (len(fit_sites[pairs[order[s]][1]][2]) + most_te) * item_bytes + pair_bytes
         chunk = max(1, int(max_chunk_bytes // bytes_per_pair))
         sub = [pairs[j] for j in order[s : s + chunk]]
-        ts = np.array([t for _, t in sub])
-        idx_tr, mtr = _padded_rows([rows_tr[t] for t in ts], device)
-        idx_te, mte = _padded_rows([rows_te[t] for t in ts], device)
-        Xtr = _gather(acts, sub, train_idx, idx_tr, device, buffers[0], bias_column=family != "ridge")
-        Xte = _gather(acts, sub, test_idx, idx_te, device, buffers[1])
-        ytr = torch.as_tensor(vals_tr[idx_tr.cpu().numpy(), ts[:, None]], device=device)
-        yte = torch.as_tensor(vals_te[idx_te.cpu().numpy(), ts[:, None]], device=device)
-        start = _initial_probes(init, names, slices, sub, family, C, d, device) if init else None
+        at = [fit_sites[i] for _, i in sub]
+        located = [(l, site[1]) for (l, _), site in zip(sub, at)]
+        idx_tr, mtr = _padded_rows([site[2] for site in at])
+        idx_te, mte = _padded_rows([site[3] for site in at])
+        Xtr = _gather(acts, located, train_idx[idx_tr], device, buffers[0], bias_column=family != "ridge")
+        Xte = _gather(acts, located, test_idx[idx_te], device, buffers[1])
+        ytr = torch.as_tensor(np.stack([site[4][train_idx[r]] for site, r in zip(at, idx_tr)]), device=device)
+        yte = torch.as_tensor(np.stack([site[4][test_idx[r]] for site, r in zip(at, idx_te)]), device=device)
+        mtr, mte = torch.as_tensor(mtr, device=device), torch.as_tensor(mte, device=device)
+        start = None
+        if init:
+            start = _initial_probes(init, names, slices, [(l, site[1], site[0]) for (l, _), site in zip(sub, at)],
+                                    family, C, d, device)
         part = _fit_chunk(Xtr, mtr, ytr, Xte, mte, yte, family, C, slices, l2, max_iter, tol, bootstrap, seed + s,
                           standardize, start)
         n_iter = max(n_iter, part["n_iter"])
@@ -387,8 +411,11 @@ def _fit_group(acts, names, feats, family, C, train_idx, test_idx, layer_list, p
     results = {}
     metric_names = _METRICS["scalar" if family == "ridge" else "classification"]
     for i, (n, f, sl) in enumerate(zip(names, feats, slices)):
-        at = set(usable[n])
-        keep = [j for j, (l, t) in enumerate(pairs) if t in at]
+        keep = sorted((j for j, (l, site) in enumerate(pairs) if n in fit_sites[site][0]),
+                      key=lambda j: (depth(pairs[j][0]), fit_sites[pairs[j][1]][1]))
+        if not keep:
+            results[n] = _unfitted(n, f, d, skipped[n])
+            continue
         take = [fitted_at[j] for j in keep]
         take = None if take == list(range(len(pairs))) else take  # None: every pair of the group, in order
         W = _joined([p["weight"][:, sl] for p in parts], take)
@@ -396,13 +423,13 @@ def _fit_group(acts, names, feats, family, C, train_idx, test_idx, layer_list, p
         metrics = {m: _joined([p["metrics"][i][m] for p in parts], take) for m in metric_names}
         per_output = _joined([p["metrics"][i]["per_output"] for p in parts], take)
         n_train = _joined([p["n_train"] for p in parts], take)
-        results[n] = ProbeResult(feature=n, kind=f.kind, pairs=[pairs[j] for j in keep], weight=W, bias=B,
-                                 metrics=metrics, per_output=per_output, n_train=n_train, skipped=skipped[n],
-                                 n_iter=n_iter)
+        results[n] = ProbeResult(feature=n, kind=f.kind, pairs=[(pairs[j][0], fit_sites[pairs[j][1]][1]) for j in keep],
+                                 weight=W, bias=B, metrics=metrics, per_output=per_output, n_train=n_train,
+                                 skipped=skipped[n], n_iter=n_iter)
     return results
 
 
-def _padded_rows(rows: list[np.ndarray], device) -> tuple[torch.Tensor, torch.Tensor]:
+def _padded_rows(rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(index (P, n), mask (P, n)) of P lists of rows, padded to the longest: pads repeat the list's first
     row (any real row will do: the mask zeroes it) and are False in the mask."""
     n = max(len(r) for r in rows)
@@ -410,12 +437,11 @@ def _padded_rows(rows: list[np.ndarray], device) -> tuple[torch.Tensor, torch.Te
     mask = np.zeros((len(rows), n), dtype=bool)
     for i, r in enumerate(rows):
         idx[i, : len(r)], idx[i, len(r) :], mask[i, : len(r)] = r, r[0] if len(r) else 0, True
-    return torch.as_tensor(idx, device=device), torch.as_tensor(mask, device=device)
+    return idx, mask
 
 
-def _gather(acts, pairs, subset: np.ndarray, rows: torch.Tensor, device, buffer: list,
-            bias_column: bool = False) -> torch.Tensor:
-    """The activations of ``pairs`` at ``subset[rows[i]]`` (the probe-set rows of pair i) as one float32
+def _gather(acts, pairs, rows: np.ndarray, device, buffer: list, bias_column: bool = False) -> torch.Tensor:
+    """The activations of ``pairs`` (layer, position) at ``rows[i]`` (the probe-set rows of pair i) as one float32
     (P, n, d) tensor on ``device``, which the solver may overwrite; with ``bias_column`` (P, n, d + 1),
     the last column 1 (the logistic solver's bias). One copy, of only what is needed, into ``buffer[0]``
     (a flat tensor kept between chunks and grown when too small): fresh memory costs a page fault per 4 KiB."""
@@ -426,7 +452,7 @@ def _gather(acts, pairs, subset: np.ndarray, rows: torch.Tensor, device, buffer:
     if not buffer or buffer[0].numel() < size:
         buffer[:] = [torch.empty(size, dtype=torch.float32, device=first.device)]
     out = buffer[0][:size].view(shape)
-    where = torch.as_tensor(subset, device=first.device)[rows.to(first.device)]
+    where = torch.as_tensor(rows, device=first.device)
     layers = {}
     for i, (l, t) in enumerate(pairs):
         layers.setdefault(l, []).append(i)
@@ -440,8 +466,9 @@ def _gather(acts, pairs, subset: np.ndarray, rows: torch.Tensor, device, buffer:
 
 
 def _initial_probes(init, names, slices, pairs, family, C, d, device):
-    """Raw-space (W, b, has) for a chunk of pairs from earlier ProbeResults: W (P, K, d) or (P, K, C, d),
-    b (P, K) or (P, K, C), has (P, K) marking the outputs that have an earlier probe; None if none do."""
+    """Raw-space (W, b, has) for a chunk of pairs (layer, position, features fitted there) from earlier
+    ProbeResults: W (P, K, d) or (P, K, C, d), b (P, K) or (P, K, C), has (P, K) marking the outputs that
+    have an earlier probe; None if none do."""
     P, K = len(pairs), slices[-1].stop
     shape = (P, K, C) if family == "softmax" else (P, K)
     W, b = torch.zeros(*shape, d), torch.zeros(*shape)
@@ -453,7 +480,7 @@ def _initial_probes(init, names, slices, pairs, family, C, d, device):
         if earlier.weight.shape[1] != sl.stop - sl.start:
             continue
         where = {pair: i for i, pair in enumerate(earlier.pairs)}
-        found = [(j, where[pair]) for j, pair in enumerate(pairs) if pair in where]
+        found = [(j, where[(l, t)]) for j, (l, t, present) in enumerate(pairs) if name in present and (l, t) in where]
         if not found:
             continue
         j, i = (torch.as_tensor(x) for x in zip(*found))
