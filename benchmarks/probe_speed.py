@@ -4,7 +4,7 @@ Probes of every feature at every (layer, position) where it is defined, fitted t
 activations, the same probe-train / probe-test split, the same threads:
 
 - ours: ``fit_features`` (all features at once, as the Monitor and ``quietlab probe`` fit them; with
-  ``--each`` also ``fit_probes`` one feature at a time);
+  ``--each`` also ``fit_probes`` one feature at a time), on ``--device``;
 - sklearn: for each (feature, layer, position), StandardScaler + LogisticRegression (one per output;
   multinomial per variable for categorical features) or Ridge, with the same L2 strength
   (C = 1/(λ·n)), sklearn's default tolerance and iteration cap, on the examples the feature is
@@ -55,6 +55,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch and BLAS threads, both sides (default: all)")
     ap.add_argument("--l2", type=float, default=1e-3)
+    ap.add_argument("--device", default="cpu", help="where ours fits (sklearn runs on the CPU)")
     ap.add_argument("--each", action="store_true", help="also time ours one feature at a time")
     ap.add_argument("--no-exact", action="store_true", help="skip the exact-optimum reference")
     ap.add_argument("--out", default=None, help="also write the figures here as JSON")
@@ -73,6 +74,13 @@ def main():
           f"positions, {len(tr)} probe-train + {len(te)} probe-test examples; {threads} thread(s) for torch and BLAS")
 
     kw = dict(l2=args.l2)
+    cuda = torch.device(args.device).type == "cuda"
+    acts_cpu, acts = acts, {l: a.to(args.device) for l, a in acts.items()}
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
     with threadpool_limits(threads):
         small = np.arange(min(200, len(tr) + len(te)))
         fit_features({l: a[small] for l, a in acts.items()}, {k: f.take(small) for k, f in feats.items()},
@@ -91,7 +99,7 @@ def main():
     def sk_fit(name, layer, t):
         """(wall s, CPU s, test score averaged over outputs) of sklearn's probe of one pair."""
         f = feats[name]
-        X = acts[layer][:, t].numpy()
+        X = acts_cpu[layer][:, t].numpy()
         mtr, mte = tr[f.mask[tr, t]], te[f.mask[te, t]]
         t0, c0 = time.perf_counter(), time.process_time()
         scaler = StandardScaler().fit(X[mtr])
@@ -116,8 +124,10 @@ def main():
         for i in pick[:3]:
             sk_fit(*jobs[i])  # warm-up
         for _ in range(args.repeats):
+            sync()
             t0, c0 = time.perf_counter(), time.process_time()
             fit_features(acts, feats, tr, te, **kw)
+            sync()
             ours_wall.append(time.perf_counter() - t0)
             ours_cpu.append(time.process_time() - c0)
             sk_scores, w, c = {}, 0.0, 0.0
@@ -128,16 +138,19 @@ def main():
             sk_cpu.append(c * len(jobs) / len(pick))
         if args.each:
             for _ in range(args.repeats):
+                sync()
                 t0 = time.perf_counter()
                 for n, f in feats.items():
                     fit_probes(acts, f, tr, te, name=n, **kw)
+                sync()
                 each_wall.append(time.perf_counter() - t0)
 
     def med(xs):
         return float(np.median(xs))
 
     timed = "all" if len(pick) == len(jobs) else f"{len(pick)} of {len(jobs)} (extrapolated to all)"
-    print(f"ours:    {med(ours_wall):7.2f} s wall, {med(ours_cpu):7.2f} s CPU (median of {args.repeats}; wall "
+    where = torch.cuda.get_device_name() if cuda else "CPU"
+    print(f"ours ({where}): {med(ours_wall):7.2f} s wall, {med(ours_cpu):7.2f} s CPU (median of {args.repeats}; wall "
           f"{', '.join(f'{x:.2f}' for x in ours_wall)})")
     print(f"sklearn: {med(sk_wall):7.2f} s wall, {med(sk_cpu):7.2f} s CPU (median of {args.repeats}; wall "
           f"{', '.join(f'{x:.2f}' for x in sk_wall)}); pairs timed: {timed}")
@@ -151,7 +164,7 @@ def main():
           f"{diff.mean():.4f}, max {diff.max():.4f} ({worst[0]} at {worst[1]}, position {worst[2]}: "
           f"ours {ours_score[worst]:.4f}, sklearn {sk_scores[worst]:.4f}); mean ours - sklearn "
           f"{np.mean([ours_score[j] - sk_scores[j] for j in sk_scores]):+.4f}")
-    out = {"what": what, "threads": threads, "pairs": len(jobs), "sklearn_fits": n_outputs, "sk_pairs_timed": len(pick),
+    out = {"what": what, "threads": threads, "device": where, "pairs": len(jobs), "sklearn_fits": n_outputs, "sk_pairs_timed": len(pick),
            "repeats": args.repeats, "ours_wall_s": ours_wall, "ours_cpu_s": ours_cpu, "sklearn_wall_s": sk_wall,
            "sklearn_cpu_s": sk_cpu, "each_wall_s": each_wall,
            "speedup_wall": med(sk_wall) / med(ours_wall), "speedup_cpu": med(sk_cpu) / med(ours_cpu),
