@@ -13,17 +13,19 @@ Objective per pair (classification), with weights ω_i = 1/n over the n training
     Σ_i ω_i CE_i(W, b) + ½ λ ‖W‖²          (bias unpenalised; λ = ``l2``; sklearn's C = 1 / (λ n))
 and for ridge Σ_i ω_i ‖y_i − W x_i − b‖² + λ ‖W‖² (sklearn's alpha = λ n), both on standardised x.
 
-All pairs of a chunk are solved together in torch (CPU or GPU): activations are copied once into X of
-shape (P, N, d), standardised in place, with per-pair example weights (zero where the feature is
-undefined). The features of one solver family whose masks agree at a position share one multi-output
-problem there (one copy of the activations, one Gram matrix): e.g. all bit features of an answer digit.
-Logistic fits run a batched, preconditioned L-BFGS: Böhning's bound (the logistic Hessian is at most
-¼ XᵀΩX, the softmax Hessian at most ½ I ⊗ XᵀΩX) gives one fixed preconditioner per pair,
+All pairs of a chunk are solved together in torch (CPU or GPU): each pair's activations at the examples
+where its features are defined (and only those: where answers start at varying places, a position is
+defined on a fraction of the probe set) are copied once into X of shape (P, N, d), padded to the chunk's
+largest count with zero-weight rows, and standardised in place. The features of one solver family whose
+masks agree at a position share one multi-output problem there (one copy of the activations, one Gram
+matrix): e.g. all bit features of an answer digit; on a GPU all problems of a family are one batch.
+Logistic fits run a batched, preconditioned L-BFGS (``lbfgs.py``): Böhning's bound (the logistic Hessian
+is at most ¼ XᵀΩX, the softmax Hessian at most ½ I ⊗ XᵀΩX) gives one fixed preconditioner per pair,
 A = c XᵀΩX + λI (XᵀΩX estimated from ~1,000 examples, inverted once), used as L-BFGS's initial inverse
 Hessian; the bound step −A⁻¹∇f is a safe descent step, and the quasi-Newton memory makes the method
 converge in tens of passes. Every output (sigmoid) or variable (softmax) is its own problem, with its
-own Armijo line search, memory and stopping test; pairs whose problems have all stopped leave the batch,
-so that the slow few do not keep every pass at full size. Ridge is one exact solve per pair.
+own Armijo line search, memory and stopping test; on a CPU, pairs whose problems have all stopped leave
+the batch, so that the slow few do not keep every pass at full size. Ridge is one exact solve per pair.
 
 Metrics on the probe-test examples (mean over the k outputs when k > 1):
 ``acc`` (accuracy), ``logloss`` (mean cross-entropy, nats), ``acc_lo``/``acc_hi`` (95% Wilson interval;
