@@ -114,8 +114,8 @@ def main():
     probe_s = float(np.median(probe_times))
     shape = (model, monitor.feature_set, monitor.probe_examples, len(monitor.train_idx),
              monitor.probe_kwargs["max_iter"], args.batch_size, task.seq_len)
-    fixed = probe_cost(*shape, slowdown=0.0)
-    per_unit = probe_cost(*shape, slowdown=1.0) - fixed
+    fixed = probe_cost(*shape, device_type=dev.type, slowdown=0.0)
+    per_unit = probe_cost(*shape, device_type=dev.type, slowdown=1.0) - fixed
     out = {"task": args.task, "size": args.size, "d_model": args.d_model, "layers": args.layers,
            "batch_size": args.batch_size, "device": str(dev), "compile": args.compile,
            "step_s": step_s, "step_s_all": step_times, "probe_s": probe_s, "probe_s_all": probe_times,

@@ -1,30 +1,38 @@
-"""Probe fitting speed: quietlab's batched probes against a per-pair scikit-learn loop.
+"""Probe fitting speed: quietlab's batched probes against a per-pair scikit-learn loop, at matched accuracy.
 
-For a 4-layer, d_model 256 Transformer++ and 10,000 held-out examples (8,000 probe-train, 2,000
-probe-test), probes of every feature at every (layer, position) where it is defined:
+Probes of every feature at every (layer, position) where it is defined, fitted two ways on the same
+activations, the same probe-train / probe-test split, the same threads:
 
-- ours: ``fit_features`` (all features at once; same-solver features share one batched problem) and
-  ``fit_probes`` one feature at a time, on CPU and, when there is one, on the GPU (the together-figure
-  is the best of three calls, all printed);
-- sklearn: for each feature and pair, StandardScaler + LogisticRegression (one per output; multinomial
-  per variable for categorical features) or Ridge, with the same L2 strength (C = 1/(λ·n)) and
-  sklearn's default tolerance, at its faster BLAS thread count (1 or all: many threads make its small
-  matrix-vector products slower). The loop is timed on a spread-out subset of the pairs and
-  extrapolated linearly to all of them (the output says how many were timed).
+- ours: ``fit_features`` (all features at once, as the Monitor and ``quietlab probe`` fit them; with
+  ``--each`` also ``fit_probes`` one feature at a time), on ``--device``;
+- sklearn: for each (feature, layer, position), StandardScaler + LogisticRegression (one per output;
+  multinomial per variable for categorical features) or Ridge, with the same L2 strength
+  (C = 1/(λ·n)), sklearn's default tolerance and iteration cap, on the examples the feature is
+  defined at there.
 
-Both are solvers stopped at a tolerance, so the output also says how far each one's test scores are from
-those of the exact optimum (ours run to tol 1e-7): a speed-up bought with a looser fit would show there.
+Timing: one untimed warm-up of each side on a few pairs, then ``--repeats`` rounds, each timing ours
+then sklearn (interleaved, so that a machine whose speed drifts slows both alike); the medians are
+compared, wall-clock and process CPU time both (on a shared machine the CPU time is the steadier).
+sklearn is timed on ``--sk-pairs`` pairs spread over the list (0: all of them; a subset is
+extrapolated linearly to all, and the output says so).
 
-The model is randomly initialised unless ``--run`` gives a trained run (its last checkpoint): trained
-activations make probes more separable and every solver slower. Run:
+Accuracy: both are solvers stopped at a tolerance, so the output compares each pair's test accuracy
+(mean over outputs) between the two (mean and largest |difference|), and each one's distance from
+the exact optimum's (ours run to tol 1e-7; ``--no-exact`` skips it).
 
-    .venv/bin/python benchmarks/probe_speed.py                      # addition (8-bit), random init
-    .venv/bin/python benchmarks/probe_speed.py --task bfs --sk-pairs 8
+With ``--run RUN`` the probes are those of that run's last checkpoint on the Monitor's probe set
+(``--examples``, default 2,000, drawn with the run's seed; a fifth of it tests the probes), fitted
+with ``quietlab probe``'s settings; otherwise a random-init model of ``--task`` on ``--examples``
+(default 10,000) held-out examples. ``--out FILE`` writes every figure as JSON beside the printout.
+
+    .venv/bin/python benchmarks/probe_speed.py --threads 1                          # addition (8-bit), random init
+    .venv/bin/python benchmarks/probe_speed.py --run runs/bfs11 --threads 1 --out probe_speed_bfs.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 import warnings
@@ -37,99 +45,63 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="addition")
     ap.add_argument("--n-bits", type=int, default=8, help="addition/multiplication size")
-    ap.add_argument("--examples", type=int, default=10_000)
+    ap.add_argument("--examples", type=int, default=None,
+                    help="probe examples (default: 2,000 with --run, as the Monitor; 10,000 otherwise)")
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--sk-pairs", type=int, default=12, help="(feature, layer, position) fits timed for sklearn")
     ap.add_argument("--run", default=None, help="use this trained run's last checkpoint instead of a random model")
-    ap.add_argument("--threads", type=int, default=None, help="torch and BLAS threads (default: all)")
+    ap.add_argument("--sk-pairs", type=int, default=None,
+                    help="(feature, layer, position) fits timed for sklearn, 0 = all (default: all with --run, else 12)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch and BLAS threads, both sides (default: all)")
     ap.add_argument("--l2", type=float, default=1e-3)
+    ap.add_argument("--device", default="cpu", help="where ours fits (sklearn runs on the CPU)")
+    ap.add_argument("--each", action="store_true", help="also time ours one feature at a time")
+    ap.add_argument("--no-exact", action="store_true", help="skip the exact-optimum reference")
+    ap.add_argument("--out", default=None, help="also write the figures here as JSON")
     args = ap.parse_args()
 
     from threadpoolctl import threadpool_limits
 
-    from quietlab.models import Transformer, TransformerConfig
     from quietlab.monitor.probes import capture_layers, fit_features, fit_probes, split_probe_set
-    from quietlab.tasks import get_task
 
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    if args.run:
-        from quietlab.train import load_run
-
-        model, task, _, step = load_run(args.run)
-        what = f"trained run {args.run} at step {step}"
-    else:
-        sizes = {"n_bits": args.n_bits} if args.task in ("addition", "multiplication") else {}
-        task = get_task(args.task, **sizes)
-        torch.manual_seed(0)
-        model = Transformer(TransformerConfig(vocab_size=len(task.vocab), seq_len=task.seq_len, d_model=args.d_model,
-                                              n_layers=args.layers, n_heads=4)).eval()
-        what = "random-init model"
-    batch = task.sample(args.examples, seed=1, split="test")
-    tr, te = split_probe_set(len(batch), 0.2, seed=0)
-    t0 = time.perf_counter()
-    acts = capture_layers(model, batch.tokens)
-    capture_s = time.perf_counter() - t0
-    feats = batch.features
+    acts, feats, tr, te, what = probe_inputs(args)
     d = next(iter(acts.values())).shape[-1]
-    print(f"{task!r}, {what}: d_model {d}, {len(acts)} layers (embed + blocks), seq_len {task.seq_len}, "
-          f"{len(tr)} probe-train + {len(te)} probe-test examples; capture {capture_s:.2f} s; "
-          f"{threads} CPU threads")
+    print(f"{what}: d_model {d}, {len(acts)} layers (embed + blocks), {next(iter(acts.values())).shape[1]} "
+          f"positions, {len(tr)} probe-train + {len(te)} probe-test examples; {threads} thread(s) for torch and BLAS")
 
-    # --- ours, CPU -------------------------------------------------------------------------------
     kw = dict(l2=args.l2)
+    cuda = torch.device(args.device).type == "cuda"
+    acts_cpu, acts = acts, {l: a.to(args.device) for l, a in acts.items()}
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
     with threadpool_limits(threads):
-        fit_features({l: a[:200] for l, a in acts.items()}, feats_take(feats, 200), np.arange(150), np.arange(150, 200))
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            together = fit_features(acts, feats, tr, te, **kw)
-            times.append(time.perf_counter() - t0)
-        ours_all = min(times)
-        t0 = time.perf_counter()
-        alone = {n: fit_probes(acts, f, tr, te, name=n, **kw) for n, f in feats.items()}
-        ours_each = time.perf_counter() - t0
+        small = np.arange(min(200, len(tr) + len(te)))
+        fit_features({l: a[small] for l, a in acts.items()}, {k: f.take(small) for k, f in feats.items()},
+                     small[: len(small) * 3 // 4], small[len(small) * 3 // 4:], **kw)  # warm-up
+        together = fit_features(acts, feats, tr, te, **kw)
     jobs = [(n, l, t) for n, r in together.items() for (l, t) in r.pairs]
-    print(f"{len(jobs)} (feature, layer, position) probes: " +
-          ", ".join(f"{n} {f.kind}×{f.k} ({len(together[n].pairs)})" for n, f in feats.items()))
-    print(f"ours, CPU: {ours_all:.2f} s all features together (best of {len(times)}: {', '.join(f'{t:.2f}' for t in times)}), "
-          f"{ours_each:.2f} s one feature at a time")
+    n_outputs = sum(f.k for n, l, t in jobs for f in [feats[n]])
+    print(f"{len(jobs)} (feature, layer, position) probes, {n_outputs} sklearn fits: " +
+          ", ".join(f"{n} {f.kind}×{f.k}{'/' + str(f.n_classes) if f.kind == 'categorical' else ''} "
+                    f"({len(together[n].pairs)})" for n, f in feats.items()))
 
-    # --- ours, GPU -------------------------------------------------------------------------------
-    gpu_all = gpu_each = None
-    if torch.cuda.is_available():
-        gacts = {l: a.cuda() for l, a in acts.items()}
-        fit_features(gacts, feats, tr, te, **kw)  # warm-up (CUDA context, cuBLAS/cuSOLVER handles)
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        g = fit_features(gacts, feats, tr, te, **kw)
-        torch.cuda.synchronize()
-        gpu_all = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for n, f in feats.items():
-            fit_probes(gacts, f, tr, te, name=n, **kw)
-        torch.cuda.synchronize()
-        gpu_each = time.perf_counter() - t0
-        diffs = {n: float(np.nanmax(np.abs(g[n].metrics[g[n].main_metric] - r.metrics[r.main_metric])))
-                 for n, r in together.items() if len(g[n].pairs)}
-        worst = max(diffs, key=diffs.get)
-        print(f"ours, GPU ({torch.cuda.get_device_name()}): {gpu_all:.3f} s together, {gpu_each:.3f} s one at a time "
-              f"(largest |CPU - GPU| test score difference {diffs[worst]:.4f}, {worst})")
-
-    # --- sklearn, per pair, on a spread-out subset -------------------------------------------------
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.preprocessing import StandardScaler
 
-    pick = np.unique(np.linspace(0, len(jobs) - 1, min(args.sk_pairs, len(jobs))).round().astype(int))
-
     def sk_fit(name, layer, t):
+        """(wall s, CPU s, test score averaged over outputs) of sklearn's probe of one pair."""
         f = feats[name]
-        X = acts[layer][:, t].numpy()
+        X = acts_cpu[layer][:, t].numpy()
         mtr, mte = tr[f.mask[tr, t]], te[f.mask[te, t]]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         scaler = StandardScaler().fit(X[mtr])
         Xtr, Xte = scaler.transform(X[mtr]), scaler.transform(X[mte])
         scores = []
@@ -141,47 +113,111 @@ def main():
                 scores.append(float(np.mean(y_te == y_tr[0])))
             else:
                 scores.append(LogisticRegression(C=1.0 / (args.l2 * len(mtr))).fit(Xtr, y_tr).score(Xte, y_te))
-        return time.perf_counter() - t0, float(np.mean(scores))
+        return time.perf_counter() - t0, time.process_time() - c0, float(np.mean(scores))
 
-    exact = fit_features(acts, feats, tr, te, l2=args.l2, tol=1e-7, max_iter=2000)
-    ours_off = {(n, l, t): abs(together[n].get(l, t)[together[n].main_metric] - exact[n].get(l, t)[exact[n].main_metric])
-                for n, l, t in jobs}
-    with warnings.catch_warnings():
+    n_sk = args.sk_pairs if args.sk_pairs is not None else (0 if args.run else 12)
+    pick = np.arange(len(jobs)) if n_sk <= 0 or n_sk >= len(jobs) else \
+        np.unique(np.linspace(0, len(jobs) - 1, n_sk).round().astype(int))
+    ours_wall, ours_cpu, sk_wall, sk_cpu, each_wall = [], [], [], [], []
+    with warnings.catch_warnings(), threadpool_limits(threads):
         warnings.simplefilter("ignore", ConvergenceWarning)
-        # sklearn at its best: many BLAS threads make its small matrix-vector products slower, not faster
-        trial = {}
-        for n_threads in sorted({1, threads}):
-            with threadpool_limits(n_threads):
-                sk_fit(*jobs[pick[0]])
-                trial[n_threads] = min(sk_fit(*jobs[pick[0]])[0] for _ in range(2))
-        sk_threads = min(trial, key=trial.get)
-        sk_time, sk_off = 0.0, []
-        with threadpool_limits(sk_threads):
+        for i in pick[:3]:
+            sk_fit(*jobs[i])  # warm-up
+        for _ in range(args.repeats):
+            sync()
+            t0, c0 = time.perf_counter(), time.process_time()
+            fit_features(acts, feats, tr, te, **kw)
+            sync()
+            ours_wall.append(time.perf_counter() - t0)
+            ours_cpu.append(time.process_time() - c0)
+            sk_scores, w, c = {}, 0.0, 0.0
             for i in pick:
-                name, layer, t = jobs[i]
-                dt, score = sk_fit(name, layer, t)
-                sk_time += dt
-                sk_off.append(abs(score - exact[name].get(layer, t)[exact[name].main_metric]))
-    per_pair = sk_time / len(pick)
-    sk_total = per_pair * len(jobs)
-    print(f"sklearn, CPU, {sk_threads} BLAS thread(s) (its fastest of {sorted(trial)}): "
-          f"timed {len(pick)} of {len(jobs)} probes ({sk_time:.2f} s, {per_pair * 1e3:.0f} ms each), "
-          f"extrapolated to all {len(jobs)}: {sk_total:.1f} s")
-    timed_off = [ours_off[jobs[i]] for i in pick]
-    every = np.array(list(ours_off.values()))
-    print(f"test score off the exact optimum's, on the {len(pick)} timed probes: sklearn mean {np.mean(sk_off):.4f} "
-          f"(max {max(sk_off):.4f}), ours mean {np.mean(timed_off):.4f} (max {max(timed_off):.4f}); "
-          f"ours over all {len(jobs)}: mean {every.mean():.4f} (max {every.max():.4f})")
+                dw, dc, sk_scores[jobs[i]] = sk_fit(*jobs[i])
+                w, c = w + dw, c + dc
+            sk_wall.append(w * len(jobs) / len(pick))
+            sk_cpu.append(c * len(jobs) / len(pick))
+        if args.each:
+            for _ in range(args.repeats):
+                sync()
+                t0 = time.perf_counter()
+                for n, f in feats.items():
+                    fit_probes(acts, f, tr, te, name=n, **kw)
+                sync()
+                each_wall.append(time.perf_counter() - t0)
+
+    def med(xs):
+        return float(np.median(xs))
+
+    timed = "all" if len(pick) == len(jobs) else f"{len(pick)} of {len(jobs)} (extrapolated to all)"
+    where = torch.cuda.get_device_name() if cuda else "CPU"
+    print(f"ours ({where}): {med(ours_wall):7.2f} s wall, {med(ours_cpu):7.2f} s CPU (median of {args.repeats}; wall "
+          f"{', '.join(f'{x:.2f}' for x in ours_wall)})")
+    print(f"sklearn: {med(sk_wall):7.2f} s wall, {med(sk_cpu):7.2f} s CPU (median of {args.repeats}; wall "
+          f"{', '.join(f'{x:.2f}' for x in sk_wall)}); pairs timed: {timed}")
+    if each_wall:
+        print(f"ours, one feature at a time: {med(each_wall):.2f} s wall (median of {args.repeats})")
+
+    ours_score = {(n, l, t): together[n].get(l, t)[together[n].main_metric] for n, l, t in jobs}
+    diff = np.array([abs(ours_score[j] - sk_scores[j]) for j in sk_scores])
+    worst = max(sk_scores, key=lambda j: abs(ours_score[j] - sk_scores[j]))
+    print(f"test score, ours against sklearn over the {len(diff)} pairs sklearn fitted: mean |difference| "
+          f"{diff.mean():.4f}, max {diff.max():.4f} ({worst[0]} at {worst[1]}, position {worst[2]}: "
+          f"ours {ours_score[worst]:.4f}, sklearn {sk_scores[worst]:.4f}); mean ours - sklearn "
+          f"{np.mean([ours_score[j] - sk_scores[j] for j in sk_scores]):+.4f}")
+    out = {"what": what, "threads": threads, "device": where, "pairs": len(jobs), "sklearn_fits": n_outputs, "sk_pairs_timed": len(pick),
+           "repeats": args.repeats, "ours_wall_s": ours_wall, "ours_cpu_s": ours_cpu, "sklearn_wall_s": sk_wall,
+           "sklearn_cpu_s": sk_cpu, "each_wall_s": each_wall,
+           "speedup_wall": med(sk_wall) / med(ours_wall), "speedup_cpu": med(sk_cpu) / med(ours_cpu),
+           "acc_diff_mean": float(diff.mean()), "acc_diff_max": float(diff.max()),
+           "ours_passes": {n: r.n_iter for n, r in together.items()}}
+    if not args.no_exact:
+        with threadpool_limits(threads):
+            exact = fit_features(acts, feats, tr, te, l2=args.l2, tol=1e-7, max_iter=3000)
+        best = {(n, l, t): exact[n].get(l, t)[exact[n].main_metric] for n, l, t in jobs}
+        ours_off = np.array([abs(ours_score[j] - best[j]) for j in jobs])
+        ours_off_sk = np.array([abs(ours_score[j] - best[j]) for j in sk_scores])
+        sk_off = np.array([abs(sk_scores[j] - best[j]) for j in sk_scores])
+        print(f"test score off the exact optimum's, on the {len(sk_off)} pairs sklearn fitted: sklearn mean "
+              f"{sk_off.mean():.4f} (max {sk_off.max():.4f}), ours mean {ours_off_sk.mean():.4f} "
+              f"(max {ours_off_sk.max():.4f}); ours over all {len(jobs)}: mean {ours_off.mean():.4f} "
+              f"(max {ours_off.max():.4f}); exact optimum: {max(r.n_iter for r in exact.values())} passes")
+        out.update(sklearn_off_exact_mean=float(sk_off.mean()), sklearn_off_exact_max=float(sk_off.max()),
+                   ours_off_exact_mean=float(ours_off_sk.mean()), ours_off_exact_max=float(ours_off_sk.max()))
     print()
-    print(f"speed-up over sklearn, CPU: {sk_total / ours_all:.1f}x (features together), "
-          f"{sk_total / ours_each:.1f}x (one feature at a time)")
-    if gpu_all is not None:
-        print(f"speed-up over sklearn, GPU: {sk_total / gpu_all:.1f}x (features together), "
-              f"{sk_total / gpu_each:.1f}x (one feature at a time)")
+    print(f"speed-up over sklearn: {out['speedup_wall']:.1f}x wall, {out['speedup_cpu']:.1f}x CPU time "
+          f"(features together, medians)")
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(out, fh, indent=1)
 
 
-def feats_take(feats, n):
-    return {k: f.take(np.arange(n)) for k, f in feats.items()}
+def probe_inputs(args):
+    """(activations, features, probe-train rows, probe-test rows, description) to probe."""
+    from quietlab.monitor.monitor import probe_set, trim_to_features
+    from quietlab.monitor.probes import capture_layers, split_probe_set
+
+    if args.run:
+        from quietlab.train import load_run
+
+        model, task, cfg, step = load_run(args.run)
+        batch = probe_set(task, args.examples or 2000, cfg.seed)  # the Monitor's and `quietlab probe`'s set
+        tr, te = split_probe_set(len(batch), 0.2, seed=cfg.seed)
+        tokens, feats = trim_to_features(batch.tokens, dict(batch.features))
+        what = f"{task!r}, trained run {args.run} at step {step}"
+    else:
+        from quietlab.models import Transformer, TransformerConfig
+        from quietlab.tasks import get_task
+
+        sizes = {"n_bits": args.n_bits} if args.task in ("addition", "multiplication") else {}
+        task = get_task(args.task, **sizes)
+        torch.manual_seed(0)
+        model = Transformer(TransformerConfig(vocab_size=len(task.vocab), seq_len=task.seq_len, d_model=args.d_model,
+                                              n_layers=args.layers, n_heads=4)).eval()
+        batch = task.sample(args.examples or 10_000, seed=1, split="test")
+        tr, te = split_probe_set(len(batch), 0.2, seed=0)
+        tokens, feats = batch.tokens, batch.features
+        what = f"{task!r}, random-init model"
+    return capture_layers(model, tokens), feats, tr, te, what
 
 
 if __name__ == "__main__":

@@ -372,3 +372,32 @@ def test_a_real_bfs_run_has_its_plateau_found_and_queue_is_quiet(tmp_path):
     classes = {name: c["class"] for name, c in out["features"].items()}
     assert classes["queue"] == "quiet" and classes["visited"] == "quiet" and classes["adjacency"] == "loud", out
     assert out["features"]["queue"]["decodable_step"] < t["onset"]
+
+
+def test_probe_cost_counts_the_examples_each_position_is_defined_at():
+    """The solver's part of a probe step's estimated cost, by hand: max_iter passes of 6·d FLOPs per
+    probe-train example defined at a position, per output column and tap, over a training step's FLOPs;
+    a feature defined on a quarter of the examples costs a quarter on a CPU (each pair is fitted on its
+    defined examples), the same on a GPU (whose passes the count of examples hardly moves)."""
+    from quietlab.monitor.monitor import probe_cost
+    from quietlab.tasks.base import Feature
+
+    model = Transformer(TransformerConfig(vocab_size=10, seq_len=6, d_model=16, n_layers=2, n_heads=2))
+    n, T = 400, 6
+    everywhere = np.zeros((n, T), bool)
+    everywhere[:, 2:5] = True  # three positions, defined on every example
+    quarter = everywhere.copy()
+    quarter[n // 4 :] = False
+    values = np.zeros((n, T, 3), np.int16)
+    shape = dict(n_examples=n, n_train=320, max_iter=50, batch_size=8, seq_len=T)
+
+    def solver_part(mask, device_type):
+        feats = {"f": Feature(values, mask, "categorical", 5)}
+        return probe_cost(model, feats, **shape, device_type=device_type, slowdown=1.0) - \
+            probe_cost(model, feats, **shape, device_type=device_type, slowdown=0.0)
+
+    n_params = sum(p.numel() for p in model.parameters())
+    by_hand = 50 * 6 * 16 * (320 * 3 * 3 * 5) * 3 / (6 * n_params * 8 * T)  # 3 columns of 5 classes, 3 taps
+    assert solver_part(everywhere, "cpu") == pytest.approx(by_hand)
+    assert solver_part(quarter, "cpu") == pytest.approx(by_hand / 4)
+    assert solver_part(quarter, "cuda") == pytest.approx(by_hand)

@@ -214,3 +214,93 @@ def test_gpu_gives_the_cpu_probes():
     cpu = fit_probes(acts, f, tr, te)
     gpu = fit_probes({l: a.cuda() for l, a in acts.items()}, f, tr, te)
     np.testing.assert_allclose(cpu.metrics["acc"], gpu.metrics["acc"], atol=0.01)
+
+
+def probabilities(result, layer, t, X):
+    """Each output's probability (sigmoid) or each class's (softmax) at the rows of X, from the stored probe."""
+    z = torch.tensor(logits_of(result, layer, t, X))
+    return torch.softmax(z, dim=-2).numpy() if result.kind == "categorical" else torch.sigmoid(z).numpy()
+
+
+def test_batched_and_unbatched_fits_agree():
+    """Every feature, layer and position in one batch (features of a solver family sharing a problem where
+    their masks agree, pairs with fewer defined examples padded) gives the probes that each (feature,
+    layer, position) gets when fitted alone: probabilities within 2e-3, the same test accuracy."""
+    rng = np.random.default_rng(8)
+    acts = correlated_acts(rng, t=4)
+    X0 = acts[H[0]].numpy()
+    z = np.einsum("ntd,dk->ntk", (X0 - X0.mean((0, 1))) / X0.std((0, 1)), rng.standard_normal((D, 6)))
+    z = z + 1.5 * rng.standard_normal(z.shape)  # noisy labels: no probe separates them, every fit converges
+    mask = np.ones((N, 4), bool)
+    mask[: N // 3, 2] = False  # position 2 defined on two thirds of the examples, position 3 on half
+    mask[N // 2 :, 3] = False
+    feats = {"a": Feature((z[..., :1] > 0).astype(np.uint8), mask, "binary"),
+             "b": Feature((z[..., 1:3] > 0).astype(np.uint8), mask, "multilabel"),
+             "c": Feature(z[..., 3:6].argmax(-1)[..., None].astype(np.int16), mask, "categorical", 3)}
+    tr, te = split_probe_set(N, 0.3, seed=0)
+    kw = dict(l2=L2, tol=1e-6, max_iter=500)
+    together = fit_features(acts, feats, tr, te, **kw)
+    for name, f in feats.items():
+        assert together[name].pairs == [(l, t) for l in H for t in range(4)]
+        for layer, t in together[name].pairs:
+            alone = fit_probes(acts, f, tr, te, layers=[layer], positions=[t], **kw)
+            rows = te[mask[te, t]]
+            X = acts[layer][rows, t].numpy()
+            np.testing.assert_allclose(probabilities(together[name], layer, t, X), probabilities(alone, layer, t, X),
+                                       atol=2e-3)
+            # the same test accuracy: within a fraction of one example (float32 sums)
+            assert together[name].get(layer, t)["acc"] == pytest.approx(alone.get(layer, t)["acc"], abs=0.1 / len(rows))
+
+
+@pytest.mark.parametrize("kind,k,n_classes", [("binary", 3, 2), ("categorical", 2, 4)])
+def test_the_solver_takes_the_same_steps_with_and_without_compacting(kind, k, n_classes):
+    """Dropping finished pairs from the batch (as on a CPU) or keeping the batch whole (as on a GPU) gives
+    the same probes; here on pairs that converge at very different speeds (easy and hard labels)."""
+    from quietlab.monitor.lbfgs import fit_logistic
+
+    rng = np.random.default_rng(9)
+    P, n, d = 6, 300, 8
+    X = torch.tensor(rng.standard_normal((P, n, d)), dtype=torch.float32)
+    noise = np.array([0.1, 0.1, 0.5, 1.0, 3.0, 10.0])[:, None, None]  # from nearly separable to noise
+    z = np.einsum("pnd,dk->pnk", X.numpy(), rng.standard_normal((d, k * n_classes))) + \
+        noise * rng.standard_normal((P, n, k * n_classes))
+    y = (z.reshape(P, n, k, n_classes).argmax(-1) if kind == "categorical" else z[..., :k] > 0).astype(np.int64)
+    X1 = torch.cat([X, torch.ones(P, n, 1)], 2)
+    w = torch.full((P, n), 1.0 / n)
+    gram = X.transpose(1, 2) @ X / n
+    fits = [fit_logistic(X1.clone(), w, torch.tensor(y), kind, n_classes, gram, L2, 300, 1e-5, compact=compact)
+            for compact in (True, False)]
+    np.testing.assert_allclose(fits[0][0].numpy(), fits[1][0].numpy(), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(fits[0][1].numpy(), fits[1][1].numpy(), rtol=1e-3, atol=1e-4)
+
+
+def test_one_batch_per_solver_family_gives_the_probes_of_one_batch_per_problem(monkeypatch):
+    """On a GPU the problems of a solver family (features whose masks agree at a position) are one batch,
+    their outputs side by side; on a CPU each problem is its own. Both give the same probes; here with
+    masks that agree at some positions and not at others, as BFS's queue and adjacency do."""
+    import quietlab.monitor.probes as probes
+
+    rng = np.random.default_rng(10)
+    acts = correlated_acts(rng, t=4)
+    X0 = acts[H[1]].numpy()
+    z = np.einsum("ntd,dk->ntk", (X0 - X0.mean((0, 1))) / X0.std((0, 1)), rng.standard_normal((D, 9)))
+    z = z + 1.5 * rng.standard_normal(z.shape)
+    everywhere, later = np.ones((N, 4), bool), np.ones((N, 4), bool)
+    later[: N // 2, 1:3] = False  # agrees with everywhere at positions 0 and 3 only
+    later[:, 0] = False
+    feats = {"a": Feature((z[..., :2] > 0).astype(np.uint8), everywhere, "multilabel"),
+             "b": Feature((z[..., 2:3] > 0).astype(np.uint8), later, "binary"),
+             "c": Feature(z[..., 3:6].argmax(-1)[..., None].astype(np.int16), everywhere, "categorical", 3),
+             "d": Feature(z[..., 6:9].argmax(-1)[..., None].astype(np.int16), later, "categorical", 3)}
+    tr, te = split_probe_set(N, 0.3, seed=0)
+    kw = dict(l2=L2, tol=1e-6, max_iter=500)
+    apart = fit_features(acts, feats, tr, te, **kw)
+    monkeypatch.setattr(probes, "_one_batch_per_family", lambda device: True)
+    together = fit_features(acts, feats, tr, te, **kw)
+    for name in feats:
+        assert together[name].pairs == apart[name].pairs
+        assert together[name].skipped == apart[name].skipped
+        for layer, t in apart[name].pairs:
+            X = acts[layer][te[feats[name].mask[te, t]], t].numpy()
+            np.testing.assert_allclose(probabilities(together[name], layer, t, X), probabilities(apart[name], layer, t, X),
+                                       atol=2e-3)

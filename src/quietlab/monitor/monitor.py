@@ -177,19 +177,24 @@ def probe_cost(model, feature_set: dict, n_examples: int, n_train: int, max_iter
                n_taps: int | None = None) -> float:
     """Estimated cost of one probe step, in training steps of ``batch_size`` examples of ``seq_len``
     tokens, from shapes and counts alone: a forward pass over the ``n_examples`` probe examples (a third
-    of a training step's FLOPs per token), plus ``max_iter`` solver passes over the ``n_train`` probe-train
-    examples for every (layer, position, output column) a feature is defined at (forward and gradient:
-    6·d FLOPs per example and column) at each of ``n_taps`` taps (default: the model's residual
-    stream taps), the latter weighed by PROBE_SLOWDOWN."""
+    of a training step's FLOPs per token), plus ``max_iter`` solver passes (forward and gradient: 6·d
+    FLOPs per example and output column) for every (position, output column) a feature is defined at,
+    at each of ``n_taps`` taps (default: the model's residual stream taps), the latter weighed by
+    PROBE_SLOWDOWN. A pass covers the probe-train examples where the feature is defined at that
+    position (``n_train`` times the fraction of the probe set defined there: each pair is fitted on
+    those only); on a GPU, whose passes cost their kernel launches more than their size, all
+    ``n_train`` of them, as PROBE_SLOWDOWN["cuda"] was measured."""
     n_params = sum(p.numel() for p in model.parameters())
     step_flops = 6 * n_params * batch_size * seq_len
     probe_len = max(f.mask.shape[1] for f in feature_set.values()) if feature_set else 0
     capture = 2 * n_params * n_examples * probe_len
     d = getattr(getattr(model, "config", None), "d_model", None) or max(p.shape[-1] for p in model.parameters())
-    columns = 0
+    rows = 0.0  # Σ over (position, output column) of the probe-train examples a pass covers
     for f in feature_set.values():
-        columns += f.k * (f.n_classes if f.kind == "categorical" else 1) * int(f.mask.any(axis=0).sum())
-    fit = max_iter * 6 * n_train * d * columns * (n_taps if n_taps is not None else len(residual_taps(model)))
+        defined = f.mask.mean(axis=0)
+        covered = float((defined > 0).sum() if device_type == "cuda" else defined.sum())
+        rows += f.k * (f.n_classes if f.kind == "categorical" else 1) * covered * n_train
+    fit = max_iter * 6 * d * rows * (n_taps if n_taps is not None else len(residual_taps(model)))
     if slowdown is None:
         slowdown = PROBE_SLOWDOWN.get(device_type, PROBE_SLOWDOWN["cpu"])
     return (capture + slowdown * fit) / step_flops

@@ -13,17 +13,19 @@ Objective per pair (classification), with weights ω_i = 1/n over the n training
     Σ_i ω_i CE_i(W, b) + ½ λ ‖W‖²          (bias unpenalised; λ = ``l2``; sklearn's C = 1 / (λ n))
 and for ridge Σ_i ω_i ‖y_i − W x_i − b‖² + λ ‖W‖² (sklearn's alpha = λ n), both on standardised x.
 
-All pairs of a chunk are solved together in torch (CPU or GPU): activations are copied once into X of
-shape (P, N, d), standardised in place, with per-pair example weights (zero where the feature is
-undefined). The features of one solver family whose masks agree at a position share one multi-output
-problem there (one copy of the activations, one Gram matrix): e.g. all bit features of an answer digit.
-Logistic fits run a batched, preconditioned L-BFGS: Böhning's bound (the logistic Hessian is at most
-¼ XᵀΩX, the softmax Hessian at most ½ I ⊗ XᵀΩX) gives one fixed preconditioner per pair,
+All pairs of a chunk are solved together in torch (CPU or GPU): each pair's activations at the examples
+where its features are defined (and only those: where answers start at varying places, a position is
+defined on a fraction of the probe set) are copied once into X of shape (P, N, d), padded to the chunk's
+largest count with zero-weight rows, and standardised in place. The features of one solver family whose
+masks agree at a position share one multi-output problem there (one copy of the activations, one Gram
+matrix): e.g. all bit features of an answer digit; on a GPU all problems of a family are one batch.
+Logistic fits run a batched, preconditioned L-BFGS (``lbfgs.py``): Böhning's bound (the logistic Hessian
+is at most ¼ XᵀΩX, the softmax Hessian at most ½ I ⊗ XᵀΩX) gives one fixed preconditioner per pair,
 A = c XᵀΩX + λI (XᵀΩX estimated from ~1,000 examples, inverted once), used as L-BFGS's initial inverse
 Hessian; the bound step −A⁻¹∇f is a safe descent step, and the quasi-Newton memory makes the method
 converge in tens of passes. Every output (sigmoid) or variable (softmax) is its own problem, with its
-own Armijo line search, memory and stopping test; pairs whose problems have all stopped leave the batch,
-so that the slow few do not keep every pass at full size. Ridge is one exact solve per pair.
+own Armijo line search, memory and stopping test; on a CPU, pairs whose problems have all stopped leave
+the batch, so that the slow few do not keep every pass at full size. Ridge is one exact solve per pair.
 
 Metrics on the probe-test examples (mean over the k outputs when k > 1):
 ``acc`` (accuracy), ``logloss`` (mean cross-entropy, nats), ``acc_lo``/``acc_hi`` (95% Wilson interval;
@@ -48,7 +50,7 @@ import torch
 
 from ..models.hooks import EMBED, block_of, depth
 from ..tasks.base import Feature
-from .lbfgs import fit_logistic, spd_inverse
+from .lbfgs import HISTORY, fit_logistic, spd_inverse
 
 CLASSIFICATION = ("binary", "multilabel", "categorical")
 Z95 = 1.959963984540054
@@ -271,14 +273,19 @@ def fit_features(
             for together in sharing.values():
                 problems.setdefault((family, n_classes, tuple(together)), []).append(t)
 
+    batches: dict[tuple, list[tuple[tuple[str, ...], int]]] = {}
+    for (family, n_classes, names), positions in problems.items():
+        key = (family, n_classes) if _one_batch_per_family(device) else (family, n_classes, names)
+        batches.setdefault(key, []).extend((names, t) for t in positions)
+
     parts: dict[str, list[ProbeResult]] = {name: [] for name in features}
     buffers = ([], [])  # reused activation copies (probe-train, probe-test) of a chunk
     with _full_precision():
-        for (family, C_classes, names), positions in problems.items():
-            feats = [features[n] for n in names]
-            fitted = _fit_group(acts, names, feats, family, C_classes, train_idx, test_idx, layer_list, positions,
-                                device, l2, max_iter, tol, min_train, min_test, max_chunk_bytes, bootstrap, seed,
-                                buffers, standardize, init if family != "ridge" else None,
+        for (family, n_classes, *_), sites in batches.items():
+            names = [n for n in features if any(n in present for present, _ in sites)]
+            fitted = _fit_group(acts, names, [features[n] for n in names], family, n_classes, sites, train_idx,
+                                test_idx, layer_list, device, l2, max_iter, tol, min_train, min_test, max_chunk_bytes,
+                                bootstrap, seed, buffers, standardize, init if family != "ridge" else None,
                                 _Options(C, drop_constant_outputs, train_metrics))
             for name, result in fitted.items():
                 parts[name].append(result)
@@ -295,6 +302,13 @@ class _Options:
     C: float | None = None
     drop_constant_outputs: bool = False
     train_metrics: bool = False
+
+
+def _one_batch_per_family(device: torch.device) -> bool:
+    """Whether the problems of a solver family are fitted as one batch, their features' outputs side by
+    side (on a GPU, whose passes cost their operations' count rather than their size), or each problem
+    as a batch of its own (on a CPU, so that no pass computes an output that a pair does not have)."""
+    return device.type == "cuda"
 
 
 def _unfitted(name: str, feature: Feature, d: int, skipped=(), train_metrics: bool = False) -> ProbeResult:
@@ -347,102 +361,149 @@ def _full_precision():
         torch.backends.cuda.matmul.allow_tf32 = old_tf32
 
 
-def _fit_group(acts, names, feats, family, C, train_idx, test_idx, layer_list, pos_list, device, l2, max_iter,
+def _fit_group(acts, names, feats, family, C, sites, train_idx, test_idx, layer_list, device, l2, max_iter,
                tol, min_train, min_test, max_chunk_bytes, bootstrap, seed, buffers, standardize=True, init=None,
                options: _Options = _Options()):
+    """Probes of the features ``names`` (one solver family) at ``sites``: (features, position) of features
+    whose masks agree at that position, at every layer. All sites are one batch of pairs (chunked by
+    memory), the features' outputs side by side; a site's absent features have zero labels (constant,
+    so never fitted) and no results."""
     first = acts[layer_list[0]]
     N, T, d = first.shape
-    mask = feats[0].mask
-    mask_tr, mask_te = mask[train_idx], mask[test_idx]
+    of = dict(zip(names, feats))
     dtype = np.int64 if family == "softmax" else np.float32
-    vals = np.concatenate([f.values.astype(dtype, copy=False) for f in feats], axis=2)
-    vals_tr, vals_te = vals[train_idx], vals[test_idx]
     bounds = np.cumsum([0] + [f.k for f in feats])
     slices = [slice(int(bounds[i]), int(bounds[i + 1])) for i in range(len(feats))]
+    where_in = dict(zip(names, slices))
 
-    # per feature: the positions it can be probed at
+    # per site: the features fitted there (enough examples, not constant on probe-train), their rows and labels
     usable = {n: [] for n in names}
     skipped = {n: [] for n in names}
-    for t in pos_list:
-        ntr, nte = int(mask_tr[:, t].sum()), int(mask_te[:, t].sum())
-        if ntr == 0:
+    fit_sites = []  # (features fitted, position, probe-train rows, probe-test rows, labels there (N, k))
+    for present, t in sites:
+        column = of[present[0]].mask[:, t]
+        rows_tr, rows_te = np.flatnonzero(column[train_idx]), np.flatnonzero(column[test_idx])
+        if len(rows_tr) == 0:
             continue  # undefined here: not a probe site at all
-        if ntr < min_train or nte < min_test:
-            for n in names:
+        if len(rows_tr) < min_train or len(rows_te) < min_test:
+            for n in present:
                 skipped[n] += [(l, t, "too few examples") for l in layer_list]
             continue
-        v = vals_tr[mask_tr[:, t], t]
-        for n, sl in zip(names, slices):
-            if np.all(v[:, sl] == v[:1, sl]):
+        labels = np.zeros((N, int(bounds[-1])), dtype=dtype)
+        fitted = []
+        for n in present:
+            v = of[n].values[:, t]
+            if np.all(v[train_idx[rows_tr]] == v[train_idx[rows_tr[:1]]]):
                 skipped[n] += [(l, t, "constant") for l in layer_list]
             else:
                 usable[n].append(t)
-    fit_pos = sorted(set().union(*usable.values()))
-    pairs = [(l, t) for l in layer_list for t in fit_pos]
+                fitted.append(n)
+                labels[:, where_in[n]] = v
+        if fitted:
+            fit_sites.append((tuple(fitted), t, rows_tr, rows_te, labels))
+    pairs = [(l, i) for l in layer_list for i in range(len(fit_sites))]  # (layer, site)
 
-    bytes_per_pair = (len(train_idx) + len(test_idx)) * (d * 4 + vals.shape[2] * C * 4 * 4 + 64) + d * d * 16
-    chunk = max(1, int(max_chunk_bytes // bytes_per_pair))
-    parts, n_iter = [], 0
-    tr_i, te_i = (torch.as_tensor(i, device=first.device) for i in (train_idx, test_idx))
-    for s in range(0, len(pairs), chunk):
-        sub = pairs[s : s + chunk]
-        ts = [t for _, t in sub]
-        Xtr, Xte = _gather(acts, sub, tr_i, device, buffers[0]), _gather(acts, sub, te_i, device, buffers[1])
-        mtr = torch.as_tensor(np.ascontiguousarray(mask_tr[:, ts].T), device=device)
-        mte = torch.as_tensor(np.ascontiguousarray(mask_te[:, ts].T), device=device)
-        ytr = torch.as_tensor(np.ascontiguousarray(vals_tr[:, ts].transpose(1, 0, 2)), device=device)
-        yte = torch.as_tensor(np.ascontiguousarray(vals_te[:, ts].transpose(1, 0, 2)), device=device)
-        start = _initial_probes(init, names, slices, sub, family, C, d, device) if init else None
+    # each pair is fitted on the examples where its features are defined, and no others: where answers
+    # start at varying places a position is defined on a fraction of the probe set, and the passes over
+    # the other rows would cost as much as over these. Pairs of similar counts are chunked together (in
+    # decreasing order), padded to the largest count of their chunk.
+    order = sorted(range(len(pairs)), key=lambda j: -len(fit_sites[pairs[j][1]][2]))
+    outputs = int(bounds[-1]) * max(C, 1)  # logits per example
+    item_bytes = (d + 1) * 4 + outputs * 4 * 4 + 64  # per example: activations, logits and what the solver derives
+    pair_bytes = d * d * 16 + (0 if family == "ridge" else 3 * HISTORY * outputs * (d + 1) * 4)  # Gram, inverse; memory
+    most_te = max((len(site[3]) for site in fit_sites), default=0)
+    parts, n_iter, s = [], 0, 0
+    while s < len(order):
+        bytes_per_pair = (len(fit_sites[pairs[order[s]][1]][2]) + most_te) * item_bytes + pair_bytes
+        chunk = max(1, int(max_chunk_bytes // bytes_per_pair))
+        sub = [pairs[j] for j in order[s : s + chunk]]
+        at = [fit_sites[i] for _, i in sub]
+        located = [(l, site[1]) for (l, _), site in zip(sub, at)]
+        idx_tr, mtr = _padded_rows([site[2] for site in at])
+        idx_te, mte = _padded_rows([site[3] for site in at])
+        Xtr = _gather(acts, located, train_idx[idx_tr], device, buffers[0], bias_column=family != "ridge")
+        Xte = _gather(acts, located, test_idx[idx_te], device, buffers[1])
+        ytr = torch.as_tensor(np.stack([site[4][train_idx[r]] for site, r in zip(at, idx_tr)]), device=device)
+        yte = torch.as_tensor(np.stack([site[4][test_idx[r]] for site, r in zip(at, idx_te)]), device=device)
+        mtr, mte = torch.as_tensor(mtr, device=device), torch.as_tensor(mte, device=device)
+        start = None
+        if init:
+            start = _initial_probes(init, names, slices, [(l, site[1], site[0]) for (l, _), site in zip(sub, at)],
+                                    family, C, d, device)
         part = _fit_chunk(Xtr, mtr, ytr, Xte, mte, yte, family, C, slices, l2, max_iter, tol, bootstrap, seed + s,
                           standardize, start, options)
         if "train_loss" in part:  # on the raw activations, the probes being in their space
-            on_train = part.pop("train_loss")(_gather(acts, sub, tr_i, device, buffers[0]))
+            on_train = part.pop("train_loss")(_gather(acts, located, train_idx[idx_tr], device, buffers[0]))
             for m, t in zip(part["metrics"], on_train):
                 m[TRAIN_METRIC["classification"]] = t["logloss"]
         n_iter = max(n_iter, part["n_iter"])
         parts.append(part)
+        s += len(sub)
     if not parts:
         return {n: _unfitted(n, f, d, skipped[n], options.train_metrics) for n, f in zip(names, feats)}
+    fitted_at = {j: i for i, j in enumerate(order)}  # pair j's row in the chunks' results
 
     results = {}
     metric_names = _metric_names(family == "ridge", options.train_metrics)
     for i, (n, f, sl) in enumerate(zip(names, feats, slices)):
-        at = set(usable[n])
-        keep = [j for j, (l, t) in enumerate(pairs) if t in at]
-        take = None if len(keep) == len(pairs) else keep  # None: every pair of the group
+        keep = sorted((j for j, (l, site) in enumerate(pairs) if n in fit_sites[site][0]),
+                      key=lambda j: (depth(pairs[j][0]), fit_sites[pairs[j][1]][1]))
+        if not keep:
+            results[n] = _unfitted(n, f, d, skipped[n], options.train_metrics)
+            continue
+        take = [fitted_at[j] for j in keep]
+        take = None if take == list(range(len(pairs))) else take  # None: every pair of the group, in order
         W = _joined([p["weight"][:, sl] for p in parts], take)
         B = _joined([p["bias"][:, sl] for p in parts], take)
         metrics = {m: _joined([p["metrics"][i][m] for p in parts], take) for m in metric_names}
         per_output = _joined([p["metrics"][i]["per_output"] for p in parts], take)
         n_train = _joined([p["n_train"] for p in parts], take)
-        results[n] = ProbeResult(feature=n, kind=f.kind, pairs=[pairs[j] for j in keep], weight=W, bias=B,
-                                 metrics=metrics, per_output=per_output, n_train=n_train, skipped=skipped[n],
-                                 n_iter=n_iter)
+        results[n] = ProbeResult(feature=n, kind=f.kind, pairs=[(pairs[j][0], fit_sites[pairs[j][1]][1]) for j in keep],
+                                 weight=W, bias=B, metrics=metrics, per_output=per_output, n_train=n_train,
+                                 skipped=skipped[n], n_iter=n_iter)
     return results
 
 
-def _gather(acts, pairs, rows: torch.Tensor, device, buffer: list) -> torch.Tensor:
-    """The activations of ``pairs`` at the probe-set ``rows`` as one contiguous float32 (P, n, d) tensor on
-    ``device``, which the solver may overwrite. One copy, of only what is needed, into ``buffer[0]`` (a
-    flat tensor kept between chunks and grown when too small): fresh memory costs a page fault per 4 KiB."""
+def _padded_rows(rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(index (P, n), mask (P, n)) of P lists of rows, padded to the longest: pads repeat the list's first
+    row (any real row will do: the mask zeroes it) and are False in the mask."""
+    n = max(len(r) for r in rows)
+    idx = np.zeros((len(rows), n), dtype=np.int64)
+    mask = np.zeros((len(rows), n), dtype=bool)
+    for i, r in enumerate(rows):
+        idx[i, : len(r)], idx[i, len(r) :], mask[i, : len(r)] = r, r[0] if len(r) else 0, True
+    return idx, mask
+
+
+def _gather(acts, pairs, rows: np.ndarray, device, buffer: list, bias_column: bool = False) -> torch.Tensor:
+    """The activations of ``pairs`` (layer, position) at ``rows[i]`` (the probe-set rows of pair i) as one float32
+    (P, n, d) tensor on ``device``, which the solver may overwrite; with ``bias_column`` (P, n, d + 1),
+    the last column 1 (the logistic solver's bias). One copy, of only what is needed, into ``buffer[0]``
+    (a flat tensor kept between chunks and grown when too small): fresh memory costs a page fault per 4 KiB."""
     first = acts[pairs[0][0]]
-    shape = (len(pairs), len(rows), first.shape[-1])
+    d = first.shape[-1]
+    shape = (len(pairs), rows.shape[1], d + int(bias_column))
     size = shape[0] * shape[1] * shape[2]
     if not buffer or buffer[0].numel() < size:
         buffer[:] = [torch.empty(size, dtype=torch.float32, device=first.device)]
     out = buffer[0][:size].view(shape)
+    where = torch.as_tensor(rows, device=first.device)
+    layers = {}
     for i, (l, t) in enumerate(pairs):
-        a = acts[l][:, t]
-        if a.dtype == torch.float32:
-            torch.index_select(a, 0, rows, out=out[i])
-        else:
-            out[i].copy_(a.index_select(0, rows))
+        layers.setdefault(l, []).append(i)
+    for l, at in layers.items():  # one gather per layer (a GPU is bound by the operations' count)
+        at_t = torch.as_tensor(at, device=first.device)
+        ts = torch.as_tensor([pairs[i][1] for i in at], device=first.device)
+        out[at_t, :, :d] = acts[l][where[at_t], ts[:, None]].to(torch.float32)
+    if bias_column:
+        out[..., d] = 1.0
     return out.to(device)
 
 
 def _initial_probes(init, names, slices, pairs, family, C, d, device):
-    """Raw-space (W, b, has) for a chunk of pairs from earlier ProbeResults: W (P, K, d) or (P, K, C, d),
-    b (P, K) or (P, K, C), has (P, K) marking the outputs that have an earlier probe; None if none do."""
+    """Raw-space (W, b, has) for a chunk of pairs (layer, position, features fitted there) from earlier
+    ProbeResults: W (P, K, d) or (P, K, C, d), b (P, K) or (P, K, C), has (P, K) marking the outputs that
+    have an earlier probe; None if none do."""
     P, K = len(pairs), slices[-1].stop
     shape = (P, K, C) if family == "softmax" else (P, K)
     W, b = torch.zeros(*shape, d), torch.zeros(*shape)
@@ -454,7 +515,7 @@ def _initial_probes(init, names, slices, pairs, family, C, d, device):
         if earlier.weight.shape[1] != sl.stop - sl.start:
             continue
         where = {pair: i for i, pair in enumerate(earlier.pairs)}
-        found = [(j, where[pair]) for j, pair in enumerate(pairs) if pair in where]
+        found = [(j, where[(l, t)]) for j, (l, t, present) in enumerate(pairs) if name in present and (l, t) in where]
         if not found:
             continue
         j, i = (torch.as_tensor(x) for x in zip(*found))
@@ -512,8 +573,10 @@ def _standardise(X: torch.Tensor, m: torch.Tensor, n: torch.Tensor, scale: bool 
 def _fit_chunk(Xtr, mtr, ytr, Xte, mte, yte, family, C, slices, l2, max_iter, tol, bootstrap, seed, standardize=True,
                start=None, options: _Options = _Options()):
     """Probes of one chunk of pairs. Xtr and Xte are the chunk's own copies: they are standardised in place."""
-    P, N, d = Xtr.shape
     dev = Xtr.device
+    P, N, d = Xte.shape
+    X_solver = Xtr  # the logistic solver's: with the bias column
+    Xtr = Xtr[..., :d]
     n_tr = mtr.sum(1).float()
     wtr = mtr.float() / n_tr[:, None]
     # XᵀΩX of the standardised X: exact for ridge, whose solution it is; sampled for the logistic
@@ -550,8 +613,10 @@ def _fit_chunk(Xtr, mtr, ytr, Xte, mte, yte, family, C, slices, l2, max_iter, to
                 start = (W0 * sd[:, None, None], b0 + torch.einsum("pkcd,pd->pkc", W0, mu), has)
             else:
                 start = (W0 * sd[:, None], b0 + torch.einsum("pkd,pd->pk", W0, mu), has)
+        X_solver[..., d] = mtr  # the bias column: 1 on the pair's examples, 0 on padding
         penalty = l2 if options.C is None else 1.0 / (options.C * n_tr)  # sklearn's C: λ = 1/(C·n) per pair
-        Ws, bs, class_off, n_iter = fit_logistic(Xs, wtr, ytr, kind, C, gram, penalty, max_iter, tol, start=start)
+        Ws, bs, class_off, n_iter = fit_logistic(X_solver, wtr, ytr, kind, C, gram, penalty, max_iter, tol,
+                                                 start=start)
         live = _varying_outputs(ytr, wtr, kind, C) if options.drop_constant_outputs else None
         metrics = _eval_logistic(Xts, Ws, bs, class_off, yte, mte, wte, kind, C, slices, live)
     # back to the original activation space: w·(x−μ)/σ + b_s = (w/σ)·x + (b_s − (w/σ)·μ)
