@@ -103,7 +103,7 @@ def main():
         for i in range(args.repeats + 1):
             with torch.no_grad():
                 for p in model.parameters():
-                    p.add_((torch.randn(p.shape, generator=g) * 0.05 * p.float().std()).to(p.device, p.dtype))
+                    p.add_((torch.randn(p.shape, generator=g) * 0.05 * p.float().std().item()).to(p.device, p.dtype))
             sync()
             t0 = time.perf_counter()
             monitor.probe(i, model)
