@@ -36,7 +36,7 @@ as one batched problem, on the model's device by default, each probe starting fr
 of the previous probe step (the solver then needs fewer passes). A probe step's cost is estimated from
 shapes and counts, never from the clock (``probe_cost``: the capture pass's and the solver's FLOPs,
 weighed by how much slower than a training step's FLOPs they run), so one seed gives the same probes and
-classes on any machine and under any load. How the budget is spent, ``max_overhead`` (default 7%) of the
+classes on any machine and under any load. How the budget is spent, ``max_overhead`` (default 6%) of the
 run's training compute for all probes:
 
 1. step 0 (the random-init baseline) and the last step, every feature at every tap, always;
@@ -122,21 +122,34 @@ def attention_entropy(model, tokens: torch.Tensor) -> dict[str, float]:
 
 @torch.no_grad()
 def pattern_entropy(patterns: dict[str, torch.Tensor]) -> dict[str, float]:
-    """{``attn/entropy/{name}/H{h}``: normalised entropy} of attention patterns {name: (B, H, Tq, Tk)}."""
-    out = {}
+    """{``attn/entropy/{name}/H{h}``: normalised entropy} of attention patterns {name: (B, H, Tq, Tk)}.
+
+    A pattern is causal when it is square and nothing lies above its diagonal: then each query's entropy
+    is divided by the log of the keys it may see, otherwise by log Tk. One device sync for all patterns."""
+    per_pattern = []  # (name, per-head means (H,)) still on the device
     for name, p in patterns.items():
         p = p.float()
         Tq, Tk = p.shape[-2:]
-        causal = Tq == Tk and Tq > 1 and float(p.triu(1).abs().amax()) == 0.0
-        n_keys = torch.arange(1, Tk + 1, device=p.device, dtype=p.dtype) if causal else \
-            torch.full((Tq,), float(Tk), device=p.device, dtype=p.dtype)
+        keys = torch.arange(1, Tk + 1, device=p.device, dtype=p.dtype)
+        if Tq == Tk and Tq > 1:  # causal or not, decided on the device: no sync per pattern
+            causal = p.triu(1).abs().amax() == 0
+            n_keys = torch.where(causal, keys, torch.full_like(keys, float(Tk)))
+        else:
+            n_keys = torch.full((Tq,), float(Tk), device=p.device, dtype=p.dtype)
         ent = -(p * torch.log(p.clamp_min(1e-30))).sum(-1)  # (B, H, Tq)
-        use = n_keys >= 2
-        if not bool(use.any()):
-            continue
-        norm = ent[..., use] / torch.log(n_keys[use])
-        per_head = norm.mean(dim=(0, 2)).tolist()
-        out.update({f"attn/entropy/{name}/H{h}": v for h, v in enumerate(per_head)})
+        use = (n_keys >= 2).to(p.dtype)  # a query that sees one key has no entropy to normalise
+        norm = ent / torch.log(n_keys.clamp(min=2))
+        per_head = (norm * use).sum(dim=(0, 2)) / (use.sum() * p.shape[0]).clamp(min=1)
+        per_pattern.append((name, per_head, use.sum()))
+    if not per_pattern:
+        return {}
+    flat = torch.cat([torch.cat([h.to(torch.float32), n[None].to(torch.float32)]) for _, h, n in per_pattern])
+    values = flat.cpu().tolist()
+    out, at = {}, 0
+    for name, heads, _ in per_pattern:
+        row, at = values[at : at + len(heads) + 1], at + len(heads) + 1
+        if row[-1] > 0:
+            out.update({f"attn/entropy/{name}/H{h}": v for h, v in enumerate(row[:-1])})
     return out
 
 
@@ -166,10 +179,11 @@ def qkv_grad_stats(model) -> dict[str, float]:
 
 
 #: how many times slower per FLOP the probe solver runs than a training step (small batched solves
-#: against large matmuls), by device type, from benchmarks/probe_cost.py: 1.03 on the 2-core CPU
-#: (addition-12, d_model 64 × 4; a loaded machine, so rough), 9.6 on an H200 (bfs-11, d_model 256 × 4:
-#: the probe step of benchmarks/results/h200-2026-11-29b/probe_step_bfs_gpu.txt against 1.80M tokens/s)
-PROBE_SLOWDOWN = {"cpu": 1.0, "cuda": 10.0}
+#: against large matmuls), by device type, from benchmarks/probe_cost.py. CUDA: 5.8 on an H200 (bfs-11,
+#: d_model 256 × 4, compiled training step 2.40 ms, warm probe step 0.31 s:
+#: benchmarks/results/h200-2026-12-03/probe_cost_bfs11_d256_cuda.json). CPU: 2.5 (addition-12) and 0.36
+#: (bfs-11), both d_model 64 × 4 on the shared 2-core VM (results/cpu-2026-12-02b): 1.0 between them.
+PROBE_SLOWDOWN = {"cpu": 1.0, "cuda": 5.8}
 
 
 def probe_cost(model, feature_set: dict, n_examples: int, n_train: int, max_iter: int, batch_size: int,
@@ -209,7 +223,7 @@ class Monitor:
     ``probe_examples``: size of the fixed held-out probe set (``test_fraction`` of it is probe-test).
     ``features``: names of the task's features to probe (default: all). ``device``: where probes are
     fitted (default: the model's device). ``probe_kwargs`` go to ``probes.fit_features``.
-    ``max_overhead`` (default 0.07): the estimated cost (``probe_cost``) of all probes, step 0 and the
+    ``max_overhead`` (default 0.06): the estimated cost (``probe_cost``) of all probes, step 0 and the
     last step included (kept even when they alone exceed it), is at most this fraction of the run's
     training compute; None probes on the whole schedule and follows no plateau. ``plateau_share``
     (default 0.8) of what step 0 and the last step leave is the plateau reserve, spent while the online
@@ -236,7 +250,7 @@ class Monitor:
         entropy_examples: int = 64,
         classify_at_end: bool = True,
         margin: float = 0.02,
-        max_overhead: float | None = 0.07,
+        max_overhead: float | None = 0.06,
         warm_start: bool = True,
         probe_kwargs: dict | None = None,
         plateau_share: float = 0.8,
@@ -404,8 +418,9 @@ class Monitor:
         t0 = time.perf_counter()
         self.losses.update(step, metrics.get("eval/loss") if metrics else None)
         self._status = self.losses.status
-        t0 = self._took("detector", t0)
-        self._sync(step, model)
+        self._took("detector", t0)
+        self._sync(step, model)  # a plateau probe here counts as probing
+        t0 = time.perf_counter()
         entropy = pattern_entropy(self.taps.attention_patterns(model))
         if entropy:
             self.store.log(step, entropy)
