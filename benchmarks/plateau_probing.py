@@ -106,8 +106,17 @@ def main() -> None:
         })
         if "plain_train_s" in row:
             row["wall_overhead_vs_plain"] = train_s / row["plain_train_s"] - 1
-        online = next((e for e in events if e["kind"] == "transition"), None)
+        # the online event of the final reading's drop: the transition event whose onset is nearest its
+        # onset, within 5% of the run (issue 16); any other transition events are kept apart
+        online_transitions = [e for e in events if e["kind"] == "transition"]
+        online = None
+        if transition is not None and online_transitions:
+            near = min(online_transitions, key=lambda e: abs(e["step"] - transition["onset"]))
+            online = near if abs(near["step"] - transition["onset"]) <= 0.05 * args.steps else None
+        elif online_transitions:
+            online = online_transitions[0]
         row["online_reported_at"] = online["reported_at"] if online else None
+        row["other_online_transitions"] = [e for e in online_transitions if e is not online]
         if transition is not None:
             row["probes_inside_plateau"] = [s for s in probed if transition["plateau_start"] <= s <= transition["onset"]]
             if online:
@@ -139,6 +148,8 @@ def _lines(seed: int, row: dict) -> list[str]:
     else:
         ratio = f" = {row['reported_over_end']:.2f} x the drop's end" if "reported_over_end" in row else ""
         out.append(f"  online: transition reported at step {row['online_reported_at']}{ratio}")
+    for e in row.get("other_online_transitions", []):
+        out.append(f"  other online transition event (not the final reading's drop): {e['text']}, reported at {e['reported_at']}")
     out.append(f"  classes: {row['classes']}")
     timings = ", ".join(f"{k} {v:.1f}" for k, v in row["monitor_timings_s"].items())
     out.append(f"  train {row['train_s']:.1f} s, of which the monitor {row['monitor_s']:.1f} s ({timings}): "
