@@ -283,6 +283,8 @@ class Monitor:
         self.follower: PlateauFollower | None = None
         self._undecided: list[str] = []  # features whose decodable step the probes have not settled yet
         self._undecided_cost = 0.0  # estimated cost of a probe step of those
+        self._decided: set[str] = set()  # settled for good: later probes come after the two that settled them
+        self._online_rows: dict[str, dict[tuple, tuple]] = {}  # the store's online probe rows, by feature
         self.warm_start = warm_start
         self.probe_kwargs = {"max_iter": 60, **(probe_kwargs or {})}
         self.store = None
@@ -473,6 +475,9 @@ class Monitor:
         del acts
         rows = [r for name, res in results.items() for r in res.rows(step, name)]
         self.store.log_probes(rows, fit="online")
+        for r in rows:  # kept beside the store: reading them back costs more than fitting, late in a run
+            if r[1] in self._online_rows:
+                self._online_rows[r[1]][r[:5]] = r
         cost = time.perf_counter() - t0
         self.store.log(step, {"monitor/probe_s": cost})
         self.probe_seconds += cost
@@ -527,9 +532,15 @@ class Monitor:
 
         self._undecided = []
         for name in self.feature_set:
-            curves = probe_curves(self.store.probes(name, fit="online"), name)
+            if name in self._decided:
+                continue
+            if name not in self._online_rows:  # read once (a resumed run's earlier probes), then kept
+                self._online_rows[name] = {r[:5]: r for r in self.store.probes(name, fit="online")}
+            curves = probe_curves(sorted(self._online_rows[name].values()), name)
             if curves is None or first_decodable(beats_baseline(curves, self.margin), confirmed_at_end=False) is None:
                 self._undecided.append(name)
+            else:
+                self._decided.add(name)
         self._undecided_cost = self.estimated_cost(self._undecided, self._plateau_taps)
 
     def _make_probe_steps(self) -> list[int] | None:
