@@ -50,11 +50,7 @@ def build(args, task, device):
 
     model = Transformer(TransformerConfig(vocab_size=len(task.vocab), seq_len=task.seq_len, d_model=args.d_model,
                                           n_layers=args.layers, n_heads=4)).to(device)
-    forward = model
-    if args.compile:
-        cuda_graphs = device.type == "cuda"
-        forward = torch.compile(model, mode="reduce-overhead" if cuda_graphs else None)
-    return model, forward, residual_hooks(args.layers), lambda t: t
+    return model, model, residual_hooks(args.layers), lambda t: t
 
 
 def run_arm(args, task, device, watched: bool, root: Path, tag: str) -> dict:
@@ -68,15 +64,23 @@ def run_arm(args, task, device, watched: bool, root: Path, tag: str) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1)
     batches = [task.sample(args.batch_size * 50, seed=10 + c, split="train") for c in range(2)]  # outside the timing
     probe = task.sample(args.examples, seed=10**6, split="test")
-    cuda_graphs = args.compile and device.type == "cuda" and args.model == "quietlab"
+    cuda_graphs = args.compile and device.type == "cuda"
+
+    def step_loss(tokens, mask):  # as quietlab train: bf16 autocast on CUDA, forward and loss compiled together
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = forward(tokens)
+        return masked_loss(logits, tokens, mask)
+
+    if args.compile:
+        step_loss = torch.compile(step_loss, mode="reduce-overhead" if cuda_graphs else None)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     warm = torch.as_tensor(batches[0].tokens[: args.batch_size]).long().to(device)
     warm_mask = torch.as_tensor(batches[0].loss_mask[: args.batch_size]).to(device)
     for _ in range(3):  # compilation and CUDA-graph capture happen here, outside the timing (no update)
         if cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        masked_loss(forward(warm), warm, warm_mask).backward()
-    opt.zero_grad(set_to_none=True)
+        step_loss(warm, warm_mask).backward()
+        opt.zero_grad(set_to_none=True)  # a CUDA graph's gradients are its outputs: never accumulate into them
     sync()
     t0 = time.perf_counter()
     w = None
@@ -90,7 +94,7 @@ def run_arm(args, task, device, watched: bool, root: Path, tag: str) -> dict:
         mask = torch.as_tensor(b.loss_mask[i : i + args.batch_size]).to(device, non_blocking=True)
         if cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        loss = masked_loss(forward(tokens), tokens, mask)
+        loss = step_loss(tokens, mask)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
