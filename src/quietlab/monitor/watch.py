@@ -80,13 +80,14 @@ class Watch:
         rows = sorted(self._pending.items())
         tensors = [v for _, row in rows for v in row.values() if isinstance(v, torch.Tensor)]
         values = iter(torch.stack([t.float().reshape(()) for t in tensors]).tolist() if tensors else [])
-        losses = []
+        losses, written = [], {}
         for s, row in rows:  # one device sync for all the tensors logged since the last flush
             if row:
                 row = {k: next(values) if isinstance(v, torch.Tensor) else v for k, v in row.items()}
-                self.store.log(s, row)
+                written[s] = row
                 if row.get("train/loss") is not None:
                     losses.append((s, row["train/loss"]))
+        self.store.log_steps(written)
         self._pending.clear()
         if losses:  # the detectors read the training loss as the loop hands it over
             self.monitor.on_train_loss([s for s, _ in losses], [v for _, v in losses])

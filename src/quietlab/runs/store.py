@@ -123,10 +123,16 @@ class RunStore:
     # --- writing ----------------------------------------------------------------------------
     @_named
     def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.log_steps({step: metrics})
+
+    @_named
+    def log_steps(self, rows: dict[int, dict[str, float]]) -> None:
+        """{step: {name: value}} in one transaction (a training loop's pending steps at once)."""
         with self._db:
             self._db.executemany(
                 "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?)",
-                [(int(step), k, None if v is None else float(v)) for k, v in metrics.items()],
+                [(int(step), k, None if v is None else float(v)) for step, metrics in rows.items()
+                 for k, v in metrics.items()],
             )
 
     @_named

@@ -578,8 +578,7 @@ def _train(cfg: TrainConfig, folder: RunFolder, task, eval_batch, hooks, progres
         if clock["steps"]:
             state["rate"] = clock["steps"] * tokens_per_step / max(now - clock["t"], 1e-9)
             rows.setdefault(step, {}).update({"train/tokens_per_s": state["rate"], "train/elapsed_s": now - t_start})
-        for s, metrics in rows.items():
-            store.log(s, metrics)
+        store.log_steps(rows)
         clock.update(t=now, steps=0, flushed=now)
 
     def evaluate_now(step: int) -> None:
