@@ -86,7 +86,8 @@ def run_arm(args, task, device, watched: bool, root: Path, tag: str) -> dict:
     w = None
     if watched:
         w = quietlab.watch(model, root / tag, taps=taps, inputs=as_inputs(torch.as_tensor(probe.tokens).long()),
-                           features=probe.features, steps=args.steps, overwrite=True)
+                           features=probe.features, steps=args.steps, overwrite=True,
+                           **({} if args.max_overhead is None else {"max_overhead": args.max_overhead}))
     for step in range(1, args.steps + 1):
         b = batches[(step // 50) % 2]
         i = (step % 50) * args.batch_size
@@ -108,14 +109,23 @@ def run_arm(args, task, device, watched: bool, root: Path, tag: str) -> dict:
     if w is not None:
         m = w.monitor
         out.update(monitor_s=m.spent, probe_s=m.probe_seconds, deferred=m.deferred,
-                   probe_steps=sorted({r[0] for r in _probe_rows(root / tag)}))
+                   timings_s={k: round(v, 4) for k, v in m.timings.items()}, probes=_probe_log(root / tag))
+        out["probe_steps"] = [p["step"] for p in out["probes"]]
     return out
 
 
-def _probe_rows(run):
-    import sqlite3
+def _probe_log(run) -> list[dict]:
+    """Each probe step of a watched run: its seconds, its estimated cost (training steps) and the features it fitted."""
+    from quietlab.runs.store import RunStore
 
-    return sqlite3.connect(Path(run) / "metrics.sqlite").execute("SELECT DISTINCT step FROM probes").fetchall()
+    with RunStore(Path(run) / "metrics.sqlite", readonly=True) as store:
+        seconds = dict(zip(*store.series("monitor/probe_s")))
+        estimate = dict(zip(*store.series("monitor/probe_estimate")))
+        fitted: dict[int, set] = {}
+        for step, feature, *_ in store.probes(fit="online"):
+            fitted.setdefault(int(step), set()).add(feature)
+    return [{"step": s, "seconds": seconds.get(s), "estimate_steps": estimate.get(s), "features": sorted(f)}
+            for s, f in sorted(fitted.items())]
 
 
 def main():
@@ -134,6 +144,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=3, help="timed plain/watch pairs")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--out", default=None, help="write the raw results here (JSON)")
+    ap.add_argument("--max-overhead", type=float, default=None,
+                    help="watch's max_overhead (default: the Monitor's default)")
     args = ap.parse_args()
 
     import torch
@@ -158,6 +170,7 @@ def main():
             else:
                 watched = run_arm(args, task, device, True, root, f"watch{r}")
                 plain = run_arm(args, task, device, False, root, f"plain{r}")
+            plain["step_ms"] = 1e3 * plain["seconds"] / args.steps
             pairs.append({"plain": plain, "watch": watched,
                           "overhead": watched["seconds"] / plain["seconds"] - 1,
                           "monitor_share": watched["monitor_s"] / (watched["seconds"] - watched["monitor_s"])})

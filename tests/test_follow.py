@@ -84,6 +84,8 @@ def test_no_plateau_no_extra_probes():
 
     short = Plateau(start=90, end=100, level=1.0, length=np.log10(100 / 90))
     assert f.sync(100, [_Detector(short)]) is False and not f.active
+    first_steps = Plateau(start=2, end=20, level=1.0, length=1.0)  # a decade, but fewer steps than MIN_GAP
+    assert f.sync(20, [_Detector(first_steps)]) is False and not f.active
     long = Plateau(start=50, end=100, level=1.0, length=np.log10(2))
     assert f.sync(100, [_Detector(None), _Detector(long)]) is True  # just started: a probe due at step 100
     due = [s for s in range(101, TOTAL) if f.due(s, 300.0) and not f.took(s, 300.0)]
@@ -170,3 +172,27 @@ def test_the_real_bfs_run_with_the_shortest_plateau_gets_five_probes_in_it():
     assert len([s for s in r.probe_steps if t.plateau_start <= s <= t.onset]) >= 5
     assert r.probe_overhead <= 0.06 + 1e-9
     assert r.online_transition["reported_at"] <= 1.25 * t.end
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_a_gpu_probe_of_some_of_a_solver_familys_features_costs_the_whole_family(tmp_path, device):
+    """On a GPU a solver family is one batch, whose cost is its launches: the budget counts a probe of
+    some of its features as one of all of them; on a CPU each feature costs its own share."""
+    import torch
+
+    from quietlab.models import Transformer, TransformerConfig
+    from quietlab.monitor.taps import TransformerTaps
+
+    n, T = 40, 6
+    rng = np.random.default_rng(0)
+    binary = lambda: Feature(rng.integers(0, 2, (n, T, 1)), np.ones((n, T), dtype=bool), "binary")  # noqa: E731
+    features = {"a": binary(), "b": binary(),
+                "c": Feature(rng.integers(0, 3, (n, T, 1)), np.ones((n, T), dtype=bool), "categorical", n_classes=3)}
+    model = Transformer(TransformerConfig(vocab_size=8, seq_len=T, d_model=16, n_layers=2, n_heads=2))
+    tokens = torch.as_tensor(rng.integers(0, 8, (n, T)))
+    with RunStore(tmp_path / "m.sqlite") as store:
+        m = Monitor(device=device)
+        m.begin(store, TransformerTaps(tokens, tokens[:4]), features, total=1000, model=model)
+        a, ab, c, every = (m.estimated_cost(f) for f in (["a"], ["a", "b"], ["c"], ["a", "b", "c"]))
+    assert 0 < a <= ab < every and 0 < c < every
+    assert (a == ab) == (device == "cuda")

@@ -295,7 +295,7 @@ def test_one_batch_per_solver_family_gives_the_probes_of_one_batch_per_problem(m
     tr, te = split_probe_set(N, 0.3, seed=0)
     kw = dict(l2=L2, tol=1e-6, max_iter=500)
     apart = fit_features(acts, feats, tr, te, **kw)
-    monkeypatch.setattr(probes, "_one_batch_per_family", lambda device: True)
+    monkeypatch.setattr(probes, "one_batch_per_family", lambda device: True)
     together = fit_features(acts, feats, tr, te, **kw)
     for name in feats:
         assert together[name].pairs == apart[name].pairs

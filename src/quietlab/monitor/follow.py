@@ -8,8 +8,10 @@ finds the curve ending on one: ``OnlineDetector.plateau``), the steps of a dense
 (``per_decade`` per decade, never closer together than ``MIN_GAP`` of the run) are probed too, from
 the moment the plateau is seen, until the reserve is spent; a plateau counts once it is half as long as
 the final offline reading's shortest plateau (1.5% of the run's span of log-steps), so that a flat
-stretch early in the run, short against the run, is not followed. A plateau probe fits only the features still undecided (``features.first_decodable``: not yet
-decodable at two probe steps in a row; a decided feature's decodable step cannot change), and costs
+stretch early in the run, short against the run, is not followed, nor one shorter in steps than the
+closest two plateau probes may be (``MIN_GAP`` of the run: the first few steps, flat before the loss
+starts to fall, span a decade on the log axis). A plateau probe fits only the features still undecided
+(``features.first_decodable``: not yet decodable at two probe steps in a row; a decided feature's decodable step cannot change), and costs
 the reserve only its estimate (``monitor.probe_cost``), so the reserve buys more of them as features
 are decided, and none once every feature is. A run without a plateau spends less than the budget.
 
@@ -85,10 +87,12 @@ class PlateauFollower:
 
     def sync(self, step: int, detectors) -> bool:
         """At a sync point: follow while the latest analysis of any detector (on a log-step axis) ends on a
-        plateau at least ``min_length`` decades long. True when the follower has just started following
-        (a plateau probe is then due at ``step`` itself)."""
+        plateau at least ``min_length`` decades and ``min_gap`` steps long (the flat first few steps of a
+        run span a decade or more on the log axis, but hold no two probes ``min_gap`` apart). True when
+        the follower has just started following (a plateau probe is then due at ``step`` itself)."""
         was = self.active
-        self.active = any(d.plateau is not None and d.plateau.length >= self.min_length for d in detectors)
+        self.active = any(d.plateau is not None and d.plateau.length >= self.min_length
+                          and step - d.plateau.start >= self.min_gap for d in detectors)
         return self.active and not was
 
     def affords(self, cost: float) -> bool:

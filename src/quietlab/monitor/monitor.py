@@ -18,7 +18,8 @@ What it records (names as in metrics.sqlite):
   of ``probe_examples`` held-out examples (``task.sample(n, seed, split="test")``, never training
   data), split into probe-train and probe-test; rows (step, feature, layer, position, metric, value)
   with the metrics of ``probes.py`` (acc, logloss, acc_lo, acc_hi, n_test; r2, mse, r2_lo, r2_hi),
-  layer a hook name, fit ``online``; step 0 is the random-init baseline. ``monitor/probe_s``: seconds the probes took.
+  layer a hook name, fit ``online``; step 0 is the random-init baseline. ``monitor/probe_s``: seconds the probes took;
+  ``monitor/probe_estimate``: what the budget counted for them (``probe_cost``, in training steps).
 - ``attn/entropy/blocks.{l}.attn.hook_pattern/H{h}`` at every evaluation: normalised attention entropy on the first
   ``entropy_examples`` probe examples (each query's entropy over the keys it may see divided by
   log(#keys), averaged over queries that see at least two keys); 1 = uniform attention.
@@ -48,7 +49,9 @@ run's training compute for all probes:
    reserve covers them. A plateau probe fits only the features not yet decided (decodable at two probe
    steps in a row: their class can no longer change) and skips the taps that read the token alone
    (``hook_embed``: what a probe there can read is the same at every step), and costs the reserve its
-   own estimate, so the reserve buys more probes as features are decided. A run without a plateau
+   own estimate, so the reserve buys more probes as features are decided (on a GPU, which fits a solver
+   family's features as one batch whose cost is its kernel launches, only as whole families are: a
+   probe of some of a family's features is counted as one of all of them). A run without a plateau
    spends only steps 1 and 2.
 
 What probes happen is a function of the run's configuration, its losses and the probes' own results,
@@ -69,7 +72,7 @@ import torch
 
 from ..models.hooks import attn_module
 from .follow import PlateauFollower, split_budget
-from .probes import capture_layers, fit_features, residual_taps, split_probe_set
+from .probes import capture_layers, fit_features, one_batch_per_family, residual_taps, solver_family, split_probe_set
 from .transitions import OnlineDetector
 
 #: the probe set's seed is the run's seed plus this, so that ``quietlab probe`` redraws the same set
@@ -354,8 +357,16 @@ class Monitor:
             seq_len = train_seq_len or max((f.mask.shape[1] for f in features.values()), default=1)
             shapes = (taps.n, len(self.train_idx), self.probe_kwargs["max_iter"], train_batch_size, seq_len, device_type)
             tap_names = taps.names(model)
-            self._cost_of = lambda feats, n_taps: probe_cost(model, {f: features[f] for f in feats}, *shapes,
-                                                           n_taps=n_taps or len(tap_names))
+            whole_families = one_batch_per_family(torch.device(device_type))
+
+            def cost_of(feats, n_taps):
+                if whole_families:  # a GPU fits a solver family as one batch, whose passes cost their
+                    # kernel launches: a probe of some of its features costs about what all of them do
+                    fitted = {solver_family(features[f]) for f in feats}
+                    feats = [f for f in features if solver_family(features[f]) in fitted]
+                return probe_cost(model, {f: features[f] for f in feats}, *shapes, n_taps=n_taps or len(tap_names))
+
+            self._cost_of = cost_of
             changing = [t for t in tap_names if t not in taps.token_only]
             self._plateau_taps = changing if changing and len(changing) < len(tap_names) else None
         self.estimated_probe_cost = self.estimated_cost(features)
@@ -479,7 +490,8 @@ class Monitor:
             if r[1] in self._online_rows:
                 self._online_rows[r[1]][r[:5]] = r
         cost = time.perf_counter() - t0
-        self.store.log(step, {"monitor/probe_s": cost})
+        self.store.log(step, {"monitor/probe_s": cost,
+                              "monitor/probe_estimate": self.estimated_cost(names, taps)})
         self.probe_seconds += cost
         self.timings["probes"] = self.probe_seconds
         self.last_probe_step = step

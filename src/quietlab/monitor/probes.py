@@ -260,8 +260,7 @@ def fit_features(
     # share its activations and Gram matrix (e.g. every bit feature of an addition answer digit)
     families: dict[tuple[str, int], list[str]] = {}
     for name, f in features.items():
-        family = _FAMILY[f.kind]
-        families.setdefault((family, int(f.n_classes) if family == "softmax" else 0), []).append(name)
+        families.setdefault(solver_family(f), []).append(name)
     problems: dict[tuple, list[int]] = {}
     for (family, n_classes), names in families.items():
         for t in pos_list:
@@ -275,7 +274,7 @@ def fit_features(
 
     batches: dict[tuple, list[tuple[tuple[str, ...], int]]] = {}
     for (family, n_classes, names), positions in problems.items():
-        key = (family, n_classes) if _one_batch_per_family(device) else (family, n_classes, names)
+        key = (family, n_classes) if one_batch_per_family(device) else (family, n_classes, names)
         batches.setdefault(key, []).extend((names, t) for t in positions)
 
     parts: dict[str, list[ProbeResult]] = {name: [] for name in features}
@@ -295,6 +294,12 @@ def fit_features(
 _FAMILY = {"binary": "sigmoid", "multilabel": "sigmoid", "categorical": "softmax", "scalar": "ridge"}
 
 
+def solver_family(feature: Feature) -> tuple[str, int]:
+    """(solver, classes): features of one family are fitted together (``fit_features``)."""
+    family = _FAMILY[feature.kind]
+    return family, int(feature.n_classes) if family == "softmax" else 0
+
+
 @dataclass(frozen=True)
 class _Options:
     """The fit options that change the objective or the metrics (``fit_features``)."""
@@ -304,7 +309,7 @@ class _Options:
     train_metrics: bool = False
 
 
-def _one_batch_per_family(device: torch.device) -> bool:
+def one_batch_per_family(device: torch.device) -> bool:
     """Whether the problems of a solver family are fitted as one batch, their features' outputs side by
     side (on a GPU, whose passes cost their operations' count rather than their size), or each problem
     as a batch of its own (on a CPU, so that no pass computes an output that a pair does not have)."""

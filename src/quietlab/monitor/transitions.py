@@ -374,25 +374,26 @@ def _segment(u: np.ndarray, y: np.ndarray, var: np.ndarray, beta: float, min_len
     ii = np.arange(B + 1)[:, None]
     jj = np.arange(B + 1)[None, :]
     valid = jj - ii >= min_len
-    I = np.where(valid, ii, 0)
-    J = np.where(valid, jj, min_len)
-    s0 = S0[J] - S0[I]
-    s1 = S1[J] - S1[I]
-    s2 = S2[J] - S2[I]
-    t1 = T1[J] - T1[I]
-    suu = s2 - s1 * s1 / s0
-    suy = (P[J] - P[I]) - s1 * t1 / s0
-    syy = (T2[J] - T2[I]) - t1 * t1 / s0
-    ok = suu > 1e-12 * np.maximum(s2, 1e-300)
-    rss = syy - np.where(ok, suy * suy / np.where(ok, suu, 1.0), 0.0)
+
+    def seg(prefix):  # [i, j]: the sum over bins i..j-1 (meaningful where valid; the rest is masked below)
+        return prefix[None, :] - prefix[:, None]
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s0, s1, s2, t1 = seg(S0), seg(S1), seg(S2), seg(T1)
+        suu = s2 - s1 * s1 / s0
+        suy = seg(P) - s1 * t1 / s0
+        syy = seg(T2) - t1 * t1 / s0
+        ok = suu > 1e-12 * np.maximum(s2, 1e-300)
+        rss = syy - np.where(ok, suy * suy / np.where(ok, suu, 1.0), 0.0)
     cost = np.where(valid, np.maximum(rss, 0.0), np.inf)
 
     F = np.full(B + 1, np.inf)
     F[0] = -beta
     back = np.zeros(B + 1, dtype=np.int64)
+    ends_at = np.ascontiguousarray(cost.T)  # row j: the cost of each segment ending at j, read contiguously
     for j in range(min_len, B + 1):
-        cand = F[: j - min_len + 1] + cost[: j - min_len + 1, j]
-        k = int(np.argmin(cand))
+        cand = F[: j - min_len + 1] + ends_at[j, : j - min_len + 1]
+        k = int(cand.argmin())
         F[j] = cand[k] + beta
         back[j] = k
     cuts = [B]
@@ -607,8 +608,11 @@ class _Analysis:
             w_max = hi - lo
 
             def model(p, u=u):
-                z = np.clip((u - p[2]) / math.exp(p[3]), -60, 60)
-                s_ = 1.0 / (1.0 + np.exp(-z))
+                z = (u - p[2]) / math.exp(p[3])
+                np.minimum(np.maximum(z, -60.0, out=z), 60.0, out=z)  # np.clip, without its overhead
+                s_ = np.exp(np.negative(z, out=z), out=z)
+                s_ += 1.0
+                s_ = np.reciprocal(s_, out=s_)
                 return p[1] + (p[0] - p[1]) * (1.0 - s_), s_
 
             for w0 in (w, 0.05 * w_max, 0.15 * w_max):
@@ -626,29 +630,46 @@ class _Analysis:
 
     @staticmethod
     def _lm(p, u, y, sw, model, w_min, w_max):
-        """Levenberg-Marquardt on (level before, level after, centre, log width)."""
+        """Levenberg-Marquardt on (level before, level after, centre, log width). It runs thousands of
+        times in a long online run, on a few hundred bins: written to keep numpy's per-call overhead low."""
+        def weighted_cost(f):
+            r = y - f
+            r *= sw
+            return float(np.dot(r, r))
+
         f, s_ = model(p)
-        cost = float(np.sum((sw * (y - f)) ** 2))
+        cost = weighted_cost(f)
         lam = 1e-3
+        J = np.empty((u.size, 4))
+        eye = np.arange(4)
+        log_min, log_max = math.log(w_min), math.log(w_max)
         for _ in range(50):
             ww = math.exp(p[3])
             g = (p[0] - p[1]) * s_ * (1 - s_)
-            J = np.stack([1 - s_, s_, g / ww, g * (u - p[2]) / ww], axis=1) * sw[:, None]
-            r = sw * (y - f)
+            J[:, 0] = 1 - s_
+            J[:, 1] = s_
+            np.divide(g, ww, out=J[:, 2])
+            np.multiply(J[:, 2], u - p[2], out=J[:, 3])
+            J *= sw[:, None]
+            r = y - f
+            r *= sw
             JtJ, Jtr = J.T @ J, J.T @ r
+            damping = JtJ.diagonal() + 1e-12
             step = None
             for _ in range(20):
+                A = JtJ.copy()
+                A[eye, eye] += lam * damping
                 try:
-                    step = np.linalg.solve(JtJ + lam * np.diag(np.diag(JtJ) + 1e-12), Jtr)
+                    step = np.linalg.solve(A, Jtr)
                 except np.linalg.LinAlgError:
                     step = None
                 if step is None:
                     lam *= 10
                     continue
                 q = p + step
-                q[3] = min(max(q[3], math.log(w_min)), math.log(w_max))
+                q[3] = min(max(q[3], log_min), log_max)
                 f2, s2 = model(q)
-                c2 = float(np.sum((sw * (y - f2)) ** 2))
+                c2 = weighted_cost(f2)
                 if c2 <= cost:
                     break
                 lam *= 10

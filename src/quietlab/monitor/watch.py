@@ -36,6 +36,7 @@ from .monitor import Monitor, log_schedule
 from .taps import ModuleTaps, TransformerTaps
 
 EXPORTS = ("tensorboard", "mlflow", "csv")
+WATCH_MAX_OVERHEAD = 0.05  # the Monitor's probe budget under watch (``quietlab train``: Monitor's 0.06)
 
 
 class Watch:
@@ -123,7 +124,7 @@ class Watch:
 def watch(model: torch.nn.Module, out, taps: Sequence[str], inputs, features: Mapping[str, Feature], *,
           steps: int | None = None, seed: int = 0, every: int | None = None, export: Sequence[str] = (),
           overwrite: bool = False, batch_size: int = 256, train_batch_size: int = 64,
-          **monitor_options) -> Watch:
+          max_overhead: float | None = WATCH_MAX_OVERHEAD, **monitor_options) -> Watch:
     """Watch ``model`` train: probes of ``features`` at ``taps`` on ``inputs``, written to run folder ``out``.
 
     ``steps``: the run's length, when known (the probe schedule then ends on it and the last step is
@@ -133,8 +134,10 @@ def watch(model: torch.nn.Module, out, taps: Sequence[str], inputs, features: Ma
     written into the run folder at ``close`` (``runs.export``). ``overwrite``: replace a run folder that
     already holds a run. ``train_batch_size``: examples per training step of your loop (with the probe
     inputs' length, what a probe step's estimated cost is weighed against for ``max_overhead``; the
-    budget follows from shapes and counts, never from the clock). Other keywords go to :class:`Monitor` (``schedule``, ``per_decade``,
-    ``max_overhead``, ``device``, ``probe_kwargs``, ...). Raises one-line ValueErrors for bad taps,
+    budget follows from shapes and counts, never from the clock). ``max_overhead`` (default 0.05, below
+    ``quietlab train``'s 0.06: a plain loop's step costs its compute and little else, so the same
+    estimated probe compute weighs more against its wall time). Other keywords go to :class:`Monitor`
+    (``schedule``, ``per_decade``, ``device``, ``probe_kwargs``, ...). Raises one-line ValueErrors for bad taps,
     inputs, features or options, before any training.
     """
     from ..models.transformer import Transformer
@@ -185,9 +188,10 @@ def watch(model: torch.nn.Module, out, taps: Sequence[str], inputs, features: Ma
     folder.write_config({"watch": {
         "model": type(model).__name__, "taps": taps, "probe_examples": n, "steps": steps, "seed": seed,
         "features": {name: f.kind for name, f in features.items()},
-        "monitor": {k: v for k, v in monitor_options.items() if isinstance(v, (int, float, str, bool, type(None)))},
+        "monitor": {k: v for k, v in {"max_overhead": max_overhead, **monitor_options}.items()
+                    if isinstance(v, (int, float, str, bool, type(None)))},
     }})
-    monitor = Monitor(**monitor_options)
+    monitor = Monitor(max_overhead=max_overhead, **monitor_options)
     store = folder.store()
     try:
         monitor.begin(store, tapper, features, total=steps, seed=seed, model=model, train_batch_size=train_batch_size)
