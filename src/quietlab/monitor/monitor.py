@@ -128,31 +128,37 @@ def pattern_entropy(patterns: dict[str, torch.Tensor]) -> dict[str, float]:
     """{``attn/entropy/{name}/H{h}``: normalised entropy} of attention patterns {name: (B, H, Tq, Tk)}.
 
     A pattern is causal when it is square and nothing lies above its diagonal: then each query's entropy
-    is divided by the log of the keys it may see, otherwise by log Tk. One device sync for all patterns."""
-    per_pattern = []  # (name, per-head means (H,)) still on the device
+    is divided by the log of the keys it may see, otherwise by log Tk. Patterns of one shape (every
+    layer of a model, usually) are computed as one stack, and all of them with one device sync."""
+    by_shape: dict[tuple, list[str]] = {}
     for name, p in patterns.items():
-        p = p.float()
-        Tq, Tk = p.shape[-2:]
+        by_shape.setdefault(tuple(p.shape), []).append(name)
+    per_group = []  # (names, per-head means (L, H), queries counted (L,)) still on the device
+    for (B, H, Tq, Tk), names in by_shape.items():
+        p = torch.stack([patterns[n] for n in names]).float()  # (L, B, H, Tq, Tk)
         keys = torch.arange(1, Tk + 1, device=p.device, dtype=p.dtype)
         if Tq == Tk and Tq > 1:  # causal or not, decided on the device: no sync per pattern
-            causal = p.triu(1).abs().amax() == 0
-            n_keys = torch.where(causal, keys, torch.full_like(keys, float(Tk)))
+            causal = p.triu(1).abs().amax(dim=(1, 2, 3, 4)) == 0  # (L,)
+            n_keys = torch.where(causal[:, None], keys, torch.full_like(keys, float(Tk)))  # (L, Tq)
         else:
-            n_keys = torch.full((Tq,), float(Tk), device=p.device, dtype=p.dtype)
-        ent = -(p * torch.log(p.clamp_min(1e-30))).sum(-1)  # (B, H, Tq)
-        use = (n_keys >= 2).to(p.dtype)  # a query that sees one key has no entropy to normalise
-        norm = ent / torch.log(n_keys.clamp(min=2))
-        per_head = (norm * use).sum(dim=(0, 2)) / (use.sum() * p.shape[0]).clamp(min=1)
-        per_pattern.append((name, per_head, use.sum()))
-    if not per_pattern:
+            n_keys = torch.full((len(names), Tq), float(Tk), device=p.device, dtype=p.dtype)
+        ent = -(p * torch.log(p.clamp_min(1e-30))).sum(-1)  # (L, B, H, Tq)
+        use = (n_keys >= 2).to(p.dtype)[:, None, None, :]  # a query that sees one key has no entropy to normalise
+        norm = ent / torch.log(n_keys.clamp(min=2))[:, None, None, :]
+        counted = use.sum(dim=(1, 2, 3))  # (L,)
+        per_head = (norm * use).sum(dim=(1, 3)) / (counted * B)[:, None].clamp(min=1)  # (L, H)
+        per_group.append((names, per_head, counted))
+    if not per_group:
         return {}
-    flat = torch.cat([torch.cat([h.to(torch.float32), n[None].to(torch.float32)]) for _, h, n in per_pattern])
+    flat = torch.cat([torch.cat([h, n[:, None]], 1).reshape(-1).to(torch.float32) for _, h, n in per_group])
     values = flat.cpu().tolist()
     out, at = {}, 0
-    for name, heads, _ in per_pattern:
-        row, at = values[at : at + len(heads) + 1], at + len(heads) + 1
-        if row[-1] > 0:
-            out.update({f"attn/entropy/{name}/H{h}": v for h, v in enumerate(row[:-1])})
+    for names, heads, _ in per_group:
+        width = heads.shape[1] + 1
+        for name in names:
+            row, at = values[at : at + width], at + width
+            if row[-1] > 0:
+                out.update({f"attn/entropy/{name}/H{h}": v for h, v in enumerate(row[:-1])})
     return out
 
 
