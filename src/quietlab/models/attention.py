@@ -128,16 +128,16 @@ class CausalSelfAttention(nn.Module):
     def _normsoftmax_fused(self, q, k, v):
         """NormSoftmax without a mask through the fused kernel: a row's variance over all keys is
         var_j(q_i·k_j) = q_iᵀ C q_i with C the keys' biased covariance, so each query is divided by its
-        min(τ, spread) and attention runs at scale 1 (in float32 for the spread, as the plain path)."""
-        with torch.autocast(q.device.type, enabled=False):
-            wide = torch.promote_types(q.dtype, torch.float32)
-            qf, kf = q.to(wide), k.to(wide)
-            kc = kf - kf.mean(dim=-2, keepdim=True)
-            cov = kc.transpose(-2, -1) @ kc / kf.shape[-2]  # (B, H, d, d)
-            var = ((qf @ cov) * qf).sum(-1, keepdim=True).clamp_min(0)
-            spread = var if self.norm_form == "var" else var.clamp(min=1e-12).sqrt()
-            scale = 1.0 / torch.clamp(spread, min=1e-6).clamp(max=self.tau)
-        return F.scaled_dot_product_attention((qf * scale).to(q.dtype), k, v, scale=1.0)
+        min(τ, spread) and attention runs at scale 1. The products run in the inputs' dtype, accumulated
+        in float32 by the matrix products (under bf16 autocast the scaled queries are read in bf16 by the
+        attention anyway: float32 copies of q and k cost more memory traffic than the attention), the
+        reduction to the variance in float32."""
+        kc = k - k.mean(dim=-2, keepdim=True)
+        cov = kc.transpose(-2, -1) @ kc / k.shape[-2]  # (B, H, d, d)
+        var = ((q @ cov).float() * q.float()).sum(-1, keepdim=True).clamp_min(0)
+        spread = var if self.norm_form == "var" else var.clamp(min=1e-12).sqrt()
+        scale = 1.0 / torch.clamp(spread, min=1e-6).clamp(max=self.tau)
+        return F.scaled_dot_product_attention(q * scale.to(q.dtype), k, v, scale=1.0)
 
     def _explicit(self, q, k, v, causal: bool):
         """The plain computation: needed by NormSoftmax and whenever the pattern is asked for."""
