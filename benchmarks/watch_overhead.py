@@ -13,8 +13,8 @@ the whole loop, after three untimed forward/backward passes that compile; the wa
 probe and the classification), interleaved for ``--repeats`` pairs (plain first, then watch first, alternately) after one untimed warm-up
 pair (compilation, allocator). ``watch`` runs at its defaults: the Monitor's log probe schedule and its
 overhead budget, 2000 held-out probe examples (``--examples``) of all the task's features. Overhead =
-median over pairs of (watched − plain) / plain, in wall time and in the process's CPU time (which time the host
-steals from the VM does not inflate); beside them the monitor's own measured time over the
+median over pairs of (watched − plain) / plain, in wall time and in the process's CPU time (which time
+the host steals from the VM does not inflate); beside them the monitor's own measured time over the
 watched run's time less it (steadier on a shared machine). Raw times go to ``--out`` (JSON) and stdout.
 
     python benchmarks/watch_overhead.py --steps 3000 --out watch_overhead_cpu.json                 # CPU
@@ -146,7 +146,7 @@ def main():
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--out", default=None, help="write the raw results here (JSON)")
     ap.add_argument("--max-overhead", type=float, default=None,
-                    help="watch's max_overhead (default: the Monitor's default)")
+                    help="watch's max_overhead (default: watch's own, quietlab.monitor.watch.WATCH_MAX_OVERHEAD)")
     args = ap.parse_args()
 
     import torch

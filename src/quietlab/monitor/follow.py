@@ -11,9 +11,9 @@ the final offline reading's shortest plateau (1.5% of the run's span of log-step
 stretch early in the run, short against the run, is not followed, nor one shorter in steps than the
 closest two plateau probes may be (``MIN_GAP`` of the run: the first few steps, flat before the loss
 starts to fall, span a decade on the log axis). A plateau probe fits only the features still undecided
-(``features.first_decodable``: not yet decodable at two probe steps in a row; a decided feature's decodable step cannot change), and costs
-the reserve only its estimate (``monitor.probe_cost``), so the reserve buys more of them as features
-are decided, and none once every feature is. A run without a plateau spends less than the budget.
+(``features.first_decodable``: not yet decodable at two probe steps in a row; a decided feature's
+decodable step cannot change), and costs the reserve only its estimate (``monitor.probe_cost``), so the
+reserve buys more of them as features are decided, and none once every feature is. A run without a plateau spends less than the budget.
 
 Decisions are taken only at *sync points*, steps at which the detectors have seen every loss up to that
 step (the Monitor syncs at each evaluation and checkpoint, before which the training loop hands over

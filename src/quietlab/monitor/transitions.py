@@ -612,7 +612,7 @@ class _Analysis:
                 np.minimum(np.maximum(z, -60.0, out=z), 60.0, out=z)  # np.clip, without its overhead
                 s_ = np.exp(np.negative(z, out=z), out=z)
                 s_ += 1.0
-                s_ = np.reciprocal(s_, out=s_)
+                np.reciprocal(s_, out=s_)
                 return p[1] + (p[0] - p[1]) * (1.0 - s_), s_
 
             for w0 in (w, 0.05 * w_max, 0.15 * w_max):
