@@ -58,6 +58,7 @@ def main():
     ap.add_argument("--device", default="cpu", help="where ours fits (sklearn runs on the CPU)")
     ap.add_argument("--each", action="store_true", help="also time ours one feature at a time")
     ap.add_argument("--no-exact", action="store_true", help="skip the exact-optimum reference")
+    ap.add_argument("--features", default=None, help="comma-separated features to probe (default: all)")
     ap.add_argument("--out", default=None, help="also write the figures here as JSON")
     args = ap.parse_args()
 
@@ -69,6 +70,11 @@ def main():
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     acts, feats, tr, te, what = probe_inputs(args)
+    if args.features:
+        unknown = sorted(set(args.features.split(",")) - set(feats))
+        if unknown:
+            raise SystemExit(f"unknown feature(s) {', '.join(unknown)}; the task has: {', '.join(feats)}")
+        feats = {n: feats[n] for n in args.features.split(",")}
     d = next(iter(acts.values())).shape[-1]
     print(f"{what}: d_model {d}, {len(acts)} layers (embed + blocks), {next(iter(acts.values())).shape[1]} "
           f"positions, {len(tr)} probe-train + {len(te)} probe-test examples; {threads} thread(s) for torch and BLAS")
