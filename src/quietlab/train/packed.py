@@ -64,7 +64,8 @@ class PackedModels:
     def losses(self, loss_fn: Callable, *args, in_dims: Sequence[int | None] | None = None) -> torch.Tensor:
         """(N,) losses: ``loss_fn(model_i, *args_i)`` for each model, as one vmapped computation."""
         batched = self._batched(loss_fn, in_dims, len(args))
-        with warnings.catch_warnings():  # CPU attention under vmap loops over the models: slower, still exact
+        with warnings.catch_warnings(), _attention_under_vmap(self.params):
+            # CPU attention under vmap loops over the models: slower, still exact
             warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
             return batched(self.params, self.buffers, *args)
 
@@ -73,7 +74,12 @@ class PackedModels:
         """``losses`` for ``n_args`` batched arguments as one ``torch.compile``d function (fused kernels;
         compiled once per pack, on the first call)."""
         compiled = torch.compile(self._batched(loss_fn, in_dims, n_args), **compile_options)
-        return lambda *args: compiled(self.params, self.buffers, *args)
+
+        def losses(*args):
+            with _attention_under_vmap(self.params):
+                return compiled(self.params, self.buffers, *args)
+
+        return losses
 
     def _batched(self, loss_fn: Callable, in_dims, n_args: int) -> Callable:
         base = self.base
@@ -119,6 +125,19 @@ class PackedModels:
         new.params = {k: v.detach()[index].clone().requires_grad_(v.requires_grad) for k, v in self.params.items()}
         new.buffers = {k: v[index].clone() for k, v in self.buffers.items()}
         return new
+
+
+def _attention_under_vmap(params: dict[str, torch.Tensor]):
+    """The attention kernels that are right under vmap: on a GPU (torch 2.11, H200) the memory-efficient
+    kernel that ``scaled_dot_product_attention`` picks by default gives NaN gradients to every model of
+    a vmapped ViT from the first step, and refuses float32 ('LSE is not correctly aligned'); flash
+    attention (half precision) and the math kernel (float32) train as the models do alone
+    (benchmarks/packed_gpu_check.py). Nothing changes on a CPU."""
+    if next(iter(params.values())).device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.MATH])
 
 
 def _per_model(value, n: int, device, dtype=torch.float64) -> torch.Tensor:
