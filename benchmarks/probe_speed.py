@@ -13,6 +13,9 @@ activations, the same probe-train / probe-test split, the same threads:
 Timing: one untimed warm-up of each side on a few pairs, then ``--repeats`` rounds, each timing ours
 then sklearn (interleaved, so that a machine whose speed drifts slows both alike); the medians are
 compared, wall-clock and process CPU time both (on a shared machine the CPU time is the steadier).
+``--threads`` sets both sides' threads; ``--sk-threads 1,2`` times sklearn at each BLAS thread count in
+every round and compares ours with its fastest (a per-pair loop of small fits gains little from BLAS
+threads, and can lose).
 sklearn is timed on ``--sk-pairs`` pairs spread over the list (0: all of them; a subset is
 extrapolated linearly to all, and the output says so).
 
@@ -27,6 +30,7 @@ with ``quietlab probe``'s settings; otherwise a random-init model of ``--task`` 
 
     .venv/bin/python benchmarks/probe_speed.py --threads 1                          # addition (8-bit), random init
     .venv/bin/python benchmarks/probe_speed.py --run runs/bfs11 --threads 1 --out probe_speed_bfs.json
+    .venv/bin/python benchmarks/probe_speed.py --run runs/bfs11 --threads 2 --sk-threads 1,2      # the whole 2-core machine
 """
 
 from __future__ import annotations
@@ -54,6 +58,9 @@ def main():
                     help="(feature, layer, position) fits timed for sklearn, 0 = all (default: all with --run, else 12)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch and BLAS threads, both sides (default: all)")
+    ap.add_argument("--sk-threads", default=None,
+                    help="comma list of BLAS thread counts to time sklearn at, each in every round; the speed-up is "
+                         "against the fastest (default: --threads)")
     ap.add_argument("--l2", type=float, default=1e-3)
     ap.add_argument("--device", default="cpu", help="where ours fits (sklearn runs on the CPU)")
     ap.add_argument("--each", action="store_true", help="also time ours one feature at a time")
@@ -124,7 +131,9 @@ def main():
     n_sk = args.sk_pairs if args.sk_pairs is not None else (0 if args.run else 12)
     pick = np.arange(len(jobs)) if n_sk <= 0 or n_sk >= len(jobs) else \
         np.unique(np.linspace(0, len(jobs) - 1, n_sk).round().astype(int))
-    ours_wall, ours_cpu, sk_wall, sk_cpu, each_wall = [], [], [], [], []
+    sk_threads = [int(x) for x in args.sk_threads.split(",")] if args.sk_threads else [threads]
+    ours_wall, ours_cpu, each_wall = [], [], []
+    sk_walls, sk_cpus = {t: [] for t in sk_threads}, {t: [] for t in sk_threads}
     with warnings.catch_warnings(), threadpool_limits(threads):
         warnings.simplefilter("ignore", ConvergenceWarning)
         for i in pick[:3]:
@@ -136,12 +145,14 @@ def main():
             sync()
             ours_wall.append(time.perf_counter() - t0)
             ours_cpu.append(time.process_time() - c0)
-            sk_scores, w, c = {}, 0.0, 0.0
-            for i in pick:
-                dw, dc, sk_scores[jobs[i]] = sk_fit(*jobs[i])
-                w, c = w + dw, c + dc
-            sk_wall.append(w * len(jobs) / len(pick))
-            sk_cpu.append(c * len(jobs) / len(pick))
+            for sk_t in sk_threads:
+                sk_scores, w, c = {}, 0.0, 0.0
+                with threadpool_limits(sk_t):
+                    for i in pick:
+                        dw, dc, sk_scores[jobs[i]] = sk_fit(*jobs[i])
+                        w, c = w + dw, c + dc
+                sk_walls[sk_t].append(w * len(jobs) / len(pick))
+                sk_cpus[sk_t].append(c * len(jobs) / len(pick))
         if args.each:
             for _ in range(args.repeats):
                 sync()
@@ -154,12 +165,17 @@ def main():
     def med(xs):
         return float(np.median(xs))
 
+    fastest = min(sk_threads, key=lambda t: med(sk_walls[t]))
+    sk_wall, sk_cpu = sk_walls[fastest], sk_cpus[fastest]
+
     timed = "all" if len(pick) == len(jobs) else f"{len(pick)} of {len(jobs)} (extrapolated to all)"
     where = torch.cuda.get_device_name() if cuda else "CPU"
     print(f"ours ({where}): {med(ours_wall):7.2f} s wall, {med(ours_cpu):7.2f} s CPU (median of {args.repeats}; wall "
           f"{', '.join(f'{x:.2f}' for x in ours_wall)})")
-    print(f"sklearn: {med(sk_wall):7.2f} s wall, {med(sk_cpu):7.2f} s CPU (median of {args.repeats}; wall "
-          f"{', '.join(f'{x:.2f}' for x in sk_wall)}); pairs timed: {timed}")
+    for t in sk_threads:
+        print(f"sklearn, {t} BLAS thread(s): {med(sk_walls[t]):7.2f} s wall, {med(sk_cpus[t]):7.2f} s CPU (median of "
+              f"{args.repeats}; wall {', '.join(f'{x:.2f}' for x in sk_walls[t])}); pairs timed: {timed}"
+              + (" <- its fastest" if len(sk_threads) > 1 and t == fastest else ""))
     if each_wall:
         print(f"ours, one feature at a time: {med(each_wall):.2f} s wall (median of {args.repeats})")
 
@@ -173,6 +189,7 @@ def main():
     out = {"what": what, "threads": threads, "device": where, "pairs": len(jobs), "sklearn_fits": n_outputs, "sk_pairs_timed": len(pick),
            "repeats": args.repeats, "ours_wall_s": ours_wall, "ours_cpu_s": ours_cpu, "sklearn_wall_s": sk_wall,
            "sklearn_cpu_s": sk_cpu, "each_wall_s": each_wall,
+           "sklearn_threads": fastest, "sklearn_wall_s_by_threads": {str(t): v for t, v in sk_walls.items()},
            "speedup_wall": med(sk_wall) / med(ours_wall), "speedup_cpu": med(sk_cpu) / med(ours_cpu),
            "acc_diff_mean": float(diff.mean()), "acc_diff_max": float(diff.max()),
            "ours_passes": {n: r.n_iter for n, r in together.items()}}
