@@ -127,10 +127,9 @@ class _Run:
         self.mask = torch.as_tensor(batch.loss_mask, device=device)
         self.start = torch.as_tensor(batch.answer_start, device=device)
 
-    @torch.no_grad()
-    def sizes(self, edits: dict[str, AffineEdit]) -> torch.Tensor:
-        """Mean ‖Δx‖ of the edits at each position (T,), under teacher forcing on this batch (NaN where
-        nothing is edited): how far they move the residual stream where they apply."""
+    def _measuring(self, edits: dict[str, AffineEdit]):
+        """(the edits wrapped to record how far they move x, a function giving the mean ‖Δx‖ per position
+        (T,) once a pass has run, NaN where nothing is edited)."""
         T = self.tokens.shape[1]
         total, count = torch.zeros(T, device=self.tokens.device), torch.zeros(T, device=self.tokens.device)
 
@@ -142,8 +141,15 @@ class _Run:
                 return edit(x, positions)
             return apply
 
-        self.model(self.tokens, edit={name: measured(e) for name, e in edits.items()})
-        return total / count.where(count > 0, torch.nan)
+        return {name: measured(e) for name, e in edits.items()}, lambda: total / count.where(count > 0, torch.nan)
+
+    @torch.no_grad()
+    def sizes(self, edits: dict[str, AffineEdit]) -> torch.Tensor:
+        """Mean ‖Δx‖ of the edits at each position (T,), under teacher forcing on this batch (NaN where
+        nothing is edited): how far they move the residual stream where they apply."""
+        wrapped, sizes = self._measuring(edits)
+        self.model(self.tokens, edit=wrapped)
+        return sizes()
 
     @torch.no_grad()
     def __call__(self, edits: dict[str, AffineEdit] | None) -> tuple[np.ndarray, float, np.ndarray | None]:
@@ -152,7 +158,15 @@ class _Run:
         position from the prefix alone, so every answer token being the argmax under teacher forcing is
         the same event as greedy decoding getting the answer right (tests/test_ablation.py checks it
         against ``greedy_decode`` under edits), and one pass replaces a decoding step per answer token."""
-        logits = self.model(self.tokens, edit=edits)
+        return self._score(self.model(self.tokens, edit=edits))
+
+    @torch.no_grad()
+    def measured(self, edits: dict[str, AffineEdit]) -> tuple[np.ndarray, float, np.ndarray | None, torch.Tensor]:
+        """``self(edits)`` and ``self.sizes(edits)`` from the one pass they share."""
+        wrapped, sizes = self._measuring(edits)
+        return (*self._score(self.model(self.tokens, edit=wrapped)), sizes())
+
+    def _score(self, logits) -> tuple[np.ndarray, float, np.ndarray | None]:
         correct = teacher_forced_exact(logits, self.tokens, self.mask).cpu().numpy()
         loss = float(masked_loss(logits, self.tokens, self.mask))
         given_eq = (teacher_forced_exact(logits, self.tokens, after_first_target(self.mask)).cpu().numpy()
@@ -220,8 +234,7 @@ def ablate(model, task, feature: str, *, method: str = "boundary", layer: str = 
     run = _Run(model, eval_batch, device, paper_task=task.preset == "paper")
     base_correct, base_loss, base_eq = run(None)
     ablation = edits_for(method, real, labels)
-    abl_correct, abl_loss, abl_eq = run(ablation)
-    size = run.sizes(ablation)  # (T,)
+    abl_correct, abl_loss, abl_eq, size = run.measured(ablation)  # size: (T,)
     edited = size.isfinite()
 
     # controls: the same method along random directions of the same rank. LEACE's control is LEACE
@@ -240,8 +253,8 @@ def ablate(model, task, feature: str, *, method: str = "boundary", layer: str = 
         # one sees, so the scaled controls are measured again
         factor = torch.where(edited, size / run.sizes(edits), 1.0).nan_to_num(nan=1.0, posinf=1.0)
         edits = {name: e.scaled(factor) for name, e in edits.items()}
-        ctl_sizes.append(_mean_size(run.sizes(edits), edited))
-        correct, loss, eq = run(edits)
+        correct, loss, eq, moved = run.measured(edits)
+        ctl_sizes.append(_mean_size(moved, edited))
         ctl_correct.append(correct)
         ctl_losses.append(loss)
         ctl_eq.append(eq)
@@ -325,14 +338,13 @@ def ablate_paper(model, task, feature: str, *, probe_seed: int = 0, n_controls: 
     run = _Run(model, eval_batch, device, paper_task=task.preset == "paper")
     base_correct, base_loss, base_eq = run(None)
     ablation = edits_of(real)
-    abl_correct, abl_loss, abl_eq = run(ablation)
-    size = run.sizes(ablation)
+    abl_correct, abl_loss, abl_eq, size = run.measured(ablation)
     edited = size.isfinite()
     ctl_correct, ctl_losses, ctl_sizes, ctl_eq = [], [], [], []
     for c in range(n_controls):
         edits = edits_of(paper_controls(real, d, rng))
-        ctl_sizes.append(_mean_size(run.sizes(edits), edited))
-        correct, loss, eq = run(edits)
+        correct, loss, eq, moved = run.measured(edits)
+        ctl_sizes.append(_mean_size(moved, edited))
         ctl_correct.append(correct)
         ctl_losses.append(loss)
         ctl_eq.append(eq)
