@@ -136,3 +136,27 @@ def test_exact_match_under_edits_from_one_teacher_forced_pass_equals_greedy_deco
         np.testing.assert_array_equal(correct, greedy)
         outcomes.append(correct.mean())
     assert outcomes[0] >= 0.99 and min(outcomes) < 0.9  # the oracle was tested on broken answers too
+
+
+def test_one_pass_scoring_and_measuring_equals_the_two_separate_passes(model_and_task):
+    """``_Run.measured`` scores an edit set and measures how far it moves x in one pass: the same exact
+    matches, loss and per-position ‖Δx‖ as scoring and measuring in passes of their own."""
+    from quietlab.interventions.ablation import _Run
+    from quietlab.interventions.edits import AffineEdit
+
+    model, task = model_and_task
+    batch = task.sample(100, seed=12, split="test")
+    T, d = batch.tokens.shape[1], model.config.d_model
+    gen = torch.Generator().manual_seed(1)
+    V = torch.randn(T, 1, d, generator=gen)
+    V = V / V.norm(dim=-1, keepdim=True)
+    edits = {layer: AffineEdit(U=V.transpose(1, 2) * 3.0, V=V, s=torch.zeros(T, 1),
+                               where=torch.rand(batch.tokens.shape, generator=gen) < 0.5)
+             for layer in ("blocks.0.hook_resid_post", "blocks.1.hook_resid_post")}
+    run = _Run(model, batch, "cpu")
+    correct, loss, _, moved = run.measured(edits)
+    alone_correct, alone_loss, _ = run(edits)
+    np.testing.assert_array_equal(correct, alone_correct)
+    assert loss == alone_loss
+    torch.testing.assert_close(moved, run.sizes(edits), equal_nan=True, rtol=0, atol=0)
+    assert torch.isfinite(moved).any() and (moved[torch.isfinite(moved)] > 0).all()
