@@ -104,9 +104,11 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0, want_pattern: bool = False):
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)
-        if cos is not None:
-            q, k = self.rope(q, cos, sin), self.rope(k, cos, sin)
+        qkv = self.qkv(x).view(B, T, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)
+        if cos is not None:  # q and k rotated together: half the (small, strided) operations
+            (q, k), v = self.rope(qkv[:2], cos, sin), qkv[2]
+        else:
+            q, k, v = qkv
         causal = self.causal and (cache is None or cache.length == 0)
         if cache is not None:
             if T > 1 and cache.length:
