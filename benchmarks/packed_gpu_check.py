@@ -6,6 +6,9 @@ precision (bf16 autocast, float32): K models trained ``--steps`` steps as one vm
 alone loss| over the models, whether any loss or gradient of the pack was not finite, and the step it
 first was. Drop-path is off (its masks are drawn differently under vmap). The tests check the same
 equality on the CPU in float64; this is the GPU's check, where the attention kernels differ.
+``--default-kernels`` calls the vmapped losses without ``PackedModels.losses``' choice of attention
+kernels, as before 2026-12-03, when the GPU's default kernel gave packed ViTs NaN gradients from step 1
+(found at 3ab6703 with an ad-hoc script: benchmarks/results/h200-2026-12-03-s3/packed_nan_diagnosis.txt).
 
     python benchmarks/packed_gpu_check.py --out packed_gpu_check.json
 """
@@ -27,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from quietlab.train.packed import PackedAdamW, PackedModels  # noqa: E402
 
 
-def vit_case(device):
+def vit_case():
     from quietlab.models.vit import ViT, ViTConfig
 
     cfg = ViTConfig(image_size=16, patch_size=2, n_classes=10, d_model=256, n_layers=4, n_heads=4, mlp_ratio=2.0,
@@ -42,7 +45,7 @@ def vit_case(device):
     return "vit (16x16, patch 2, depth 4, width 256, batch 256)", lambda: ViT(cfg), batch, loss_fn
 
 
-def decoder_case(device):
+def decoder_case():
     from quietlab.models import Transformer, TransformerConfig
     from quietlab.tasks import get_task
 
@@ -62,8 +65,8 @@ def decoder_case(device):
     return "decoder (addition-8, d_model 128 x 4, batch 64)", lambda: Transformer(cfg), batch, loss_fn
 
 
-def compare(case, device, amp, n_models, steps, lr):
-    name, build, batch, loss_fn = case(device)
+def compare(case, device, amp, n_models, steps, lr, default_kernels=False):
+    name, build, batch, loss_fn = case()
     models = []
     for seed in range(n_models):
         torch.manual_seed(seed)
@@ -84,7 +87,10 @@ def compare(case, device, amp, n_models, steps, lr):
     for step in range(1, steps + 1):
         args = [batch(step, i) for i in range(n_models)]
         stacked = [torch.stack([a[j] for a in args]).to(device) for j in range(len(args[0]))]
-        losses = packed.losses(packed_loss, *stacked)
+        if default_kernels:  # the vmapped function alone, outside losses()' kernel choice
+            losses = packed._batched(packed_loss, None, len(stacked))(packed.params, packed.buffers, *stacked)
+        else:
+            losses = packed.losses(packed_loss, *stacked)
         losses.sum().backward()
         finite = bool(torch.isfinite(losses).all()) and all(bool(torch.isfinite(p.grad).all())
                                                            for p in packed.params.values() if p.grad is not None)
@@ -114,18 +120,20 @@ def main():
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--out", default=None)
     ap.add_argument("--device", default="cuda", help="cuda (the check), or cpu for a smoke test")
+    ap.add_argument("--default-kernels", action="store_true",
+                    help="the attention kernels torch picks by default under vmap (the unfixed path)")
     args = ap.parse_args()
     device = torch.device(args.device)
     rows = []
     for case in (vit_case, decoder_case):
         for amp in (True, False):
             try:
-                row = compare(case, device, amp, args.models, args.steps, args.lr)
+                row = compare(case, device, amp, args.models, args.steps, args.lr, args.default_kernels)
             except Exception as e:  # a kernel that refuses the pack is a result too
                 row = {"model": case.__name__, "precision": "bf16 autocast" if amp else "float32", "error": repr(e)[:300]}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    out = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__, "rows": rows}
+    out = {"default_kernels": args.default_kernels, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__, "rows": rows}
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))
 
