@@ -86,6 +86,9 @@ def main() -> None:
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads of this process (default: torch's)")
     ap.add_argument("--workers", type=int, default=None, help="CPU only: runs at once, one process of one thread each (default: one per core)")
+    ap.add_argument("--lr", action="append", default=[], metavar="VARIANT=RATE",
+                    help="a variant's peak learning rate instead of the scale's (repeatable), e.g. normsoftmax=1e-4")
+    ap.add_argument("--beta", type=float, default=None, help="temperature: the study's multiplier β (default: the scale's)")
     args = ap.parse_args()
 
     if args.threads:
@@ -98,6 +101,19 @@ def main() -> None:
                        ("workers", args.workers)):
         if value is not None:
             overrides[key] = value
+    if args.beta is not None:
+        overrides["beta"] = args.beta
+    if args.lr:
+        rates = dict(SCALES[args.scale].lr)
+        for item in args.lr:
+            variant, _, rate = item.partition("=")
+            if variant not in MODEL_VARIANTS:
+                ap.error(f"--lr {item}: unknown variant {variant!r}; choose from {', '.join(MODEL_VARIANTS)}")
+            try:
+                rates[variant] = float(rate)
+            except ValueError:
+                ap.error(f"--lr {item}: the rate must be a number, as in normsoftmax=1e-4")
+        overrides["lr"] = rates
     log_file = (out / "eureka_seeds.log").open("a")
     t0 = time.perf_counter()
 

@@ -137,6 +137,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps per arm before the rounds (compile happens here)")
     ap.add_argument("--compile", action="store_true", help="add torch.compile arms for both models")
     ap.add_argument("--out", default=None, help="JSON file to write (also printed)")
+    ap.add_argument("--profile", default=None,
+                    help="comma list of arms (e.g. ours+compile/normsoftmax) to profile after the rounds: the top GPU "
+                         "kernels of --steps steps, printed and written beside --out as PROFILE.txt")
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -169,6 +172,24 @@ def main():
     if args.out:
         Path(args.out).write_text(text)
     print(text)
+    if args.profile:
+        tables = [profile_arm(name, arms[name], x, y, args.steps, device) for name in args.profile.split(",")]
+        if args.out:
+            Path(args.out).with_suffix(".profile.txt").write_text("\n\n".join(tables))
+        print("\n\n".join(tables))
+
+
+def profile_arm(name: str, step, x, y, steps: int, device) -> str:
+    """The arm's GPU kernels over ``steps`` steps, by total device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    sync(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step(x, y)
+        sync(device)
+    table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=90)
+    return f"== {name}: {steps} steps ==\n{table}"
 
 
 if __name__ == "__main__":
