@@ -226,6 +226,33 @@ def test_vit_variants_equal_a_float64_reference(variant, kw):
     assert (low - want.float()).abs().max() <= 0.03 * want.abs().max()
 
 
+@pytest.mark.parametrize("n_tokens", [16, 17])  # 17: the fused path pads the token axis to a multiple of 8
+@pytest.mark.parametrize("norm_form", ["var", "std"])
+def test_fused_normsoftmax_values_and_gradients_equal_the_written_out_float64_formula(n_tokens, norm_form):
+    from quietlab.models.attention import CausalSelfAttention
+
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(32, 2, "normsoftmax", norm_form=norm_form, causal=False).double()
+    with torch.no_grad():
+        attn.qkv.weight.mul_(10)  # spreads on both sides of τ
+    x = torch.randn(3, n_tokens, 32, dtype=torch.double, requires_grad=True)
+
+    def written_out(x):
+        B, T, C = x.shape
+        q, k, v = (x @ attn.qkv.weight.T).view(B, T, 3, 2, 16).permute(2, 0, 3, 1, 4)
+        logits = q @ k.transpose(-2, -1)
+        var = logits.var(-1, unbiased=False, keepdim=True)
+        spread = var if norm_form == "var" else var.sqrt()
+        pattern = torch.softmax(logits / spread.clamp(min=1e-6).clamp(max=attn.tau), -1)
+        return attn.proj((pattern @ v).transpose(1, 2).reshape(B, T, C))
+
+    got, want = attn(x, None, None)[0], written_out(x)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(got.square().sum(), [x, attn.qkv.weight]),
+                    torch.autograd.grad(want.square().sum(), [x, attn.qkv.weight])):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
 def test_qk_gradient_rescaling_per_head_matches_value_gradients():
     from quietlab.models.attention import CausalSelfAttention, rescale_qk_grad
 
