@@ -1,0 +1,121 @@
+"""NormSoftmax's fused path (models/attention.py ``_normsoftmax_fused``) in a few layouts, each timed in the
+whole compiled ViT training step at the Eureka study's shape (as ``vit_step.py``'s ``ours+compile/normsoftmax``
+arm), in interleaved rounds:
+
+- ``library``   the code as it is in models/attention.py;
+- ``unpadded``  the covariance products on the raw token axis (197 tokens: cuBLAS's unaligned kernels);
+- ``pad_both``  keys and queries zero-padded to a multiple of 8 tokens for the products;
+- ``pad_keys``  only the centred keys padded (the covariance's product), the queries' product on 197 rows.
+
+Every layout computes the same function (tests/test_eureka.py checks the library's against a float64
+formula); this script only times them. Prints and writes (``--out``) JSON: per layout every round's ms/step.
+
+    python benchmarks/normsoftmax_layouts.py --out normsoftmax_layouts.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from quietlab.models.attention import CausalSelfAttention  # noqa: E402
+from quietlab.models.vit import ViT, ViTConfig  # noqa: E402
+from quietlab.train.schedule import make_optimizer  # noqa: E402
+
+
+def fused(pad_keys: bool, pad_queries: bool):
+    def normsoftmax(self, q, k, v):
+        T = k.shape[-2]
+        kc = k - k.mean(dim=-2, keepdim=True)
+        qp = q
+        if T % 8 and pad_keys:
+            kc = F.pad(kc, (0, 0, 0, -T % 8))
+        if T % 8 and pad_queries:
+            qp = F.pad(q, (0, 0, 0, -T % 8))
+        cov = kc.transpose(-2, -1) @ kc / T
+        var = ((qp @ cov).float() * qp.float()).sum(-1, keepdim=True)[..., :T, :].clamp_min(0)
+        spread = var if self.norm_form == "var" else var.clamp(min=1e-12).sqrt()
+        scale = 1.0 / torch.clamp(spread, min=1e-6).clamp(max=self.tau)
+        return F.scaled_dot_product_attention(q * scale.to(q.dtype), k, v, scale=1.0)
+    return normsoftmax
+
+
+LAYOUTS = {"library": CausalSelfAttention._normsoftmax_fused, "unpadded": fused(False, False),
+           "pad_both": fused(True, True), "pad_keys": fused(True, False)}
+
+
+def make_step(layout: str, args, device):
+    torch.manual_seed(0)
+    model = ViT(ViTConfig(image_size=args.image, patch_size=args.patch, d_model=args.width, n_layers=args.depth,
+                          n_heads=args.heads, mlp_ratio=2.0, drop_path=0.0, attention="normsoftmax")).to(device)
+    for block in model.blocks:  # this model's attention only
+        block.attn._normsoftmax_fused = LAYOUTS[layout].__get__(block.attn)
+    optimizer = make_optimizer(model, 5e-4, 0.05, (0.9, 0.999))
+
+    def forward_loss(x, y):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            logits = model(x)
+        return F.cross_entropy(logits.float(), y, label_smoothing=0.1)
+
+    loss_fn = torch.compile(forward_loss)
+
+    def step(x, y):
+        loss_fn(x, y).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--image", type=int, default=56)
+    ap.add_argument("--patch", type=int, default=4)
+    ap.add_argument("--width", type=int, default=256)
+    ap.add_argument("--depth", type=int, default=7)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--layouts", default=",".join(LAYOUTS))
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    steps = {name: make_step(name, args, device) for name in args.layouts.split(",")}
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(args.batch, 3, args.image, args.image, generator=g).to(device)
+    y = torch.randint(0, 10, (args.batch,), generator=g).to(device)
+    for step in steps.values():  # compile and warm up
+        for _ in range(5):
+            step(x, y)
+    times = {name: [] for name in steps}
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                step(x, y)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times[name].append(1000 * (time.perf_counter() - t0) / args.steps)
+    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "torch": torch.__version__,
+              "shape": {k: getattr(args, k) for k in ("image", "patch", "width", "depth", "heads", "batch")},
+              "ms_per_step": {name: {"median": statistics.median(t), "rounds": t} for name, t in times.items()}}
+    text = json.dumps(result, indent=2)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
