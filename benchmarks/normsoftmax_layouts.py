@@ -2,10 +2,16 @@
 whole compiled ViT training step at the Eureka study's shape (as ``vit_step.py``'s ``ours+compile/normsoftmax``
 arm), in interleaved rounds:
 
-- ``library``   the code as it is in models/attention.py;
-- ``unpadded``  the covariance products on the raw token axis (197 tokens: cuBLAS's unaligned kernels);
+- ``library``   the code as it is in models/attention.py (the covariance products on the raw token axis);
+- ``unpadded``  the same written out here (a check that the patching itself costs nothing);
 - ``pad_both``  keys and queries zero-padded to a multiple of 8 tokens for the products;
 - ``pad_keys``  only the centred keys padded (the covariance's product), the queries' product on 197 rows.
+
+Why: a profile of the compiled step (``vit_step.py --profile``) showed the covariance products on
+cuBLAS's unaligned sm75 kernels at 197 tokens (2.6 ms of a 20 ms step). Padding moves them onto fast
+kernels (1.3 ms) but the padded queries' gradient costs a slower elementwise kernel, and on an H200 the
+whole step came out the same: 21.14 / 21.18 / 21.23 ms for a padded-both library, unpadded and pad_keys
+(benchmarks/results/h200-2026-12-03-s4/call4/), so the library stays unpadded.
 
 Every layout computes the same function (tests/test_eureka.py checks the library's against a float64
 formula); this script only times them. Prints and writes (``--out``) JSON: per layout every round's ms/step.

@@ -133,16 +133,10 @@ class CausalSelfAttention(nn.Module):
         min(τ, spread) and attention runs at scale 1. The products run in the inputs' dtype, accumulated
         in float32 by the matrix products (under bf16 autocast the scaled queries are read in bf16 by the
         attention anyway: float32 copies of q and k cost more memory traffic than the attention), the
-        reduction to the variance in float32. The token axis is zero-padded to a multiple of 8 for these
-        products: with an odd count (197 at the study's shape) cuBLAS falls back to unaligned kernels that
-        took 2.6 ms of a 20 ms step on an H200 (benchmarks/vit_step.py --profile); zero rows change no sum."""
-        T = k.shape[-2]
+        reduction to the variance in float32."""
         kc = k - k.mean(dim=-2, keepdim=True)
-        qp = q
-        if T % 8:
-            kc, qp = F.pad(kc, (0, 0, 0, -T % 8)), F.pad(q, (0, 0, 0, -T % 8))
-        cov = kc.transpose(-2, -1) @ kc / T  # (B, H, d, d)
-        var = ((qp @ cov).float() * qp.float()).sum(-1, keepdim=True)[..., :T, :].clamp_min(0)
+        cov = kc.transpose(-2, -1) @ kc / k.shape[-2]  # (B, H, d, d)
+        var = ((q @ cov).float() * q.float()).sum(-1, keepdim=True).clamp_min(0)
         spread = var if self.norm_form == "var" else var.clamp(min=1e-12).sqrt()
         scale = 1.0 / torch.clamp(spread, min=1e-6).clamp(max=self.tau)
         return F.scaled_dot_product_attention(q * scale.to(q.dtype), k, v, scale=1.0)
