@@ -152,11 +152,18 @@ def test_one_pass_scoring_and_measuring_equals_the_two_separate_passes(model_and
     V = V / V.norm(dim=-1, keepdim=True)
     edits = {layer: AffineEdit(U=V.transpose(1, 2) * 3.0, V=V, s=torch.zeros(T, 1),
                                where=torch.rand(batch.tokens.shape, generator=gen) < 0.5)
-             for layer in ("blocks.0.hook_resid_post", "blocks.1.hook_resid_post")}
+             for layer in ("hook_embed", "blocks.0.hook_resid_post")}
     run = _Run(model, batch, "cpu")
     correct, loss, _, moved = run.measured(edits)
     alone_correct, alone_loss, _ = run(edits)
     np.testing.assert_array_equal(correct, alone_correct)
     assert loss == alone_loss
-    torch.testing.assert_close(moved, run.sizes(edits), equal_nan=True, rtol=0, atol=0)
+    later = []  # the sizing pass ends at the deepest edit: no later block runs
+    hook = model.blocks[1].register_forward_hook(lambda *_: later.append(1))
+    try:
+        sized = run.sizes(edits)
+    finally:
+        hook.remove()
+    assert not later
+    torch.testing.assert_close(moved, sized, equal_nan=True, rtol=0, atol=0)
     assert torch.isfinite(moved).any() and (moved[torch.isfinite(moved)] > 0).all()

@@ -118,6 +118,10 @@ def _flat(w: torch.Tensor, b: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return w.reshape(-1, d).double().cpu().numpy(), b.reshape(-1).double().cpu().numpy()
 
 
+class _Measured(Exception):
+    """Raised by the deepest edit of a sizing pass: the layers after it cannot change the sizes."""
+
+
 class _Run:
     """Decoding and loss of one evaluation batch under a set of edits."""
 
@@ -127,28 +131,37 @@ class _Run:
         self.mask = torch.as_tensor(batch.loss_mask, device=device)
         self.start = torch.as_tensor(batch.answer_start, device=device)
 
-    def _measuring(self, edits: dict[str, AffineEdit]):
+    def _measuring(self, edits: dict[str, AffineEdit], stop_after_last: bool = False):
         """(the edits wrapped to record how far they move x, a function giving the mean ‖Δx‖ per position
-        (T,) once a pass has run, NaN where nothing is edited)."""
+        (T,) once a pass has run, NaN where nothing is edited). ``stop_after_last``: the deepest edit raises
+        _Measured once it has been measured, ending the pass there."""
         T = self.tokens.shape[1]
         total, count = torch.zeros(T, device=self.tokens.device), torch.zeros(T, device=self.tokens.device)
+        last = max(edits, key=depth)
 
-        def measured(edit):
+        def measured(name, edit):
             def apply(x, positions):
                 moved, n = edit.sizes(x, positions)
                 total.index_add_(0, positions, moved)
                 count.index_add_(0, positions, n.to(count))
+                if stop_after_last and name == last:
+                    raise _Measured
                 return edit(x, positions)
             return apply
 
-        return {name: measured(e) for name, e in edits.items()}, lambda: total / count.where(count > 0, torch.nan)
+        return ({name: measured(name, e) for name, e in edits.items()},
+                lambda: total / count.where(count > 0, torch.nan))
 
     @torch.no_grad()
     def sizes(self, edits: dict[str, AffineEdit]) -> torch.Tensor:
         """Mean ‖Δx‖ of the edits at each position (T,), under teacher forcing on this batch (NaN where
-        nothing is edited): how far they move the residual stream where they apply."""
-        wrapped, sizes = self._measuring(edits)
-        self.model(self.tokens, edit=wrapped)
+        nothing is edited): how far they move the residual stream where they apply. The pass ends at the
+        deepest edit: nothing after it changes the sizes."""
+        wrapped, sizes = self._measuring(edits, stop_after_last=True)
+        try:
+            self.model(self.tokens, edit=wrapped)
+        except _Measured:
+            pass
         return sizes()
 
     @torch.no_grad()
