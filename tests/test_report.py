@@ -207,6 +207,20 @@ def test_summary_sentences_carry_the_numbers(runs):
                                    f"(1,800 steps before the drop); ablating it: accuracy 99% → 12% (random directions: 98%).")
 
 
+def test_a_fitted_floor_below_zero_is_replaced_by_the_measured_loss(tmp_path):
+    """The detector's logistic can put a loss's floor below 0 when the loss ends near 0; the summary then
+    says what the curve measured at the drop's end instead of a negative loss."""
+    run = make_run(tmp_path / "run")
+    with RunFolder(run).store() as st:
+        st.put("transition", "eval/loss", [{"plateau_start": PLATEAU_START, "onset": ONSET, "end": END,
+                                           "level_before": LEVEL_BEFORE, "level_after": -2e-5}])
+        steps, values = st.series("eval/loss")
+    measured = values[min(range(len(steps)), key=lambda j: abs(steps[j] - END))]
+    assert measured > 0
+    text = " ".join(summarize(run))
+    assert f"dropped to {measured:.3g} by step {END:,}" in text and "-2e-05" not in text
+
+
 def test_summary_of_a_run_without_monitor_names_what_is_missing(runs):
     text = " ".join(summarize(runs["bare"]))
     assert "Transition detection has not run" in text and "No probes were recorded" in text

@@ -101,6 +101,8 @@ def _run_sentence(rd: RunData) -> str:
 
 def _loss_sentences(rd: RunData) -> list[str]:
     curve, transitions = main_transitions(rd)
+    name = curve or loss_curve_name(rd)
+    steps, values = rd.curve(name) if name else ([], [])
     out = []
     for i, t in enumerate(transitions):
         label = "Loss" if curve in LOSS_CURVES else f"`{curve}`"
@@ -112,13 +114,15 @@ def _loss_sentences(rd: RunData) -> list[str]:
         text = f"{prefix}{label} {flat}"
         if finite(t.get("level_after")) or finite(t.get("end")):
             text += ", then dropped"
-            if finite(t.get("level_after")):
-                text += f" to {fmt_num(t['level_after'])}"
+            after = t.get("level_after")
+            if finite(after) and after <= 0 and name in LOSS_CURVES and steps and finite(t.get("end")):
+                # the fitted logistic's floor can undershoot a loss that ends near 0: say what was measured
+                after = values[min(range(len(steps)), key=lambda j: abs(steps[j] - t["end"]))]
+            if finite(after):
+                text += f" to {fmt_num(after)}"
             if finite(t.get("end")):
                 text += f" by step {fmt_step(t['end'])}"
         out.append(text + ".")
-    name = curve or loss_curve_name(rd)
-    steps, values = rd.curve(name) if name else ([], [])
     if not transitions:
         if steps:
             went = f"{name} went from {fmt_num(values[0])} at step {fmt_step(steps[0])} to {fmt_num(values[-1])} at step {fmt_step(steps[-1])}"
