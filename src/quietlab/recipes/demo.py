@@ -6,12 +6,15 @@ features (quiet / loud), ablate the main quiet feature against random directions
 print a summary in which every number is read from the run.
 
 The configuration was chosen by experiment (benchmarks/demo_search.py) for a clear plateau and
-transition on a 2-core CPU across seeds: 1,500 steps at lr 5e-4 (the plateau's end varies with the CPU;
-1,500 steps leave room after the drop on every machine tried). A shorter run (1,000 steps, lr 7e-4 or
-1e-3) told the story on some seeds only (benchmarks/results/cpu-engine/).
+transition on a 2-core CPU across seeds: lr 5e-4, 150 warm-up steps, then a cosine only down to half the
+rate, 1,000 steps. The main drop ends by step 420-590 on seeds 0-2, which leaves 400 steps or more after it
+for the probes that classify the features (benchmarks/results/cpu-2026-12-03-s4/demo_1000_seed*.txt). The
+earlier 1,500 steps of a cosine to a tenth told the same story with 900 steps after the drop, half again
+the time; 1,000 steps of that cosine at lr 7e-4 or 1e-3 told it on some seeds only
+(benchmarks/results/cpu-engine/): its rate fell too early.
 
 ``preset="paper"`` (``quietlab demo --preset paper``) tells the same story under the quiet-feature study's
-protocol: the same task size, model size, learning rate and length, but the paper's addition (``=`` is a
+protocol: the same task size, model size, learning rate and length, the study's schedule, but the paper's addition (``=`` is a
 target), model, recipe and fp32; after training, DEMO_PAPER_CHECKPOINTS checkpoints are probed with the
 study's probes (10,000 + 1,000 fresh examples each, C = 100 on raw block outputs, a separately initialised
 random model as the baseline) and the feature is ablated by its protocol on its 1,000 probe-test
@@ -33,7 +36,9 @@ DEMO_CONFIG = dict(
     n_heads=4,
     lr=5e-4,
     batch_size=64,
-    steps=1500,
+    steps=1000,
+    warmup_fraction=0.15,
+    min_lr_fraction=0.5,
     eval_examples=256,
 )
 #: the demo's probes: dense on the log schedule (the plateau is short on a laptop budget and every probe
@@ -49,6 +54,8 @@ DEMO_PAPER_CHECKPOINTS = 12
 def demo_config(seed: int, preset: str = "quietlab"):
     from ..train.loop import TrainConfig
 
+    if preset == "paper":  # the study's own schedule (warm-up, then a cosine to a tenth): the preset's rule
+        return TrainConfig(**{**DEMO_CONFIG, "warmup_fraction": 0.1, "min_lr_fraction": 0.1}, seed=seed, preset=preset)
     return TrainConfig(**DEMO_CONFIG, seed=seed, preset=preset)
 
 
