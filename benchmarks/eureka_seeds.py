@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from quietlab.recipes.eureka import DEFAULT_VARIANTS, MODEL_VARIANTS, SCALES, SUCCESS, run_eureka  # noqa: E402
+from quietlab.recipes.eureka import DEFAULT_VARIANTS, MODEL_VARIANTS, SCALES, SUCCESS, learning_rates, run_eureka  # noqa: E402
 from quietlab.runs import RunFolder, write_atomic  # noqa: E402
 
 CURVES = ("eval/loss", "eval/acc", "eval/decision_acc", "train/loss")
@@ -104,16 +104,10 @@ def main() -> None:
     if args.beta is not None:
         overrides["beta"] = args.beta
     if args.lr:
-        rates = dict(SCALES[args.scale].lr)
-        for item in args.lr:
-            variant, _, rate = item.partition("=")
-            if variant not in MODEL_VARIANTS:
-                ap.error(f"--lr {item}: unknown variant {variant!r}; choose from {', '.join(MODEL_VARIANTS)}")
-            try:
-                rates[variant] = float(rate)
-            except ValueError:
-                ap.error(f"--lr {item}: the rate must be a number, as in normsoftmax=1e-4")
-        overrides["lr"] = rates
+        try:
+            overrides["lr"] = learning_rates(args.lr, SCALES[args.scale].lr)
+        except ValueError as exc:
+            ap.error(str(exc))
     log_file = (out / "eureka_seeds.log").open("a")
     t0 = time.perf_counter()
 

@@ -357,6 +357,9 @@ def test_cpu_worker_processes_train_as_one_process_does(tmp_path):
     (["--seeds", "0"], "--seeds must be at least 1"),
     (["--workers", "0"], "--workers must be at least 1"),
     (["--scale", "paper", "--data", "/nonexistent/folder"], "no such folder"),
+    (["--lr", "foo=1e-3"], "--lr foo=1e-3: unknown variant 'foo'"),
+    (["--lr", "normsoftmax=fast"], "the rate must be a positive number"),
+    (["--lr", "heat=-1"], "the rate must be a positive number"),
 ])
 def test_cli_errors_are_one_line(tmp_path, args, message):
     result = CliRunner().invoke(app, ["eureka", "--out", str(tmp_path / "o"), *args])
@@ -380,3 +383,15 @@ def test_packed_seeds_train_as_the_sequential_loop_does(tmp_path):
         with RunFolder(a["run_dir"]).store() as sa, RunFolder(b["run_dir"]).store() as sb:
             for name in ("train/loss", "grad/q/L1/H0", "attn/entropy/L0/H0"):
                 assert sb.series(name)[1] == pytest.approx(sa.series(name)[1], rel=1e-4), name
+
+
+def test_cli_lr_sets_one_variants_peak_rate(tmp_path):
+    from quietlab.runs import RunFolder
+
+    out = tmp_path / "o"
+    result = CliRunner().invoke(app, ["eureka", "--steps", "1", "--seeds", "1", "--variants", "normsoftmax,heat",
+                                      "--lr", "normsoftmax=3e-3", "--device", "cpu", "--workers", "1", "--json",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert RunFolder(out / "normsoftmax-seed0").read_config()["lr_peak"] == 3e-3
+    assert RunFolder(out / "heat-seed0").read_config()["lr_peak"] == 1e-3  # the small scale's own

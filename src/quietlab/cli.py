@@ -414,6 +414,7 @@ def eureka_cmd(
     beta: Optional[float] = typer.Option(None, "--beta", help="temperature: the study's multiplier β of QKᵀ (softmax(β·QKᵀ); default 0.25)."),
     tau: Optional[float] = typer.Option(None, "--tau", help="temperature: quietlab's divisor τ = 1/β (softmax(QKᵀ/τ)); give --beta or --tau."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (default: the scale's)."),
+    lr: list[str] = typer.Option([], "--lr", help="A variant's peak learning rate, VARIANT=RATE (repeatable), e.g. --lr normsoftmax=1e-4; default: the scale's (the study's README)."),
     task_variant: str = typer.Option("base", "--task-variant", help="base, no_fixed_pos, digit_group_4 or colored_target."),
     device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda, cuda:N."),
     workers: Optional[int] = typer.Option(None, "--workers", help="CPU only: runs trained at once, each in a process of one torch thread (default: one per core)."),
@@ -422,7 +423,7 @@ def eureka_cmd(
     """Train every attention variant (and a CNN) over seeds on the two-step image task and compare their Eureka-moments."""
     import time
 
-    from .recipes.eureka import run_eureka
+    from .recipes.eureka import SCALES, learning_rates, run_eureka
 
     if beta is not None and tau is not None:
         raise ValueError("give --beta (the study's multiplier) or --tau (quietlab's divisor), not both")
@@ -438,6 +439,10 @@ def eureka_cmd(
         if steps < 1:
             raise ValueError(f"--steps must be at least 1, got {steps}")
         overrides["steps"] = steps
+    if lr:
+        if scale not in SCALES:
+            raise ValueError(f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
+        overrides["lr"] = learning_rates(lr, SCALES[scale].lr)
     names = [v.strip() for v in variants.split(",") if v.strip()]
     target = out or f"runs/eureka-{scale}-{time.strftime('%Y%m%d-%H%M%S')}"
     summary = run_eureka(scale, seeds, names, target, overrides,

@@ -111,6 +111,24 @@ MEDIUM = dataclasses.replace(PAPER, images="small", patch_size=2, n_layers=4, ba
 SCALES = {"small": SMALL, "medium": MEDIUM, "paper": PAPER}
 
 
+def learning_rates(items: list[str], base: dict) -> dict:
+    """``base`` (a scale's peak rates per variant) with ``VARIANT=RATE`` items applied: a ValueError
+    naming the bad item if a variant is unknown or a rate is not a positive number."""
+    rates = dict(base)
+    for item in items:
+        variant, _, rate = item.partition("=")
+        if variant not in MODEL_VARIANTS:
+            raise ValueError(f"--lr {item}: unknown variant {variant!r}; choose from {', '.join(MODEL_VARIANTS)}")
+        try:
+            value = float(rate)
+        except ValueError:
+            value = float("nan")
+        if not value > 0 or value == float("inf"):
+            raise ValueError(f"--lr {item}: the rate must be a positive number, as in normsoftmax=1e-4")
+        rates[variant] = value
+    return rates
+
+
 def resolve_device(name: str) -> torch.device:
     from ..train.loop import resolve_device as resolve
 
