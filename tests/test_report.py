@@ -221,6 +221,19 @@ def test_a_fitted_floor_below_zero_is_replaced_by_the_measured_loss(tmp_path):
     assert f"dropped to {measured:.3g} by step {END:,}" in text and "-2e-05" not in text
 
 
+def test_the_headline_names_the_plateau_its_quiet_feature_was_quiet_on(tmp_path):
+    """With an early small transition (a two-stage fall onto the plateau) before the main one, the
+    headline's "loss flat" is the main plateau, the one its feature's lead is counted to."""
+    run = make_run(tmp_path / "run")
+    with RunFolder(run).store() as st:
+        st.put("transition", "eval/loss", [{"plateau_start": 20, "onset": 100, "end": 200, "level_before": 1.0,
+                                           "level_after": 0.7},
+                                          {"plateau_start": PLATEAU_START, "onset": ONSET, "end": END,
+                                           "level_before": LEVEL_BEFORE, "level_after": LEVEL_AFTER}])
+    assert headline(run).startswith(f"Loss flat from step {PLATEAU_START:,} to {ONSET:,}; `carry` decodable from step "
+                                    f"{CARRY_DECODABLE:,} ({ONSET - CARRY_DECODABLE:,} steps before the drop)")
+
+
 def test_summary_of_a_run_without_monitor_names_what_is_missing(runs):
     text = " ".join(summarize(runs["bare"]))
     assert "Transition detection has not run" in text and "No probes were recorded" in text

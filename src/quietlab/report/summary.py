@@ -313,22 +313,23 @@ def headline(run: Path | str | RunData) -> str | None:
     _, transitions = main_transitions(rd)
     if not transitions:
         return None
-    t = transitions[0]
-    parts = [
-        (f"Loss flat from step {fmt_step(t['plateau_start'])} to {fmt_step(t['onset'])}" if finite(t.get("plateau_start"))
-         else f"Loss flat until step {fmt_step(t['onset'])}")
-    ]
     # the quiet feature whose ablation shows it matters most (the causal claim), else the earliest quiet one
     ablated = {a.get("feature"): num(a.get("drop_pct"), -math.inf) for a in rd.ablations.values()}
     quiet = sorted(
         ((f, fc) for f, fc in rd.feature_classes.items() if fc.get("class") == "quiet" and finite(fc.get("decodable_step"))),
         key=lambda kv: (-ablated.get(kv[0], -math.inf), kv[1]["decodable_step"]),
     )
+    # the plateau named is the one the feature was quiet on; without one, the largest drop's
+    t = (transition_for(transitions, quiet[0][1]["decodable_step"]) if quiet
+         else max(transitions, key=lambda t: num(t.get("level_before"), 0) - num(t.get("level_after"), 0)))
+    parts = [
+        (f"Loss flat from step {fmt_step(t['plateau_start'])} to {fmt_step(t['onset'])}" if finite(t.get("plateau_start"))
+         else f"Loss flat until step {fmt_step(t['onset'])}")
+    ]
     if quiet:
         f, fc = quiet[0]
         ds = fc["decodable_step"]
-        tt = transition_for(transitions, ds)
-        lead = tt["onset"] - ds
+        lead = t["onset"] - ds
         piece = f"`{f}` decodable from step {fmt_step(ds)}"
         if lead > 0:
             piece += f" ({fmt_step(lead)} steps before the drop)"
