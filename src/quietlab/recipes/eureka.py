@@ -97,7 +97,9 @@ PAPER = EurekaConfig()
 # Measured on the shared 2-core VM (load ~10, one torch thread; two threads ran 10x slower there): one
 # seed of the five variants took 272 s, so five seeds take ~23 min, not 10. It shows the plateau (every
 # ViT variant at 49-51% decision accuracy at step 600) but no escape: neither the fixes (NormSoftmax at
-# lr 2e-3 still at 50% after 2,000 steps) nor the CNN (56% after 1,500). See the closing note of issue 15.
+# lr 2e-3 still at 50% after 2,000 steps) nor the CNN (56% after 1,500). The CNN does learn it at batch 256
+# (decision 0.93 by step 800, after ~500 steps at 50%; 164 s a seed on one thread:
+# benchmarks/results/cpu-2026-12-03-s4/eureka_small_cnn/), too slow for five seeds of five variants in 10 minutes.
 SMALL = EurekaConfig(images="small", patch_size=4, d_model=64, n_layers=2, n_heads=1, drop_path=0.0,
                      batch_size=64, steps=600, warmup_steps=50, eval_every=50, eval_examples=512,
                      stats_examples=64, probe_evals=2, probe_examples=600, cnn_widths=(16, 32, 64, 128), cnn_blocks=1,
