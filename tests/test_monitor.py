@@ -401,3 +401,12 @@ def test_probe_cost_counts_the_examples_each_position_is_defined_at():
     assert solver_part(everywhere, "cpu") == pytest.approx(by_hand)
     assert solver_part(quarter, "cpu") == pytest.approx(by_hand / 4)
     assert solver_part(quarter, "cuda") == pytest.approx(by_hand)
+
+    # a probe of some of a solver family's features: on a CPU it costs those features' pairs; a GPU fits
+    # the family as one batch, so it costs what the whole family does; another family is not counted
+    feats = {"a": Feature(values, everywhere, "categorical", 5), "b": Feature(values, everywhere, "categorical", 5),
+             "c": Feature(values[..., :1].astype(bool), everywhere, "binary")}
+    for device_type, want in (("cpu", ["a"]), ("cuda", ["a", "b"])):
+        got = probe_cost(model, feats, **shape, device_type=device_type, probed=["a"])
+        alone = probe_cost(model, {f: feats[f] for f in want}, **shape, device_type=device_type)
+        assert got == pytest.approx(alone), device_type

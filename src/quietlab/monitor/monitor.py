@@ -197,7 +197,7 @@ PROBE_SLOWDOWN = {"cpu": 1.0, "cuda": 5.8}
 
 def probe_cost(model, feature_set: dict, n_examples: int, n_train: int, max_iter: int, batch_size: int,
                seq_len: int, device_type: str = "cpu", slowdown: float | None = None,
-               n_taps: int | None = None) -> float:
+               n_taps: int | None = None, probed: Iterable[str] | None = None) -> float:
     """Estimated cost of one probe step, in training steps of ``batch_size`` examples of ``seq_len``
     tokens, from shapes and counts alone: a forward pass over the ``n_examples`` probe examples (a third
     of a training step's FLOPs per token), plus ``max_iter`` solver passes (forward and gradient: 6·d
@@ -206,7 +206,15 @@ def probe_cost(model, feature_set: dict, n_examples: int, n_train: int, max_iter
     PROBE_SLOWDOWN. A pass covers the probe-train examples where the feature is defined at that
     position (``n_train`` times the fraction of the probe set defined there: each pair is fitted on
     those only); on a GPU, whose passes cost their kernel launches more than their size, all
-    ``n_train`` of them, as PROBE_SLOWDOWN["cuda"] was measured."""
+    ``n_train`` of them, as PROBE_SLOWDOWN["cuda"] was measured. ``probed``: the features of
+    ``feature_set`` actually fitted (default: all); on a GPU, which fits a solver family as one batch,
+    a probe of some of a family's features costs about what all of them do, so whole families count."""
+    if probed is not None:
+        probed = set(probed)
+        if one_batch_per_family(torch.device(device_type)):
+            fitted = {solver_family(feature_set[f]) for f in probed}
+            probed = {f for f in feature_set if solver_family(feature_set[f]) in fitted}
+        feature_set = {f: v for f, v in feature_set.items() if f in probed}
     n_params = sum(p.numel() for p in model.parameters())
     step_flops = 6 * n_params * batch_size * seq_len
     probe_len = max(f.mask.shape[1] for f in feature_set.values()) if feature_set else 0
@@ -363,14 +371,9 @@ class Monitor:
             seq_len = train_seq_len or max((f.mask.shape[1] for f in features.values()), default=1)
             shapes = (taps.n, len(self.train_idx), self.probe_kwargs["max_iter"], train_batch_size, seq_len, device_type)
             tap_names = taps.names(model)
-            whole_families = one_batch_per_family(torch.device(device_type))
 
             def cost_of(feats, n_taps):
-                if whole_families:  # a GPU fits a solver family as one batch, whose passes cost their
-                    # kernel launches: a probe of some of its features costs about what all of them do
-                    fitted = {solver_family(features[f]) for f in feats}
-                    feats = [f for f in features if solver_family(features[f]) in fitted]
-                return probe_cost(model, {f: features[f] for f in feats}, *shapes, n_taps=n_taps or len(tap_names))
+                return probe_cost(model, features, *shapes, n_taps=n_taps or len(tap_names), probed=feats)
 
             self._cost_of = cost_of
             changing = [t for t in tap_names if t not in taps.token_only]
