@@ -371,12 +371,13 @@ def _segment(u: np.ndarray, y: np.ndarray, var: np.ndarray, beta: float, min_len
 
     S0, S1, S2 = ps(w), ps(w * uu), ps(w * uu * uu)
     T1, T2, P = ps(w * yy), ps(w * yy * yy), ps(w * uu * yy)
-    ii = np.arange(B + 1)[:, None]
-    jj = np.arange(B + 1)[None, :]
+    # matrices indexed [j, i]: row j holds every segment that ends at j, as the DP below reads them
+    jj = np.arange(B + 1)[:, None]
+    ii = np.arange(B + 1)[None, :]
     valid = jj - ii >= min_len
 
-    def seg(prefix):  # [i, j]: the sum over bins i..j-1 (meaningful where valid; the rest is masked below)
-        return prefix[None, :] - prefix[:, None]
+    def seg(prefix):  # [j, i]: the sum over bins i..j-1 (meaningful where valid; the rest is masked below)
+        return prefix[:, None] - prefix[None, :]
 
     with np.errstate(divide="ignore", invalid="ignore"):
         s0, s1, s2, t1 = seg(S0), seg(S1), seg(S2), seg(T1)
@@ -390,9 +391,8 @@ def _segment(u: np.ndarray, y: np.ndarray, var: np.ndarray, beta: float, min_len
     F = np.full(B + 1, np.inf)
     F[0] = -beta
     back = np.zeros(B + 1, dtype=np.int64)
-    ends_at = np.ascontiguousarray(cost.T)  # row j: the cost of each segment ending at j, read contiguously
     for j in range(min_len, B + 1):
-        cand = F[: j - min_len + 1] + ends_at[j, : j - min_len + 1]
+        cand = F[: j - min_len + 1] + cost[j, : j - min_len + 1]
         k = int(cand.argmin())
         F[j] = cand[k] + beta
         back[j] = k
