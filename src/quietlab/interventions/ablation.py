@@ -137,7 +137,7 @@ class _Run:
         _Measured once it has been measured, ending the pass there."""
         T = self.tokens.shape[1]
         total, count = torch.zeros(T, device=self.tokens.device), torch.zeros(T, device=self.tokens.device)
-        last = max(edits, key=depth)
+        last = max(edits, key=depth) if edits else None
 
         def measured(name, edit):
             def apply(x, positions):

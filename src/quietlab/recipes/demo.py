@@ -8,17 +8,17 @@ print a summary in which every number is read from the run.
 The configuration was chosen by experiment (benchmarks/demo_search.py) for a clear plateau and
 transition on a 2-core CPU across seeds: lr 5e-4, 150 warm-up steps, then a cosine only down to half the
 rate, 1,000 steps. The main drop ends by step 420-590 on seeds 0-2, which leaves 400 steps or more after it
-for the probes that classify the features (benchmarks/results/cpu-2026-12-03-s4/demo_1000_seed*.txt). The
+for the probes that classify the features (benchmarks/results/cpu-2026-12-03-s4/demo_1000_seeds012.txt). The
 earlier 1,500 steps of a cosine to a tenth told the same story with 900 steps after the drop, half again
 the time; 1,000 steps of that cosine at lr 7e-4 or 1e-3 told it on some seeds only
 (benchmarks/results/cpu-engine/): its rate fell too early.
 
 ``preset="paper"`` (``quietlab demo --preset paper``) tells the same story under the quiet-feature study's
-protocol: the same task size, model size, learning rate and length, the study's schedule, but the paper's addition (``=`` is a
-target), model, recipe and fp32; after training, DEMO_PAPER_CHECKPOINTS checkpoints are probed with the
-study's probes (10,000 + 1,000 fresh examples each, C = 100 on raw block outputs, a separately initialised
-random model as the baseline) and the feature is ablated by its protocol on its 1,000 probe-test
-examples. The configuration was tuned for the quietlab preset, not for this one; the summary says what
+protocol: the same task size, model size, learning rate and length, but the study's schedule, its
+addition (``=`` is a target), model, recipe and fp32; after training, DEMO_PAPER_CHECKPOINTS checkpoints
+are probed with the study's probes (10,000 + 1,000 fresh examples each, C = 100 on raw block outputs,
+a separately initialised random model as the baseline) and the feature is ablated by its protocol on
+its 1,000 probe-test examples. The configuration was tuned for the quietlab preset, not for this one; the summary says what
 the run shows.
 """
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import multiprocessing as mp
 import os
 import threading
@@ -124,8 +125,8 @@ def learning_rates(items: list[str], base: dict) -> dict:
         try:
             value = float(rate)
         except ValueError:
-            value = float("nan")
-        if not value > 0 or value == float("inf"):
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
             raise ValueError(f"--lr {item}: the rate must be a positive number, as in normsoftmax=1e-4")
         rates[variant] = value
     return rates
