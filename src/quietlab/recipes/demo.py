@@ -7,11 +7,11 @@ print a summary in which every number is read from the run.
 
 The configuration was chosen by experiment (benchmarks/demo_search.py) for a clear plateau and
 transition on a 2-core CPU across seeds: lr 5e-4, 150 warm-up steps, then a cosine only down to half the
-rate, 1,000 steps. The main drop ends by step 420-590 on seeds 0-2, which leaves 400 steps or more after it
-for the probes that classify the features (benchmarks/results/cpu-2026-12-03-s4/demo_1000_seeds012.txt). The
-earlier 1,500 steps of a cosine to a tenth told the same story with 900 steps after the drop, half again
-the time; 1,000 steps of that cosine at lr 7e-4 or 1e-3 told it on some seeds only
-(benchmarks/results/cpu-engine/): its rate fell too early.
+rate, 800 steps. The main drop ends by step 405-616 on seeds 0-2, which leaves 180 steps or more after it
+for the probes that classify the features (benchmarks/results/cpu-2026-12-03-s4/demo_800_seeds012.txt; at
+1,000 steps, demo_1000_seeds012.txt, the same story). The earlier 1,500 steps of a cosine to a tenth told
+the same story with 900 steps after the drop, nearly twice the time; 1,000 steps of that cosine at lr 7e-4
+or 1e-3 told it on some seeds only (benchmarks/results/cpu-engine/): its rate fell too early.
 
 ``preset="paper"`` (``quietlab demo --preset paper``) tells the same story under the quiet-feature study's
 protocol: the same task size, model size, learning rate and length, but the study's schedule, its
@@ -36,8 +36,8 @@ DEMO_CONFIG = dict(
     n_heads=4,
     lr=5e-4,
     batch_size=64,
-    steps=1000,
-    warmup_fraction=0.15,
+    steps=800,
+    warmup_fraction=0.1875,
     min_lr_fraction=0.5,
     eval_examples=256,
 )
