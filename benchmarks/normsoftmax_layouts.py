@@ -14,7 +14,9 @@ whole step came out the same: 21.14 / 21.18 / 21.23 ms for a padded-both library
 (benchmarks/results/h200-2026-12-03-s4/call4/), so the library stays unpadded.
 
 Every layout computes the same function (tests/test_eureka.py checks the library's against a float64
-formula); this script only times them. Prints and writes (``--out``) JSON: per layout every round's ms/step.
+formula); this script only times them, with vit_step.py's arm, batch and interleaved rounds (the figures
+above were taken before it shared them, with the same step and rounds). Prints and writes (``--out``)
+JSON: per layout every round's ms/step.
 
     python benchmarks/normsoftmax_layouts.py --out normsoftmax_layouts.json
 """
@@ -25,16 +27,15 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quietlab.models.attention import CausalSelfAttention  # noqa: E402
-from quietlab.models.vit import ViT, ViTConfig  # noqa: E402
-from quietlab.train.schedule import make_optimizer  # noqa: E402
+from vit_step import add_shape_arguments, fixed_batch, make_arm, setup_device, time_arms  # noqa: E402
 
 
 def fused(pad_keys: bool, pad_queries: bool):
@@ -58,64 +59,27 @@ LAYOUTS = {"library": CausalSelfAttention._normsoftmax_fused, "unpadded": fused(
            "pad_both": fused(True, True), "pad_keys": fused(True, False)}
 
 
-def make_step(layout: str, args, device):
-    torch.manual_seed(0)
-    model = ViT(ViTConfig(image_size=args.image, patch_size=args.patch, d_model=args.width, n_layers=args.depth,
-                          n_heads=args.heads, mlp_ratio=2.0, drop_path=0.0, attention="normsoftmax")).to(device)
-    for block in model.blocks:  # this model's attention only
-        block.attn._normsoftmax_fused = LAYOUTS[layout].__get__(block.attn)
-    optimizer = make_optimizer(model, 5e-4, 0.05, (0.9, 0.999))
-
-    def forward_loss(x, y):
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            logits = model(x)
-        return F.cross_entropy(logits.float(), y, label_smoothing=0.1)
-
-    loss_fn = torch.compile(forward_loss)
-
-    def step(x, y):
-        loss_fn(x, y).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return step
+def with_layout(layout: str):
+    """A ``prepare`` for vit_step.make_arm: this model's attention computes NormSoftmax in ``layout``."""
+    def prepare(model):
+        for block in model.blocks:
+            block.attn._normsoftmax_fused = LAYOUTS[layout].__get__(block.attn)
+    return prepare
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--device", default="cuda")
-    ap.add_argument("--image", type=int, default=56)
-    ap.add_argument("--patch", type=int, default=4)
-    ap.add_argument("--width", type=int, default=256)
-    ap.add_argument("--depth", type=int, default=7)
-    ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=512)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=20)
+    add_shape_arguments(ap)
     ap.add_argument("--layouts", default=",".join(LAYOUTS))
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    device = torch.device(args.device)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    steps = {name: make_step(name, args, device) for name in args.layouts.split(",")}
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(args.batch, 3, args.image, args.image, generator=g).to(device)
-    y = torch.randint(0, 10, (args.batch,), generator=g).to(device)
-    for step in steps.values():  # compile and warm up
-        for _ in range(5):
-            step(x, y)
-    times = {name: [] for name in steps}
-    for _ in range(args.rounds):
-        for name, step in steps.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                step(x, y)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times[name].append(1000 * (time.perf_counter() - t0) / args.steps)
+    device = setup_device(args)
+    arms = {name: make_arm("ours+compile", "normsoftmax", args, device, prepare=with_layout(name))
+            for name in args.layouts.split(",")}
+    x, y = fixed_batch(args, device)
+    times = time_arms(arms, x, y, args, device)
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "torch": torch.__version__,
-              "shape": {k: getattr(args, k) for k in ("image", "patch", "width", "depth", "heads", "batch")},
+              "shape": {k: getattr(args, k) for k in ("image", "patch", "width", "depth", "heads", "mlp_ratio", "batch")},
               "ms_per_step": {name: {"median": statistics.median(t), "rounds": t} for name, t in times.items()}}
     text = json.dumps(result, indent=2)
     if args.out:

@@ -82,11 +82,15 @@ class StudyViT(nn.Module):
         return self.head(self.norm(self.blocks(x))[:, 0])
 
 
-def make_arm(kind: str, attention: str, args, device):
+def make_arm(kind: str, attention: str, args, device, prepare=None):
+    """One arm's training step; ``prepare(model)``, if given, is called on quietlab's ViT before its optimizer
+    and compilation (normsoftmax_layouts.py swaps the attention's code there)."""
     torch.manual_seed(0)
     if kind.startswith("ours"):
         model = ViT(ViTConfig(image_size=args.image, patch_size=args.patch, d_model=args.width, n_layers=args.depth,
                               n_heads=args.heads, mlp_ratio=args.mlp_ratio, drop_path=0.0, attention=attention)).to(device)
+        if prepare is not None:
+            prepare(model)
         optimizer = make_optimizer(model, 5e-4, 0.05, (0.9, 0.999))
         dtype, scaler = torch.bfloat16, None
     else:
@@ -122,8 +126,8 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_shape_arguments(ap: argparse.ArgumentParser) -> None:
+    """The step's shape and the timing's rounds (shared with normsoftmax_layouts.py)."""
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--image", type=int, default=56)
     ap.add_argument("--patch", type=int, default=4)
@@ -135,22 +139,27 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=20, help="timed steps per arm per round")
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps per arm before the rounds (compile happens here)")
-    ap.add_argument("--compile", action="store_true", help="add torch.compile arms for both models")
-    ap.add_argument("--out", default=None, help="JSON file to write (also printed)")
-    ap.add_argument("--profile", default=None,
-                    help="comma list of arms (e.g. ours+compile/normsoftmax) to profile after the rounds: the top GPU "
-                         "kernels of --steps steps, printed and written beside --out as PROFILE.txt")
-    args = ap.parse_args()
+
+
+def setup_device(args) -> torch.device:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    kinds = ["ours", "study"] + (["ours+compile", "study+compile"] if args.compile else [])
-    arms = {f"{k}/{a}": make_arm(k, a, args, device) for k in kinds for a in ("softmax", "normsoftmax")}
+    return device
+
+
+def fixed_batch(args, device):
     g = torch.Generator().manual_seed(0)
     x = torch.rand(args.batch, 3, args.image, args.image, generator=g).to(device)
     y = torch.randint(0, 10, (args.batch,), generator=g).to(device)
+    return x, y
+
+
+def time_arms(arms: dict, x, y, args, device) -> dict[str, list[float]]:
+    """ms per step of every arm in every round: ``--warmup`` untimed steps each, then ``--rounds`` interleaved
+    rounds (every arm once per round, so drifting clocks hit all alike) of ``--steps`` steps."""
     for step in arms.values():
         for _ in range(args.warmup):
             step(x, y)
@@ -164,6 +173,23 @@ def main():
                 step(x, y)
             sync(device)
             times[name].append(1000 * (time.perf_counter() - t0) / args.steps)
+    return times
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_shape_arguments(ap)
+    ap.add_argument("--compile", action="store_true", help="add torch.compile arms for both models")
+    ap.add_argument("--out", default=None, help="JSON file to write (also printed)")
+    ap.add_argument("--profile", default=None,
+                    help="comma list of arms (e.g. ours+compile/normsoftmax) to profile after the rounds: the top GPU "
+                         "kernels of --steps steps, printed and written beside --out as PROFILE.txt")
+    args = ap.parse_args()
+    device = setup_device(args)
+    kinds = ["ours", "study"] + (["ours+compile", "study+compile"] if args.compile else [])
+    arms = {f"{k}/{a}": make_arm(k, a, args, device) for k in kinds for a in ("softmax", "normsoftmax")}
+    x, y = fixed_batch(args, device)
+    times = time_arms(arms, x, y, args, device)
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "shape": {k: getattr(args, k) for k in ("image", "patch", "width", "depth", "heads", "mlp_ratio", "batch")},
               "rounds": args.rounds, "steps_per_round": args.steps,
