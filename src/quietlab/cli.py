@@ -439,9 +439,7 @@ def eureka_cmd(
         if steps < 1:
             raise ValueError(f"--steps must be at least 1, got {steps}")
         overrides["steps"] = steps
-    if lr:
-        if scale not in SCALES:
-            raise ValueError(f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
+    if lr and scale in SCALES:  # an unknown scale is refused by run_eureka
         overrides["lr"] = learning_rates(lr, SCALES[scale].lr)
     names = [v.strip() for v in variants.split(",") if v.strip()]
     target = out or f"runs/eureka-{scale}-{time.strftime('%Y%m%d-%H%M%S')}"

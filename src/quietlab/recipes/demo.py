@@ -54,9 +54,10 @@ DEMO_PAPER_CHECKPOINTS = 12
 def demo_config(seed: int, preset: str = "quietlab"):
     from ..train.loop import TrainConfig
 
-    if preset == "paper":  # the study's own schedule (warm-up, then a cosine to a tenth): the preset's rule
-        return TrainConfig(**{**DEMO_CONFIG, "warmup_fraction": 0.1, "min_lr_fraction": 0.1}, seed=seed, preset=preset)
-    return TrainConfig(**DEMO_CONFIG, seed=seed, preset=preset)
+    config = dict(DEMO_CONFIG)
+    if preset == "paper":  # the study's own schedule: TrainConfig's defaults, which that preset requires
+        del config["warmup_fraction"], config["min_lr_fraction"]
+    return TrainConfig(**config, seed=seed, preset=preset)
 
 
 def pick_feature(classes: dict[str, dict]) -> str:
