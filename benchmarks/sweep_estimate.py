@@ -76,7 +76,9 @@ def measured(paths) -> dict:
 def rates_from(m: dict) -> tuple[float, float, dict]:
     """(small-model FLOP/s, large-model FLOP/s, where each came from) out of packed_speed.py's results."""
     packed = m["packed"]
-    mode, best = max(((k, v) for k, v in packed.items() if k.startswith("packed-")), key=lambda kv: kv[1]["tokens_per_s_steady"])
+    measured_arms = [(k, v) for k, v in packed.items()
+                     if k.startswith("packed-") and isinstance(v, dict) and "tokens_per_s_steady" in v]  # not the failed ones
+    mode, best = max(measured_arms, key=lambda kv: kv[1]["tokens_per_s_steady"])
     small = best["tokens_per_s_steady"] * packed["flops_per_token"]
     large_arm = m["large"]
     ours = large_arm.get("ours") or max((k for k in large_arm if isinstance(large_arm[k], dict) and "tokens_per_s" in large_arm[k]),
