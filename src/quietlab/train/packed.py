@@ -73,6 +73,9 @@ class PackedModels:
                         **compile_options) -> Callable:
         """``losses`` for ``n_args`` batched arguments as one ``torch.compile``d function (fused kernels;
         compiled once per pack, on the first call)."""
+        # a pack's shapes never change; symbolic sizes (automatic dynamic shapes, after another compiled
+        # model of other sizes in the process) fail under vmap: "Cannot call sizes() on tensor with symbolic sizes"
+        compile_options.setdefault("dynamic", False)
         compiled = torch.compile(self._batched(loss_fn, in_dims, n_args), **compile_options)
 
         def losses(*args):
