@@ -15,7 +15,8 @@ then sklearn (interleaved, so that a machine whose speed drifts slows both alike
 compared, wall-clock and process CPU time both (on a shared machine the CPU time is the steadier).
 ``--threads`` sets both sides' threads; ``--sk-threads 1,2`` times sklearn at each BLAS thread count in
 every round and compares ours with its fastest (a per-pair loop of small fits gains little from BLAS
-threads, and can lose).
+threads, and can lose); ``--sk-procs 2`` also times the loop dealt out to two forked processes, the
+way ours uses two cores (chunks of pairs side by side, one torch thread each).
 sklearn is timed on ``--sk-pairs`` pairs spread over the list (0: all of them; a subset is
 extrapolated linearly to all, and the output says so).
 
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import time
 import warnings
@@ -61,6 +63,9 @@ def main():
     ap.add_argument("--sk-threads", default=None,
                     help="comma list of BLAS thread counts to time sklearn at, each in every round; the speed-up is "
                          "against the fastest (default: --threads)")
+    ap.add_argument("--sk-procs", type=int, default=1,
+                    help="also time sklearn's per-pair loop spread over this many processes (forked, one BLAS "
+                         "thread each): the same use of several cores that ours makes by fitting chunks side by side")
     ap.add_argument("--l2", type=float, default=1e-3)
     ap.add_argument("--device", default="cpu", help="where ours fits (sklearn runs on the CPU)")
     ap.add_argument("--each", action="store_true", help="also time ours one feature at a time")
@@ -134,6 +139,9 @@ def main():
     sk_threads = [int(x) for x in args.sk_threads.split(",")] if args.sk_threads else [threads]
     ours_wall, ours_cpu, each_wall = [], [], []
     sk_walls, sk_cpus = {t: [] for t in sk_threads}, {t: [] for t in sk_threads}
+    arms = list(sk_threads) + ([f"{args.sk_procs} processes"] if args.sk_procs > 1 else [])
+    sk_walls.update({a: [] for a in arms[len(sk_threads):]})
+    sk_cpus.update({a: [] for a in arms[len(sk_threads):]})
     with warnings.catch_warnings(), threadpool_limits(threads):
         warnings.simplefilter("ignore", ConvergenceWarning)
         for i in pick[:3]:
@@ -153,6 +161,17 @@ def main():
                         w, c = w + dw, c + dc
                 sk_walls[sk_t].append(w * len(jobs) / len(pick))
                 sk_cpus[sk_t].append(c * len(jobs) / len(pick))
+            if args.sk_procs > 1:  # the pairs dealt out to forked workers, which inherit the activations
+                global _SK_FIT
+                _SK_FIT = sk_fit
+                t0 = time.perf_counter()
+                with multiprocessing.get_context("fork").Pool(args.sk_procs) as pool:
+                    done = pool.map(_sk_job, [jobs[i] for i in pick], chunksize=max(1, len(pick) // (8 * args.sk_procs)))
+                w = time.perf_counter() - t0
+                sk_walls[arms[-1]].append(w * len(jobs) / len(pick))
+                sk_cpus[arms[-1]].append(sum(dc for _, dc, _ in done) * len(jobs) / len(pick))
+                for i, (_, _, score) in zip(pick, done):
+                    assert abs(score - sk_scores[jobs[i]]) < 1e-9  # the same fits as in one process
         if args.each:
             for _ in range(args.repeats):
                 sync()
@@ -165,17 +184,17 @@ def main():
     def med(xs):
         return float(np.median(xs))
 
-    fastest = min(sk_threads, key=lambda t: med(sk_walls[t]))
+    fastest = min(arms, key=lambda t: med(sk_walls[t]))
     sk_wall, sk_cpu = sk_walls[fastest], sk_cpus[fastest]
 
     timed = "all" if len(pick) == len(jobs) else f"{len(pick)} of {len(jobs)} (extrapolated to all)"
     where = torch.cuda.get_device_name() if cuda else "CPU"
     print(f"ours ({where}): {med(ours_wall):7.2f} s wall, {med(ours_cpu):7.2f} s CPU (median of {args.repeats}; wall "
           f"{', '.join(f'{x:.2f}' for x in ours_wall)})")
-    for t in sk_threads:
-        print(f"sklearn, {t} BLAS thread(s): {med(sk_walls[t]):7.2f} s wall, {med(sk_cpus[t]):7.2f} s CPU (median of "
+    for t in arms:
+        print(f"sklearn, {t if isinstance(t, str) else f'{t} BLAS thread(s)'}: {med(sk_walls[t]):7.2f} s wall, {med(sk_cpus[t]):7.2f} s CPU (median of "
               f"{args.repeats}; wall {', '.join(f'{x:.2f}' for x in sk_walls[t])}); pairs timed: {timed}"
-              + (" <- its fastest" if len(sk_threads) > 1 and t == fastest else ""))
+              + (" <- its fastest" if len(arms) > 1 and t == fastest else ""))
     if each_wall:
         print(f"ours, one feature at a time: {med(each_wall):.2f} s wall (median of {args.repeats})")
 
@@ -212,6 +231,17 @@ def main():
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(out, fh, indent=1)
+
+
+_SK_FIT = None  # the per-pair sklearn fit, set before the workers fork
+
+
+def _sk_job(job):
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _SK_FIT(*job)
 
 
 def probe_inputs(args):
