@@ -17,9 +17,10 @@ learning-rate schedule. Then, for each run:
   loss, against a separately initialised random model) and by ours (probe accuracy against the run's own
   initialisation, with a margin and a 95% interval), both against the loss transition found in the
   run's training loss. These come last, so the headline figures are in the JSON however long the probes
-  take: every run probes --probe-checkpoints of its checkpoints spread by ``schedule.thin`` (a fixed
-  count: which checkpoints are probed never depends on how fast the machine is); each run's JSON names
-  the checkpoints it probed.
+  take: every run probes --probe-checkpoints of its checkpoints (``probe_checkpoints``: up to half of them
+  inside the plateau before the transition its training loss shows, the rest spread over the run; checkpoints
+  are written 12 per decade so that a plateau holds several). Which checkpoints are probed follows from the
+  run's losses alone, never from how fast the machine is; each run's JSON names them.
 
 Training rule ("until exact match stops improving"): a fixed step cap with the paper's schedule (warm-up,
 cosine to 0.1·lr over the cap), exact match evaluated every cap/40 steps; a run counts as converged when
@@ -88,7 +89,7 @@ def settings(args) -> dict:
                    d_model=16 if tiny else args.d_model, n_layers=2 if tiny else args.layers, n_heads=4,
                    lr=1e-2 if tiny else args.lr, batch_size=16 if tiny else args.batch_size, steps=steps,
                    eval_every=max(1, steps // 40), eval_per_decade=0, eval_examples=100 if tiny else 1000,
-                   checkpoint_every=max(1, steps // 10), checkpoint_per_decade=3, device=args.device,
+                   checkpoint_every=max(1, steps // 10), checkpoint_per_decade=12, device=args.device,
                    compile=not tiny and torch.cuda.is_available())
         out[task] = {"cfg": cfg, "feature": feature, "paper_drop_pct": paper_drop,
                      "split": (120, 30) if tiny else None, "controls": 2 if tiny else args.controls,
@@ -115,12 +116,12 @@ def converged(steps: list[int], em: list[float]) -> dict:
 
 def run(args) -> None:
     from quietlab.interventions.ablation import ablate_paper
+    from quietlab.monitor.features import main_loss_transition
     from quietlab.monitor.monitor import probe_run
     from quietlab.runs import RunFolder
     from quietlab.train.checkpoint import list_checkpoints, load_run
     from quietlab.train.loop import TrainConfig
     from quietlab.train.packed import train_packed
-    from quietlab.train.schedule import thin
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -193,10 +194,12 @@ def run(args) -> None:
         task_out["control_drop_pct_per_seed"] = [task_out["runs"][str(s)]["ablation"]["control_drop_pct"] for s in seeds]
         save()
 
-    # then quiet or loud: the study's probes on a fixed number of checkpoints spread over each run
+    # then quiet or loud: the study's probes on a fixed number of checkpoints, several inside the plateau
     for task, seed, run_dir, r in runs:
         spec = specs[task]
-        probed = thin(list_checkpoints(run_dir), spec["probe_checkpoints"])
+        with RunFolder(run_dir).store() as store:
+            _, transition = main_loss_transition(store)
+        probed = probe_checkpoints(list_checkpoints(run_dir), transition, spec["probe_checkpoints"])
         t2 = time.perf_counter()
         p = probe_run(run_dir, steps=probed, device=device, paper_split=spec["split"])
         r["probe_steps"], r["probe_s"] = probed, time.perf_counter() - t2
@@ -218,6 +221,21 @@ def run(args) -> None:
     for line in table(summary):
         log(line)
     save()
+
+
+def probe_checkpoints(checkpoints: list[int], transition, n: int) -> list[int]:
+    """``n`` of a run's checkpoint steps to probe: up to half of them inside the plateau before the loss
+    ``transition`` (a Transition or None; where a quiet feature is told from a loud one, and where one
+    checkpoint alone would decide the call), the rest spread over the whole run, the first and last always."""
+    from quietlab.train.schedule import thin
+
+    inside = []
+    if transition is not None:
+        inside = [c for c in checkpoints if transition.plateau_start <= c <= transition.onset]
+        inside = thin(inside, max(2, n // 2))[: n // 2]
+    spread = [c for c in checkpoints if c not in inside]
+    chosen = set(inside) | set(thin(spread, max(2, n - len(inside))))
+    return sorted(chosen)
 
 
 def keep_metrics(out: Path, task: str, seed: int, run_dir: Path) -> None:

@@ -30,3 +30,35 @@ def test_the_paper_ablation_benchmark_runs_tiny(tmp_path):
             assert f["ours"]["class"] in ("quiet", "loud", "absent", "unresolved")
         assert (tmp_path / "runs" / f"addition-s{seed}" / "metrics.sqlite.gz").exists()
     assert "drop %" in (tmp_path / "paper_ablation.log").read_text()
+
+
+def _benchmark_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("paper_ablation", ROOT / "benchmarks" / "paper_ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_probed_checkpoints_put_half_inside_the_plateau_and_spread_the_rest():
+    """Against a brute-force reading of the rule: n checkpoints, min(n // 2, those available) of them
+    inside [plateau_start, onset], the first and last checkpoints always, no repeats; without a transition
+    the checkpoints are only spread (first and last kept)."""
+    from quietlab.monitor.transitions import Transition
+    from quietlab.train.schedule import schedule_steps
+
+    choose = _benchmark_module().probe_checkpoints
+    checkpoints = schedule_steps(24_000, 2_400, 12)
+    for start, onset in [(461, 1_560), (424, 997), (5_000, 5_100), (30_000, 31_000)]:
+        t = Transition(plateau_start=start, onset=onset, end=onset * 2, level_before=1.0, level_after=0.1,
+                       drop=0.9, plateau_length=0.5, width=0.3, z=50.0)
+        for n in (4, 8, 16):
+            probed = choose(checkpoints, t, n)
+            inside = [c for c in checkpoints if start <= c <= onset]
+            assert len(probed) == len(set(probed)) == min(n, len(checkpoints)) and set(probed) <= set(checkpoints)
+            assert probed[0] == checkpoints[0] and probed[-1] == checkpoints[-1]
+            assert sum(start <= c <= onset for c in probed) >= min(n // 2, len(inside))
+            assert choose(checkpoints, t, n) == probed  # the same losses, the same checkpoints
+    plain = choose(checkpoints, None, 8)
+    assert len(plain) == 8 and plain[0] == checkpoints[0] and plain[-1] == checkpoints[-1]
