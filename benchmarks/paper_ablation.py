@@ -116,7 +116,7 @@ def converged(steps: list[int], em: list[float]) -> dict:
 
 def run(args) -> None:
     from quietlab.interventions.ablation import ablate_paper
-    from quietlab.monitor.features import main_loss_transition
+    from quietlab.monitor.features import run_transition
     from quietlab.monitor.monitor import probe_run
     from quietlab.runs import RunFolder
     from quietlab.train.checkpoint import list_checkpoints, load_run
@@ -198,7 +198,7 @@ def run(args) -> None:
     for task, seed, run_dir, r in runs:
         spec = specs[task]
         with RunFolder(run_dir).store() as store:
-            _, transition = main_loss_transition(store)
+            transition, _ = run_transition(store)
         probed = probe_checkpoints(list_checkpoints(run_dir), transition, spec["probe_checkpoints"])
         t2 = time.perf_counter()
         p = probe_run(run_dir, steps=probed, device=device, paper_split=spec["split"])
@@ -225,13 +225,14 @@ def run(args) -> None:
 
 def probe_checkpoints(checkpoints: list[int], transition, n: int) -> list[int]:
     """``n`` of a run's checkpoint steps to probe: up to half of them inside the plateau before the loss
-    ``transition`` (a Transition or None; where a quiet feature is told from a loud one, and where one
-    checkpoint alone would decide the call), the rest spread over the whole run, the first and last always."""
+    ``transition`` (``features.run_transition``'s dict, or None; where a quiet feature is told from a loud
+    one, and where one checkpoint alone would decide the call), the rest spread over the whole run, the
+    first and last always."""
     from quietlab.train.schedule import thin
 
     inside = []
     if transition is not None:
-        inside = [c for c in checkpoints if transition.plateau_start <= c <= transition.onset]
+        inside = [c for c in checkpoints if transition["plateau_start"] <= c <= transition["onset"]]
         inside = thin(inside, max(2, n // 2))[: n // 2]
     spread = [c for c in checkpoints if c not in inside]
     chosen = set(inside) | set(thin(spread, max(2, n - len(inside))))

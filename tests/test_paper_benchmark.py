@@ -45,14 +45,12 @@ def test_probed_checkpoints_put_half_inside_the_plateau_and_spread_the_rest():
     """Against a brute-force reading of the rule: n checkpoints, min(n // 2, those available) of them
     inside [plateau_start, onset], the first and last checkpoints always, no repeats; without a transition
     the checkpoints are only spread (first and last kept)."""
-    from quietlab.monitor.transitions import Transition
     from quietlab.train.schedule import schedule_steps
 
     choose = _benchmark_module().probe_checkpoints
     checkpoints = schedule_steps(24_000, 2_400, 12)
     for start, onset in [(461, 1_560), (424, 997), (5_000, 5_100), (30_000, 31_000)]:
-        t = Transition(plateau_start=start, onset=onset, end=onset * 2, level_before=1.0, level_after=0.1,
-                       drop=0.9, plateau_length=0.5, width=0.3, z=50.0)
+        t = {"plateau_start": start, "onset": onset, "end": onset * 2}  # as features.run_transition gives it
         for n in (4, 8, 16):
             probed = choose(checkpoints, t, n)
             inside = [c for c in checkpoints if start <= c <= onset]

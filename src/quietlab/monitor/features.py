@@ -290,13 +290,6 @@ def run_transition(store, curve: str | None = None) -> tuple[dict | None, str]:
     return (None if main is None else _as_dict(main)), used
 
 
-def main_loss_transition(store, curve: str | None = None) -> tuple[str, object | None]:
-    """(the loss curve used, its main Transition or None), found as ``classify_run`` finds them: from the
-    run's logged losses alone, so it can choose which checkpoints to probe before any is probed."""
-    used, found = _loss_transitions(store, curve)
-    return used, main_transition(found[used][2])
-
-
 def _loss_transitions(store, curve: str | None) -> tuple[str, dict[str, tuple]]:
     """(the curve used, {curve looked at: (steps, values, transitions)}): ``curve``, or ``LOSS_CURVES`` in
     order up to the first with a transition (the first logged one is used when none has)."""
