@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 from ..models.hooks import hook_label
-from ..monitor.features import LOSS_CURVES
+from ..monitor.features import LOSS_CURVES, main_transition
 from .rundata import (CLASS_ORDER, RunData, feature_curve, finite, head_metrics, load_run, loss_curve_name,
                       main_transitions, num, ordered_ablations, probe_features, steps_to_fraction, transition_for)
 
@@ -321,7 +321,7 @@ def headline(run: Path | str | RunData) -> str | None:
     )
     # the plateau named is the one the feature was quiet on; without one, the largest drop's
     t = (transition_for(transitions, quiet[0][1]["decodable_step"]) if quiet
-         else max(transitions, key=lambda t: num(t.get("level_before"), 0) - num(t.get("level_after"), 0)))
+         else main_transition(transitions))
     parts = [
         (f"Loss flat from step {fmt_step(t['plateau_start'])} to {fmt_step(t['onset'])}" if finite(t.get("plateau_start"))
          else f"Loss flat until step {fmt_step(t['onset'])}")
