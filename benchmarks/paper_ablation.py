@@ -2,7 +2,8 @@
 and the queue on 11-node BFS, with every feature of both tasks called quiet or loud by the study's metric
 and by ours.
 
-For each task, the seeds are trained together (``train_packed``, one CUDA graph per step on a GPU) with the
+For each task, the seeds are trained together (``train_packed``: on a GPU one CUDA graph per step, the
+forward compiled inside it) with the
 paper preset: the study's tasks, model (PyTorch's default init, RMSNorm eps 1e-5, interleaved RoPE, SwiGLU
 int(8d/3) rounded up to even), AdamW with weight decay on every parameter, fp32 (no TF32), its
 learning-rate schedule. Then, for each run:
@@ -29,7 +30,7 @@ before it. A run that is still improving at the cap is reported as such.
 
 Sizes (the study's grid: d_model a power of two, 4 or 16 layers, lr 1e-1 ... 1e-4, batch 8 or 64; which
 size the study ablated is not in its code, PAPER_PROTOCOL §4-5): 4 layers, d_model 128, lr 1e-3, batch 64;
-addition 16 bits, 6,000 steps; BFS 11 nodes, 24,000 steps (12,000 did not converge: README). Each option can be changed.
+addition 16 bits, 6,000 steps; BFS 11 nodes, 36,000 steps (12,000 and 24,000 did not converge: README). Each option can be changed.
 
     python benchmarks/paper_ablation.py --out results/paper_ablation           # on a GPU: the full run
     python benchmarks/paper_ablation.py --out /tmp/tiny --tiny                  # on a CPU: every stage, tiny
@@ -66,11 +67,14 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--addition-steps", type=int, default=6000)
-    ap.add_argument("--bfs-steps", type=int, default=24000)
+    ap.add_argument("--bfs-steps", type=int, default=36000)
     ap.add_argument("--controls", type=int, default=32)
     ap.add_argument("--probe-checkpoints", type=int, default=8,
                     help="checkpoints probed per run for quiet/loud (spread over the run's checkpoints)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue the runs in --run-dir where an interrupted call (Ctrl-C, timeout -s INT) left "
+                         "them (exact resume: the same result as one uninterrupted call; train_s is then this call's)")
     ap.add_argument("--tiny", action="store_true", help="tiny tasks, model and probe sets: every stage on a CPU in seconds")
     args = ap.parse_args()
     run(args)
@@ -151,13 +155,15 @@ def run(args) -> None:
         cfgs = [TrainConfig(**spec["cfg"], seed=s) for s in seeds]
         dirs = [run_root / f"{task}-s{s}" for s in seeds]
         for d in dirs:
-            if d.exists():
+            if d.exists() and not args.resume:
                 shutil.rmtree(d)
         t0 = time.perf_counter()
-        finals = train_packed(cfgs, dirs, progress=False)  # packs hold themselves to kernels right under vmap
+        # packs hold themselves to kernels right under vmap
+        finals = train_packed(cfgs, dirs, progress=False, resume=args.resume)
         train_s = time.perf_counter() - t0
         task_out = {"config": {k: v for k, v in spec["cfg"].items() if k not in ("device",)},
                     "feature": spec["feature"], "paper_drop_pct": spec["paper_drop_pct"], "train_s": train_s,
+                    "resumed": args.resume,
                     "packed": len(seeds), "runs": {}}
         summary["tasks"][task] = task_out
         log(f"{task}: trained {len(seeds)} seeds packed in {train_s:.1f} s ({spec['cfg']['steps']} steps each)")

@@ -163,3 +163,27 @@ def test_heat_schedules_follow_each_runs_own_length(tmp_path):
         assert series(tmp_path / f"p{i}", "train/loss")[1] == pytest.approx(series(tmp_path / f"a{i}", "train/loss")[1], rel=1e-4)
         model_p, *_ = load_run(tmp_path / f"p{i}")
         assert float(model_p.blocks[0].attn.progress) == 1.0
+
+
+def test_compiled_pack_compiles_its_forward_once_its_shape_is_final(tmp_path, monkeypatch):
+    """With compile=True the forward is compiled only while every run left in the pack ends at the same
+    step: a run leaving would change the pack's shape and cost a recompile."""
+    import quietlab.train.packed as packed_mod
+
+    built = []  # (pack size, compile) of every step function train_packed builds
+
+    def recording_step(packed, *args, compile=False, **kwargs):
+        built.append((packed.n, compile))
+        return PackedStep(packed, *args, compile=False, **kwargs)  # run eagerly: the test checks the choice
+
+    monkeypatch.setattr(packed_mod, "PackedStep", recording_step)
+    train_packed([tiny(steps=6, seed=0, compile=True), tiny(steps=6, seed=1, compile=True)],
+                 [tmp_path / "a0", tmp_path / "a1"])
+    assert built == [(2, True)]
+    built.clear()
+    train_packed([tiny(steps=4, seed=0, compile=True), tiny(steps=6, seed=1, compile=True),
+                  tiny(steps=6, seed=2, compile=True)], [tmp_path / "b0", tmp_path / "b1", tmp_path / "b2"])
+    assert built == [(3, False), (2, True)]
+    built.clear()
+    train_packed([tiny(steps=6, seed=0), tiny(steps=6, seed=1)], [tmp_path / "c0", tmp_path / "c1"])
+    assert built == [(2, False)]

@@ -295,7 +295,8 @@ class Item:
 
 def run_pack(items: list[Item], threads: int | None = None) -> list[tuple[str, str, object, int]]:
     """Train a pack of runs as one batched computation (``train_packed``, also for a pack of one: on a GPU
-    its whole step is one CUDA graph, with no compilation to wait for), resuming any that were started;
+    with ``compile = true``, its whole step is one CUDA graph, the forward compiled inside it once the
+    pack's remaining runs end together), resuming any that were started;
     returns one (run_id, "done" | "failed", final metrics or error text, packed_with) per run. If the
     pack fails as a whole, each run is retried alone, so one bad run cannot fail the others."""
     import torch

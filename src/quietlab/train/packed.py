@@ -411,11 +411,15 @@ def _train_packed(cfgs: Sequence, run_dirs: Sequence, progress: bool, resume: bo
 
     pack: dict = {}
 
+    # compile=True: the whole step is one CUDA graph on a GPU; the forward is compiled too once the pack has
+    # its final shape (its runs all end at one step), since each run that leaves changes the shape and a
+    # recompile for the new shape (the first compile took about 18 s on an H200: packed_compile_ab.py)
     def build(packed: PackedModels, opt: PackedAdamW) -> None:
         pack.update(packed=packed, opt=opt, lr_rows={},
                     progress=[v for k, v in packed.buffers.items() if k.endswith("attn.progress")],
                     step=PackedStep(packed, opt, lm_loss, [cfgs[i].grad_clip for i in active],
-                                    cuda_graph=c0.compile and device.type == "cuda"))
+                                    cuda_graph=c0.compile and device.type == "cuda",
+                                    compile=c0.compile and len({totals[i] for i in active}) == 1))
 
     stores, streams = {}, {}
     if active:
