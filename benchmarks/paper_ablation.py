@@ -34,6 +34,8 @@ addition 16 bits, 6,000 steps; BFS 11 nodes, 36,000 steps (12,000 and 24,000 did
 
     python benchmarks/paper_ablation.py --out results/paper_ablation           # on a GPU: the full run
     python benchmarks/paper_ablation.py --out /tmp/tiny --tiny                  # on a CPU: every stage, tiny
+    python benchmarks/paper_ablation.py --out OUT --run-dir RUNS --bfs-steps 48000 --stop-after-s 500   # exit 3 ...
+    python benchmarks/paper_ablation.py --out OUT --run-dir RUNS --bfs-steps 48000 --resume             # ... then finish
 
 Writes OUT/paper_ablation.json (everything measured), OUT/paper_ablation.log (readable), and per run
 OUT/runs/TASK-sSEED/{config.json, metrics.sqlite.gz}; checkpoints stay in --run-dir.
@@ -44,7 +46,10 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -75,6 +80,9 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true",
                     help="continue the runs in --run-dir where an interrupted call (Ctrl-C, timeout -s INT) left "
                          "them (exact resume: the same result as one uninterrupted call; train_s is then this call's)")
+    ap.add_argument("--stop-after-s", type=float, default=None,
+                    help="stop training after this many seconds with a checkpoint (exit status 3), to be finished "
+                         "by the same command with --resume: a run longer than one call allows, in two calls")
     ap.add_argument("--tiny", action="store_true", help="tiny tasks, model and probe sets: every stage on a CPU in seconds")
     args = ap.parse_args()
     run(args)
@@ -124,7 +132,7 @@ def run(args) -> None:
     from quietlab.monitor.monitor import probe_run
     from quietlab.runs import RunFolder
     from quietlab.train.checkpoint import list_checkpoints, load_run
-    from quietlab.train.loop import TrainConfig
+    from quietlab.train.loop import TrainConfig, TrainingInterrupted
     from quietlab.train.packed import train_packed
 
     out = Path(args.out)
@@ -149,6 +157,12 @@ def run(args) -> None:
         (out / "paper_ablation.json").write_text(json.dumps(summary, indent=1, default=_plain))
         (out / "paper_ablation.log").write_text("\n".join(lines) + "\n" + "\n".join(table(summary)) + "\n")
 
+    if args.stop_after_s:
+        # the interrupt that Ctrl-C gives, to this process alone: training stops at the next step with a
+        # checkpoint (exact resume: where it stops changes nothing that is measured)
+        timer = threading.Timer(args.stop_after_s, os.kill, (os.getpid(), signal.SIGINT))
+        timer.daemon = True
+        timer.start()
     specs = settings(args)
     runs = []  # (task, seed, run_dir, result dict), in the order they are probed
     for task, spec in specs.items():  # first the headline figures: training, exact match, the ablation
@@ -158,8 +172,15 @@ def run(args) -> None:
             if d.exists() and not args.resume:
                 shutil.rmtree(d)
         t0 = time.perf_counter()
-        # packs hold themselves to kernels right under vmap
-        finals = train_packed(cfgs, dirs, progress=False, resume=args.resume)
+        log(f"{task}: training {len(seeds)} seeds packed, {spec['cfg']['steps']} steps each"
+            + (" (resuming)" if args.resume else ""))
+        try:
+            # packs hold themselves to kernels right under vmap
+            finals = train_packed(cfgs, dirs, progress=False, resume=args.resume)
+        except TrainingInterrupted as stop:
+            log(f"{task}: {stop}; run this command again with --resume to finish")
+            save()
+            raise SystemExit(3)
         train_s = time.perf_counter() - t0
         task_out = {"config": {k: v for k, v in spec["cfg"].items() if k not in ("device",)},
                     "feature": spec["feature"], "paper_drop_pct": spec["paper_drop_pct"], "train_s": train_s,
