@@ -166,9 +166,13 @@ def test_heat_schedules_follow_each_runs_own_length(tmp_path):
 
 
 def test_compiled_pack_compiles_its_forward_once_its_shape_is_final(tmp_path, monkeypatch):
-    """With compile=True the forward is compiled only while every run left in the pack ends at the same
-    step: a run leaving would change the pack's shape and cost a recompile."""
+    """With compile=True (on a GPU) the forward is compiled only while every run left in the pack ends at
+    the same step: a run leaving would change the pack's shape and cost a recompile."""
     import quietlab.train.packed as packed_mod
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert packed_mod.compiles_forward(True, cuda, [6, 6]) and not packed_mod.compiles_forward(True, cuda, [4, 6])
+    assert not packed_mod.compiles_forward(False, cuda, [6, 6]) and not packed_mod.compiles_forward(True, cpu, [6, 6])
 
     built = []  # (pack size, compile) of every step function train_packed builds
 
@@ -177,6 +181,8 @@ def test_compiled_pack_compiles_its_forward_once_its_shape_is_final(tmp_path, mo
         return PackedStep(packed, *args, compile=False, **kwargs)  # run eagerly: the test checks the choice
 
     monkeypatch.setattr(packed_mod, "PackedStep", recording_step)
+    rule = packed_mod.compiles_forward
+    monkeypatch.setattr(packed_mod, "compiles_forward", lambda c, device, lengths: rule(c, cuda, lengths))
     train_packed([tiny(steps=6, seed=0, compile=True), tiny(steps=6, seed=1, compile=True)],
                  [tmp_path / "a0", tmp_path / "a1"])
     assert built == [(2, True)]

@@ -292,6 +292,14 @@ PER_MODEL = ("seed", "lr", "weight_decay", "grad_clip", "warmup_fraction", "min_
              "steps", "flops")
 
 
+def compiles_forward(compile: bool, device: torch.device, lengths: Sequence[int]) -> bool:
+    """Whether a pack compiles its forward (inside the step's CUDA graph): with ``compile``, on a GPU, once
+    the pack has its final shape (its runs all end at one step). Each run that leaves changes the shape, and
+    a new shape is a new compile (the first took about 18 s on an H200 and made the paper preset's BFS pack
+    1.28x faster a step: benchmarks/packed_compile_ab.py); on a CPU a packed compile costs minutes."""
+    return bool(compile) and device.type == "cuda" and len(set(lengths)) == 1
+
+
 def pack_key(cfg) -> str:
     """Runs with equal keys can be trained packed: same task, shapes, batch, evaluation and hardware. Their
     lengths may differ: a run leaves the pack when it ends, and the rest go on as a smaller pack. A
@@ -411,15 +419,12 @@ def _train_packed(cfgs: Sequence, run_dirs: Sequence, progress: bool, resume: bo
 
     pack: dict = {}
 
-    # compile=True: the whole step is one CUDA graph on a GPU; the forward is compiled too once the pack has
-    # its final shape (its runs all end at one step), since each run that leaves changes the shape and a
-    # recompile for the new shape (the first compile took about 18 s on an H200: packed_compile_ab.py)
     def build(packed: PackedModels, opt: PackedAdamW) -> None:
         pack.update(packed=packed, opt=opt, lr_rows={},
                     progress=[v for k, v in packed.buffers.items() if k.endswith("attn.progress")],
                     step=PackedStep(packed, opt, lm_loss, [cfgs[i].grad_clip for i in active],
                                     cuda_graph=c0.compile and device.type == "cuda",
-                                    compile=c0.compile and len({totals[i] for i in active}) == 1))
+                                    compile=compiles_forward(c0.compile, device, [totals[i] for i in active])))
 
     stores, streams = {}, {}
     if active:
