@@ -52,21 +52,22 @@ def arm(compile_forward: bool, steps: int, seeds: list[int], device: str) -> dic
     from quietlab.runs import RunFolder
     from quietlab.train.loop import TrainConfig
 
-    original = packed_mod.PackedStep
-    packed_mod.PackedStep = lambda *a, **k: original(*a, **{**k, "compile": compile_forward})
+    from paper_ablation import settings
+
+    # paper_ablation.py's own BFS settings at its default sizes, this many steps
+    spec = settings(argparse.Namespace(tasks="bfs", tiny=False, d_model=128, layers=4, lr=1e-3, batch_size=64,
+                                       bfs_steps=steps, device=device, controls=32, probe_checkpoints=8))["bfs"]
+    original = packed_mod.compiles_forward
+    packed_mod.compiles_forward = lambda *_: compile_forward  # the arm's choice, for the pack's whole run
     try:
-        cfgs = [TrainConfig(task="bfs", task_sizes={"n_nodes": 11}, preset="paper", d_model=128, n_layers=4,
-                            n_heads=4, lr=1e-3, batch_size=64, steps=steps, eval_every=max(1, steps // 40),
-                            eval_per_decade=0, eval_examples=1000, checkpoint_every=max(1, steps // 10),
-                            checkpoint_per_decade=12, device=device, compile=device == "cuda", seed=s)
-                for s in seeds]
+        cfgs = [TrainConfig(**{**spec["cfg"], "compile": device == "cuda"}, seed=s) for s in seeds]
         root = Path(tempfile.mkdtemp(prefix="pack_ab_"))
         dirs = [root / f"s{s}" for s in seeds]
         t0 = time.perf_counter()
         packed_mod.train_packed(cfgs, dirs)
         wall = time.perf_counter() - t0
     finally:
-        packed_mod.PackedStep = original
+        packed_mod.compiles_forward = original
     finals, rates = [], []
     for d in dirs:
         with RunFolder(d).store(readonly=True) as s:

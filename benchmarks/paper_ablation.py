@@ -189,7 +189,7 @@ def run(args) -> None:
         summary["tasks"][task] = task_out
         log(f"{task}: trained {len(seeds)} seeds packed in {train_s:.1f} s ({spec['cfg']['steps']} steps each)")
         for seed, run_dir, final in zip(seeds, dirs, finals):
-            with RunFolder(run_dir).store() as store:
+            with RunFolder(run_dir).store(readonly=True) as store:
                 steps, em = store.series("eval/exact_match")
                 em_eq = store.series("eval/exact_match_given_eq")[1]
                 ctx = RunFolder(run_dir).read_config()["resolved"].get("ctx")
@@ -224,7 +224,7 @@ def run(args) -> None:
     # then quiet or loud: the study's probes on a fixed number of checkpoints, several inside the plateau
     for task, seed, run_dir, r in runs:
         spec = specs[task]
-        with RunFolder(run_dir).store() as store:
+        with RunFolder(run_dir).store(readonly=True) as store:
             transition, _ = run_transition(store)
         probed = probe_checkpoints(list_checkpoints(run_dir), transition, spec["probe_checkpoints"])
         t2 = time.perf_counter()

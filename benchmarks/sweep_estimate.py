@@ -6,8 +6,10 @@
 
 The formula: GPU time = sum over runs of C_run / R(run), where C_run is the run's training FLOPs and
 R the FLOP/s measured by benchmarks/packed_speed.py for its class of model: runs of d_model <= --small-d
-at the packed arm's steady aggregate rate in the mode a sweep trains in (``packed-graph``: packed models,
-whole step as one CUDA graph, forward not compiled), larger ones at
+at the packed arm's steady aggregate rate in the mode a sweep's packs train in while their runs leave one
+by one (``packed-graph``: packed models, whole step as one CUDA graph, forward not compiled; the stretch
+after which the remaining runs end together compiles its forward, ``compiles_forward``, and is not
+counted faster here), larger ones at
 the large arm's rate (one model, quietlab's fastest mode). Evaluation, checkpoints and pack set-up are
 not in R; --overhead-s adds a fixed time per pack (measure it from a real sweep's wall time; default 0).
 A pack cannot finish before its longest run has done its steps one after another: ``longest_runs_seconds``
@@ -37,7 +39,8 @@ PAPER_CTX = {"addition": 52, "multiplication": 67, "majority_of_majorities": 67,
              "shortest_path": 61.9140625, "mst": 77.359375}
 
 
-#: the packed mode a sweep trains in on a GPU (train_packed: the whole step as one CUDA graph, forward eager)
+#: the packed mode a sweep trains in on a GPU while its packs shrink (train_packed: the whole step as one
+#: CUDA graph, forward eager until the runs left end together)
 SWEEP_MODE = "packed-graph"
 
 
