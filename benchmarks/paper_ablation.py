@@ -37,6 +37,9 @@ addition 16 bits, 6,000 steps; BFS 11 nodes, 36,000 steps (12,000 and 24,000 did
     python benchmarks/paper_ablation.py --out OUT --run-dir RUNS --bfs-steps 48000 --stop-after-s 500   # exit 3 ...
     python benchmarks/paper_ablation.py --out OUT --run-dir RUNS --bfs-steps 48000 --resume             # ... then finish
 
+On a lent GPU machine RUNS must outlive the call: a folder outside the repository (/tmp/runs), since the
+repository's copy there is replaced at each call (a folder that .git/info/exclude ignores did not survive).
+
 Writes OUT/paper_ablation.json (everything measured), OUT/paper_ablation.log (readable), and per run
 OUT/runs/TASK-sSEED/{config.json, metrics.sqlite.gz}; checkpoints stay in --run-dir.
 """
@@ -171,9 +174,15 @@ def run(args) -> None:
         for d in dirs:
             if d.exists() and not args.resume:
                 shutil.rmtree(d)
+        resumed_from = ""
+        if args.resume:
+            if not any(d.exists() for d in dirs):  # training from scratch would be a silent waste of a call
+                raise SystemExit(f"--resume: no run folder {task}-sSEED under {run_root}; pass the --run-dir of "
+                                 f"the interrupted call (on a lent machine, one outside the repository, e.g. /tmp/runs)")
+            last = [max((s for s, _ in RunFolder(d).checkpoints()), default=0) if d.exists() else 0 for d in dirs]
+            resumed_from = f" (resuming; last checkpoints at steps {', '.join(map(str, last))})"
         t0 = time.perf_counter()
-        log(f"{task}: training {len(seeds)} seeds packed, {spec['cfg']['steps']} steps each"
-            + (" (resuming)" if args.resume else ""))
+        log(f"{task}: training {len(seeds)} seeds packed, {spec['cfg']['steps']} steps each{resumed_from}")
         try:
             # packs hold themselves to kernels right under vmap
             finals = train_packed(cfgs, dirs, progress=False, resume=args.resume)
