@@ -42,7 +42,7 @@ On a lent GPU machine RUNS must outlive the call: a folder outside the repositor
 repository's copy there is replaced at each call (a folder that .git/info/exclude ignores did not survive).
 
 Writes OUT/paper_ablation.json (everything measured), OUT/paper_ablation.log (readable), and per run
-OUT/runs/TASK-sSEED/{config.json, metrics.sqlite.gz}; checkpoints stay in --run-dir.
+OUT/TASK-sSEED.{config.json, metrics.sqlite.gz}; checkpoints stay in --run-dir.
 """
 
 from __future__ import annotations
@@ -277,11 +277,11 @@ def probe_checkpoints(checkpoints: list[int], transition, n: int) -> list[int]:
 
 
 def keep_metrics(out: Path, task: str, seed: int, run_dir: Path) -> None:
-    """The run's config.json and gzipped metrics.sqlite (probe rows, ablation, classes) under OUT/runs."""
-    keep = out / "runs" / f"{task}-s{seed}"
-    keep.mkdir(parents=True, exist_ok=True)
-    shutil.copy(run_dir / "config.json", keep / "config.json")
-    with open(run_dir / "metrics.sqlite", "rb") as src, gzip.open(keep / "metrics.sqlite.gz", "wb") as dst:
+    """The run's config.json and gzipped metrics.sqlite (curves, probe rows, ablation, classes) as
+    OUT/TASK-sSEED.config.json and OUT/TASK-sSEED.metrics.sqlite.gz: flat, because a lent machine returns
+    files at most two folders deep."""
+    shutil.copy(run_dir / "config.json", out / f"{task}-s{seed}.config.json")
+    with open(run_dir / "metrics.sqlite", "rb") as src, gzip.open(out / f"{task}-s{seed}.metrics.sqlite.gz", "wb") as dst:
         shutil.copyfileobj(src, dst)
 
 

@@ -28,8 +28,18 @@ def test_the_paper_ablation_benchmark_runs_tiny(tmp_path):
         for f in run["features"].values():
             assert f["paper"]["class"] in ("quiet", "loud", "absent", "unresolved")
             assert f["ours"]["class"] in ("quiet", "loud", "absent", "unresolved")
-        assert (tmp_path / "runs" / f"addition-s{seed}" / "metrics.sqlite.gz").exists()
+        assert (tmp_path / f"addition-s{seed}.metrics.sqlite.gz").exists()
     assert "drop %" in (tmp_path / "paper_ablation.log").read_text()
+
+
+def test_resume_without_a_run_folder_refuses_instead_of_training_from_scratch(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "paper_ablation.py"), "--out", str(tmp_path),
+                           "--tiny", "--device", "cpu", "--tasks", "bfs", "--resume", "--run-dir", str(tmp_path / "gone")],
+                          capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(ROOT / "src"),
+                                                                            "PATH": "/usr/bin:/bin"})
+    assert done.returncode != 0
+    assert "--resume: no run folder" in done.stderr and str(tmp_path / "gone") in done.stderr
+    assert not (tmp_path / "gone").exists()
 
 
 def _benchmark_module():
