@@ -5,7 +5,12 @@
 - ``nested``: as ``model``, with the block marked ``torch.compiler.nested_compile_region``, so that the
   alike blocks are traced and compiled once inside the one graph;
 - ``blocks``: each transformer block compiled on its own; the blocks are alike, so their code is compiled
-  once and reused (regional compilation), embedding, head and loss stay eager.
+  once and reused (regional compilation), embedding, head and loss stay eager;
+- ``model_pool``: as ``model``, with Inductor's pool of compile workers started before the task and the
+  model are made (torch starts it only once Dynamo hands the traced graph to Inductor).
+
+Each arm's JSON row also has ``compile_breakdown``: seconds per phase that torch's own timers recorded
+(``torch._dynamo.utils.compilation_time_metrics``, summed over calls; phases nest, so they do not add up).
 
 Each arm runs in a fresh process, first with an empty inductor cache (``cold``: a shape's first run on a
 machine) then again on the cache that run left (``warm``: every later run of that shape). Per arm and
@@ -36,6 +41,9 @@ def one_arm(scope: str, task: str, n_nodes: int, d_model: int, layers: int, batc
     from quietlab.train.schedule import make_optimizer
 
     t0 = time.perf_counter()
+    if scope == "model_pool":
+        from torch._inductor.async_compile import maybe_warm_pool
+        maybe_warm_pool()
     dev = torch.device(device)
     torch.backends.cuda.matmul.allow_tf32 = True
     t = get_task(task, n_nodes=n_nodes) if task != "addition" else get_task(task, n_bits=n_nodes)
@@ -56,7 +64,7 @@ def one_arm(scope: str, task: str, n_nodes: int, d_model: int, layers: int, batc
             return masked_loss(model(x), x, m)
 
     mode = "reduce-overhead" if cuda else None
-    if scope in ("model", "nested"):
+    if scope in ("model", "nested", "model_pool"):
         if scope == "nested":  # the blocks traced once and reused inside the one graph
             from quietlab.models.transformer import Block
             Block.forward = torch.compiler.nested_compile_region(Block.forward)
@@ -90,7 +98,9 @@ def one_arm(scope: str, task: str, n_nodes: int, d_model: int, layers: int, batc
         loss = step(i)
     sync()
     step_ms = (time.perf_counter() - t1) / steps * 1e3
-    return {"scope": scope, "first_step_s": first_s, "step_ms": step_ms, "loss": float(loss),
+    from torch._dynamo.utils import compilation_time_metrics
+    breakdown = {name: round(sum(times), 3) for name, times in compilation_time_metrics.items()}
+    return {"scope": scope, "first_step_s": first_s, "step_ms": step_ms, "loss": float(loss), "compile_breakdown": breakdown,
             "ratio_20k": (first_s + 20000 * step_ms / 1e3) / (20000 * step_ms / 1e3)}
 
 
@@ -114,8 +124,8 @@ def main():
     rows = []
     for scope in args.scopes.split(","):
         cache = tempfile.mkdtemp(prefix=f"inductor-{scope}-")
-        for state in ("cold", "warm"):
-            env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
+        for state in ("cold", "warm"):  # cold: empty Inductor and Triton caches
+            env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "TRITON_CACHE_DIR": os.path.join(cache, "triton")}
             cmd = [sys.executable, __file__, "--arm", scope, "--task", args.task, "--size", str(args.size),
                    "--d-model", str(args.d_model), "--layers", str(args.layers), "--batch-size", str(args.batch_size),
                    "--steps", str(args.steps), "--device", args.device]
