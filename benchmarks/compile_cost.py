@@ -31,6 +31,8 @@ import sys
 import tempfile
 import time
 
+from quietlab.runs import write_atomic
+
 
 def one_arm(scope: str, task: str, n_nodes: int, d_model: int, layers: int, batch: int, steps: int, device: str) -> dict:
     import torch
@@ -136,11 +138,10 @@ def main():
                 continue
             row = {**json.loads(res.stdout.strip().splitlines()[-1]), "cache": state}
             rows.append(row)
+            if args.out:  # after every arm: a call cut short keeps what it measured
+                write_atomic(args.out, json.dumps({"settings": vars(args), "rows": rows}, indent=1).encode())
             print(f"{scope:7s} {state}: first step after {row['first_step_s']:.1f} s, {row['step_ms']:.3f} ms/step, "
                   f"20k-step run / steady {row['ratio_20k']:.3f}", flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"settings": vars(args), "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
