@@ -29,6 +29,11 @@ def test_the_paper_ablation_benchmark_runs_tiny(tmp_path):
             assert f["paper"]["class"] in ("quiet", "loud", "absent", "unresolved")
             assert f["ours"]["class"] in ("quiet", "loud", "absent", "unresolved")
         assert (tmp_path / f"addition-s{seed}.metrics.sqlite.gz").exists()
+        # every transition of the training loss is kept, the main one (the largest drop) among them
+        found = run["loss_transitions"]
+        assert run["transition"] is None or run["transition"] in found
+        if found:
+            assert run["transition"]["drop"] == max(t["drop"] for t in found)
     assert "drop %" in (tmp_path / "paper_ablation.log").read_text()
 
 

@@ -285,9 +285,16 @@ def _paper_classes(store, rows, features, main, plateau_start) -> dict:
 def run_transition(store, curve: str | None = None) -> tuple[dict | None, str]:
     """(the main transition of a run as ``classify_run`` finds it, as a dict, or None; the loss curve it
     was looked for in): the first of ``LOSS_CURVES`` with a transition, or ``curve``."""
+    transitions, used = run_transitions(store, curve)
+    main = main_transition(transitions)
+    return main, used
+
+
+def run_transitions(store, curve: str | None = None) -> tuple[list[dict], str]:
+    """(every transition found in the loss curve that ``run_transition`` reads, as dicts in step order;
+    that curve's name): the main one is among them, the others say what it was chosen over."""
     used, found = _loss_transitions(store, curve)
-    main = main_transition(found[used][2])
-    return (None if main is None else _as_dict(main)), used
+    return [_as_dict(t) for t in found[used][2]], used
 
 
 def _loss_transitions(store, curve: str | None) -> tuple[str, dict[str, tuple]]:
