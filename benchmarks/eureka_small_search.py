@@ -9,6 +9,12 @@ A trial is space-separated key=value: ``variant``, ``seeds`` (comma list), ``thr
 process), ``workers`` (processes of one thread, one seed each; default 1 here) and any EurekaConfig field (ints, floats, ``lr`` = one peak rate for the variant, ``cnn_widths`` = comma list). Writes
 OUT/search.log (every line printed) and OUT/search.jsonl (one record per run: its trial, wall time and
 the evaluation curves); the run folders go to OUT/runs/TRIAL_INDEX/.
+
+    python benchmarks/eureka_small_search.py --table OUT1/search.jsonl OUT2/search.jsonl
+
+prints the searches' runs as one markdown table, a row per trial with its seeds gathered (trials that differ
+only in their seeds share a row): how many learn the decision (final decision accuracy ≥ 75%, the verb's
+criterion), the first evaluation at or above it per seed, and the final decision accuracy per seed.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from quietlab.recipes.eureka import SMALL, EurekaConfig, load_task, train_variants
+from quietlab.recipes.eureka import SMALL, SUCCESS, EurekaConfig, load_task, train_variants
 from quietlab.runs import RunFolder
 
 FIELDS = {f.name: f for f in dataclasses.fields(EurekaConfig)}
@@ -56,11 +62,43 @@ def parse_trial(text: str) -> tuple[str, list[int], int, dict]:
     return variant, seeds, threads, overrides
 
 
+def table(paths: list[str]) -> list[str]:
+    """Markdown rows of the runs in search.jsonl files: one per trial spec without its seeds."""
+    rows: dict[str, dict[int, dict]] = {}
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            r = json.loads(line)
+            spec = " ".join(item for item in r["spec"].split() if not item.startswith("seeds="))
+            if "lr" in r and " lr=" not in f" {spec}":  # the rate the trial ran at (records before it was kept lack it)
+                spec += f" (lr {r['lr']:g})"
+            rows.setdefault(spec, {})[r["seed"]] = r
+    out = ["| trial (seeds gathered) | learn the decision (≥ 75%) | first evaluation ≥ 75%, per seed | "
+           "final decision accuracy per seed |", "| --- | --- | --- | --- |"]
+    for spec, runs in rows.items():
+        seeds = sorted(runs)
+        firsts, finals = [], []
+        for seed in seeds:
+            curve = runs[seed]["curves"]["eval/decision_acc"]
+            first = next((s for s, v in zip(curve["steps"], curve["values"]) if v >= SUCCESS), None)
+            firsts.append("—" if first is None else f"{first:,}")
+            finals.append(f"{runs[seed]['final_decision_acc']:.3f}")
+        won = sum(runs[seed]["final_decision_acc"] >= SUCCESS for seed in seeds)
+        out.append(f"| {spec} (seeds {','.join(map(str, seeds))}) | {won}/{len(seeds)} | {' · '.join(firsts)} | "
+                   f"{' '.join(finals)} |")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--trial", action="append", required=True, help="one trial: key=value ... (repeatable)")
-    ap.add_argument("--out", required=True, help="folder for search.log, search.jsonl and the run folders")
+    ap.add_argument("--trial", action="append", help="one trial: key=value ... (repeatable)")
+    ap.add_argument("--out", help="folder for search.log, search.jsonl and the run folders")
+    ap.add_argument("--table", nargs="+", metavar="JSONL", help="print these searches' runs as a markdown table")
     args = ap.parse_args()
+    if args.table:
+        print("\n".join(table(args.table)))
+        return
+    if not (args.trial and args.out):
+        ap.error("--trial and --out are required (or --table JSONL ...)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log_file = (out / "search.log").open("a")
@@ -82,9 +120,10 @@ def main() -> None:
         wall = time.perf_counter() - t0
         with (out / "search.jsonl").open("a") as f:
             for r in results:
-                with RunFolder(r["run_dir"]).store() as store:
+                with RunFolder(r["run_dir"]).store(readonly=True) as store:
                     curves = {name: store.series(name) for name in ("eval/decision_acc", "eval/acc", "eval/loss")}
-                record = {"trial": index, "spec": text, "variant": variant, "seed": r["seed"], "trial_wall_s": wall,
+                record = {"trial": index, "spec": text, "variant": variant, "lr": cfg.lr[variant], "seed": r["seed"],
+                          "trial_wall_s": wall,
                           "final_acc": r["eval/acc"], "final_decision_acc": r["eval/decision_acc"],
                           "curves": {k: {"steps": s, "values": v} for k, (s, v) in curves.items()}}
                 f.write(json.dumps(record) + "\n")
