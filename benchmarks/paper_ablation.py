@@ -132,7 +132,7 @@ def converged(steps: list[int], em: list[float]) -> dict:
 
 def run(args) -> None:
     from quietlab.interventions.ablation import ablate_paper
-    from quietlab.monitor.features import run_transition, run_transitions
+    from quietlab.monitor.features import main_transition, run_transitions
     from quietlab.monitor.monitor import probe_run
     from quietlab.runs import RunFolder
     from quietlab.train.checkpoint import list_checkpoints, load_run
@@ -235,8 +235,8 @@ def run(args) -> None:
     for task, seed, run_dir, r in runs:
         spec = specs[task]
         with RunFolder(run_dir).store(readonly=True) as store:
-            transition, _ = run_transition(store)
             r["loss_transitions"], r["loss_transitions_curve"] = run_transitions(store)
+        transition = main_transition(r["loss_transitions"])  # what run_transition gives
         probed = probe_checkpoints(list_checkpoints(run_dir), transition, spec["probe_checkpoints"])
         t2 = time.perf_counter()
         p = probe_run(run_dir, steps=probed, device=device, paper_split=spec["split"])
