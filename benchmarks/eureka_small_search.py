@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from quietlab.recipes.eureka import SMALL, SUCCESS, EurekaConfig, load_task, train_variants
+from quietlab.recipes.eureka import SMALL, SUCCESS, EurekaConfig, first_step_at, load_task, train_variants
 from quietlab.runs import RunFolder
 
 FIELDS = {f.name: f for f in dataclasses.fields(EurekaConfig)}
@@ -79,7 +79,7 @@ def table(paths: list[str]) -> list[str]:
         firsts, finals = [], []
         for seed in seeds:
             curve = runs[seed]["curves"]["eval/decision_acc"]
-            first = next((s for s, v in zip(curve["steps"], curve["values"]) if v >= SUCCESS), None)
+            first = first_step_at(curve["steps"], curve["values"], SUCCESS)
             firsts.append("—" if first is None else f"{first:,}")
             finals.append(f"{runs[seed]['final_decision_acc']:.3f}")
         won = sum(runs[seed]["final_decision_acc"] >= SUCCESS for seed in seeds)

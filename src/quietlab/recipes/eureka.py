@@ -482,7 +482,7 @@ def eureka_moment(store) -> dict:
     dsteps, decision = store.series("eval/decision_acc")
     transitions = detect_transitions(steps, loss) if len(steps) >= 8 else []
     biggest = max(transitions, key=lambda t: t.drop, default=None)
-    first = next((s for s, v in zip(dsteps, decision) if v is not None and v >= SUCCESS), None)
+    first = first_step_at(dsteps, decision, SUCCESS)
     return {"onset": None if biggest is None else float(biggest.onset),
             "end": None if biggest is None else float(biggest.end),
             "loss_before": None if biggest is None else float(biggest.level_before),
