@@ -30,13 +30,15 @@ before it. A run that is still improving at the cap is reported as such.
 
 Sizes (the study's grid: d_model a power of two, 4 or 16 layers, lr 1e-1 ... 1e-4, batch 8 or 64; which
 size the study ablated is not in its code, PAPER_PROTOCOL §4-5): 4 layers, d_model 128, lr 1e-3, batch 64;
-addition 16 bits, 6,000 steps; BFS 11 nodes, 48,000 steps (at 12,000, 24,000 and 36,000 most seeds
-were still improving; at 48,000 the two seeds evaluated had stopped: README). Each option can be changed.
+addition 16 bits, 6,000 steps; BFS 11 nodes, 72,000 steps (at 12,000, 24,000 and 36,000 most seeds
+were still improving; at 48,000, two runs of the three seeds, two and one seeds had stopped: README;
+72,000 steps is about 880 s of H200 training for the three, packed: two calls, as below). Each option
+can be changed.
 
     python benchmarks/paper_ablation.py --out results/paper_ablation           # on a GPU: the full run
     python benchmarks/paper_ablation.py --out /tmp/tiny --tiny                  # on a CPU: every stage, tiny
-    python benchmarks/paper_ablation.py --out OUT --run-dir RUNS --bfs-steps 48000 --stop-after-s 500   # exit 3 ...
-    python benchmarks/paper_ablation.py --out OUT --run-dir RUNS --bfs-steps 48000 --resume             # ... then finish
+    python benchmarks/paper_ablation.py --out OUT --run-dir RUNS --stop-after-s 540   # exit 3 ...
+    python benchmarks/paper_ablation.py --out OUT --run-dir RUNS --resume                # ... then finish
 
 On a lent GPU machine RUNS must outlive the call: a folder outside the repository (/tmp/runs), since the
 repository's copy there is replaced at each call (a folder that .git/info/exclude ignores did not survive).
@@ -76,7 +78,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--addition-steps", type=int, default=6000)
-    ap.add_argument("--bfs-steps", type=int, default=48000)
+    ap.add_argument("--bfs-steps", type=int, default=72000)
     ap.add_argument("--controls", type=int, default=32)
     ap.add_argument("--probe-checkpoints", type=int, default=8,
                     help="checkpoints probed per run for quiet/loud (spread over the run's checkpoints)")
