@@ -76,3 +76,33 @@ def test_probed_checkpoints_put_half_inside_the_plateau_and_spread_the_rest():
             assert choose(checkpoints, t, n) == probed  # the same losses, the same checkpoints
     plain = choose(checkpoints, None, 8)
     assert len(plain) == 8 and plain[0] == checkpoints[0] and plain[-1] == checkpoints[-1]
+
+
+def test_the_repeatability_benchmark_finds_cpu_training_repeats_bit_for_bit(tmp_path):
+    """benchmarks/gpu_repeatability.py at its tiny size on the CPU, where training is deterministic: the two
+    runs of each seed (separate processes, fresh folders) log the same 20 training losses, bit for bit."""
+    out = tmp_path / "rep.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_repeatability.py"), "--out", str(out),
+                           "--tiny", "--device", "cpu", "--arms", "default", "--seeds", "0,1"],
+                          capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1",
+                                                                            "PYTHONPATH": str(ROOT / "src"),
+                                                                            "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    arm = json.loads(out.read_text())["arms"]["default"]
+    assert arm["repeats_bit_for_bit"] and set(arm["seeds"]) == {"0", "1"}
+    for seed in arm["seeds"].values():
+        assert seed["equal"] and seed["max_abs_diff"] == 0 and seed["first_differing_step"] is None
+        assert seed["final"][0] == seed["final"][1] and seed["final"][0] > 0
+
+
+def test_the_repeatability_comparison_finds_the_first_differing_step():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_repeatability", ROOT / "benchmarks" / "gpu_repeatability.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    a = {"losses": {0: [3.0, 2.0, 1.0], 1: [3.0, 2.5, 1.5]}}
+    b = {"losses": {0: [3.0, 2.0, 1.0], 1: [3.0, 2.5, 1.25]}}
+    got = module.compare(a, b)
+    assert got[0] == {"equal": True, "max_abs_diff": 0.0, "first_differing_step": None, "final": [1.0, 1.0]}
+    assert got[1]["equal"] is False and got[1]["max_abs_diff"] == 0.25 and got[1]["first_differing_step"] == 3
