@@ -6,7 +6,7 @@ device repeats itself and what making it repeat costs. Arms, each run twice from
 folders, each run in its own process:
 
 - ``default``: as paper_ablation.py trains (compiled forward inside the step's CUDA graph on a GPU);
-- ``deterministic``: the same under ``torch.use_deterministic_algorithms(True)`` with
+- ``deterministic``: the same under ``torch.use_deterministic_algorithms(True, warn_only=True)`` with
   ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (Inductor then avoids atomic scatter-adds, flash attention's backward
   its atomic accumulation).
 
@@ -35,7 +35,7 @@ def one_run(arm: str, steps: int, seeds: list[int], device: str, tiny: bool, run
     import torch
 
     if arm == "deterministic":
-        torch.use_deterministic_algorithms(True)
+        torch.use_deterministic_algorithms(True, warn_only=True)  # ops without a deterministic kernel warn
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from paper_ablation import TASKS, TINY_SIZES
 

@@ -89,8 +89,14 @@ def main() -> None:
     ap.add_argument("--stop-after-s", type=float, default=None,
                     help="stop training after this many seconds with a checkpoint (exit status 3), to be finished "
                          "by the same command with --resume: a run longer than one call allows, in two calls")
+    ap.add_argument("--deterministic", action="store_true",
+                    help="torch's deterministic algorithms (and CUBLAS_WORKSPACE_CONFIG=:4096:8): on a GPU, the same "
+                         "seed then trains the same run; benchmarks/gpu_repeatability.py measures whether and at what cost")
     ap.add_argument("--tiny", action="store_true", help="tiny tasks, model and probe sets: every stage on a CPU in seconds")
     args = ap.parse_args()
+    if args.deterministic:  # before CUDA starts: cuBLAS reads the variable when it is initialised
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)  # ops without one warn: repeatability is measured
     run(args)
 
 
@@ -150,6 +156,7 @@ def run(args) -> None:
         (args.device if args.device != "auto" else "cpu")
     summary = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
                "torch": torch.__version__, "seeds": seeds, "tiny": args.tiny, "training_rule": TRAINING_RULE,
+               "deterministic": args.deterministic,
                "tasks": {}}
     lines: list[str] = []
 
