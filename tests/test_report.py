@@ -234,6 +234,20 @@ def test_the_headline_names_the_plateau_its_quiet_feature_was_quiet_on(tmp_path)
                                     f"{CARRY_DECODABLE:,} ({ONSET - CARRY_DECODABLE:,} steps before the drop)")
 
 
+def test_compare_names_the_main_drop_of_a_run_with_an_early_small_one(tmp_path):
+    """A two-stage fall onto the plateau (a small early transition, 1.0 -> 0.7) before the main one: the
+    comparison's "Drop begins" is the main transition's onset (the largest factor), not the first one's."""
+    run = make_run(tmp_path / "run")
+    with RunFolder(run).store() as st:
+        st.put("transition", "eval/loss", [{"plateau_start": 20, "onset": 100, "end": 200, "level_before": 1.0,
+                                           "level_after": 0.7},
+                                          {"plateau_start": PLATEAU_START, "onset": ONSET, "end": END,
+                                           "level_before": LEVEL_BEFORE, "level_after": LEVEL_AFTER}])
+    assert LEVEL_BEFORE / LEVEL_AFTER > 1.0 / 0.7
+    (begins,) = [s for s in compare([run, run]) if s.startswith("Drop begins")]
+    assert f"at step {ONSET:,}" in begins and "at step 100;" not in begins and not begins.endswith("at step 100.")
+
+
 def test_summary_of_a_run_without_monitor_names_what_is_missing(runs):
     text = " ".join(summarize(runs["bare"]))
     assert "Transition detection has not run" in text and "No probes were recorded" in text

@@ -27,6 +27,7 @@ from plotly.offline import get_plotlyjs
 
 from .. import __version__
 from ..models.hooks import depth, hook_label
+from ..monitor.features import main_transition
 from ..runs import write_atomic
 from . import rundata as D
 from . import summary as S
@@ -316,7 +317,7 @@ def heatmap_figure(rd: D.RunData, feature: str) -> dict | None:
     # open on the last probed step before the drop (what the model knows while the loss is flat), else the last
     active = len(steps) - 1
     if transitions:
-        before = [i for i, s in enumerate(steps) if s <= transitions[0]["onset"]]
+        before = [i for i, s in enumerate(steps) if s <= main_transition(transitions)["onset"]]
         if before:
             active = before[-1]
     what = "accuracy" if metric == "acc" else "R²"

@@ -319,7 +319,7 @@ def headline(run: Path | str | RunData) -> str | None:
         ((f, fc) for f, fc in rd.feature_classes.items() if fc.get("class") == "quiet" and finite(fc.get("decodable_step"))),
         key=lambda kv: (-ablated.get(kv[0], -math.inf), kv[1]["decodable_step"]),
     )
-    # the plateau named is the one the feature was quiet on; without one, the largest drop's
+    # the plateau named is the one the feature was quiet on; without one, the main transition's
     t = (transition_for(transitions, quiet[0][1]["decodable_step"]) if quiet
          else main_transition(transitions))
     parts = [
@@ -354,7 +354,8 @@ def compare(runs) -> list[str]:
     onsets = []
     for rd in rds:
         _, ts = main_transitions(rd)
-        onsets.append(f"`{rd.label}` at step {fmt_step(ts[0]['onset'])}" if ts else f"`{rd.label}` none detected")
+        onsets.append(f"`{rd.label}` at step {fmt_step(main_transition(ts)['onset'])}" if ts
+                      else f"`{rd.label}` none detected")
     if any(rd.transitions for rd in rds):
         out.append("Drop begins: " + "; ".join(onsets) + ".")
     finals = [rd.curve("eval/exact_match")[1] for rd in rds]
