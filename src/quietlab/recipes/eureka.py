@@ -15,7 +15,7 @@ Per variant (``summarize``):
 - success: final decision accuracy ≥ ``SUCCESS`` = 75%, midway between the indicator-ignoring 50% and
   the indicator-using 100% (the study's code has no threshold; the spec's proposal, val accuracy ≥ 75%,
   depends on the target accuracy);
-- Eureka step: the onset of the largest transition the detector (monitor/transitions.py) finds in the
+- Eureka step: the onset of the main transition (``features.main_transition``) the detector (monitor/transitions.py) finds in the
   validation loss of a successful run; also the first evaluation with decision accuracy ≥ 75%;
 - steps to 95% of the softmax baseline's final accuracy (the median over its seeds), per run;
 - final accuracy.
@@ -474,19 +474,20 @@ def _worker_run(cfg: EurekaConfig, variant: str, seed: int, run_dir: Path) -> di
 # ------------------------------------------------------------------------------------------------
 # analysis
 def eureka_moment(store) -> dict:
-    """The run's Eureka-moment: the detector's largest transition in the validation loss, and the first
-    evaluation with decision accuracy ≥ SUCCESS."""
+    """The run's Eureka-moment: the detector's main transition in the validation loss
+    (``features.main_transition``), and the first evaluation with decision accuracy ≥ SUCCESS."""
+    from ..monitor.features import main_transition
     from ..monitor.transitions import detect_transitions
 
     steps, loss = store.series("eval/loss")
     dsteps, decision = store.series("eval/decision_acc")
     transitions = detect_transitions(steps, loss) if len(steps) >= 8 else []
-    biggest = max(transitions, key=lambda t: t.drop, default=None)
+    main = main_transition(transitions)
     first = first_step_at(dsteps, decision, SUCCESS)
-    return {"onset": None if biggest is None else float(biggest.onset),
-            "end": None if biggest is None else float(biggest.end),
-            "loss_before": None if biggest is None else float(biggest.level_before),
-            "loss_after": None if biggest is None else float(biggest.level_after),
+    return {"onset": None if main is None else float(main.onset),
+            "end": None if main is None else float(main.end),
+            "loss_before": None if main is None else float(main.level_before),
+            "loss_after": None if main is None else float(main.level_after),
             "first_decision_step": first, "n_transitions": len(transitions)}
 
 

@@ -61,8 +61,9 @@ def render_eureka_report(summary: dict) -> str:
             "<h2>Variants</h2>",
             f'<p class="note">Success: {_esc(summary["success_criterion"])} (decision accuracy: among validation '
             "examples whose two targets differ, answered with one of them, the fraction answered with the one the "
-            "indicators select; 50% when the indicators are ignored). Eureka step: onset of the largest transition "
-            "the detector finds in the validation loss of a successful run. Steps to 95%: first evaluation at 95% of "
+            "indicators select; 50% when the indicators are ignored). Eureka step: onset of the main transition "
+            "(the one that lowers the loss by the largest factor) the detector finds in the validation loss of a "
+            "successful run. Steps to 95%: first evaluation at 95% of "
             f"the softmax baseline's median final accuracy ({_fmt(summary.get('baseline_final_acc'), True)}).</p>"]
     rows = [[v, f"{d['successes']}/{d['seeds']}", _fmt(d["median_eureka_step"]), _fmt(d["median_first_decision_step"]),
              f"{_fmt(d['median_steps_to_95'])} ({d['reached_95']}/{d['seeds']} reach it)",

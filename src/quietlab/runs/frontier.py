@@ -8,7 +8,8 @@ and id come with it, and ``runs`` counts the finished runs at that budget.
 Two phases: the transition detector (``monitor.transitions.detect_transitions``, on a log10 FLOPs axis,
 its default relative thresholds, nothing set per task) run on the frontier's losses. A frontier is
 two-phase when it finds a transition: a flat stretch of budgets, then an abrupt drop; ``drop_start``
-and ``drop_end`` are that transition's onset and end in FLOPs (the largest drop when there are several).
+and ``drop_end`` are that transition's onset and end in FLOPs (the main one when there are several:
+``features.main_transition``, the largest factor).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def _label(row: dict, by: list[str]) -> str:
 
 def compute_frontiers(rows: list[dict], by: list[str] = ()) -> list[Frontier]:
     """One Frontier per curve, budgets ascending, each analysed for two phases."""
+    from ..monitor.features import main_transition
     from ..monitor.transitions import detect_transitions
 
     by = list(by)
@@ -105,7 +107,7 @@ def compute_frontiers(rows: list[dict], by: list[str] = ()) -> list[Frontier]:
         f.transitions = [{k: getattr(t, k) for k in ("plateau_start", "onset", "end", "level_before", "level_after",
                                                       "drop", "z")} for t in found]
         if found:
-            main = max(found, key=lambda t: t.drop)
+            main = main_transition(found)
             f.two_phase = True
             f.drop_start, f.drop_end, f.plateau_start = main.onset, main.end, main.plateau_start
             f.loss_before, f.loss_after = main.level_before, main.level_after
