@@ -274,12 +274,17 @@ def probe_checkpoints(checkpoints: list[int], transition, n: int) -> list[int]:
     """``n`` of a run's checkpoint steps to probe: up to half of them inside the plateau before the loss
     ``transition`` (``features.run_transition``'s dict, or None; where a quiet feature is told from a loud
     one, and where one checkpoint alone would decide the call), the rest spread over the whole run, the
-    first and last always."""
+    first and last always. Inside means before the step from which a feature first decodable there would
+    count as loud (``features.place``'s start: the onset moved back by half the drop's width), where the
+    plateau has checkpoints before it; else up to the onset."""
+    from quietlab.monitor.features import place
     from quietlab.train.schedule import thin
 
     inside = []
     if transition is not None:
-        inside = [c for c in checkpoints if transition["plateau_start"] <= c <= transition["onset"]]
+        start = place(None, None, transition)["start"]
+        inside = [c for c in checkpoints if transition["plateau_start"] <= c < start] or \
+            [c for c in checkpoints if transition["plateau_start"] <= c <= transition["onset"]]
         inside = thin(inside, max(2, n // 2))[: n // 2]
     spread = [c for c in checkpoints if c not in inside]
     chosen = set(inside) | set(thin(spread, max(2, n - len(inside))))

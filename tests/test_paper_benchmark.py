@@ -78,6 +78,26 @@ def test_probed_checkpoints_put_half_inside_the_plateau_and_spread_the_rest():
     assert len(plain) == 8 and plain[0] == checkpoints[0] and plain[-1] == checkpoints[-1]
 
 
+def test_probed_checkpoints_inside_the_plateau_come_before_a_quiet_feature_must_be_decodable():
+    """With the drop's width known (decades), the checkpoints put inside the plateau are those before the
+    onset moved back by half the width, the latest step at which a feature first decodable still counts
+    as quiet (brute force: onset / 10 ** (width / 2)), wherever the plateau has checkpoints before it."""
+    import math
+
+    from quietlab.train.schedule import schedule_steps
+
+    choose = _benchmark_module().probe_checkpoints
+    checkpoints = schedule_steps(48_000, 4_800, 12)
+    for start, onset, end in [(582, 1_875, 4_404), (643, 1_853, 5_643), (461, 1_560, 3_000)]:
+        t = {"plateau_start": start, "onset": onset, "end": end, "width": math.log10(end / onset)}
+        guarded = onset / 10 ** (0.5 * t["width"])
+        counted = [c for c in checkpoints if start <= c < guarded]
+        assert counted  # these plateaus have checkpoints before the guarded start
+        for n in (6, 8, 16):
+            probed = choose(checkpoints, t, n)
+            assert sum(start <= c < guarded for c in probed) >= min(n // 2, len(counted))
+
+
 def test_the_repeatability_benchmark_finds_cpu_training_repeats_bit_for_bit(tmp_path):
     """benchmarks/gpu_repeatability.py at its tiny size on the CPU, where training is deterministic: the two
     runs of each seed (separate processes, fresh folders) log the same 20 training losses, bit for bit."""
