@@ -6,9 +6,9 @@ device repeats itself and what making it repeat costs. Arms, each run twice from
 folders, each run in its own process:
 
 - ``default``: as paper_ablation.py trains (compiled forward inside the step's CUDA graph on a GPU);
-- ``deterministic``: the same under ``torch.use_deterministic_algorithms(True, warn_only=True)`` with
-  ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (Inductor then avoids atomic scatter-adds, flash attention's backward
-  its atomic accumulation).
+- ``deterministic``: the same under ``paper_ablation.make_deterministic`` (its ``--deterministic``: torch's
+  deterministic algorithms, warn-only, and ``CUBLAS_WORKSPACE_CONFIG=:4096:8``; Inductor then avoids atomic
+  scatter-adds, flash attention's backward its atomic accumulation).
 
 Per arm: whether the two runs' per-step training losses of every seed are equal bit for bit, the largest
 difference and the step it first appears at, and the training time per step. Writes JSON (``--out``).
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -32,23 +31,21 @@ ARMS = ("default", "deterministic")
 
 
 def one_run(arm: str, steps: int, seeds: list[int], device: str, tiny: bool, run_root: Path) -> dict:
-    import torch
-
-    if arm == "deterministic":
-        torch.use_deterministic_algorithms(True, warn_only=True)  # ops without a deterministic kernel warn
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from paper_ablation import TASKS, TINY_SIZES
+    from paper_ablation import make_deterministic, parser, settings
 
     from quietlab.runs.folder import RunFolder
     from quietlab.train.loop import TrainConfig
     from quietlab.train.packed import train_packed
 
-    sizes = TINY_SIZES["bfs"] if tiny else TASKS["bfs"][0]
-    cfgs = [TrainConfig(task="bfs", task_sizes=sizes, preset="paper", d_model=16 if tiny else 128,
-                        n_layers=2 if tiny else 4, n_heads=4, lr=1e-2 if tiny else 1e-3, batch_size=16 if tiny else 64,
-                        steps=steps, eval_every=steps, eval_per_decade=0, eval_examples=100,
-                        checkpoint_every=steps, checkpoint_per_decade=0, device=device,
-                        compile=device.startswith("cuda"), seed=s) for s in seeds]
+    if arm == "deterministic":
+        make_deterministic()
+    # paper_ablation's own settings, with one evaluation and one checkpoint (at the end): training alone is timed
+    args = parser().parse_args(["--out", str(run_root), "--tasks", "bfs", "--bfs-steps", str(steps), "--device", device]
+                               + (["--tiny"] if tiny else []))
+    cfg = {**settings(args)["bfs"]["cfg"], "eval_every": steps, "eval_per_decade": 0, "eval_examples": 100,
+           "checkpoint_every": steps, "checkpoint_per_decade": 0}
+    cfgs = [TrainConfig(**cfg, seed=s) for s in seeds]
     dirs = [run_root / f"bfs-s{s}" for s in seeds]
     t0 = time.perf_counter()
     train_packed(cfgs, dirs, progress=False)
@@ -98,15 +95,12 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for arm in arms:
-        env = dict(os.environ)
-        if arm == "deterministic":
-            env["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
         runs = []
         for rep in range(2):
             with tempfile.TemporaryDirectory(prefix=f"rep-{arm}-{rep}-") as root:
                 cmd = [sys.executable, __file__, "--arm", arm, "--run-root", root, "--steps", str(steps),
                        "--seeds", args.seeds, "--device", args.device] + (["--tiny"] if args.tiny else [])
-                done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode != 0:
                     raise SystemExit(f"{arm} run {rep} failed:\n{done.stderr[-3000:]}")
                 runs.append(json.loads(done.stdout.strip().splitlines()[-1]))

@@ -68,6 +68,21 @@ TINY_SIZES = {"addition": {"n_bits": 4}, "bfs": {"n_nodes": 5}}
 
 
 def main() -> None:
+    args = parser().parse_args()
+    if args.deterministic:
+        make_deterministic()
+    run(args)
+
+
+def make_deterministic() -> None:
+    """torch's deterministic algorithms (ops without one warn: whether a run repeats is measured, by
+    benchmarks/gpu_repeatability.py) and cuBLAS's fixed workspace; before CUDA starts, since cuBLAS reads
+    the variable when it is initialised."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="folder for the JSON, the log and each run's metrics")
     ap.add_argument("--run-dir", default=None, help="where the run folders (checkpoints) go (default OUT/runs-full)")
@@ -93,11 +108,7 @@ def main() -> None:
                     help="torch's deterministic algorithms (and CUBLAS_WORKSPACE_CONFIG=:4096:8): on a GPU, the same "
                          "seed then trains the same run; benchmarks/gpu_repeatability.py measures whether and at what cost")
     ap.add_argument("--tiny", action="store_true", help="tiny tasks, model and probe sets: every stage on a CPU in seconds")
-    args = ap.parse_args()
-    if args.deterministic:  # before CUDA starts: cuBLAS reads the variable when it is initialised
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)  # ops without one warn: repeatability is measured
-    run(args)
+    return ap
 
 
 def settings(args) -> dict:
@@ -275,14 +286,14 @@ def probe_checkpoints(checkpoints: list[int], transition, n: int) -> list[int]:
     ``transition`` (``features.run_transition``'s dict, or None; where a quiet feature is told from a loud
     one, and where one checkpoint alone would decide the call), the rest spread over the whole run, the
     first and last always. Inside means before the step from which a feature first decodable there would
-    count as loud (``features.place``'s start: the onset moved back by half the drop's width), where the
+    count as loud (``features.guarded_start``: the onset moved back by half the drop's width), where the
     plateau has checkpoints before it; else up to the onset."""
-    from quietlab.monitor.features import place
+    from quietlab.monitor.features import guarded_start
     from quietlab.train.schedule import thin
 
     inside = []
     if transition is not None:
-        start = place(None, None, transition)["start"]
+        start = guarded_start(transition)
         inside = [c for c in checkpoints if transition["plateau_start"] <= c < start] or \
             [c for c in checkpoints if transition["plateau_start"] <= c <= transition["onset"]]
         inside = thin(inside, max(2, n // 2))[: n // 2]

@@ -180,15 +180,21 @@ def classify_feature(curves: dict, transition=None, *, feature: str = "", margin
     }
 
 
+def guarded_start(transition, guard: float = 0.5) -> float:
+    """The step before which a feature must be decodable to be quiet: the ``transition``'s onset moved back
+    by ``guard`` of its width on the log-step axis (the onset itself when the width is unknown)."""
+    onset, width = float(_get(transition, "onset")), _get(transition, "width")
+    return onset / 10 ** (guard * float(width)) if width is not None and onset > 0 else onset
+
+
 def place(decodable_step, prev_step, transition, plateau_start: float | None = None, guard: float = 0.5) -> dict:
     """The class of a feature first decodable (persistently) at ``decodable_step``, the probed step before
     it being ``prev_step``, against the main ``transition`` (see the module docstring): {"class", "note",
-    "onset", "end", "start"} (``start``: the onset moved back by the guard; None without a transition)."""
+    "onset", "end", "start"} (``start``: ``guarded_start``; None without a transition)."""
     onset = end = start = None
     if transition is not None:
         onset, end = float(_get(transition, "onset")), float(_get(transition, "end"))
-        width = _get(transition, "width")
-        start = onset / 10 ** (guard * float(width)) if width is not None and onset > 0 else onset
+        start = guarded_start(transition, guard)
     note = ""
     if decodable_step is None:
         cls = "absent"
