@@ -10,12 +10,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_benchmark(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """benchmarks/SCRIPT run with ARGS in a clean environment (this checkout's src, one OpenMP thread)."""
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True,
+                          timeout=timeout, env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src"),
+                                                "PATH": "/usr/bin:/bin"})
+
+
 def test_the_paper_ablation_benchmark_runs_tiny(tmp_path):
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "paper_ablation.py"), "--out", str(tmp_path),
-                           "--tiny", "--device", "cpu", "--tasks", "addition", "--seeds", "0,1"],
-                          capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1",
-                                                                            "PYTHONPATH": str(ROOT / "src"),
-                                                                            "PATH": "/usr/bin:/bin"})
+    done = run_benchmark("paper_ablation.py", "--out", str(tmp_path), "--tiny", "--device", "cpu", "--tasks", "addition",
+                         "--seeds", "0,1")
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((tmp_path / "paper_ablation.json").read_text())
     task = summary["tasks"]["addition"]
@@ -39,19 +43,17 @@ def test_the_paper_ablation_benchmark_runs_tiny(tmp_path):
 
 
 def test_resume_without_a_run_folder_refuses_instead_of_training_from_scratch(tmp_path):
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "paper_ablation.py"), "--out", str(tmp_path),
-                           "--tiny", "--device", "cpu", "--tasks", "bfs", "--resume", "--run-dir", str(tmp_path / "gone")],
-                          capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(ROOT / "src"),
-                                                                            "PATH": "/usr/bin:/bin"})
+    done = run_benchmark("paper_ablation.py", "--out", str(tmp_path), "--tiny", "--device", "cpu", "--tasks", "bfs",
+                         "--resume", "--run-dir", str(tmp_path / "gone"), timeout=120)
     assert done.returncode != 0
     assert "--resume: no run folder" in done.stderr and str(tmp_path / "gone") in done.stderr
     assert not (tmp_path / "gone").exists()
 
 
-def _benchmark_module():
+def _benchmark_module(name: str = "paper_ablation"):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("paper_ablation", ROOT / "benchmarks" / "paper_ablation.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -102,11 +104,8 @@ def test_the_repeatability_benchmark_finds_cpu_training_repeats_bit_for_bit(tmp_
     """benchmarks/gpu_repeatability.py at its tiny size on the CPU, where training is deterministic: the two
     runs of each seed (separate processes, fresh folders) log the same 20 training losses, bit for bit."""
     out = tmp_path / "rep.json"
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_repeatability.py"), "--out", str(out),
-                           "--tiny", "--device", "cpu", "--arms", "default", "--seeds", "0,1"],
-                          capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1",
-                                                                            "PYTHONPATH": str(ROOT / "src"),
-                                                                            "PATH": "/usr/bin:/bin"})
+    done = run_benchmark("gpu_repeatability.py", "--out", str(out), "--tiny", "--device", "cpu", "--arms", "default",
+                         "--seeds", "0,1")
     assert done.returncode == 0, done.stderr[-2000:]
     arm = json.loads(out.read_text())["arms"]["default"]
     assert arm["repeats_bit_for_bit"] and set(arm["seeds"]) == {"0", "1"}
@@ -116,11 +115,7 @@ def test_the_repeatability_benchmark_finds_cpu_training_repeats_bit_for_bit(tmp_
 
 
 def test_the_repeatability_comparison_finds_the_first_differing_step():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gpu_repeatability", ROOT / "benchmarks" / "gpu_repeatability.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _benchmark_module("gpu_repeatability")
     a = {"losses": {0: [3.0, 2.0, 1.0], 1: [3.0, 2.5, 1.5]}}
     b = {"losses": {0: [3.0, 2.0, 1.0], 1: [3.0, 2.5, 1.25]}}
     got = module.compare(a, b)

@@ -221,15 +221,22 @@ def test_a_fitted_floor_below_zero_is_replaced_by_the_measured_loss(tmp_path):
     assert f"dropped to {measured:.3g} by step {END:,}" in text and "-2e-05" not in text
 
 
-def test_the_headline_names_the_plateau_its_quiet_feature_was_quiet_on(tmp_path):
-    """With an early small transition (a two-stage fall onto the plateau) before the main one, the
-    headline's "loss flat" is the main plateau, the one its feature's lead is counted to."""
-    run = make_run(tmp_path / "run")
+def two_stage_run(path):
+    """A run whose loss falls onto its plateau in two stages: an early small transition (1.0 -> 0.7, onset
+    step 100) before the main one."""
+    run = make_run(path)
     with RunFolder(run).store() as st:
         st.put("transition", "eval/loss", [{"plateau_start": 20, "onset": 100, "end": 200, "level_before": 1.0,
                                            "level_after": 0.7},
                                           {"plateau_start": PLATEAU_START, "onset": ONSET, "end": END,
                                            "level_before": LEVEL_BEFORE, "level_after": LEVEL_AFTER}])
+    return run
+
+
+def test_the_headline_names_the_plateau_its_quiet_feature_was_quiet_on(tmp_path):
+    """With an early small transition (a two-stage fall onto the plateau) before the main one, the
+    headline's "loss flat" is the main plateau, the one its feature's lead is counted to."""
+    run = two_stage_run(tmp_path / "run")
     assert headline(run).startswith(f"Loss flat from step {PLATEAU_START:,} to {ONSET:,}; `carry` decodable from step "
                                     f"{CARRY_DECODABLE:,} ({ONSET - CARRY_DECODABLE:,} steps before the drop)")
 
@@ -237,12 +244,7 @@ def test_the_headline_names_the_plateau_its_quiet_feature_was_quiet_on(tmp_path)
 def test_compare_names_the_main_drop_of_a_run_with_an_early_small_one(tmp_path):
     """A two-stage fall onto the plateau (a small early transition, 1.0 -> 0.7) before the main one: the
     comparison's "Drop begins" is the main transition's onset (the largest factor), not the first one's."""
-    run = make_run(tmp_path / "run")
-    with RunFolder(run).store() as st:
-        st.put("transition", "eval/loss", [{"plateau_start": 20, "onset": 100, "end": 200, "level_before": 1.0,
-                                           "level_after": 0.7},
-                                          {"plateau_start": PLATEAU_START, "onset": ONSET, "end": END,
-                                           "level_before": LEVEL_BEFORE, "level_after": LEVEL_AFTER}])
+    run = two_stage_run(tmp_path / "run")
     assert LEVEL_BEFORE / LEVEL_AFTER > 1.0 / 0.7
     (begins,) = [s for s in compare([run, run]) if s.startswith("Drop begins")]
     assert f"at step {ONSET:,}" in begins and "at step 100;" not in begins and not begins.endswith("at step 100.")
