@@ -23,6 +23,10 @@ learning-rate schedule. Then, for each run:
   are written 12 per decade so that a plateau holds several). Which checkpoints are probed follows from the
   run's losses alone, never from how fast the machine is; each run's JSON names them.
 
+Repeatability: torch's deterministic algorithms are on (``--no-deterministic`` turns them off); on an H200 two
+runs of the BFS pack from scratch then give the same per-step losses bit for bit, at no cost in speed, where
+without them they part within the first 13 steps (benchmarks/gpu_repeatability.py, 2026-12-04).
+
 Training rule ("until exact match stops improving"): a fixed step cap with the paper's schedule (warm-up,
 cosine to 0.1·lr over the cap), exact match evaluated every cap/40 steps; a run counts as converged when
 the best exact match of the last quarter of its evaluations is no more than 0.5 points above the best
@@ -104,9 +108,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--stop-after-s", type=float, default=None,
                     help="stop training after this many seconds with a checkpoint (exit status 3), to be finished "
                          "by the same command with --resume: a run longer than one call allows, in two calls")
-    ap.add_argument("--deterministic", action="store_true",
-                    help="torch's deterministic algorithms (and CUBLAS_WORKSPACE_CONFIG=:4096:8): on a GPU, the same "
-                         "seed then trains the same run; benchmarks/gpu_repeatability.py measures whether and at what cost")
+    ap.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
+                    help="torch's deterministic algorithms (and CUBLAS_WORKSPACE_CONFIG=:4096:8), on by default: on an "
+                         "H200 the same seed then trains the same run bit for bit, at no cost in speed "
+                         "(benchmarks/gpu_repeatability.py; without them the pack's losses part at step 3 to 13)")
     ap.add_argument("--tiny", action="store_true", help="tiny tasks, model and probe sets: every stage on a CPU in seconds")
     return ap
 
