@@ -59,6 +59,7 @@ import numpy as np
 from ..models.hooks import depth
 
 CLASSES = ("quiet", "loud", "absent", "unresolved")
+GUARD = 0.5  # share of the drop's width (log-step axis) by which the quiet/loud line precedes its onset
 
 
 def probe_curves(rows: Iterable[tuple], feature: str) -> dict | None:
@@ -132,7 +133,7 @@ def _improvement(t) -> tuple[int, float]:
 
 
 def classify_feature(curves: dict, transition=None, *, feature: str = "", margin: float = 0.02,
-                     guard: float = 0.5, plateau_start: float | None = None, curve_name: str = "eval/loss") -> dict:
+                     guard: float = GUARD, plateau_start: float | None = None, curve_name: str = "eval/loss") -> dict:
     """The classification dict of one feature from its ``probe_curves`` and the main transition (an
     object or dict with ``onset``, ``end`` and ``width``; None without one). ``plateau_start`` matters
     only without a transition: where the plateau the loss ends on began (None: it ends falling)."""
@@ -180,14 +181,14 @@ def classify_feature(curves: dict, transition=None, *, feature: str = "", margin
     }
 
 
-def guarded_start(transition, guard: float = 0.5) -> float:
+def guarded_start(transition, guard: float = GUARD) -> float:
     """The step before which a feature must be decodable to be quiet: the ``transition``'s onset moved back
     by ``guard`` of its width on the log-step axis (the onset itself when the width is unknown)."""
     onset, width = float(_get(transition, "onset")), _get(transition, "width")
     return onset / 10 ** (guard * float(width)) if width is not None and onset > 0 else onset
 
 
-def place(decodable_step, prev_step, transition, plateau_start: float | None = None, guard: float = 0.5) -> dict:
+def place(decodable_step, prev_step, transition, plateau_start: float | None = None, guard: float = GUARD) -> dict:
     """The class of a feature first decodable (persistently) at ``decodable_step``, the probed step before
     it being ``prev_step``, against the main ``transition`` (see the module docstring): {"class", "note",
     "onset", "end", "start"} (``start``: ``guarded_start``; None without a transition)."""
@@ -221,7 +222,7 @@ def place(decodable_step, prev_step, transition, plateau_start: float | None = N
 
 
 def classify_features(probe_rows, loss_steps, loss_values, *, features: Iterable[str] | None = None,
-                      margin: float = 0.02, guard: float = 0.5, curve_name: str = "eval/loss",
+                      margin: float = 0.02, guard: float = GUARD, curve_name: str = "eval/loss",
                       transitions=None) -> tuple[list, dict]:
     """(transitions found in the loss curve, {feature: classification dict})."""
     from .transitions import detect_transitions

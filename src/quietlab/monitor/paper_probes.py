@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from ..models.hooks import EMBED, depth
+from .features import GUARD, place
 from .probes import TRAIN_METRIC, ProbeResult, capture_layers, fit_features, residual_taps
 
 PROBE_TRAIN, PROBE_TEST = 10_000, 1_000
@@ -155,12 +156,10 @@ def score_rows(rows, feature: str) -> dict[int, dict]:
 
 
 def classify_paper(scores: dict[int, dict], baseline: dict, transition=None, plateau_start: float | None = None,
-                   feature: str = "", guard: float = 0.5) -> dict:
+                   feature: str = "", guard: float = GUARD) -> dict:
     """Quiet, loud, absent or unresolved by the study's metric: decodable from the first probed step (after
     the first) whose score's ``loss`` is below the baseline's and stays so at the next probed step; placed
     against the loss transition as ``features.place`` does. ``scores``: {step: paper_score dict}."""
-    from .features import place
-
     steps = sorted(scores)
     below = [scores[s]["loss"] < baseline["loss"] for s in steps]
     decodable = prev = None
