@@ -24,8 +24,10 @@ learning-rate schedule. Then, for each run:
   run's losses alone, never from how fast the machine is; each run's JSON names them.
 
 Repeatability: torch's deterministic algorithms are on (``--no-deterministic`` turns them off); on an H200 two
-runs of the BFS pack from scratch then give the same per-step losses bit for bit, at no cost in speed, where
-without them they part within the first 13 steps (benchmarks/gpu_repeatability.py, 2026-12-04).
+runs of the BFS pack from scratch then give the same per-step losses bit for bit, where without them they part
+within the first 13 steps (benchmarks/gpu_repeatability.py, 2026-12-04); a step costs 1.07x the
+non-deterministic one (benchmarks/pack_step_profile.py; 1.22x before the model took its embedding's gradient
+as a matrix product under them).
 
 Training rule ("until exact match stops improving"): a fixed step cap with the paper's schedule (warm-up,
 cosine to 0.1·lr over the cap), exact match evaluated every cap/40 steps; a run counts as converged when
@@ -110,8 +112,9 @@ def parser() -> argparse.ArgumentParser:
                          "by the same command with --resume: a run longer than one call allows, in two calls")
     ap.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
                     help="torch's deterministic algorithms (and CUBLAS_WORKSPACE_CONFIG=:4096:8), on by default: on an "
-                         "H200 the same seed then trains the same run bit for bit, at no cost in speed "
-                         "(benchmarks/gpu_repeatability.py; without them the pack's losses part at step 3 to 13)")
+                         "H200 the same seed then trains the same run bit for bit, for 1.07x a step "
+                         "(benchmarks/gpu_repeatability.py, pack_step_profile.py; without them the pack's losses "
+                         "part at step 3 to 13)")
     ap.add_argument("--tiny", action="store_true", help="tiny tasks, model and probe sets: every stage on a CPU in seconds")
     return ap
 

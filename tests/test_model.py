@@ -261,3 +261,41 @@ def test_gradients_are_finite_for_every_variant(variant, kw, progress):
     model(tokens).logsumexp(-1).mean().backward()
     bad = [name for name, p in model.named_parameters() if not torch.isfinite(p.grad).all()]
     assert not bad, f"non-finite gradients in {bad}"
+
+
+def test_the_embedding_with_a_dense_gradient_gives_the_same_values_and_gradient():
+    """``dense_embedding_grad`` (what the model uses under deterministic algorithms on a GPU): the rows of
+    ``weight[tokens]`` bit for bit, and the gradient of a float64 reference, also under vmap (packed models)
+    and with autocast on."""
+    from torch.func import grad, vmap
+
+    from quietlab.models.transformer import dense_embedding_grad
+
+    def embed_tokens(w, t, dense_grad):
+        x = torch.nn.functional.embedding(t, w)
+        return dense_embedding_grad(x, w, t) if dense_grad else x
+
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(13, 8, generator=g)
+    tokens = torch.randint(0, 13, (4, 50), generator=g)  # every token repeated many times
+    upstream = torch.randn(4, 50, 8, generator=g)
+    w64 = weight.double().requires_grad_()
+    (torch.nn.functional.embedding(tokens, w64) * upstream.double()).sum().backward()
+    for dense in (False, True):
+        w = weight.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            x = embed_tokens(w, tokens, dense_grad=dense)
+        assert x.dtype == torch.float32 and torch.equal(x, weight[tokens])
+        (x * upstream).sum().backward()
+        torch.testing.assert_close(w.grad.double(), w64.grad, rtol=1e-5, atol=1e-5)
+
+    stacked = torch.stack([weight, 2 * weight])  # two packed models
+
+    def loss(w, t, u):
+        return (embed_tokens(w, t, dense_grad=True) * u).sum()
+
+    grads = vmap(grad(loss))(stacked, torch.stack([tokens, tokens.flip(0)]), torch.stack([upstream, -upstream]))
+    torch.testing.assert_close(grads[0].double(), w64.grad, rtol=1e-5, atol=1e-5)
+    w64.grad = None
+    (torch.nn.functional.embedding(tokens.flip(0), w64) * -upstream.double()).sum().backward()
+    torch.testing.assert_close(grads[1].double(), w64.grad, rtol=1e-5, atol=1e-5)

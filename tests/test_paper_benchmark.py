@@ -121,3 +121,17 @@ def test_the_repeatability_comparison_finds_the_first_differing_step():
     got = module.compare(a, b)
     assert got[0] == {"equal": True, "max_abs_diff": 0.0, "first_differing_step": None, "final": [1.0, 1.0]}
     assert got[1]["equal"] is False and got[1]["max_abs_diff"] == 0.25 and got[1]["first_differing_step"] == 3
+
+
+def test_the_pack_step_profile_runs_tiny(tmp_path):
+    """benchmarks/pack_step_profile.py at the tiny sizes on the CPU: the pack trains, the profiler's table of
+    the profiled steps is written, with the steady rate and whether deterministic algorithms were on."""
+    out = tmp_path / "profile.txt"
+    done = run_benchmark("pack_step_profile.py", "--out", str(out), "--tiny", "--steps", "30", "--profile-from", "10",
+                         "--profile-steps", "5", "--no-deterministic")
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = out.read_text()
+    assert "deterministic algorithms off" in text.splitlines()[0]
+    rate = float(text.splitlines()[1].split("second half) ")[1].split(" tokens/s")[0])
+    assert rate > 0 and "profiled steps 10..14" in text
+    assert "Self CPU" in text and "aten::" in text  # the table of the profiled steps' operations

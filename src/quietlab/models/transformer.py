@@ -103,6 +103,24 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x)), pattern
 
 
+DENSE_GRAD_VOCAB = 1024  # vocabularies up to this size may take the embedding's gradient as a matrix product
+
+
+def dense_embedding_grad(x: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``x`` = ``weight[tokens]`` (the embedding's output), its values unchanged, with the weight's gradient
+    computed as one_hot(tokens)ᵀ · grad, a matrix product in the weight's dtype, instead of by accumulating
+    each token's rows (vocabularies of at most ``DENSE_GRAD_VOCAB``; larger ones keep ``x``): under torch's
+    deterministic algorithms a CUDA index-accumulate serialises repeated indices, and a task's few tokens
+    repeat thousands of times a batch (1.7 ms of the paper preset's 14.5 ms packed BFS step;
+    benchmarks/pack_step_profile.py)."""
+    if weight.shape[0] > DENSE_GRAD_VOCAB:
+        return x
+    with torch.autocast(weight.device.type, enabled=False):
+        one_hot = tokens[..., None] == torch.arange(weight.shape[0], device=tokens.device)  # F.one_hot fails under vmap
+        through = one_hot.to(weight.dtype) @ weight
+    return x.detach() + (through - through.detach())  # x's values, exactly; the gradient through the product
+
+
 class Transformer(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
@@ -162,6 +180,8 @@ class Transformer(nn.Module):
         cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
 
         x = self.embed(tokens)
+        if self.embed.weight.is_cuda and torch.are_deterministic_algorithms_enabled():
+            x = dense_embedding_grad(x, self.embed.weight, tokens)
         if capture or edit:
             x = self._tap(EMBED, x, positions, capture, edit, acts)
         for l, block in enumerate(self.blocks):
