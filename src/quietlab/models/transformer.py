@@ -180,7 +180,7 @@ class Transformer(nn.Module):
         cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
 
         x = self.embed(tokens)
-        if self.embed.weight.is_cuda and torch.are_deterministic_algorithms_enabled():
+        if self.embed.weight.is_cuda and torch.is_grad_enabled() and torch.are_deterministic_algorithms_enabled():
             x = dense_embedding_grad(x, self.embed.weight, tokens)
         if capture or edit:
             x = self._tap(EMBED, x, positions, capture, edit, acts)
