@@ -5,8 +5,9 @@ Two runs of the 48,000-step pack (seeds 0-2, the same settings) on an H200 ended
 device repeats itself and what making it repeat costs. Arms, each run twice from scratch in fresh run
 folders, each run in its own process:
 
-- ``default``: as paper_ablation.py trains (compiled forward inside the step's CUDA graph on a GPU);
-- ``deterministic``: the same under ``paper_ablation.make_deterministic`` (its ``--deterministic``: torch's
+- ``default``: as paper_ablation.py trains with ``--no-deterministic`` (compiled forward inside the step's CUDA graph
+  on a GPU);
+- ``deterministic``: the same under ``paper_ablation.make_deterministic`` (its default since 2026-12-04: torch's
   deterministic algorithms, warn-only, and ``CUBLAS_WORKSPACE_CONFIG=:4096:8``; Inductor then avoids atomic
   scatter-adds, flash attention's backward its atomic accumulation).
 

@@ -11,6 +11,7 @@ pack's steady step time.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -30,6 +31,9 @@ def main() -> None:
     ap.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
                     help="torch's deterministic algorithms, as paper_ablation.py trains (default on)")
     args = ap.parse_args()
+    if not 1 <= args.profile_from <= args.steps - args.profile_steps + 1 or args.profile_steps < 1:
+        ap.error(f"--profile-from {args.profile_from} and --profile-steps {args.profile_steps} must fit inside "
+                 f"--steps {args.steps}")
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from paper_ablation import make_deterministic, parser, settings
@@ -75,11 +79,12 @@ def main() -> None:
         with RunFolder(dirs[0]).store(readonly=True) as store:
             rates = store.series("train/tokens_per_s")[1]
     prof = state["prof"]
+    steady = statistics.median(rates[len(rates) // 2:]) if rates else float("nan")
     sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     lines = [f"device {torch.cuda.get_device_name() if cuda else 'cpu'}, torch {torch.__version__}, "
              f"deterministic algorithms {'on' if args.deterministic else 'off'}",
              f"{args.steps} steps in {wall:.1f} s; steady (median of the logged rates, second half) "
-             f"{sorted(rates[len(rates) // 2:])[len(rates[len(rates) // 2:]) // 2] if rates else float('nan'):.0f} "
+             f"{steady:.0f} "
              f"tokens/s a model; profiled steps {args.profile_from}..{args.profile_from + args.profile_steps - 1}: "
              f"{1e3 * state['t'] / args.profile_steps:.2f} ms a step under the profiler", "",
              prof.key_averages().table(sort_by=sort, row_limit=args.rows)]
