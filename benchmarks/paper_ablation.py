@@ -51,6 +51,9 @@ repository's copy there is replaced at each call (a folder that .git/info/exclud
 
 Writes OUT/paper_ablation.json (everything measured), OUT/paper_ablation.log (readable), and per run
 OUT/TASK-sSEED.{config.json, metrics.sqlite.gz}; checkpoints stay in --run-dir.
+A lent machine sends back files of at most 16 MiB: the three 72,000-step BFS runs' metrics.sqlite.gz
+together are more (the tenth session lost its JSON in one archive of all of OUT); bring the JSON and log back
+as they are and the metrics on their own, split if need be (split -b 15M).
 """
 
 from __future__ import annotations
