@@ -304,3 +304,42 @@ def test_one_batch_per_solver_family_gives_the_probes_of_one_batch_per_problem(m
             X = acts[layer][te[feats[name].mask[te, t]], t].numpy()
             np.testing.assert_allclose(probabilities(together[name], layer, t, X), probabilities(apart[name], layer, t, X),
                                        atol=2e-3)
+
+
+def test_chunks_fitted_side_by_side_give_the_probes_of_one_after_another(monkeypatch):
+    """On a CPU with two threads the chunks of pairs are fitted side by side, one thread each: the probes and
+    metrics equal, bit for bit, those of the same chunks fitted one after another on one thread, on every
+    call; the thread count is restored afterwards."""
+    import threading
+
+    import quietlab.monitor.probes as probes
+
+    rng = np.random.default_rng(11)
+    acts = correlated_acts(rng, t=4)
+    X0 = acts[H[1]].numpy()
+    z = np.einsum("ntd,dk->ntk", (X0 - X0.mean((0, 1))) / X0.std((0, 1)), rng.standard_normal((D, 5)))
+    z = z + 1.5 * rng.standard_normal(z.shape)
+    mask = np.ones((N, 4), bool)
+    feats = {"a": Feature((z[..., :2] > 0).astype(np.uint8), mask, "multilabel"),
+             "c": Feature(z[..., 2:5].argmax(-1)[..., None].astype(np.int16), mask, "categorical", 3)}
+    tr, te = split_probe_set(N, 0.3, seed=0)
+    kw = dict(l2=L2, max_chunk_bytes=60_000)  # one pair a chunk: eight chunks a solver family
+    fitted_on = []
+    fit_chunk = probes._fit_chunk
+    monkeypatch.setattr(probes, "_fit_chunk",
+                        lambda *a, **k: fitted_on.append(threading.get_ident()) or fit_chunk(*a, **k))
+    torch.set_num_threads(1)
+    alone = fit_features(acts, feats, tr, te, **kw)
+    assert len(fitted_on) == 16 and len(set(fitted_on)) == 1
+    torch.set_num_threads(2)
+    for _ in range(2):
+        fitted_on.clear()
+        side_by_side = fit_features(acts, feats, tr, te, **kw)
+        assert len(fitted_on) == 16 and len(set(fitted_on)) == 2 and threading.get_ident() not in fitted_on
+        assert torch.get_num_threads() == 2
+        for name in feats:
+            assert side_by_side[name].pairs == alone[name].pairs
+            assert torch.equal(side_by_side[name].weight, alone[name].weight)
+            assert torch.equal(side_by_side[name].bias, alone[name].bias)
+            for m, v in alone[name].metrics.items():
+                np.testing.assert_array_equal(side_by_side[name].metrics[m], v)

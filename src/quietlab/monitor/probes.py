@@ -41,7 +41,9 @@ on raw activations, constant multi-label columns dropped) are the options ``C``,
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import threading
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
@@ -221,7 +223,8 @@ def fit_features(
     ``max_iter`` caps the passes. The default, 0.01, leaves test accuracies 0.0009 from the exact
     optimum's on average (at most 0.0075, over the 165 probes of benchmarks/probe_speed.py), closer than
     scikit-learn's default fit gets (0.0036, at most 0.0175). ``max_chunk_bytes`` bounds the memory of
-    one batch of pairs (default 256 MiB on CPU; on a GPU 40% of its free memory, at most 8 GiB).
+    one batch of pairs (default 64 MiB on CPU, where several chunks are fitted side by side, one thread
+    each; on a GPU 40% of its free memory, at most 8 GiB).
     ``standardize=False`` fits on centred but unscaled activations, so that the L2 penalty acts on the
     weights in residual space (as scikit-learn's probes on raw activations do); the ablations use it.
     ``init``: earlier ProbeResults of the same features (the monitor's previous checkpoint), whose
@@ -250,7 +253,7 @@ def fit_features(
             raise ValueError(f"feature {name!r} of shape {f.values.shape[:2]} does not match activations {(N, T)}")
     device = torch.device(device) if device is not None else first.device
     if max_chunk_bytes is None:
-        max_chunk_bytes = 256 << 20
+        max_chunk_bytes = 64 << 20
         if device.type == "cuda":  # big batches: a GPU is bound by kernel launches, not by memory
             free, _ = torch.cuda.mem_get_info(device)
             max_chunk_bytes = int(min(8 << 30, 0.4 * free))
@@ -417,11 +420,14 @@ def _fit_group(acts, names, feats, family, C, sites, train_idx, test_idx, layer_
     item_bytes = (d + 1) * 4 + outputs * 4 * 4 + 64  # per example: activations, logits and what the solver derives
     pair_bytes = d * d * 16 + (0 if family == "ridge" else 3 * HISTORY * outputs * (d + 1) * 4)  # Gram, inverse; memory
     most_te = max((len(site[3]) for site in fit_sites), default=0)
-    parts, n_iter, s = [], 0, 0
+    chunks, s = [], 0  # (first index in order, pairs): decided by sizes alone, however they are then fitted
     while s < len(order):
         bytes_per_pair = (len(fit_sites[pairs[order[s]][1]][2]) + most_te) * item_bytes + pair_bytes
         chunk = max(1, int(max_chunk_bytes // bytes_per_pair))
-        sub = [pairs[j] for j in order[s : s + chunk]]
+        chunks.append((s, [pairs[j] for j in order[s : s + chunk]]))
+        s += chunk
+
+    def fit(s, sub, buffers):
         at = [fit_sites[i] for _, i in sub]
         located = [(l, site[1]) for (l, _), site in zip(sub, at)]
         idx_tr, mtr = _padded_rows([site[2] for site in at])
@@ -441,9 +447,10 @@ def _fit_group(acts, names, feats, family, C, sites, train_idx, test_idx, layer_
             on_train = part.pop("train_loss")(_gather(acts, located, train_idx[idx_tr], device, buffers[0]))
             for m, t in zip(part["metrics"], on_train):
                 m[TRAIN_METRIC["classification"]] = t["logloss"]
-        n_iter = max(n_iter, part["n_iter"])
-        parts.append(part)
-        s += len(sub)
+        return part
+
+    parts = _fit_chunks(fit, chunks, device, buffers)
+    n_iter = max((part["n_iter"] for part in parts), default=0)
     if not parts:
         return {n: _unfitted(n, f, d, skipped[n], options.train_metrics) for n, f in zip(names, feats)}
     fitted_at = {j: i for i, j in enumerate(order)}  # pair j's row in the chunks' results
@@ -467,6 +474,30 @@ def _fit_group(acts, names, feats, family, C, sites, train_idx, test_idx, layer_
                                  weight=W, bias=B, metrics=metrics, per_output=per_output, n_train=n_train,
                                  skipped=skipped[n], n_iter=n_iter)
     return results
+
+
+def _fit_chunks(fit, chunks, device, buffers) -> list:
+    """``fit(s, pairs, buffers)`` of every chunk, in order. On a CPU with several threads and several chunks,
+    the chunks are fitted side by side, one thread each (with its own activation buffers): a chunk's solver
+    is a few hundred small operations a pass, which split over threads each wait at every operation's end
+    (on 2 cores 1.2x the CPU time of one thread); whole chunks in parallel wait only for the last chunk.
+    Each chunk is the same computation either way."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads < 2 or len(chunks) < 2:
+        return [fit(s, sub, buffers) for s, sub in chunks]
+    local = threading.local()
+
+    def one(chunk):
+        torch.set_num_threads(1)
+        if not hasattr(local, "buffers"):
+            local.buffers = ([], [])
+        return fit(*chunk, local.buffers)
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(min(threads, len(chunks))) as pool:
+            return list(pool.map(one, chunks))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _padded_rows(rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
