@@ -1,9 +1,13 @@
+"""A/B behind probe_chunks_side_by_side_ab.txt: fit_features on a trained run's probes (2 torch threads),
+chunks one after another (each operation split over the threads) against side by side (one thread each),
+at 256 and 64 MiB chunks, three alternated rounds.  Run from the repository root:
+    .venv/bin/python benchmarks/results/cpu-2026-12-04-s10/probe_chunks_side_by_side_ab.py RUN"""
 import sys, time, types, torch, numpy as np
 sys.path.insert(0, "benchmarks")
 from probe_speed import probe_inputs
 import quietlab.monitor.probes as probes
 from quietlab.monitor.probes import fit_features
-args = types.SimpleNamespace(run="/work/ckpt/bfs11_s0", examples=None)
+args = types.SimpleNamespace(run=sys.argv[1], examples=None)
 acts, feats, tr, te, what = probe_inputs(args)
 torch.set_num_threads(2)
 parallel = probes._fit_chunks
