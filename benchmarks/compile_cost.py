@@ -34,7 +34,8 @@ import time
 from quietlab.runs import write_atomic
 
 
-def one_arm(scope: str, task: str, n_nodes: int, d_model: int, layers: int, batch: int, steps: int, device: str) -> dict:
+def one_arm(scope: str, task: str, n_nodes: int, d_model: int, layers: int, batch: int, steps: int, device: str,
+            profile: bool = False) -> dict:
     import torch
 
     from quietlab.models import Transformer, TransformerConfig
@@ -42,6 +43,11 @@ def one_arm(scope: str, task: str, n_nodes: int, d_model: int, layers: int, batc
     from quietlab.train.evaluate import masked_loss
     from quietlab.train.schedule import make_optimizer
 
+    profiler = None
+    if profile:  # the Python functions behind the time to the end of step 1 (cProfile slows Python-heavy parts)
+        import cProfile
+        profiler = cProfile.Profile()
+        profiler.enable()
     t0 = time.perf_counter()
     if scope == "model_pool":
         from torch._inductor.async_compile import maybe_warm_pool
@@ -92,6 +98,16 @@ def one_arm(scope: str, task: str, n_nodes: int, d_model: int, layers: int, batc
     step(0)
     sync()
     first_s = time.perf_counter() - t0
+    hot = None
+    if profiler is not None:
+        import io
+        import pstats
+        profiler.disable()
+        text = io.StringIO()
+        stats = pstats.Stats(profiler, stream=text)
+        stats.sort_stats("cumulative").print_stats(60)
+        stats.sort_stats("tottime").print_stats(30)
+        hot = text.getvalue()
     for i in range(1, 50):
         step(i)
     sync()
@@ -103,7 +119,7 @@ def one_arm(scope: str, task: str, n_nodes: int, d_model: int, layers: int, batc
     from torch._dynamo.utils import compilation_time_metrics
     breakdown = {name: round(sum(times), 3) for name, times in compilation_time_metrics.items()}
     return {"scope": scope, "first_step_s": first_s, "step_ms": step_ms, "loss": float(loss), "compile_breakdown": breakdown,
-            "ratio_20k": (first_s + 20000 * step_ms / 1e3) / (20000 * step_ms / 1e3)}
+            "ratio_20k": (first_s + 20000 * step_ms / 1e3) / (20000 * step_ms / 1e3), "first_step_profile": hot}
 
 
 def main():
@@ -117,11 +133,14 @@ def main():
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--scopes", default="model,blocks")
     ap.add_argument("--arm", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--profile", action="store_true",
+                    help="cProfile each arm's way to the end of step 1: the 60 costliest functions (cumulative) "
+                         "and the 30 costliest alone (own time) in its row, as first_step_profile (the figures are then slower than unprofiled)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.arm:
         print(json.dumps(one_arm(args.arm, args.task, args.size, args.d_model, args.layers, args.batch_size,
-                                 args.steps, args.device)))
+                                 args.steps, args.device, args.profile)))
         return
     rows = []
     for scope in args.scopes.split(","):
@@ -130,7 +149,7 @@ def main():
             env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "TRITON_CACHE_DIR": os.path.join(cache, "triton")}
             cmd = [sys.executable, __file__, "--arm", scope, "--task", args.task, "--size", str(args.size),
                    "--d-model", str(args.d_model), "--layers", str(args.layers), "--batch-size", str(args.batch_size),
-                   "--steps", str(args.steps), "--device", args.device]
+                   "--steps", str(args.steps), "--device", args.device] + (["--profile"] if args.profile else [])
             res = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if res.returncode != 0:
                 rows.append({"scope": scope, "cache": state, "error": res.stderr[-2000:]})
