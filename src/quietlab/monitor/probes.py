@@ -487,15 +487,13 @@ def _fit_chunks(fit, chunks, device, buffers) -> list:
         return [fit(s, sub, buffers) for s, sub in chunks]
     local = threading.local()
 
-    def one(chunk):
+    def start_worker():
         torch.set_num_threads(1)
-        if not hasattr(local, "buffers"):
-            local.buffers = ([], [])
-        return fit(*chunk, local.buffers)
+        local.buffers = ([], [])
 
     try:
-        with concurrent.futures.ThreadPoolExecutor(min(threads, len(chunks))) as pool:
-            return list(pool.map(one, chunks))
+        with concurrent.futures.ThreadPoolExecutor(min(threads, len(chunks)), initializer=start_worker) as pool:
+            return list(pool.map(lambda chunk: fit(*chunk, local.buffers), chunks))
     finally:
         torch.set_num_threads(threads)
 
