@@ -37,7 +37,8 @@ before it. A run that is still improving at the cap is reported as such.
 Sizes (the study's grid: d_model a power of two, 4 or 16 layers, lr 1e-1 ... 1e-4, batch 8 or 64; which
 size the study ablated is not in its code, PAPER_PROTOCOL §4-5): 4 layers, d_model 128, lr 1e-3, batch 64;
 addition 16 bits, 6,000 steps; BFS 11 nodes, 72,000 steps (at 12,000, 24,000 and 36,000 most seeds
-were still improving; at 48,000, two runs of the three seeds, two and one seeds had stopped: README;
+were still improving; at 48,000, four of nine seed-runs over three sessions had stopped, from seeds 0, 1
+and 6: README;
 72,000 steps is about 880 s of H200 training for the three, packed: two calls, as below). Each option
 can be changed.
 
