@@ -88,6 +88,42 @@ def test_classification_probes_match_sklearn(kind, k, n_classes):
             np.testing.assert_allclose(res.per_output[res.index(layer, t)], accs, atol=0.02)
 
 
+def test_classes_unseen_on_train_are_left_out_and_the_seen_ones_match_sklearn():
+    # 7 classes, of which each (position, variable) sees its own 3 to 5: the solver fits the seen classes
+    # only (padded to the most seen), scikit-learn, which knows only the classes in y, is the oracle (from
+    # 3 classes on: with 2 it fits one binary model, whose penalty is not the softmax's)
+    rng = np.random.default_rng(3)
+    acts = correlated_acts(rng)
+    X0 = acts[H[0]].numpy()
+    Xs0 = (X0 - X0.mean((0, 1))) / X0.std((0, 1))
+    k, n_classes = 2, 7
+    values = np.zeros((N, T, k), np.int16)
+    seen = {}
+    for t in range(T):
+        for j in range(k):
+            classes = np.sort(rng.choice(n_classes, size=3 + (t + 2 * j) % 3, replace=False))
+            z = Xs0[:, t] @ rng.standard_normal((D, len(classes))) + rng.standard_normal((N, len(classes)))
+            values[:, t, j] = classes[z.argmax(-1)]
+            seen[t, j] = classes
+    feature = Feature(values, np.ones((N, T), bool), "categorical", n_classes)
+    tr, te = split_probe_set(N, 0.3, seed=0)
+    res = fit_probes(acts, feature, tr, te, l2=L2, max_iter=300, tol=1e-4)
+    for layer in H:
+        X = acts[layer].numpy()
+        for t in range(T):
+            ours = logits_of(res, layer, t, X[te, t])  # (k, C, n)
+            w, _ = res.probe(layer, t)
+            for j in range(k):
+                present = np.unique(values[tr, t, j])
+                unseen = np.setdiff1d(np.arange(n_classes), present)
+                assert torch.all(w[j, unseen] == 0)
+                model, scaler = sk_logistic(X[tr, t], values[tr, t, j], X[te, t], len(tr))
+                proba = model.predict_proba(scaler.transform(X[te, t]))
+                mine = torch.log_softmax(torch.tensor(ours[j]).T, -1).exp().numpy()
+                assert mine[:, unseen].max(initial=0) < 1e-4
+                np.testing.assert_allclose(mine[:, model.classes_], proba, atol=0.03)
+
+
 @pytest.mark.parametrize("kind,k,n_classes", [("binary", 1, 2), ("categorical", 2, 4)])
 def test_a_warm_start_reaches_the_probes_of_a_cold_one(kind, k, n_classes):
     """Started from earlier probes (a perturbed copy, or ones blown up a hundredfold, as probes of

@@ -7,7 +7,8 @@ whose problems have all stopped leave the batch. ``spd_inverse`` inverts the bat
 
 Layout. A chunk's activations X (P, N, D) carry the bias as their last column (1 where an example is
 defined, 0 on padding), so that the parameters of a pair are one tensor θ (P, K, D): K rows of logits,
-G problems of g consecutive rows each (g = 1 for a sigmoid output, C for a softmax variable), and the
+G problems of g consecutive rows each (g = 1 for a sigmoid output; for a softmax variable, the most
+classes that a variable of the chunk has seen on train: classes never seen are not solved for), and the
 solver sees θ as (P, G, g·D). Logits are θ Xᵀ (P, K, N), classes on a middle axis, where a softmax
 over a few classes runs many times faster on a CPU than over the last axis.
 
@@ -40,8 +41,9 @@ def fit_logistic(X, w, y, kind, C, gram, l2, max_iter, tol, start=None, history=
     P, N, D = X.shape
     d = D - 1
     dev = X.device
+    classes = None
     if kind == "categorical":
-        G, g = y.shape[2], C  # G softmax variables of C classes each
+        G = y.shape[2]  # G softmax variables of C classes each
         onehot = torch.zeros(P, G, C, N, device=dev)
         onehot.scatter_(2, y.long().permute(0, 2, 1).unsqueeze(2), 1.0)
         onehot *= (w > 0)[:, None, None, :]
@@ -51,7 +53,21 @@ def fit_logistic(X, w, y, kind, C, gram, l2, max_iter, tol, start=None, history=
         class_off = torch.where(present, 0.0, MASKED_LOGIT).reshape(P, G * C, 1)
         b = torch.log(freq.clamp(min=1e-6))
         b = b - b.mean(-1, keepdim=True)
-        target = onehot.view(P, G * C, N)
+        # only the classes seen on train are solved for: the chunk's variables keep their g = most seen
+        # classes, seen ones first (padded with unseen ones, inert under their masked logit); an unseen class
+        # keeps w = 0 and its starting bias, where its vanishing gradient (~e⁻³⁰) would leave it anyway
+        g = max(1, int(present.sum(-1).max()))
+        if g < C:
+            classes = torch.argsort((~present).to(torch.int8), dim=-1, stable=True)[..., :g]  # (P, G, g)
+            b_full = b
+            onehot = onehot.gather(2, classes[..., None].expand(P, G, g, N))
+            class_off = class_off.view(P, G, C).gather(2, classes).reshape(P, G * g, 1)
+            b = b.gather(2, classes)
+            if start is not None:
+                W0, b0, has = start
+                W0 = W0.reshape(P, G, C, d).gather(2, classes[..., None].expand(P, G, g, d))
+                start = (W0, b0.reshape(P, G, C).gather(2, classes), has)
+        target = onehot.reshape(P, G * g, N)
         curv = 0.5  # softmax Hessian ≤ ½ I ⊗ xxᵀ
     else:
         G, g = y.shape[2], 1
@@ -87,6 +103,13 @@ def fit_logistic(X, w, y, kind, C, gram, l2, max_iter, tol, start=None, history=
         # about C/2-fold, and the bound-scaled step understates the distance left by as much
         tol = tol * min(1.0, 2.0 / C)
     theta, passes = lbfgs(objective, theta, ~frozen, max_iter, tol, history, compact=compact)
+    if classes is not None:  # back to every class: the unseen keep w = 0 and their starting bias
+        unsolved = torch.zeros(P, G, C, D, device=dev)
+        unsolved[..., d] = b_full
+        solved = unsolved.clone().scatter_(2, classes[..., None].expand(P, G, g, D), theta.view(P, G, g, D))
+        theta = torch.where(present[..., None], solved, unsolved)
+        g = C
+        class_off = torch.where(present, 0.0, MASKED_LOGIT)
     theta = theta.view(P, G * g, D)
     offsets = None if class_off is None else class_off.view(P, 1, G * g)
     return theta[..., :d].contiguous(), theta[..., d].contiguous(), offsets, passes
