@@ -3,7 +3,7 @@ import sys, time, types, dataclasses, torch, numpy as np
 sys.path.insert(0, "/work/main/benchmarks")
 from probe_speed import probe_inputs
 from quietlab.monitor.probes import fit_features
-from quietlab.monitor import lbfgs
+
 acts, feats, tr, te, what = probe_inputs(types.SimpleNamespace(run="/work/ckpt/bfs11_s0", examples=None))
 torch.set_num_threads(1)
 F = {n: feats[n] for n in ("depth", "parent")}
@@ -14,7 +14,6 @@ for a, b in (("blocks.0.hook_resid_post", "blocks.1.hook_resid_post"), ("blocks.
     src = fit_features({a: acts[a]}, F, tr, te)
     init = {n: dataclasses.replace(r, pairs=[(b, t) for _, t in r.pairs]) for n, r in src.items()}
     for name, kw in (("cold", {}), ("warm from " + a, {"init": init})):
-        lbfgs.STATS.clear() if hasattr(lbfgs, "STATS") else None
         t0 = time.perf_counter(); r = fit_features({b: acts[b]}, F, tr, te, **kw); w = time.perf_counter() - t0
         ex = exact.get(b) or fit_features({b: acts[b]}, F, tr, te, tol=1e-7, max_iter=2000)
         exact[b] = ex
