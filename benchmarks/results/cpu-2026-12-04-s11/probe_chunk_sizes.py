@@ -1,9 +1,9 @@
-"""fit_features on the bfs-11 probes (2 threads) at max_chunk_bytes 16, 32, 64 MiB; argument: the sizes. The saved output is one round, cut short."""
+"""fit_features on the bfs-11 probes (2 threads) at max_chunk_bytes 16, 32, 64 MiB; argument: the sizes. The saved output is one round, cut short. Arguments: SIZES RUN (run from the repository root)."""
 import sys, time, types, torch, numpy as np
-sys.path.insert(0, "/work/main/benchmarks")
+sys.path.insert(0, "benchmarks")
 from probe_speed import probe_inputs
 from quietlab.monitor.probes import fit_features
-acts, feats, tr, te, what = probe_inputs(types.SimpleNamespace(run="/work/ckpt/bfs11_s0", examples=None))
+acts, feats, tr, te, what = probe_inputs(types.SimpleNamespace(run=sys.argv[-1], examples=None))
 torch.set_num_threads(2)
 fit_features(acts, feats, tr, te, l2=1e-3)
 sizes = [int(x) for x in sys.argv[1].split(",")]

@@ -1,10 +1,10 @@
-"""depth and parent probes of one layer fitted cold and started from the layer below's probes (fit_features init), one thread, with their distance from the exact optimum; run from the repository root."""
+"""depth and parent probes of one layer fitted cold and started from the layer below's probes (fit_features init), one thread, with their distance from the exact optimum; run from the repository root. Argument: RUN, the trained bfs-11 run."""
 import sys, time, types, dataclasses, torch, numpy as np
-sys.path.insert(0, "/work/main/benchmarks")
+sys.path.insert(0, "benchmarks")
 from probe_speed import probe_inputs
 from quietlab.monitor.probes import fit_features
 
-acts, feats, tr, te, what = probe_inputs(types.SimpleNamespace(run="/work/ckpt/bfs11_s0", examples=None))
+acts, feats, tr, te, what = probe_inputs(types.SimpleNamespace(run=sys.argv[-1], examples=None))
 torch.set_num_threads(1)
 F = {n: feats[n] for n in ("depth", "parent")}
 layers = sorted(acts)
