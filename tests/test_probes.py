@@ -98,13 +98,11 @@ def test_classes_unseen_on_train_are_left_out_and_the_seen_ones_match_sklearn():
     Xs0 = (X0 - X0.mean((0, 1))) / X0.std((0, 1))
     k, n_classes = 2, 7
     values = np.zeros((N, T, k), np.int16)
-    seen = {}
     for t in range(T):
         for j in range(k):
             classes = np.sort(rng.choice(n_classes, size=3 + (t + 2 * j) % 3, replace=False))
             z = Xs0[:, t] @ rng.standard_normal((D, len(classes))) + rng.standard_normal((N, len(classes)))
             values[:, t, j] = classes[z.argmax(-1)]
-            seen[t, j] = classes
     feature = Feature(values, np.ones((N, T), bool), "categorical", n_classes)
     tr, te = split_probe_set(N, 0.3, seed=0)
     res = fit_probes(acts, feature, tr, te, l2=L2, max_iter=300, tol=1e-4)

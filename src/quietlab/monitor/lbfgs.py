@@ -59,7 +59,7 @@ def fit_logistic(X, w, y, kind, C, gram, l2, max_iter, tol, start=None, history=
         g = max(1, int(present.sum(-1).max()))
         if g < C:
             classes = torch.argsort((~present).to(torch.int8), dim=-1, stable=True)[..., :g]  # (P, G, g)
-            b_full = b
+            b_full, class_off_full = b, class_off
             onehot = onehot.gather(2, classes[..., None].expand(P, G, g, N))
             class_off = class_off.view(P, G, C).gather(2, classes).reshape(P, G * g, 1)
             b = b.gather(2, classes)
@@ -108,8 +108,7 @@ def fit_logistic(X, w, y, kind, C, gram, l2, max_iter, tol, start=None, history=
         unsolved[..., d] = b_full
         solved = unsolved.clone().scatter_(2, classes[..., None].expand(P, G, g, D), theta.view(P, G, g, D))
         theta = torch.where(present[..., None], solved, unsolved)
-        g = C
-        class_off = torch.where(present, 0.0, MASKED_LOGIT)
+        g, class_off = C, class_off_full
     theta = theta.view(P, G * g, D)
     offsets = None if class_off is None else class_off.view(P, 1, G * g)
     return theta[..., :d].contiguous(), theta[..., d].contiguous(), offsets, passes
