@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import sys
 from pathlib import Path
@@ -30,11 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from quietlab.train.packed import PackedAdamW, PackedModels  # noqa: E402
 
 
-def vit_case():
+def vit_case(attention: str = "softmax"):
     from quietlab.models.vit import ViT, ViTConfig
 
     cfg = ViTConfig(image_size=16, patch_size=2, n_classes=10, d_model=256, n_layers=4, n_heads=4, mlp_ratio=2.0,
-                    drop_path=0.0)
+                    drop_path=0.0, attention=attention)
     def batch(step, i):
         g = torch.Generator().manual_seed(1000 * step + i)
         return torch.rand(256, 3, 16, 16, generator=g), torch.randint(0, 10, (256,), generator=g)
@@ -42,7 +43,7 @@ def vit_case():
     def loss_fn(model, x, y):
         return F.cross_entropy(model(x).float(), y)
 
-    return "vit (16x16, patch 2, depth 4, width 256, batch 256)", lambda: ViT(cfg), batch, loss_fn
+    return f"vit (16x16, patch 2, depth 4, width 256, batch 256, {attention})", lambda: ViT(cfg), batch, loss_fn
 
 
 def decoder_case():
@@ -122,10 +123,15 @@ def main():
     ap.add_argument("--device", default="cuda", help="cuda (the check), or cpu for a smoke test")
     ap.add_argument("--default-kernels", action="store_true",
                     help="the attention kernels torch picks by default under vmap (the unfixed path)")
+    ap.add_argument("--vit-attention", default="softmax",
+                    help="the ViT's attention variant (normsoftmax: its logit variance under vmap, models/logit_variance.py)")
+    ap.add_argument("--only-vit", action="store_true", help="skip the decoder")
     args = ap.parse_args()
     device = torch.device(args.device)
     rows = []
-    for case in (vit_case, decoder_case):
+    vit = functools.partial(vit_case, args.vit_attention)
+    vit.__name__ = "vit_case"
+    for case in (vit,) if args.only_vit else (vit, decoder_case):
         for amp in (True, False):
             try:
                 row = compare(case, device, amp, args.models, args.steps, args.lr, args.default_kernels)

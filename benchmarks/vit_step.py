@@ -5,7 +5,9 @@ Arms, timed in interleaved rounds (every arm once per round, so drifting clocks 
                     bf16 autocast, fused AdamW; ``--compile`` adds ``ours+compile/ATTN``;
 - ``study/ATTN``    a copy of the study's model file as it runs (timm 0.4.12 ViT, attention written out:
                     (q·kᵀ)·β, NormSoftmax logits / min(1/β, biased variance), softmax, ·v), fp16 autocast
-                    with a GradScaler, plain AdamW; ``--compile`` adds ``study+compile/ATTN``.
+                    with a GradScaler, plain AdamW; ``--compile`` adds ``study+compile/ATTN``;
+- ``ours+compile/normsoftmax-bmm`` (``--compile`` on CUDA) NormSoftmax's logit variance as the batched
+                    matrix products of ``logit_variance.reference`` instead of the Triton kernels.
 ATTN is softmax and normsoftmax. One step = forward, label-smoothed cross-entropy, backward, AdamW step,
 on a fixed random batch. Prints and writes (``--out``) JSON: per arm the median and every round's ms/step.
 
@@ -20,6 +22,7 @@ import json
 import statistics
 import sys
 import time
+from unittest import mock
 from pathlib import Path
 
 import torch
@@ -27,6 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from quietlab.models import attention as attention_module  # noqa: E402
+from quietlab.models.logit_variance import reference  # noqa: E402
 from quietlab.models.vit import ViT, ViTConfig  # noqa: E402
 from quietlab.train.schedule import make_optimizer  # noqa: E402
 
@@ -82,9 +87,10 @@ class StudyViT(nn.Module):
         return self.head(self.norm(self.blocks(x))[:, 0])
 
 
-def make_arm(kind: str, attention: str, args, device, prepare=None):
+def make_arm(kind: str, attention: str, args, device, prepare=None, variance=None):
     """One arm's training step; ``prepare(model)``, if given, is called on quietlab's ViT before its optimizer
-    and compilation (normsoftmax_layouts.py swaps the attention's code there)."""
+    and compilation (normsoftmax_layouts.py swaps the attention's code there); ``variance``, if given,
+    replaces NormSoftmax's logit variance (models/logit_variance.py) while the arm runs."""
     torch.manual_seed(0)
     if kind.startswith("ours"):
         model = ViT(ViTConfig(image_size=args.image, patch_size=args.patch, d_model=args.width, n_layers=args.depth,
@@ -108,7 +114,11 @@ def make_arm(kind: str, attention: str, args, device, prepare=None):
     loss_fn = torch.compile(forward_loss) if "compile" in kind else forward_loss
 
     def step(x, y):
-        loss = loss_fn(x, y)
+        if variance is None:
+            loss = loss_fn(x, y)
+        else:
+            with mock.patch.object(attention_module, "logit_variance", variance):
+                loss = loss_fn(x, y)
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -188,6 +198,8 @@ def main():
     device = setup_device(args)
     kinds = ["ours", "study"] + (["ours+compile", "study+compile"] if args.compile else [])
     arms = {f"{k}/{a}": make_arm(k, a, args, device) for k in kinds for a in ("softmax", "normsoftmax")}
+    if args.compile and device.type == "cuda":  # the variance as batched products (before the Triton kernels)
+        arms["ours+compile/normsoftmax-bmm"] = make_arm("ours+compile", "normsoftmax", args, device, variance=reference)
     x, y = fixed_batch(args, device)
     times = time_arms(arms, x, y, args, device)
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .logit_variance import logit_variance
+
 VARIANTS = ("softmax", "temperature", "normsoftmax", "heat")
 NORM_FORMS = ("std", "var")
 QK_GRAD_MODES = ("mean_grad", "per_head_to_value_grad", "mean_to_value_grad")
@@ -131,12 +133,10 @@ class CausalSelfAttention(nn.Module):
         """NormSoftmax without a mask through the fused kernel: a row's variance over all keys is
         var_j(q_i·k_j) = q_iᵀ C q_i with C the keys' biased covariance, so each query is divided by its
         min(τ, spread) and attention runs at scale 1. The products run in the inputs' dtype, accumulated
-        in float32 by the matrix products (under bf16 autocast the scaled queries are read in bf16 by the
-        attention anyway: float32 copies of q and k cost more memory traffic than the attention), the
-        reduction to the variance in float32."""
-        kc = k - k.mean(dim=-2, keepdim=True)
-        cov = kc.transpose(-2, -1) @ kc / k.shape[-2]  # (B, H, d, d)
-        var = ((q @ cov).float() * q.float()).sum(-1, keepdim=True).clamp_min(0)
+        in float32 (under bf16 autocast the scaled queries are read in bf16 by the attention anyway: float32
+        copies of q and k cost more memory traffic than the attention); on CUDA one Triton kernel each way
+        (models/logit_variance.py)."""
+        var = logit_variance(q, k).clamp_min(0)
         spread = var if self.norm_form == "var" else var.clamp(min=1e-12).sqrt()
         scale = 1.0 / torch.clamp(spread, min=1e-6).clamp(max=self.tau)
         return F.scaled_dot_product_attention(q * scale.to(q.dtype), k, v, scale=1.0)
