@@ -19,11 +19,15 @@ mean step time over steps 50..450, and the projected ratio of a 20,000-step run'
 its steady steps. The step is the loop's: bf16 autocast on CUDA, fused AdamW, clip 1.0.
 
     python benchmarks/compile_cost.py --out benchmarks/results/compile_cost.json
+    python benchmarks/compile_cost.py --scopes model_pool --inductor nopm:pattern_matcher=False --states cold --out knobs.json
+
+``--inductor NAME:KEY=VALUE,...`` adds an arm: ``model_pool`` with those ``torch._inductor.config`` settings.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import subprocess
@@ -35,8 +39,12 @@ from quietlab.runs import write_atomic
 
 
 def one_arm(scope: str, task: str, n_nodes: int, d_model: int, layers: int, batch: int, steps: int, device: str,
-            profile: bool = False) -> dict:
+            profile: bool = False, inductor: dict | None = None) -> dict:
     import torch
+    import torch._inductor.config
+
+    for key, value in (inductor or {}).items():  # e.g. pattern_matcher=False: what each costs at compile time
+        torch._inductor.config.__setattr__(key, value)
 
     from quietlab.models import Transformer, TransformerConfig
     from quietlab.tasks import get_task
@@ -118,7 +126,7 @@ def one_arm(scope: str, task: str, n_nodes: int, d_model: int, layers: int, batc
     step_ms = (time.perf_counter() - t1) / steps * 1e3
     from torch._dynamo.utils import compilation_time_metrics
     breakdown = {name: round(sum(times), 3) for name, times in compilation_time_metrics.items()}
-    return {"scope": scope, "first_step_s": first_s, "step_ms": step_ms, "loss": float(loss), "compile_breakdown": breakdown,
+    return {"scope": scope, "inductor": inductor or {}, "first_step_s": first_s, "step_ms": step_ms, "loss": float(loss), "compile_breakdown": breakdown,
             "ratio_20k": (first_s + 20000 * step_ms / 1e3) / (20000 * step_ms / 1e3), "first_step_profile": hot}
 
 
@@ -133,33 +141,44 @@ def main():
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--scopes", default="model,blocks")
     ap.add_argument("--arm", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--inductor", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+                    help="one more arm, scope model_pool with these torch._inductor.config settings (values as Python "
+                         "literals), named NAME; repeatable")
+    ap.add_argument("--states", default="cold,warm", help="cold (empty caches), warm (the cache cold left), or both")
     ap.add_argument("--profile", action="store_true",
                     help="cProfile each arm's way to the end of step 1: the 60 costliest functions (cumulative) "
                          "and the 30 costliest alone (own time) in its row, as first_step_profile (the figures are then slower than unprofiled)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.arm:
+        options = json.loads(os.environ.get("COMPILE_COST_INDUCTOR", "{}"))
         print(json.dumps(one_arm(args.arm, args.task, args.size, args.d_model, args.layers, args.batch_size,
-                                 args.steps, args.device, args.profile)))
+                                 args.steps, args.device, args.profile, options)))
         return
+    arms = [(scope, scope, {}) for scope in args.scopes.split(",") if scope]
+    for spec in args.inductor:
+        name, _, settings = spec.partition(":")
+        arms.append((name, "model_pool", {k: ast.literal_eval(v) for k, v in
+                                          (item.split("=", 1) for item in settings.split(",") if item)}))
     rows = []
-    for scope in args.scopes.split(","):
-        cache = tempfile.mkdtemp(prefix=f"inductor-{scope}-")
-        for state in ("cold", "warm"):  # cold: empty Inductor and Triton caches
-            env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "TRITON_CACHE_DIR": os.path.join(cache, "triton")}
+    for name, scope, options in arms:
+        cache = tempfile.mkdtemp(prefix=f"inductor-{name}-")
+        for state in args.states.split(","):  # cold: empty Inductor and Triton caches
+            env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "TRITON_CACHE_DIR": os.path.join(cache, "triton"),
+                   "COMPILE_COST_INDUCTOR": json.dumps(options)}
             cmd = [sys.executable, __file__, "--arm", scope, "--task", args.task, "--size", str(args.size),
                    "--d-model", str(args.d_model), "--layers", str(args.layers), "--batch-size", str(args.batch_size),
                    "--steps", str(args.steps), "--device", args.device] + (["--profile"] if args.profile else [])
             res = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if res.returncode != 0:
-                rows.append({"scope": scope, "cache": state, "error": res.stderr[-2000:]})
-                print(f"{scope} {state}: failed\n{res.stderr[-2000:]}", flush=True)
+                rows.append({"scope": scope, "arm": name, "cache": state, "error": res.stderr[-2000:]})
+                print(f"{name} {state}: failed\n{res.stderr[-2000:]}", flush=True)
                 continue
-            row = {**json.loads(res.stdout.strip().splitlines()[-1]), "cache": state}
+            row = {**json.loads(res.stdout.strip().splitlines()[-1]), "arm": name, "cache": state}
             rows.append(row)
             if args.out:  # after every arm: a call cut short keeps what it measured
                 write_atomic(args.out, json.dumps({"settings": vars(args), "rows": rows}, indent=1).encode())
-            print(f"{scope:7s} {state}: first step after {row['first_step_s']:.1f} s, {row['step_ms']:.3f} ms/step, "
+            print(f"{name:7s} {state}: first step after {row['first_step_s']:.1f} s, {row['step_ms']:.3f} ms/step, "
                   f"20k-step run / steady {row['ratio_20k']:.3f}", flush=True)
 
 

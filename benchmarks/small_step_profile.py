@@ -1,0 +1,69 @@
+"""Where one small model's training step spends its GPU time (issue 14's "one small model alone": d_model
+128 x 4 layers, addition-16, batch 64): ``packed_speed.py``'s step in a mode (default ``graph-compiled``, the
+whole step one CUDA graph, forward and loss compiled inside it), warmed up, then torch's profiler around
+``--profile-steps`` steps. Writes the profiler's table of kernels by device time, the kernels' count and
+device time per step, and the step's wall time (median of rounds, unprofiled).
+
+    python benchmarks/small_step_profile.py --out $OUT/small_step_profile.txt          # on a GPU
+    python benchmarks/small_step_profile.py --out /tmp/s.txt --mode graph --device cpu --steps 3 --profile-steps 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import packed_speed  # noqa: E402
+from quietlab.models import TransformerConfig  # noqa: E402
+from quietlab.tasks import get_task  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--mode", default="graph-compiled", help="a packed_speed.py single-model mode")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--d-model", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=50, help="timed steps per round")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--profile-steps", type=int, default=20)
+    ap.add_argument("--rows", type=int, default=45)
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    task = get_task("addition", n_bits=16)
+    cfg = TransformerConfig(vocab_size=len(task.vocab), seq_len=task.seq_len, d_model=args.d_model,
+                            n_layers=args.layers, n_heads=4)
+    batches = packed_speed.draw(task, 1, args.batch_size, device)
+    trainer = packed_speed.single_trainer(cfg, args.mode, device)
+    packed_speed.run_single(trainer, args.mode, batches, 10)
+    times = [packed_speed.time_it(lambda: packed_speed.run_single(trainer, args.mode, batches, args.steps), device)
+             for _ in range(args.rounds)]
+    ms = 1e3 * statistics.median(times) / args.steps
+
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        packed_speed.run_single(trainer, args.mode, batches, args.profile_steps)
+        packed_speed.sync(device)
+    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernels = len(events) / args.profile_steps
+    device_ms = sum(e.device_time for e in events) / 1e3 / args.profile_steps
+    table = prof.key_averages().table(sort_by="self_device_time_total" if device.type == "cuda" else "self_cpu_time_total",
+                                      row_limit=args.rows, max_name_column_width=100)
+    head = (f"mode {args.mode}, d_model {args.d_model} x {args.layers}, addition-16, batch {args.batch_size}: "
+            f"{ms:.3f} ms a step (median of {args.rounds} rounds of {args.steps}, rounds {[round(1e3 * t / args.steps, 3) for t in times]}); "
+            f"under the profiler {kernels:.0f} device events a step, {device_ms:.3f} ms of device time a step\n")
+    Path(args.out).write_text(head + table)
+    print(head + table)
+
+
+if __name__ == "__main__":
+    main()
