@@ -33,6 +33,34 @@ def mlp_loss(model, x, y):
     return F.cross_entropy(model(x), y)
 
 
+def test_the_compiled_update_is_one_graph_and_equals_the_eager_one():
+    """PackedStep(compile=True) compiles clip + AdamW with fullgraph=True; traced here without Inductor's code
+    generation (aot_eager), it must take the same steps as the eager update (float64)."""
+    lrs, clips = [1e-2, 3e-2, 1e-3], [1.0, 0.02, 1.0]
+    steps = []
+    for compiled in (False, True):
+        models = []
+        for seed in range(3):
+            torch.manual_seed(seed)
+            models.append(TinyMLP().double())
+        packed = PackedModels(models)
+        step = PackedStep(packed, PackedAdamW(packed.params, lrs, 0.1, betas=(0.9, 0.95)), mlp_loss, clips)
+        if compiled:
+            step._update = torch.compile(step.update, backend="aot_eager", fullgraph=True, dynamic=False)
+        steps.append(step)
+    start = {k: v.detach().clone() for k, v in steps[0].packed.params.items()}
+    gen = torch.Generator().manual_seed(0)
+    for s in range(4):
+        x, y = torch.randint(0, 7, (3, 32), generator=gen), torch.randint(0, 7, (3, 32), generator=gen)
+        for step in steps:
+            step.optimizer.set_lr([lr * (1 - s / 8) for lr in lrs])
+            step(x, y)
+    eager, compiled = (step.packed.params for step in steps)
+    for name in eager:
+        torch.testing.assert_close(compiled[name], eager[name], rtol=1e-12, atol=1e-12)
+    assert all(not torch.equal(eager[k], start[k]) for k in eager)  # every parameter moved
+
+
 def test_packed_step_equals_torch_adamw_per_model_in_float64():
     """Per-model lr schedule, weight decay on the matrices only, per-model clip (one model's clip binds):
     every loss and parameter equals torch.optim.AdamW + clip_grad_norm_ on each model alone to 1e-12."""

@@ -231,7 +231,9 @@ class PackedAdamW:
 class PackedStep:
     """One training step of packed models: losses, backward, per-model clip, AdamW; returns (N,) losses.
 
-    ``compile=True`` runs forward and loss (``n_args`` batched inputs) through ``torch.compile``.
+    ``compile=True`` runs forward and loss (``n_args`` batched inputs) through ``torch.compile``, and the
+    update (clip and AdamW) too: eager, they are about a dozen small kernels per parameter, which bound a
+    small model's step (benchmarks/small_step_profile.py: 858 kernels a step for d_model 128 x 4).
     With ``cuda_graph=True`` (CUDA only) the first ``warmup`` calls run eagerly on a side stream, the next
     one captures the whole step (forward, loss, backward, clip, AdamW) as one CUDA graph, and every later
     call copies its inputs into the graph's static buffers and replays it: no host synchronisation and
@@ -244,16 +246,21 @@ class PackedStep:
         # compile: forward and loss through torch.compile (no CUDA graphs of its own: the step's graph holds them)
         self._losses = (packed.compiled_losses(loss_fn, n_args=n_args) if compile
                         else lambda *args: packed.losses(loss_fn, *args))
+        self._update = torch.compile(self.update, fullgraph=True, dynamic=False) if compile else self.update
         first = next(iter(packed.params.values()))
         self.max_norm = _per_model(max_norm, packed.n, first.device)
         self.calls = 0
         self._graph = self._static_in = self._static_out = None
 
+    def update(self) -> None:
+        """Clip each model's gradient, then take its AdamW step."""
+        clip_grad_norms_(self.packed.params, self.max_norm)
+        self.optimizer.step()
+
     def _eager(self, *args) -> torch.Tensor:
         losses = self._losses(*args)
         losses.sum().backward()
-        clip_grad_norms_(self.packed.params, self.max_norm)
-        self.optimizer.step()
+        self._update()
         return losses.detach()
 
     def __call__(self, *args) -> torch.Tensor:
