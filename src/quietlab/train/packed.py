@@ -300,8 +300,8 @@ PER_MODEL = ("seed", "lr", "weight_decay", "grad_clip", "warmup_fraction", "min_
 
 
 def compiles_forward(compile: bool, device: torch.device, lengths: Sequence[int]) -> bool:
-    """Whether a pack compiles its forward (inside the step's CUDA graph): with ``compile``, on a GPU, once
-    the pack has its final shape (its runs all end at one step). Each run that leaves changes the shape, and
+    """Whether a pack compiles its forward and update (inside the step's CUDA graph): with ``compile``, on a
+    GPU, once the pack has its final shape (its runs all end at one step). Each run that leaves changes the shape, and
     a new shape is a new compile (the first took about 18 s on an H200 and made the paper preset's BFS pack
     1.28x faster a step: benchmarks/packed_compile_ab.py); on a CPU a packed compile costs minutes."""
     return bool(compile) and device.type == "cuda" and len(set(lengths)) == 1
