@@ -2,7 +2,8 @@
 128 x 4 layers, addition-16, batch 64): ``packed_speed.py``'s step in a mode (default ``graph-compiled``, the
 whole step one CUDA graph, forward and loss compiled inside it), warmed up, then torch's profiler around
 ``--profile-steps`` steps. Writes the profiler's table of kernels by device time, the kernels' count and
-device time per step, and the step's wall time (median of rounds, unprofiled).
+device time per step, and the step's wall time (median of rounds, unprofiled). ``--models N`` profiles a pack
+of N such models instead (``packed_speed.py``'s packed arm: ``--models 64 --d-model 64``; graph modes only).
 
     python benchmarks/small_step_profile.py --out $OUT/small_step_profile.txt          # on a GPU
     python benchmarks/small_step_profile.py --out /tmp/s.txt --mode graph --device cpu --steps 3 --profile-steps 2
@@ -28,6 +29,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--mode", default="graph-compiled", help="a packed_speed.py single-model mode")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--models", type=int, default=1, help="a pack of this many models (graph, graph-compiled)")
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=64)
@@ -40,25 +42,31 @@ def main() -> None:
     task = get_task("addition", n_bits=16)
     cfg = TransformerConfig(vocab_size=len(task.vocab), seq_len=task.seq_len, d_model=args.d_model,
                             n_layers=args.layers, n_heads=4)
-    batches = packed_speed.draw(task, 1, args.batch_size, device)
-    trainer = packed_speed.single_trainer(cfg, args.mode, device)
-    packed_speed.run_single(trainer, args.mode, batches, 10)
-    times = [packed_speed.time_it(lambda: packed_speed.run_single(trainer, args.mode, batches, args.steps), device)
-             for _ in range(args.rounds)]
+    batches = packed_speed.draw(task, args.models, args.batch_size, device)
+    if args.models > 1:
+        if args.mode not in ("graph", "graph-compiled"):
+            raise SystemExit(f"error: --models {args.models} needs --mode graph or graph-compiled, got {args.mode!r}")
+        trainer = packed_speed.Packed(cfg, args.models, device, graph=True, compile=args.mode == "graph-compiled")
+        run = lambda steps: trainer.run(batches, steps)  # noqa: E731
+    else:
+        trainer = packed_speed.single_trainer(cfg, args.mode, device)
+        run = lambda steps: packed_speed.run_single(trainer, args.mode, batches, steps)  # noqa: E731
+    run(10)
+    times = [packed_speed.time_it(lambda: run(args.steps), device) for _ in range(args.rounds)]
     ms = 1e3 * statistics.median(times) / args.steps
 
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        packed_speed.run_single(trainer, args.mode, batches, args.profile_steps)
+        run(args.profile_steps)
         packed_speed.sync(device)
     events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     kernels = len(events) / args.profile_steps
     device_ms = sum(e.device_time for e in events) / 1e3 / args.profile_steps
     table = prof.key_averages().table(sort_by="self_device_time_total" if device.type == "cuda" else "self_cpu_time_total",
                                       row_limit=args.rows, max_name_column_width=100)
-    head = (f"mode {args.mode}, d_model {args.d_model} x {args.layers}, addition-16, batch {args.batch_size}: "
+    head = (f"mode {args.mode}, {args.models} model(s) of d_model {args.d_model} x {args.layers}, addition-16, batch {args.batch_size}: "
             f"{ms:.3f} ms a step (median of {args.rounds} rounds of {args.steps}, rounds {[round(1e3 * t / args.steps, 3) for t in times]}); "
             f"under the profiler {kernels:.0f} device events a step, {device_ms:.3f} ms of device time a step\n")
     Path(args.out).write_text(head + table)
