@@ -84,7 +84,8 @@ class Packed:
         amp = torch.bfloat16 if device.type == "cuda" else None
 
         def loss_fn(model, tokens, mask):
-            with torch.autocast(device.type, dtype=amp, cache_enabled=False) if amp else contextlib.nullcontext():
+            with torch.autocast(device.type, dtype=amp, cache_enabled=False) if amp else contextlib.nullcontext(), \
+                    attention_backends():
                 logits = model(tokens)
             return masked_loss(logits, tokens, mask)
 
@@ -96,6 +97,19 @@ class Packed:
             tokens, mask = batches[(start + i) % len(batches)]
             losses = self.step(tokens, mask)
         return losses
+
+
+# --pack-attention: the attention kernels a pack's forward may use, inside the pack's own choice (flash or math
+# on a GPU, train/packed.py); "math" leaves the written-out attention to the compiler
+PACK_ATTENTION = None
+
+
+def attention_backends():
+    if PACK_ATTENTION is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([getattr(SDPBackend, name.upper()) for name in PACK_ATTENTION.split(",")])
 
 
 def time_it(fn, device) -> float:
@@ -229,8 +243,12 @@ def main():
     ap.add_argument("--seq-modes", default="eager,graph", help="single-model modes for the one-after-another baseline")
     ap.add_argument("--small-modes", default="eager,compiled,graph,graph-compiled")
     ap.add_argument("--large-modes", default="paper,eager,compiled,graph,graph-compiled")
+    ap.add_argument("--pack-attention", default=None,
+                    help="attention kernels for packs and graph modes, e.g. math or flash_attention (default: the pack's own choice)")
     ap.add_argument("--out", default=None, help="write the results here as JSON (also printed)")
     args = ap.parse_args()
+    global PACK_ATTENTION
+    PACK_ATTENTION = args.pack_attention
     q = args.quick
     if q:
         torch.set_num_threads(1)
