@@ -13,6 +13,8 @@ Gradients (g the variance's gradient, G = Σ_i g_i q_i q_iᵀ): dq_i = 2 g_i C q
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 try:
@@ -37,7 +39,7 @@ def triton_supports(q: torch.Tensor, k: torch.Tensor) -> bool:
     (batch, heads, tokens, head size), a power-of-two head size from 16 to 128, a floating dtype Triton's
     dot takes."""
     d = q.shape[-1]
-    return (triton is not None and q.dim() == 4 and q.shape == k.shape and q.dtype == k.dtype
+    return (triton is not None and q.dim() == 4 and q.shape == k.shape and q.numel() > 0 and q.dtype == k.dtype
             and q.dtype in (torch.float16, torch.bfloat16, torch.float32) and 16 <= d <= 128 and d & (d - 1) == 0)
 
 
@@ -135,6 +137,11 @@ def _grid_args(q: torch.Tensor, k: torch.Tensor) -> tuple:
     return (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2))
 
 
+def _on(device: torch.device):
+    """Launch on the inputs' GPU, not the current one (Triton launches on the current device)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def _unit_last(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
@@ -147,8 +154,9 @@ def _logit_variance(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, tor
     var = torch.empty(B, H, T, 1, device=q.device, dtype=torch.float32)
     mean = torch.empty(B, H, D, device=q.device, dtype=torch.float32)
     cov = torch.empty(B, H, D, D, device=q.device, dtype=torch.float32)
-    _forward_kernel[(B * H,)](q, k, var, mean, cov, T, H, *_grid_args(q, k),
-                              D=D, BLOCK=BLOCK_T, PRECISION=_precision(q.dtype))
+    with _on(q.device):
+        _forward_kernel[(B * H,)](q, k, var, mean, cov, T, H, *_grid_args(q, k),
+                                  D=D, BLOCK=BLOCK_T, PRECISION=_precision(q.dtype))
     return var, mean, cov
 
 
@@ -166,8 +174,9 @@ def _logit_variance_backward(q: torch.Tensor, k: torch.Tensor, grad: torch.Tenso
     B, H, T, D = q.shape
     dq = torch.empty(B, H, T, D, device=q.device, dtype=q.dtype)
     dk = torch.empty_like(dq)
-    _backward_kernel[(B * H,)](q, k, grad.contiguous(), mean, cov, dq, dk, T, H, *_grid_args(q, k),
-                               D=D, BLOCK=BLOCK_T, PRECISION=_precision(q.dtype))
+    with _on(q.device):
+        _backward_kernel[(B * H,)](q, k, grad.contiguous(), mean, cov, dq, dk, T, H, *_grid_args(q, k),
+                                   D=D, BLOCK=BLOCK_T, PRECISION=_precision(q.dtype))
     return dq, dk
 
 
