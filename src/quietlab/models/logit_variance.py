@@ -53,29 +53,34 @@ def logit_variance(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 if triton is not None:
 
     @triton.jit
+    def _rows(base, t, stride, dims, T):
+        """The (BLOCK, D) rows ``t`` of one (batch, head) slab; zeros past the T tokens."""
+        return tl.load(base + t[:, None] * stride + dims[None, :], mask=(t < T)[:, None], other=0.0)
+
+    @triton.jit
+    def _centred(keys, mean, t, T, dtype):
+        """Keys minus their mean, in float32, rounded to ``dtype`` for the dot; zeros past the T tokens."""
+        return tl.where((t < T)[:, None], keys.to(tl.float32) - mean[None, :], 0.0).to(dtype)
+
+    @triton.jit
     def _forward_kernel(q_ptr, k_ptr, var_ptr, mean_ptr, cov_ptr, T, H,
                         sqb, sqh, sqt, skb, skh, skt,
                         D: tl.constexpr, BLOCK: tl.constexpr, PRECISION: tl.constexpr):
         pid = tl.program_id(0)
-        b, h = pid // H, pid % H
-        q_base = q_ptr + b * sqb + h * sqh
-        k_base = k_ptr + b * skb + h * skh
+        q_base = q_ptr + (pid // H) * sqb + (pid % H) * sqh
+        k_base = k_ptr + (pid // H) * skb + (pid % H) * skh
         dims = tl.arange(0, D)
         dtype = q_ptr.dtype.element_ty
 
         total = tl.zeros([D], dtype=tl.float32)
         for t0 in range(0, T, BLOCK):
-            t = t0 + tl.arange(0, BLOCK)
-            keys = tl.load(k_base + t[:, None] * skt + dims[None, :], mask=(t < T)[:, None], other=0.0)
-            total += tl.sum(keys.to(tl.float32), axis=0)
+            total += tl.sum(_rows(k_base, t0 + tl.arange(0, BLOCK), skt, dims, T).to(tl.float32), axis=0)
         mean = total / T
 
         cov = tl.zeros([D, D], dtype=tl.float32)
         for t0 in range(0, T, BLOCK):
             t = t0 + tl.arange(0, BLOCK)
-            inside = (t < T)[:, None]
-            keys = tl.load(k_base + t[:, None] * skt + dims[None, :], mask=inside, other=0.0)
-            centred = tl.where(inside, keys.to(tl.float32) - mean[None, :], 0.0).to(dtype)
+            centred = _centred(_rows(k_base, t, skt, dims, T), mean, t, T, dtype)
             cov += tl.dot(tl.trans(centred), centred, input_precision=PRECISION)
         cov = cov / T
 
@@ -85,7 +90,7 @@ if triton is not None:
         cov_in = cov.to(dtype)
         for t0 in range(0, T, BLOCK):
             t = t0 + tl.arange(0, BLOCK)
-            queries = tl.load(q_base + t[:, None] * sqt + dims[None, :], mask=(t < T)[:, None], other=0.0)
+            queries = _rows(q_base, t, sqt, dims, T)
             projected = tl.dot(queries, cov_in, input_precision=PRECISION)
             var = tl.sum(projected * queries.to(tl.float32), axis=1)
             tl.store(var_ptr + pid * T + t, var, mask=t < T)
@@ -95,9 +100,8 @@ if triton is not None:
                          sqb, sqh, sqt, skb, skh, skt,
                          D: tl.constexpr, BLOCK: tl.constexpr, PRECISION: tl.constexpr):
         pid = tl.program_id(0)
-        b, h = pid // H, pid % H
-        q_base = q_ptr + b * sqb + h * sqh
-        k_base = k_ptr + b * skb + h * skh
+        q_base = q_ptr + (pid // H) * sqb + (pid % H) * sqh
+        k_base = k_ptr + (pid // H) * skb + (pid % H) * skh
         dims = tl.arange(0, D)
         dtype = q_ptr.dtype.element_ty
         stats = pid * D
@@ -107,7 +111,7 @@ if triton is not None:
         weighted = tl.zeros([D, D], dtype=tl.float32)  # G = Σ_i g_i q_i q_iᵀ
         for t0 in range(0, T, BLOCK):
             t = t0 + tl.arange(0, BLOCK)
-            queries = tl.load(q_base + t[:, None] * sqt + dims[None, :], mask=(t < T)[:, None], other=0.0)
+            queries = _rows(q_base, t, sqt, dims, T)
             g = tl.load(grad_ptr + pid * T + t, mask=t < T, other=0.0)
             scaled = (queries.to(tl.float32) * g[:, None]).to(dtype)
             weighted += tl.dot(tl.trans(scaled), queries, input_precision=PRECISION)
@@ -116,16 +120,14 @@ if triton is not None:
         out = pid * T * D
         for t0 in range(0, T, BLOCK):
             t = t0 + tl.arange(0, BLOCK)
-            inside = (t < T)[:, None]
-            queries = tl.load(q_base + t[:, None] * sqt + dims[None, :], mask=inside, other=0.0)
+            queries = _rows(q_base, t, sqt, dims, T)
             g = tl.load(grad_ptr + pid * T + t, mask=t < T, other=0.0)
             dq = 2.0 * g[:, None] * tl.dot(queries, cov_in, input_precision=PRECISION)
-            keys = tl.load(k_base + t[:, None] * skt + dims[None, :], mask=inside, other=0.0)
-            centred = tl.where(inside, keys.to(tl.float32) - mean[None, :], 0.0).to(dtype)
+            centred = _centred(_rows(k_base, t, skt, dims, T), mean, t, T, dtype)
             dk = tl.dot(centred, weighted_in, input_precision=PRECISION)
             where = out + t[:, None] * D + dims[None, :]
-            tl.store(dq_ptr + where, dq.to(dtype), mask=inside)
-            tl.store(dk_ptr + where, dk.to(dtype), mask=inside)
+            tl.store(dq_ptr + where, dq.to(dtype), mask=(t < T)[:, None])
+            tl.store(dk_ptr + where, dk.to(dtype), mask=(t < T)[:, None])
 
 
 def _precision(dtype: torch.dtype) -> str:
