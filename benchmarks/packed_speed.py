@@ -48,7 +48,7 @@ from quietlab.models import Transformer, TransformerConfig  # noqa: E402
 from quietlab.tasks import get_task  # noqa: E402
 from quietlab.train.budget import flops_per_token  # noqa: E402
 from quietlab.train.evaluate import masked_loss  # noqa: E402
-from quietlab.train.packed import PackedAdamW, PackedModels, PackedStep  # noqa: E402
+from quietlab.train.packed import PackedAdamW, PackedModels, PackedStep, math_attention_pays  # noqa: E402
 from quietlab.train.schedule import param_groups  # noqa: E402
 
 
@@ -90,7 +90,7 @@ class Packed:
             return masked_loss(logits, tokens, mask)
 
         self.step = PackedStep(self.packed, self.opt, loss_fn, 1.0, cuda_graph=graph and device.type == "cuda",
-                               compile=compile)
+                               compile=compile, math_attention=math_attention_pays(n, cfg.seq_len))
 
     def run(self, batches, steps: int, start: int = 0) -> torch.Tensor:
         for i in range(steps):
@@ -99,8 +99,9 @@ class Packed:
         return losses
 
 
-# --pack-attention: the attention kernels a pack's forward may use, inside the pack's own choice (flash or math
-# on a GPU, train/packed.py); "math" leaves the written-out attention to the compiler
+# --pack-attention: the attention kernels a pack's forward may use, overriding the pack's own choice (on a GPU,
+# train/packed.py: flash, or math for compiled packs where math_attention_pays); "math" leaves the written-out
+# attention to the compiler, "flash_attention" forces flash
 PACK_ATTENTION = None
 
 

@@ -159,6 +159,28 @@ def test_a_resumed_sweep_redoes_nothing_finished(small_sweep, tmp_path):
             assert s.series("train/loss")[1] == pytest.approx(losses, rel=1e-4)
 
 
+def test_the_table_file_alone_holds_every_result_while_the_sweep_runs(tmp_path):
+    """A sweep killed on a lent machine leaves sweep.sqlite to be copied off on its own: every finished run
+    must be in that one file (not in a -wal file beside it) from the moment it is recorded."""
+    import shutil
+
+    from quietlab.runs.sweep import SweepTable
+
+    runs, _ = expand_spec(__import__("tomllib").loads(textwrap.dedent(SMALL)))
+    table_ = SweepTable(tmp_path / "sw" / "sweep.sqlite")
+    for r in runs:
+        table_.add(r, tmp_path / "sw" / "runs" / r.folder_name)
+    table_.finish(runs[0].run_id, {"steps": 12, "eval/loss": 0.5}, 4)
+    table_.fail(runs[1].run_id, "RuntimeError: boom")
+    (tmp_path / "copy").mkdir()
+    shutil.copy(tmp_path / "sw" / "sweep.sqlite", tmp_path / "copy" / "sweep.sqlite")  # the writer still open
+    df = table(tmp_path / "copy").set_index("run_id")
+    assert len(df) == len(runs)
+    assert df.loc[runs[0].run_id, "status"] == "done" and df.loc[runs[0].run_id, "eval_loss"] == 0.5
+    assert df.loc[runs[1].run_id, "status"] == "failed"
+    table_.close()
+
+
 def test_frontier_cli_reads_the_sweep(small_sweep):
     out, _ = small_sweep
     result = runner.invoke(app, ["frontier", str(out), "--json"])

@@ -218,7 +218,10 @@ class SweepTable:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=60)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        # a rollback journal, not WAL: each commit lands in sweep.sqlite itself, so the file alone is the whole
+        # table even while the sweep runs or after it is killed (copied off a lent machine, a WAL table's
+        # finished runs stay behind in its -wal file); the sweep is the one writer, its commits are small
+        self._db.execute("PRAGMA journal_mode=DELETE")
         cols = ", ".join(f'"{n}" {t}' for n, t in SETTING_COLUMNS + RESULT_COLUMNS)
         self._db.execute(f"CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, run_dir TEXT, status TEXT, "
                          f"error TEXT, {cols})")

@@ -70,16 +70,18 @@ class PackedModels:
             return batched(self.params, self.buffers, *args)
 
     def compiled_losses(self, loss_fn: Callable, in_dims: Sequence[int | None] | None = None, n_args: int = 2,
-                        **compile_options) -> Callable:
+                        math_attention: bool = False, **compile_options) -> Callable:
         """``losses`` for ``n_args`` batched arguments as one ``torch.compile``d function (fused kernels;
-        compiled once per pack, on the first call)."""
+        compiled once per pack, on the first call). ``math_attention``: on a GPU, attention through the
+        math kernel, written out and fused by the compiler, instead of flash attention
+        (``math_attention_pays``)."""
         # a pack's shapes never change; symbolic sizes (automatic dynamic shapes, after another compiled
         # model of other sizes in the process) fail under vmap: "Cannot call sizes() on tensor with symbolic sizes"
         compile_options.setdefault("dynamic", False)
         compiled = torch.compile(self._batched(loss_fn, in_dims, n_args), **compile_options)
 
         def losses(*args):
-            with _attention_under_vmap(self.params):
+            with _attention_under_vmap(self.params, math_only=math_attention):
                 return compiled(self.params, self.buffers, *args)
 
         return losses
@@ -130,17 +132,28 @@ class PackedModels:
         return new
 
 
-def _attention_under_vmap(params: dict[str, torch.Tensor]):
+def _attention_under_vmap(params: dict[str, torch.Tensor], math_only: bool = False):
     """The attention kernels that are right under vmap: on a GPU (torch 2.11, H200) the memory-efficient
     kernel that ``scaled_dot_product_attention`` picks by default gives NaN gradients to every model of
     a vmapped ViT from the first step, and refuses float32 ('LSE is not correctly aligned'); flash
     attention (half precision) and the math kernel (float32) train as the models do alone
-    (benchmarks/packed_gpu_check.py). Nothing changes on a CPU."""
+    (benchmarks/packed_gpu_check.py). ``math_only``: the math kernel alone. Nothing changes on a CPU."""
     if next(iter(params.values())).device.type != "cuda":
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.MATH])
+    return sdpa_kernel([SDPBackend.MATH] if math_only else [SDPBackend.FLASH_ATTENTION, SDPBackend.MATH])
+
+
+def math_attention_pays(n_models: int, seq_len: int) -> bool:
+    """Whether a compiled pack should leave its attention to the compiler (the math kernel, written out and
+    fused) rather than call flash attention: for several models at sequences of at most 64 tokens. Flash
+    attention works in tiles of 128 keys, mostly padding there. Measured on an H200
+    (benchmarks/small_step_profile.py, results/h200-2026-12-04-s13), 64 packed d_model-64 models, compiled:
+    addition-16 (52 tokens) 8.51 ms a step with the math kernel against 10.17 ms with flash attention;
+    max_subarray (130 tokens) 34.76 against 26.83 ms. One model alone keeps flash attention (not measured
+    with the math kernel)."""
+    return n_models > 1 and seq_len <= 64
 
 
 def _per_model(value, n: int, device, dtype=torch.float64) -> torch.Tensor:
@@ -234,6 +247,7 @@ class PackedStep:
     ``compile=True`` runs forward and loss (``n_args`` batched inputs) through ``torch.compile``, and the
     update (clip and AdamW) too: eager, they are about a dozen small kernels per parameter, which bound a
     small model's step (benchmarks/small_step_profile.py: 858 kernels a step for d_model 128 x 4).
+    ``math_attention`` (with ``compile``): attention through the math kernel on a GPU (``math_attention_pays``).
     With ``cuda_graph=True`` (CUDA only) the first ``warmup`` calls run eagerly on a side stream, the next
     one captures the whole step (forward, loss, backward, clip, AdamW) as one CUDA graph, and every later
     call copies its inputs into the graph's static buffers and replays it: no host synchronisation and
@@ -241,10 +255,11 @@ class PackedStep:
     """
 
     def __init__(self, packed: PackedModels, optimizer: PackedAdamW, loss_fn: Callable, max_norm=1.0,
-                 cuda_graph: bool = False, warmup: int = 3, compile: bool = False, n_args: int = 2):
+                 cuda_graph: bool = False, warmup: int = 3, compile: bool = False, n_args: int = 2,
+                 math_attention: bool = False):
         self.packed, self.optimizer, self.loss_fn, self.cuda_graph, self.warmup = packed, optimizer, loss_fn, cuda_graph, warmup
         # compile: forward and loss through torch.compile (no CUDA graphs of its own: the step's graph holds them)
-        self._losses = (packed.compiled_losses(loss_fn, n_args=n_args) if compile
+        self._losses = (packed.compiled_losses(loss_fn, n_args=n_args, math_attention=math_attention) if compile
                         else lambda *args: packed.losses(loss_fn, *args))
         self._update = torch.compile(self.update, fullgraph=True, dynamic=False) if compile else self.update
         first = next(iter(packed.params.values()))
@@ -431,7 +446,8 @@ def _train_packed(cfgs: Sequence, run_dirs: Sequence, progress: bool, resume: bo
                     progress=[v for k, v in packed.buffers.items() if k.endswith("attn.progress")],
                     step=PackedStep(packed, opt, lm_loss, [cfgs[i].grad_clip for i in active],
                                     cuda_graph=c0.compile and device.type == "cuda",
-                                    compile=compiles_forward(c0.compile, device, [totals[i] for i in active])))
+                                    compile=compiles_forward(c0.compile, device, [totals[i] for i in active]),
+                                    math_attention=math_attention_pays(len(active), task.seq_len)))
 
     stores, streams = {}, {}
     if active:

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The quiet-features study at reduced scale (benchmarks/sweeps/study_reduced.toml) in slices that fit a lent
+# GPU's calls of at most ten minutes: each slice resumes from the table the slices before it left (runs
+# marked done are not redone; the runs of a pack cut off by the time limit are still pending and start over
+# in the next slice), trains for SECONDS, then copies the table (sweep.sqlite, the whole table in one file)
+# and its printout to $OUT. Only the table travels between slices: the frontier needs nothing else.
+#
+#   bash benchmarks/study_reduced.sh none 480                                     # the first slice
+#   bash benchmarks/study_reduced.sh benchmarks/results/.../sweep.sqlite 480      # every later one
+#   quietlab frontier DIR_WITH_THE_LAST_SWEEP_SQLITE                              # here, when all are done
+# A third argument runs another spec the same way.
+set -u
+previous=$1 seconds=$2 spec=${3:-benchmarks/sweeps/study_reduced.toml}
+out=${OUT:-/tmp/study_reduced_out}
+sweep=/tmp/study_reduced
+mkdir -p "$sweep" "$out"
+if [ "$previous" != none ]; then cp "$previous" "$sweep/sweep.sqlite" && chmod u+w "$sweep/sweep.sqlite"; fi
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+start=$(date +%s)
+timeout "$seconds" python -m quietlab.cli sweep "$spec" --out "$sweep" --json \
+  > "$out/sweep.log" 2>&1
+echo "exit $? after $(( $(date +%s) - start )) s (124: the time limit)" >> "$out/sweep.log"
+cp "$sweep/sweep.sqlite" "$out/sweep.sqlite"
+python - "$out/sweep.sqlite" <<'PY'
+import sqlite3, sys
+con = sqlite3.connect(sys.argv[1])
+print("runs by status:", dict(con.execute("SELECT status, count(*) FROM runs GROUP BY status")))
+for task, done, n in con.execute("SELECT task, sum(status = 'done'), count(*) FROM runs GROUP BY task ORDER BY min(rowid)"):
+    print(f"  {task}: {done} of {n} done")
+PY
+grep -v "Online softmax" "$out/sweep.log" | tail -5
