@@ -8,7 +8,8 @@
 #   bash benchmarks/study_reduced.sh none 480                                     # the first slice
 #   bash benchmarks/study_reduced.sh benchmarks/results/.../sweep.sqlite 480      # every later one
 #   quietlab frontier DIR_WITH_THE_LAST_SWEEP_SQLITE                              # here, when all are done
-# A third argument runs another spec the same way.
+# A third argument runs another spec the same way. WORKERS=N runs N packs at once (worker processes sharing
+# the GPU: `quietlab sweep --workers`); the default is one.
 set -u
 previous=$1 seconds=$2 spec=${3:-benchmarks/sweeps/study_reduced.toml}
 out=${OUT:-/tmp/study_reduced_out}
@@ -17,9 +18,10 @@ mkdir -p "$sweep" "$out"
 if [ "$previous" != none ]; then cp "$previous" "$sweep/sweep.sqlite" && chmod u+w "$sweep/sweep.sqlite"; fi
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 start=$(date +%s)
-timeout "$seconds" python -m quietlab.cli sweep "$spec" --out "$sweep" --json \
+timeout "$seconds" python -m quietlab.cli sweep "$spec" --out "$sweep" --workers "${WORKERS:-1}" --json \
   > "$out/sweep.log" 2>&1
 echo "exit $? after $(( $(date +%s) - start )) s (124: the time limit)" >> "$out/sweep.log"
+pkill -f multiprocessing.spawn  # a timed-out sweep's worker processes (the table is written by the sweep alone)
 cp "$sweep/sweep.sqlite" "$out/sweep.sqlite"
 python - "$out/sweep.sqlite" <<'PY'
 import sqlite3, sys
