@@ -113,6 +113,22 @@ def attention_backends():
     return sdpa_kernel([getattr(SDPBackend, name.upper()) for name in PACK_ATTENTION.split(",")])
 
 
+def decompose_small_bmm(max_other: int) -> None:
+    """--decompose-bmm: Inductor's ``decompose_mm_pass`` for batched products of at least 10,240 matrices
+    with two of their three sizes under ``max_other`` (default 32): written out as a broadcast multiply and
+    a sum, which the compiler fuses, in place of cuBLAS's kernels for tiny matrices. A pack's attention
+    products are such (64 models x batch 64 x 4 heads of 52 x 16 by 16 x 52 at addition-16), but only one of
+    their sizes is under 32. The pass reads its thresholds when its module is first imported."""
+    import torch._inductor.config as inductor_config
+
+    options = {"max_other_dimension_decomposition": max_other}
+    inductor_config.post_grad_fusion_options = {**inductor_config.post_grad_fusion_options,
+                                                "decompose_mm_pass": options}
+    module = sys.modules.get("torch._inductor.fx_passes.decompose_mem_bound_mm")
+    if module is not None:
+        module.max_other_dimension_decomposition = max_other
+
+
 def time_it(fn, device) -> float:
     sync(device)
     t = time.perf_counter()
@@ -246,8 +262,12 @@ def main():
     ap.add_argument("--large-modes", default="paper,eager,compiled,graph,graph-compiled")
     ap.add_argument("--pack-attention", default=None,
                     help="attention kernels for packs and graph modes, e.g. math or flash_attention (default: the pack's own choice)")
+    ap.add_argument("--decompose-bmm", type=int, default=0,
+                    help="let the compiler write out batched products with two sizes under this (0: off; see decompose_small_bmm)")
     ap.add_argument("--out", default=None, help="write the results here as JSON (also printed)")
     args = ap.parse_args()
+    if args.decompose_bmm:
+        decompose_small_bmm(args.decompose_bmm)
     global PACK_ATTENTION
     PACK_ATTENTION = args.pack_attention
     q = args.quick

@@ -39,8 +39,11 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=45)
     ap.add_argument("--pack-attention", default=None, help="as packed_speed.py's (e.g. math, or flash_attention)")
     ap.add_argument("--task", default="addition", help="a quietlab task at its default sizes (addition: 16 bits)")
+    ap.add_argument("--decompose-bmm", type=int, default=0, help="as packed_speed.py's")
     args = ap.parse_args()
     packed_speed.PACK_ATTENTION = args.pack_attention
+    if args.decompose_bmm:
+        packed_speed.decompose_small_bmm(args.decompose_bmm)
     device = torch.device(args.device)
     task = get_task(args.task, **({"n_bits": 16} if args.task == "addition" else {}))
     cfg = TransformerConfig(vocab_size=len(task.vocab), seq_len=task.seq_len, d_model=args.d_model,
@@ -69,7 +72,7 @@ def main() -> None:
     device_ms = sum(e.device_time for e in events) / 1e3 / args.profile_steps
     table = prof.key_averages().table(sort_by="self_device_time_total" if device.type == "cuda" else "self_cpu_time_total",
                                       row_limit=args.rows, max_name_column_width=100)
-    head = (f"mode {args.mode}, attention {args.pack_attention or 'default'}, {args.models} model(s) of d_model {args.d_model} x {args.layers}, {args.task} ({task.seq_len} tokens), batch {args.batch_size}: "
+    head = (f"mode {args.mode}, attention {args.pack_attention or 'default'}, decompose_bmm {args.decompose_bmm}, {args.models} model(s) of d_model {args.d_model} x {args.layers}, {args.task} ({task.seq_len} tokens), batch {args.batch_size}: "
             f"{ms:.3f} ms a step (median of {args.rounds} rounds of {args.steps}, rounds {[round(1e3 * t / args.steps, 3) for t in times]}); "
             f"under the profiler {kernels:.0f} device events a step, {device_ms:.3f} ms of device time a step\n")
     Path(args.out).write_text(head + table)
