@@ -262,12 +262,25 @@ def main():
     ap.add_argument("--large-modes", default="paper,eager,compiled,graph,graph-compiled")
     ap.add_argument("--pack-attention", default=None,
                     help="attention kernels for packs and graph modes, e.g. math or flash_attention (default: the pack's own choice)")
+    ap.add_argument("--inductor", default="", metavar="KEY=VALUE[,KEY=VALUE]",
+                    help="torch._inductor.config settings for every compiled arm of this process (values as Python "
+                         "literals), e.g. coordinate_descent_tuning=True,combo_kernels=True")
     ap.add_argument("--decompose-bmm", type=int, default=0,
                     help="let the compiler write out batched products with two sizes under this (0: off; see decompose_small_bmm)")
     ap.add_argument("--out", default=None, help="write the results here as JSON (also printed)")
     args = ap.parse_args()
     if args.decompose_bmm:
         decompose_small_bmm(args.decompose_bmm)
+    if args.inductor:
+        import ast
+
+        import torch._inductor.config as inductor_config
+
+        for item in args.inductor.split(","):
+            key, _, value = item.partition("=")
+            if not hasattr(inductor_config, key):
+                raise SystemExit(f"error: --inductor: torch._inductor.config has no setting {key!r}")
+            setattr(inductor_config, key, ast.literal_eval(value))
     global PACK_ATTENTION
     PACK_ATTENTION = args.pack_attention
     q = args.quick
@@ -288,7 +301,8 @@ def main():
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     results = {"device": name, "torch": torch.__version__, "peak_flops": args.peak, "peak_what": peak_what,
-               "quick": q, "data_examples_per_s": train_speed.sample_rate(task)}
+               "quick": q, "data_examples_per_s": train_speed.sample_rate(task),
+               "pack_attention": args.pack_attention, "inductor": args.inductor, "decompose_bmm": args.decompose_bmm}
     arms = args.arms.split(",")
     if "packed" in arms:
         results["packed"] = arm_packed(args, device, task)
