@@ -29,5 +29,10 @@ con = sqlite3.connect(sys.argv[1])
 print("runs by status:", dict(con.execute("SELECT status, count(*) FROM runs GROUP BY status")))
 for task, done, n in con.execute("SELECT task, sum(status = 'done'), count(*) FROM runs GROUP BY task ORDER BY min(rowid)"):
     print(f"  {task}: {done} of {n} done")
+# a pack's runs share its wall time: each pack finished here, with its longest run
+for task, d, runs, wall, steps in con.execute(
+        "SELECT task, d_model, count(*), wall_s, max(total_steps) FROM runs WHERE status = 'done' "
+        "GROUP BY task, d_model, wall_s ORDER BY min(finished_at)"):
+    print(f"  pack {task} d_model {d}: {runs} runs, longest {steps} steps, {wall:.0f} s")
 PY
 grep -v "Online softmax" "$out/sweep.log" | tail -5
