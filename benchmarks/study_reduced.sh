@@ -9,13 +9,20 @@
 #   bash benchmarks/study_reduced.sh benchmarks/results/.../sweep.sqlite 480      # every later one
 #   quietlab frontier DIR_WITH_THE_LAST_SWEEP_SQLITE                              # here, when all are done
 # A third argument runs another spec the same way. WORKERS=N runs N packs at once (worker processes sharing
-# the GPU: `quietlab sweep --workers`); the default is one.
+# the GPU: `quietlab sweep --workers`); the default is one. PACK_SIZE=N overrides the spec's pack_size (the runs
+# and their ids are the same, so slices of either kind share one table). Smaller packs spend less time on runs
+# that outlast the rest of their pack, but with compile = true a GPU pack whose runs all end together compiles
+# its forward and update, a cost paid once per pack (at N = 2 every pack: two learning rates of one budget).
 set -u
 previous=$1 seconds=$2 spec=${3:-benchmarks/sweeps/study_reduced.toml}
 out=${OUT:-/tmp/study_reduced_out}
 sweep=/tmp/study_reduced
 mkdir -p "$sweep" "$out"
 if [ "$previous" != none ]; then cp "$previous" "$sweep/sweep.sqlite" && chmod u+w "$sweep/sweep.sqlite"; fi
+if [ -n "${PACK_SIZE:-}" ]; then
+  sed "s/^pack_size *=.*/pack_size = $PACK_SIZE/" "$spec" > "$sweep.spec.toml" && spec=$sweep.spec.toml
+  grep -q "^pack_size = $PACK_SIZE" "$spec" || echo "pack_size = $PACK_SIZE" >> "$spec"
+fi
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 start=$(date +%s)
 timeout "$seconds" python -m quietlab.cli sweep "$spec" --out "$sweep" --workers "${WORKERS:-1}" --json \
