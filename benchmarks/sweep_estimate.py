@@ -8,8 +8,8 @@ The formula: GPU time = sum over runs of C_run / R(run), where C_run is the run'
 R the FLOP/s measured by benchmarks/packed_speed.py for its class of model: runs of d_model <= --small-d
 at the packed arm's steady aggregate rate in the mode a sweep's packs train in while their runs leave one
 by one (``packed-graph``: packed models, whole step as one CUDA graph, forward not compiled; the stretch
-after which the remaining runs end together compiles its forward, ``compiles_forward``, and is not
-counted faster here), larger ones at
+after which the remaining runs end together compiles its forward if 10,000 or more steps are left,
+``compiles_forward``, and is not counted faster here), larger ones at
 the large arm's rate (one model, quietlab's fastest mode). Evaluation, checkpoints and pack set-up are
 not in R; --overhead-s adds a fixed time per pack (measure it from a real sweep's wall time; default 0).
 A pack cannot finish before its longest run has done its steps one after another: ``longest_runs_seconds``

@@ -195,12 +195,17 @@ def test_heat_schedules_follow_each_runs_own_length(tmp_path):
 
 def test_compiled_pack_compiles_its_forward_once_its_shape_is_final(tmp_path, monkeypatch):
     """With compile=True (on a GPU) the forward is compiled only while every run left in the pack ends at
-    the same step: a run leaving would change the pack's shape and cost a recompile."""
+    the same step (a run leaving would change the pack's shape and cost a recompile), and only if the pack
+    keeps that shape for at least COMPILE_MIN_STEPS steps from where it took it."""
     import quietlab.train.packed as packed_mod
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert packed_mod.compiles_forward(True, cuda, [6, 6]) and not packed_mod.compiles_forward(True, cuda, [4, 6])
-    assert not packed_mod.compiles_forward(False, cuda, [6, 6]) and not packed_mod.compiles_forward(True, cpu, [6, 6])
+    long = packed_mod.COMPILE_MIN_STEPS
+    assert packed_mod.compiles_forward(True, cuda, [long, long]) and not packed_mod.compiles_forward(True, cuda, [4, long])
+    assert not packed_mod.compiles_forward(False, cuda, [long] * 2) and not packed_mod.compiles_forward(True, cpu, [long] * 2)
+    assert not packed_mod.compiles_forward(True, cuda, [long - 1] * 2)
+    assert packed_mod.compiles_forward(True, cuda, [long + 5] * 2, since=5)
+    assert not packed_mod.compiles_forward(True, cuda, [long + 5] * 2, since=6)
 
     built = []  # (pack size, compile) of every step function train_packed builds
 
@@ -210,14 +215,21 @@ def test_compiled_pack_compiles_its_forward_once_its_shape_is_final(tmp_path, mo
 
     monkeypatch.setattr(packed_mod, "PackedStep", recording_step)
     rule = packed_mod.compiles_forward
-    monkeypatch.setattr(packed_mod, "compiles_forward", lambda c, device, lengths: rule(c, cuda, lengths))
+    monkeypatch.setattr(packed_mod, "compiles_forward",
+                        lambda c, device, lengths, since: rule(c, cuda, lengths, since, min_steps=2))
     train_packed([tiny(steps=6, seed=0, compile=True), tiny(steps=6, seed=1, compile=True)],
                  [tmp_path / "a0", tmp_path / "a1"])
     assert built == [(2, True)]
     built.clear()
     train_packed([tiny(steps=4, seed=0, compile=True), tiny(steps=6, seed=1, compile=True),
                   tiny(steps=6, seed=2, compile=True)], [tmp_path / "b0", tmp_path / "b1", tmp_path / "b2"])
-    assert built == [(3, False), (2, True)]
+    assert built == [(3, False), (2, True)]  # the last two steps, from step 4
+    built.clear()
+    monkeypatch.setattr(packed_mod, "compiles_forward",
+                        lambda c, device, lengths, since: rule(c, cuda, lengths, since, min_steps=3))
+    train_packed([tiny(steps=4, seed=0, compile=True), tiny(steps=6, seed=1, compile=True),
+                  tiny(steps=6, seed=2, compile=True)], [tmp_path / "d0", tmp_path / "d1", tmp_path / "d2"])
+    assert built == [(3, False), (2, False)]  # two steps left in that shape: too few to compile
     built.clear()
     train_packed([tiny(steps=6, seed=0), tiny(steps=6, seed=1)], [tmp_path / "c0", tmp_path / "c1"])
     assert built == [(2, False)]

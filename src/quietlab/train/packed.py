@@ -314,12 +314,23 @@ PER_MODEL = ("seed", "lr", "weight_decay", "grad_clip", "warmup_fraction", "min_
              "steps", "flops")
 
 
-def compiles_forward(compile: bool, device: torch.device, lengths: Sequence[int]) -> bool:
+# a pack compiles its forward and update only if at least this many steps are left when it takes its final shape
+COMPILE_MIN_STEPS = 10_000
+
+
+def compiles_forward(compile: bool, device: torch.device, lengths: Sequence[int], since: int = 0,
+                     min_steps: int = COMPILE_MIN_STEPS) -> bool:
     """Whether a pack compiles its forward and update (inside the step's CUDA graph): with ``compile``, on a
-    GPU, once the pack has its final shape (its runs all end at one step). Each run that leaves changes the shape, and
-    a new shape is a new compile (the first took about 18 s on an H200 and made the paper preset's BFS pack
-    1.28x faster a step: benchmarks/packed_compile_ab.py); on a CPU a packed compile costs minutes."""
-    return bool(compile) and device.type == "cuda" and len(set(lengths)) == 1
+    GPU, once the pack has its final shape (its runs all end at one step), if it keeps that shape for at
+    least ``min_steps`` steps after step ``since`` (where it took it). Each run that leaves changes the
+    shape, and a new shape is a new compile, which pays only over many steps. Measured on an H200: the paper
+    preset's BFS pack of three (d_model 128 x 4) stepped 1.28x faster compiled, about 2 ms a step, after a
+    compile of about 18 s (benchmarks/packed_compile_ab.py, results/h200-2026-12-03-s6), repaid after 8,000
+    to 10,000 steps; one d_model-128 model's step, 2.83 ms as a CUDA graph of eager kernels against 1.02 ms
+    compiled (results/h200-2026-12-04-s12), repays a compile of that length after about 10,000. On a CPU a
+    packed compile costs minutes."""
+    return (bool(compile) and device.type == "cuda" and len(set(lengths)) == 1
+            and lengths[0] - since >= min_steps)
 
 
 def pack_key(cfg) -> str:
@@ -442,11 +453,15 @@ def _train_packed(cfgs: Sequence, run_dirs: Sequence, progress: bool, resume: bo
     pack: dict = {}
 
     def build(packed: PackedModels, opt: PackedAdamW) -> None:
+        # the step from which this pack's shape holds in a run from the start (the last other run's end), so a
+        # resumed pack makes the same choice as an uninterrupted one
+        ends = [totals[i] for i in active]
+        since = max((t for t in totals if t < min(ends)), default=0)
         pack.update(packed=packed, opt=opt, lr_rows={},
                     progress=[v for k, v in packed.buffers.items() if k.endswith("attn.progress")],
                     step=PackedStep(packed, opt, lm_loss, [cfgs[i].grad_clip for i in active],
                                     cuda_graph=c0.compile and device.type == "cuda",
-                                    compile=compiles_forward(c0.compile, device, [totals[i] for i in active]),
+                                    compile=compiles_forward(c0.compile, device, ends, since),
                                     math_attention=math_attention_pays(len(active), task.seq_len)))
 
     stores, streams = {}, {}
