@@ -38,13 +38,26 @@ import time
 from quietlab.runs import write_atomic
 
 
+def inductor_settings(text: str) -> dict:
+    """``KEY=VALUE,KEY=VALUE`` (values as Python literals) as a dict of ``torch._inductor.config`` settings."""
+    return {k: ast.literal_eval(v) for k, v in (item.split("=", 1) for item in text.split(",") if item)}
+
+
+def apply_inductor(settings: dict) -> None:
+    """Set ``torch._inductor.config`` settings; an unknown one is one line of error."""
+    import torch._inductor.config as inductor_config
+
+    for key, value in settings.items():
+        if not hasattr(inductor_config, key):
+            raise SystemExit(f"error: --inductor: torch._inductor.config has no setting {key!r}")
+        setattr(inductor_config, key, value)
+
+
 def one_arm(scope: str, task: str, n_nodes: int, d_model: int, layers: int, batch: int, steps: int, device: str,
             profile: bool = False, inductor: dict | None = None) -> dict:
     import torch
-    import torch._inductor.config
 
-    for key, value in (inductor or {}).items():  # e.g. pattern_matcher=False: what each costs at compile time
-        torch._inductor.config.__setattr__(key, value)
+    apply_inductor(inductor or {})  # e.g. pattern_matcher=False: what each costs at compile time
 
     from quietlab.models import Transformer, TransformerConfig
     from quietlab.tasks import get_task
@@ -158,8 +171,7 @@ def main():
     arms = [(scope, scope, {}) for scope in args.scopes.split(",") if scope]
     for spec in args.inductor:
         name, _, settings = spec.partition(":")
-        arms.append((name, "model_pool", {k: ast.literal_eval(v) for k, v in
-                                          (item.split("=", 1) for item in settings.split(",") if item)}))
+        arms.append((name, "model_pool", inductor_settings(settings)))
     rows = []
     for name, scope, options in arms:
         cache = tempfile.mkdtemp(prefix=f"inductor-{name}-")

@@ -272,15 +272,9 @@ def main():
     if args.decompose_bmm:
         decompose_small_bmm(args.decompose_bmm)
     if args.inductor:
-        import ast
+        from compile_cost import apply_inductor, inductor_settings
 
-        import torch._inductor.config as inductor_config
-
-        for item in args.inductor.split(","):
-            key, _, value = item.partition("=")
-            if not hasattr(inductor_config, key):
-                raise SystemExit(f"error: --inductor: torch._inductor.config has no setting {key!r}")
-            setattr(inductor_config, key, ast.literal_eval(value))
+        apply_inductor(inductor_settings(args.inductor))
     global PACK_ATTENTION
     PACK_ATTENTION = args.pack_attention
     q = args.quick
