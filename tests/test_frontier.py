@@ -66,7 +66,9 @@ def test_frontier_cli_prints_each_task_and_writes_the_report(tmp_path):
     synthetic_table(tmp_path / "sw", np.random.default_rng(1))
     result = CliRunner().invoke(app, ["frontier", str(tmp_path / "sw")])
     assert result.exit_code == 0, result.output
-    assert "addition · two phases: drop from" in result.output and "bfs · no two-phase drop" in result.output
+    summary = result.output[result.output.index("Two phases on each frontier"):]
+    rows = {line.split("│")[1].strip(): line for line in summary.splitlines() if line.startswith("│ ")}
+    assert "│ yes" in rows["addition"] and "│ no" in rows["bfs"]
     html = (tmp_path / "sw" / "report.html").read_text()
     assert '"type":"log"' in html.replace(" ", "") and "addition" in html
     data = json.loads(CliRunner().invoke(app, ["frontier", str(tmp_path / "sw"), "--json", "--by", "d_model"]).output)
@@ -75,3 +77,37 @@ def test_frontier_cli_prints_each_task_and_writes_the_report(tmp_path):
     assert bad.exit_code == 2 and "colour" in bad.output
     missing = CliRunner().invoke(app, ["frontier", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "not a sweep folder" in missing.output
+
+
+STUDY_BUDGETS = np.logspace(10, 14, 17)  # the reduced study's grid: four budgets a decade
+
+
+def frontier_of(task, losses):
+    rows = [dict(run_id=f"{task}-{k}", status="done", task=task, task_sizes="{}", preset="quietlab", budget=b,
+                 train_flops=b, eval_loss=loss, exact_match=None, run_dir=None)
+            for k, (b, loss) in enumerate(zip(STUDY_BUDGETS, losses))]
+    (f,) = compute_frontiers(rows)
+    return f
+
+
+def test_a_frontier_of_four_budgets_a_decade_is_read_on_log_axes():
+    u = np.log10(STUDY_BUDGETS)
+    # addition's shape in the reduced study: a fall onto the coin-flip level 0.66 by 1e11, flat to 1e12, then
+    # within a quarter decade a drop to float32's rounding (exactly 0 at the largest budgets)
+    plateau = 0.66 + 0.5 * np.clip(11 - u, 0, None)
+    solved = np.where(u > 13.4, 0.0, 1e-10)
+    add = frontier_of("addition", plateau / (1 + np.exp((u - 12.1) / 0.03)) + solved)
+    assert add.two_phase
+    assert 11.9 <= math.log10(add.drop_start) <= 12.1 and 12.1 <= math.log10(add.drop_end) <= 12.5
+    assert 0.66 <= add.loss_before <= plateau[0] and add.loss_after < 1e-4  # the plateau, in loss units
+    # the same fall over the same budgets without the flat stretch: a power law, straight on log-log axes
+    assert not frontier_of("bfs", 2.6 * 10 ** (-0.9 * (u - 10))).two_phase
+    # a slow bend onto a floor is no drop either
+    assert not frontier_of("mst", 0.5 + 2.5 * 10 ** (-0.5 * (u - 10))).two_phase
+
+
+def test_detect_transitions_rejects_fewer_than_two_min_points():
+    from quietlab.monitor.transitions import detect_transitions
+
+    with pytest.raises(ValueError, match="min_points"):
+        detect_transitions([1, 2, 3], [3.0, 2.0, 1.0], min_points=1)

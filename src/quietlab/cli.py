@@ -510,16 +510,24 @@ def frontier_cmd(
     if as_json:
         print(json.dumps({"report": str(report), "frontiers": [f.to_dict() for f in frontiers]}))
         return
+    summary = Table(title="Two phases on each frontier (log loss over log FLOPs)", title_justify="left")
+    summary.add_column("curve", no_wrap=True, min_width=max([len(f.curve) for f in frontiers], default=5))
+    for col in ("two phases", "drop from (FLOPs)", "to (FLOPs)", "loss before", "loss after", "budgets", "runs"):
+        summary.add_column(col, justify="left" if col == "two phases" else "right")
     for f in frontiers:
-        verdict = (f"two phases: drop from {f.drop_start:.3g} to {f.drop_end:.3g} FLOPs "
-                   f"(loss {f.loss_before:.3g} -> {f.loss_after:.3g})" if f.two_phase else "no two-phase drop")
-        table = Table(title=f"{f.curve} · {verdict}", title_justify="left")
+        console.print(f"{f.curve}", style="bold", highlight=False)
+        table = Table()
         for col in ("budget (FLOPs)", "best loss", "exact match", "best run", "runs"):
             table.add_column(col, justify="left" if col == "best run" else "right")
         for p in f.points:
             table.add_row(f"{p.budget:.3g}", f"{p.eval_loss:.4g}", "" if p.exact_match is None else f"{p.exact_match:.1%}",
                           p.run_id, str(p.runs))
         console.print(table)
+        numbers = [f"{v:.3g}" if f.two_phase else "" for v in (f.drop_start, f.drop_end, f.loss_before, f.loss_after)]
+        summary.add_row(f.curve, "yes" if f.two_phase else "no", *numbers, str(len(f.points)),
+                        str(sum(p.runs for p in f.points)))
+    if frontiers:
+        console.print(summary)
     if not frontiers:
         console.print("no finished runs in this sweep yet")
     console.print(f"report: {report}", highlight=False)

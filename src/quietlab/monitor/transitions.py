@@ -460,10 +460,14 @@ class _Analysis:
     """One pass over a curve: the polyline, its drop runs and the transitions."""
 
     def __init__(
-        self, steps, values, *, log_x, direction, min_drop, min_plateau, initial_ramp, max_bins, abrupt=ABRUPT
+        self, steps, values, *, log_x, direction, min_drop, min_plateau, initial_ramp, max_bins, abrupt=ABRUPT,
+        min_points=MIN_POINTS,
     ):
         _check_options(direction, min_drop, min_plateau, max_bins)
+        if isinstance(min_points, bool) or not isinstance(min_points, int) or min_points < 2:
+            raise ValueError(f"min_points must be an integer of at least 2, got {min_points!r}")
         self.abrupt = float(abrupt)
+        self.min_points = min_points
         self.curve = c = _Curve(steps, values, log_x, direction, int(max_bins))
         if initial_ramp is None:  # auto: does the curve start at the start of training?
             initial_ramp = c.starts_at_zero
@@ -570,7 +574,7 @@ class _Analysis:
         """Is the curve observed up to u1, on at least MIN_POINTS points after u0, and does the
         fit stay below ``ceiling`` on [u0, u1]?"""
         U, V, u = self.U, self.V, self.curve.u
-        if U[-1] < u1 or np.count_nonzero(u > u0) < MIN_POINTS:
+        if U[-1] < u1 or np.count_nonzero(u > u0) < self.min_points:
             return False
         inside = V[(U > u0) & (U < u1)]
         ends = np.interp([u0, u1], U, V)
@@ -772,17 +776,17 @@ class _Analysis:
             need = max(self.min_plateau, self.abrupt * width)
             if length < need * (1 - 1e-9):
                 continue
-            if np.count_nonzero((c.u >= ps) & (c.u <= onset)) < MIN_POINTS:
+            if np.count_nonzero((c.u >= ps) & (c.u <= onset)) < self.min_points:
                 continue
             hold = HOLD * max(KAPPA * width, MIN_HOLD_FRAC * self.span_u)
             if not self._holds(end, end + hold, after + 0.5 * drop):
-                self.pending |= bool(U[-1] < end + hold or np.count_nonzero(c.u > end) < MIN_POINTS)
+                self.pending |= bool(U[-1] < end + hold or np.count_nonzero(c.u > end) < self.min_points)
                 continue
             # the same drop judged directly from the bins on the plateau and after the drop,
             # free of where the segmentation chose to cut (after it: as far as HOLD times the plateau's
             # shortest length at KAPPA, where seen)
             u_after = max(min(end + HOLD * max(self.min_plateau, KAPPA * width), float(c.u[-1])), end + hold,
-                          float(c.u[np.searchsorted(c.u, end) + MIN_POINTS - 1]))
+                          float(c.u[np.searchsorted(c.u, end) + self.min_points - 1]))
             z_bins = self._bin_contrast(ps, onset, end, u_after)
             z = min(z, z_bins)
             if z < Z_DROP:
@@ -843,6 +847,7 @@ def detect_transitions(
     min_plateau: float | None = None,
     initial_ramp: bool | None = None,
     max_bins: int = 400,
+    min_points: int = MIN_POINTS,
 ) -> list[Transition]:
     """Find plateaus each ended by an abrupt improvement in the curve ``values`` over ``steps``.
 
@@ -851,7 +856,9 @@ def detect_transitions(
     ``"up"`` for an accuracy. ``min_drop`` (in the values' unit) replaces the default smallest
     drop, 5% of the fitted curve's range (after the initial ramp); ``min_plateau`` (decades when
     ``log_x``, else x units) replaces the default shortest plateau, 3% of the curve's span. ``max_bins`` bounds the
-    resolution (and the cost: the fit is O(max_bins^2), the rest O(n log n)).
+    resolution (and the cost: the fit is O(max_bins^2), the rest O(n log n)). ``min_points`` replaces
+    ``MIN_POINTS``, the fewest observed points on a plateau and after a drop: for short curves whose
+    points are not noisy single readings (a sweep's frontier, ``runs.frontier``).
 
     Returns the transitions in order of onset; see the module docstring for the definitions.
     The initial ramp and smooth (convex in log x) decreases are not transitions.
@@ -865,6 +872,7 @@ def detect_transitions(
         min_plateau=min_plateau,
         initial_ramp=initial_ramp,
         max_bins=max_bins,
+        min_points=min_points,
     ).transitions
 
 

@@ -5,11 +5,19 @@ each curve (a task at its sizes and preset, split further by any ``by`` columns)
 frontier point is the finished run with the lowest final held-out loss (``eval_loss``); its exact match
 and id come with it, and ``runs`` counts the finished runs at that budget.
 
-Two phases: the transition detector (``monitor.transitions.detect_transitions``, on a log10 FLOPs axis,
-its default relative thresholds, nothing set per task) run on the frontier's losses. A frontier is
-two-phase when it finds a transition: a flat stretch of budgets, then an abrupt drop; ``drop_start``
-and ``drop_end`` are that transition's onset and end in FLOPs (the main one when there are several:
-``features.main_transition``, the largest factor).
+Two phases: the transition detector (``monitor.transitions.detect_transitions``, its default relative
+thresholds, nothing set per task) run on the frontier as the study plots it, log loss over log FLOPs. A
+frontier is two-phase when it finds a transition: a flat stretch of budgets, then an abrupt drop;
+``drop_start`` and ``drop_end`` are that transition's onset and end in FLOPs (the main one when there are
+several: ``features.main_transition``, the largest factor), ``loss_before`` and ``loss_after`` its levels.
+Two choices differ from a training curve's analysis, both for what a frontier is:
+
+- the log of the loss, since a drop from 0.3 to 0.001 is the study's "sudden drop" on its log axes while on
+  a linear axis it is a tenth of the fall onto the plateau; losses below ``LOSS_FLOOR`` count as
+  ``LOSS_FLOOR`` (a model right with probability 1 - 1e-6 a token: the digits below are float32 rounding,
+  and a run at 1e-10 is not ten thousand times better than one at 1e-6);
+- ``FRONTIER_MIN_POINTS`` budgets on a plateau and after a drop, not a training curve's 8: each point is the
+  best of several runs, not a noisy reading, and the study's own frontier has one budget a decade.
 """
 
 from __future__ import annotations
@@ -19,6 +27,12 @@ import math
 import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+#: Losses below this (nats a token) are taken as this on the frontier's log axis.
+LOSS_FLOOR = 1e-6
+#: The fewest budgets on a frontier's plateau and after its drop (three: two points make a line, not a
+#: flat stretch).
+FRONTIER_MIN_POINTS = 3
 
 
 @dataclass
@@ -103,14 +117,17 @@ def compute_frontiers(rows: list[dict], by: list[str] = ()) -> list[Frontier]:
             points.append(Point(budget, float(best["eval_loss"]), best.get("exact_match"), best["run_id"], len(runs),
                                 best.get("run_dir")))
         f = Frontier(label, tasks[label], points)
-        found = detect_transitions([p.budget for p in points], [p.eval_loss for p in points], log_x=True)
-        f.transitions = [{k: getattr(t, k) for k in ("plateau_start", "onset", "end", "level_before", "level_after",
-                                                      "drop", "z")} for t in found]
+        log_loss = [math.log10(max(p.eval_loss, LOSS_FLOOR)) for p in points]
+        found = detect_transitions([p.budget for p in points], log_loss, log_x=True, initial_ramp=False,
+                                   min_points=FRONTIER_MIN_POINTS)
+        f.transitions = [{"plateau_start": t.plateau_start, "onset": t.onset, "end": t.end,
+                          "level_before": 10**t.level_before, "level_after": 10**t.level_after,
+                          "drop": 10**t.level_before - 10**t.level_after, "z": t.z} for t in found]
         if found:
-            main = main_transition(found)
+            main = main_transition(f.transitions)
             f.two_phase = True
-            f.drop_start, f.drop_end, f.plateau_start = main.onset, main.end, main.plateau_start
-            f.loss_before, f.loss_after = main.level_before, main.level_after
+            f.drop_start, f.drop_end, f.plateau_start = main["onset"], main["end"], main["plateau_start"]
+            f.loss_before, f.loss_after = main["level_before"], main["level_after"]
         out.append(f)
     return out
 
