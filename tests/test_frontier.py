@@ -111,3 +111,18 @@ def test_detect_transitions_rejects_fewer_than_two_min_points():
 
     with pytest.raises(ValueError, match="min_points"):
         detect_transitions([1, 2, 3], [3.0, 2.0, 1.0], min_points=1)
+
+
+def test_a_frontier_too_short_to_read_says_so_instead_of_no(tmp_path):
+    rows = [dict(run_id=f"r{k}", status="done", task="addition", task_sizes="{}", preset="quietlab", budget=b,
+                 train_flops=b, eval_loss=loss, exact_match=0.5, run_dir=None)
+            for k, (b, loss) in enumerate([(1e10, 0.6), (1e11, 0.6), (1e12, 1e-3)])]
+    (f,) = compute_frontiers(rows)
+    assert f.two_phase is None and f.verdict.startswith("too few budgets (3;")
+    (tmp_path / "sw").mkdir()
+    with sqlite3.connect(tmp_path / "sw" / "sweep.sqlite") as con:
+        pd.DataFrame(rows).to_sql("runs", con, index=False)
+    result = CliRunner().invoke(app, ["frontier", str(tmp_path / "sw")])
+    assert result.exit_code == 0 and "too few" in result.output
+    assert json.loads(CliRunner().invoke(app, ["frontier", str(tmp_path / "sw"), "--json"]).output)["frontiers"][0][
+        "two_phase"] is None

@@ -524,7 +524,7 @@ def frontier_cmd(
                           p.run_id, str(p.runs))
         console.print(table)
         numbers = [f"{v:.3g}" if f.two_phase else "" for v in (f.drop_start, f.drop_end, f.loss_before, f.loss_after)]
-        summary.add_row(f.curve, "yes" if f.two_phase else "no", *numbers, str(len(f.points)),
+        summary.add_row(f.curve, f.verdict, *numbers, str(len(f.points)),
                         str(sum(p.runs for p in f.points)))
     if frontiers:
         console.print(summary)

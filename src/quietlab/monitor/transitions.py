@@ -126,6 +126,8 @@ HOLD = 0.15
 Z_DROP = 5.0
 #: A plateau holds at least this many observed points (two points are no plateau).
 MIN_POINTS = 8
+#: A curve of fewer points is not analysed (no transitions, no plateau).
+MIN_CURVE_POINTS = 8
 #: Default smallest drop: this fraction of the fitted curve's range.
 REL_DROP = 0.05
 #: Default shortest plateau: this fraction of the curve's span of u.
@@ -252,7 +254,7 @@ class _Curve:
         self.starts_at_zero = bool(x.size and (x[0] <= 0 or (gaps.size and x[0] <= gaps.min())))
         self.y = self.sign * y
         self.n = x.size
-        self.ok = self.n >= 8 and self.u[-1] > self.u[0]
+        self.ok = self.n >= MIN_CURVE_POINTS and self.u[-1] > self.u[0]
         if self.ok:
             self._bin(max_bins)
             self._noise()

@@ -28,6 +28,8 @@ import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..monitor.transitions import MIN_CURVE_POINTS
+
 #: Losses below this (nats a token) are taken as this on the frontier's log axis.
 LOSS_FLOOR = 1e-6
 #: The fewest budgets on a frontier's plateau and after its drop (three: two points make a line, not a
@@ -50,7 +52,7 @@ class Frontier:
     curve: str  # task, sizes, preset and the ``by`` settings, as a label
     task: str
     points: list[Point]
-    two_phase: bool = False
+    two_phase: bool | None = False  # None: too few budgets to tell (fewer than MIN_CURVE_POINTS)
     drop_start: float | None = None
     drop_end: float | None = None
     plateau_start: float | None = None
@@ -60,6 +62,13 @@ class Frontier:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def verdict(self) -> str:
+        """"yes", "no", or why it cannot be told."""
+        if self.two_phase is None:
+            return f"too few budgets ({len(self.points)}; needs {MIN_CURVE_POINTS})"
+        return "yes" if self.two_phase else "no"
 
 
 def load_rows(sweep_dir) -> list[dict]:
@@ -117,6 +126,10 @@ def compute_frontiers(rows: list[dict], by: list[str] = ()) -> list[Frontier]:
             points.append(Point(budget, float(best["eval_loss"]), best.get("exact_match"), best["run_id"], len(runs),
                                 best.get("run_dir")))
         f = Frontier(label, tasks[label], points)
+        if len(points) < MIN_CURVE_POINTS:
+            f.two_phase = None
+            out.append(f)
+            continue
         log_loss = [math.log10(max(p.eval_loss, LOSS_FLOOR)) for p in points]
         found = detect_transitions([p.budget for p in points], log_loss, log_x=True, initial_ramp=False,
                                    min_points=FRONTIER_MIN_POINTS)
@@ -142,7 +155,7 @@ def frontier_figure(f: Frontier) -> dict:
     trace = {"type": "scatter", "mode": "lines+markers", "x": x, "y": y, "name": f.curve, "text": hover,
              "hovertemplate": "%{x:.3g} FLOPs<br>loss %{y:.4g}<br>%{text}<extra></extra>"}
     verdict = (f"two phases: drop from {f.drop_start:.3g} to {f.drop_end:.3g} FLOPs" if f.two_phase
-               else "no two-phase drop found")
+               else "no two-phase drop found" if f.two_phase is False else f"two phases: {f.verdict}")
     return {"data": [trace],
             "layout": {"title": _title(f"{f.curve}: {verdict}"), "showlegend": False,
                        "xaxis": {"type": "log", "title": {"text": "compute budget (FLOPs)"}},
@@ -157,7 +170,7 @@ def render_frontier_report(sweep_dir, frontiers: list[Frontier]) -> str:
 
     ids = _Ids()
     body = [f"<h1>quietlab sweep: {_esc(Path(sweep_dir).name)}</h1>", "<h2>Compute frontier</h2>"]
-    rows = [[f.curve, "yes" if f.two_phase else "no", f"{f.drop_start:.3g}" if f.two_phase else "",
+    rows = [[f.curve, f.verdict, f"{f.drop_start:.3g}" if f.two_phase else "",
              f"{f.drop_end:.3g}" if f.two_phase else "", len(f.points), sum(p.runs for p in f.points)] for f in frontiers]
     body.append(_table(["curve", "two phases", "drop starts (FLOPs)", "drop ends (FLOPs)", "budgets", "runs"], rows,
                        num_cols={2, 3, 4, 5}))
