@@ -526,10 +526,7 @@ def frontier_cmd(
         numbers = [f"{v:.3g}" if f.two_phase else "" for v in (f.drop_start, f.drop_end, f.loss_before, f.loss_after)]
         summary.add_row(f.curve, f.verdict, *numbers, str(len(f.points)),
                         str(sum(p.runs for p in f.points)))
-    if frontiers:
-        console.print(summary)
-    if not frontiers:
-        console.print("no finished runs in this sweep yet")
+    console.print(summary if frontiers else "no finished runs in this sweep yet")
     console.print(f"report: {report}", highlight=False)
 
 
