@@ -35,7 +35,7 @@ def main():
     for name, part in parts.items():
         for f in compute_frontiers(part):
             verdicts.setdefault(f.curve, {})[name] = (
-                f"{f.drop_start:.3g}-{f.drop_end:.3g}" if f.two_phase else f.verdict.split(" (")[0])
+                f"{f.drop_start:.3g}-{f.drop_end:.3g}" if f.two_phase else "no" if f.two_phase is False else "too few budgets")
     width = max(map(len, verdicts))
     print(f"{'curve':{width}}  " + "  ".join(f"{n:>16}" for n in parts))
     for curve, row in verdicts.items():
