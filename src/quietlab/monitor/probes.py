@@ -280,17 +280,24 @@ def fit_features(
         key = (family, n_classes) if one_batch_per_family(device) else (family, n_classes, names)
         batches.setdefault(key, []).extend((names, t) for t in positions)
 
-    parts: dict[str, list[ProbeResult]] = {name: [] for name in features}
-    buffers = ([], [])  # reused activation copies (probe-train, probe-test) of a chunk
+    groups = []
+    for (family, n_classes, *_), sites in batches.items():
+        names = [n for n in features if any(n in present for present, _ in sites)]
+        groups.append(_Group(acts, names, [features[n] for n in names], family, n_classes, sites, train_idx, test_idx,
+                             layer_list, device, l2, max_iter, tol, min_train, min_test, max_chunk_bytes, bootstrap,
+                             seed, standardize, init if family != "ridge" else None,
+                             _Options(C, drop_constant_outputs, train_metrics)))
+    # every group's chunks in one queue, the dearest first, so that no thread waits at the end of a group
+    # (the order changes no probe: each chunk is the same computation wherever and whenever it runs)
+    work = sorted(((group, s, sub) for group in groups for s, sub in group.chunks), key=lambda job: -job[0].cost(job[2]))
     with _full_precision():
-        for (family, n_classes, *_), sites in batches.items():
-            names = [n for n in features if any(n in present for present, _ in sites)]
-            fitted = _fit_group(acts, names, [features[n] for n in names], family, n_classes, sites, train_idx,
-                                test_idx, layer_list, device, l2, max_iter, tol, min_train, min_test, max_chunk_bytes,
-                                bootstrap, seed, buffers, standardize, init if family != "ridge" else None,
-                                _Options(C, drop_constant_outputs, train_metrics))
-            for name, result in fitted.items():
-                parts[name].append(result)
+        done = _fit_chunks(work, device)
+    fitted_chunks = {(id(group), s): part for (group, s, _), part in zip(work, done)}
+    parts: dict[str, list[ProbeResult]] = {name: [] for name in features}
+    for group in groups:
+        fitted = group.collect([fitted_chunks[id(group), s] for s, _ in group.chunks])
+        for name, result in fitted.items():
+            parts[name].append(result)
     return {name: _merge(name, features[name], parts[name], d, train_metrics) for name in features}
 
 
@@ -369,66 +376,82 @@ def _full_precision():
         torch.backends.cuda.matmul.allow_tf32 = old_tf32
 
 
-def _fit_group(acts, names, feats, family, C, sites, train_idx, test_idx, layer_list, device, l2, max_iter,
-               tol, min_train, min_test, max_chunk_bytes, bootstrap, seed, buffers, standardize=True, init=None,
-               options: _Options = _Options()):
+class _Group:
     """Probes of the features ``names`` (one solver family) at ``sites``: (features, position) of features
     whose masks agree at that position, at every layer. All sites are one batch of pairs (chunked by
     memory), the features' outputs side by side; a site's absent features have zero labels (constant,
-    so never fitted) and no results."""
-    first = acts[layer_list[0]]
-    N, T, d = first.shape
-    of = dict(zip(names, feats))
-    dtype = np.int64 if family == "softmax" else np.float32
-    bounds = np.cumsum([0] + [f.k for f in feats])
-    slices = [slice(int(bounds[i]), int(bounds[i + 1])) for i in range(len(feats))]
-    where_in = dict(zip(names, slices))
+    so never fitted) and no results. ``chunks``: (first index, pairs) of each chunk; ``fit`` fits one,
+    ``collect`` makes the features' ProbeResults from every chunk's fit, in the order of ``chunks``."""
 
-    # per site: the features fitted there (enough examples, not constant on probe-train), their rows and labels
-    usable = {n: [] for n in names}
-    skipped = {n: [] for n in names}
-    fit_sites = []  # (features fitted, position, probe-train rows, probe-test rows, labels there (N, k))
-    for present, t in sites:
-        column = of[present[0]].mask[:, t]
-        rows_tr, rows_te = np.flatnonzero(column[train_idx]), np.flatnonzero(column[test_idx])
-        if len(rows_tr) == 0:
-            continue  # undefined here: not a probe site at all
-        if len(rows_tr) < min_train or len(rows_te) < min_test:
+    def __init__(self, acts, names, feats, family, C, sites, train_idx, test_idx, layer_list, device, l2, max_iter,
+                 tol, min_train, min_test, max_chunk_bytes, bootstrap, seed, standardize=True, init=None,
+                 options: _Options = _Options()):
+        first = acts[layer_list[0]]
+        N, T, d = first.shape
+        self.acts, self.names, self.feats, self.family, self.C = acts, names, feats, family, C
+        self.train_idx, self.test_idx, self.device, self.d = train_idx, test_idx, device, d
+        self.solver = (l2, max_iter, tol, bootstrap, seed, standardize)
+        self.init, self.options = init, options
+        of = dict(zip(names, feats))
+        dtype = np.int64 if family == "softmax" else np.float32
+        bounds = np.cumsum([0] + [f.k for f in feats])
+        self.slices = [slice(int(bounds[i]), int(bounds[i + 1])) for i in range(len(feats))]
+        where_in = dict(zip(names, self.slices))
+
+        # per site: the features fitted there (enough examples, not constant on probe-train), their rows and labels
+        self.skipped = {n: [] for n in names}
+        fit_sites = []  # (features fitted, position, probe-train rows, probe-test rows, labels there (N, k))
+        for present, t in sites:
+            column = of[present[0]].mask[:, t]
+            rows_tr, rows_te = np.flatnonzero(column[train_idx]), np.flatnonzero(column[test_idx])
+            if len(rows_tr) == 0:
+                continue  # undefined here: not a probe site at all
+            if len(rows_tr) < min_train or len(rows_te) < min_test:
+                for n in present:
+                    self.skipped[n] += [(l, t, "too few examples") for l in layer_list]
+                continue
+            labels = np.zeros((N, int(bounds[-1])), dtype=dtype)
+            fitted = []
             for n in present:
-                skipped[n] += [(l, t, "too few examples") for l in layer_list]
-            continue
-        labels = np.zeros((N, int(bounds[-1])), dtype=dtype)
-        fitted = []
-        for n in present:
-            v = of[n].values[:, t]
-            if np.all(v[train_idx[rows_tr]] == v[train_idx[rows_tr[:1]]]):
-                skipped[n] += [(l, t, "constant") for l in layer_list]
-            else:
-                usable[n].append(t)
-                fitted.append(n)
-                labels[:, where_in[n]] = v
-        if fitted:
-            fit_sites.append((tuple(fitted), t, rows_tr, rows_te, labels))
-    pairs = [(l, i) for l in layer_list for i in range(len(fit_sites))]  # (layer, site)
+                v = of[n].values[:, t]
+                if np.all(v[train_idx[rows_tr]] == v[train_idx[rows_tr[:1]]]):
+                    self.skipped[n] += [(l, t, "constant") for l in layer_list]
+                else:
+                    fitted.append(n)
+                    labels[:, where_in[n]] = v
+            if fitted:
+                fit_sites.append((tuple(fitted), t, rows_tr, rows_te, labels))
+        self.fit_sites = fit_sites
+        self.pairs = pairs = [(l, i) for l in layer_list for i in range(len(fit_sites))]  # (layer, site)
 
-    # each pair is fitted on the examples where its features are defined, and no others: where answers
-    # start at varying places a position is defined on a fraction of the probe set, and the passes over
-    # the other rows would cost as much as over these. Pairs of similar counts are chunked together (in
-    # decreasing order), padded to the largest count of their chunk.
-    order = sorted(range(len(pairs)), key=lambda j: -len(fit_sites[pairs[j][1]][2]))
-    outputs = int(bounds[-1]) * max(C, 1)  # logits per example
-    item_bytes = (d + 1) * 4 + outputs * 4 * 4 + 64  # per example: activations, logits and what the solver derives
-    pair_bytes = d * d * 16 + (0 if family == "ridge" else 3 * HISTORY * outputs * (d + 1) * 4)  # Gram, inverse; memory
-    most_te = max((len(site[3]) for site in fit_sites), default=0)
-    chunks, s = [], 0  # (first index in order, pairs): decided by sizes alone, however they are then fitted
-    while s < len(order):
-        bytes_per_pair = (len(fit_sites[pairs[order[s]][1]][2]) + most_te) * item_bytes + pair_bytes
-        chunk = max(1, int(max_chunk_bytes // bytes_per_pair))
-        chunks.append((s, [pairs[j] for j in order[s : s + chunk]]))
-        s += chunk
+        # each pair is fitted on the examples where its features are defined, and no others: where answers
+        # start at varying places a position is defined on a fraction of the probe set, and the passes over
+        # the other rows would cost as much as over these. Pairs of similar counts are chunked together (in
+        # decreasing order), padded to the largest count of their chunk.
+        self.order = order = sorted(range(len(pairs)), key=lambda j: -len(fit_sites[pairs[j][1]][2]))
+        outputs = int(bounds[-1]) * max(C, 1)  # logits per example
+        item_bytes = (d + 1) * 4 + outputs * 4 * 4 + 64  # per example: activations, logits and what the solver derives
+        pair_bytes = d * d * 16 + (0 if family == "ridge" else 3 * HISTORY * outputs * (d + 1) * 4)  # Gram, inverse; memory
+        most_te = max((len(site[3]) for site in fit_sites), default=0)
+        self.chunks, s = [], 0  # (first index in order, pairs): decided by sizes alone, however they are then fitted
+        while s < len(order):
+            bytes_per_pair = (len(fit_sites[pairs[order[s]][1]][2]) + most_te) * item_bytes + pair_bytes
+            chunk = max(1, int(max_chunk_bytes // bytes_per_pair))
+            self.chunks.append((s, [pairs[j] for j in order[s : s + chunk]]))
+            s += chunk
 
-    def fit(s, sub, buffers):
-        at = [fit_sites[i] for _, i in sub]
+    def cost(self, sub) -> float:
+        """A guess at a chunk's fitting time, to fit the dearest first: a pass costs about its activations'
+        size (the batched products hardly depend on their number of logit rows), and a softmax problem
+        takes several times a sigmoid's passes (ridge: one solve)."""
+        passes = {"softmax": 4.0, "sigmoid": 1.0, "ridge": 0.1}[self.family]
+        return passes * len(sub) * len(self.fit_sites[sub[0][1]][2]) * (self.d + 1)
+
+    def fit(self, s, sub, buffers):
+        acts, device, family, C, d = self.acts, self.device, self.family, self.C, self.d
+        train_idx, test_idx = self.train_idx, self.test_idx
+        l2, max_iter, tol, bootstrap, seed, standardize = self.solver
+        at = [self.fit_sites[i] for _, i in sub]
         located = [(l, site[1]) for (l, _), site in zip(sub, at)]
         idx_tr, mtr = _padded_rows([site[2] for site in at])
         idx_te, mte = _padded_rows([site[3] for site in at])
@@ -438,53 +461,56 @@ def _fit_group(acts, names, feats, family, C, sites, train_idx, test_idx, layer_
         yte = torch.as_tensor(np.stack([site[4][test_idx[r]] for site, r in zip(at, idx_te)]), device=device)
         mtr, mte = torch.as_tensor(mtr, device=device), torch.as_tensor(mte, device=device)
         start = None
-        if init:
-            start = _initial_probes(init, names, slices, [(l, site[1], site[0]) for (l, _), site in zip(sub, at)],
-                                    family, C, d, device)
-        part = _fit_chunk(Xtr, mtr, ytr, Xte, mte, yte, family, C, slices, l2, max_iter, tol, bootstrap, seed + s,
-                          standardize, start, options)
+        if self.init:
+            start = _initial_probes(self.init, self.names, self.slices,
+                                    [(l, site[1], site[0]) for (l, _), site in zip(sub, at)], family, C, d, device)
+        part = _fit_chunk(Xtr, mtr, ytr, Xte, mte, yte, family, C, self.slices, l2, max_iter, tol, bootstrap, seed + s,
+                          standardize, start, self.options)
         if "train_loss" in part:  # on the raw activations, the probes being in their space
             on_train = part.pop("train_loss")(_gather(acts, located, train_idx[idx_tr], device, buffers[0]))
             for m, t in zip(part["metrics"], on_train):
                 m[TRAIN_METRIC["classification"]] = t["logloss"]
         return part
 
-    parts = _fit_chunks(fit, chunks, device, buffers)
-    n_iter = max((part["n_iter"] for part in parts), default=0)
-    if not parts:
-        return {n: _unfitted(n, f, d, skipped[n], options.train_metrics) for n, f in zip(names, feats)}
-    fitted_at = {j: i for i, j in enumerate(order)}  # pair j's row in the chunks' results
+    def collect(self, parts) -> dict[str, ProbeResult]:
+        """{feature: ProbeResult} from ``parts``, the fits of ``chunks`` in their order."""
+        pairs, fit_sites, d, options = self.pairs, self.fit_sites, self.d, self.options
+        if not parts:
+            return {n: _unfitted(n, f, d, self.skipped[n], options.train_metrics) for n, f in zip(self.names, self.feats)}
+        n_iter = max(part["n_iter"] for part in parts)
+        fitted_at = {j: i for i, j in enumerate(self.order)}  # pair j's row in the chunks' results
+        results = {}
+        metric_names = _metric_names(self.family == "ridge", options.train_metrics)
+        for i, (n, f, sl) in enumerate(zip(self.names, self.feats, self.slices)):
+            keep = sorted((j for j, (l, site) in enumerate(pairs) if n in fit_sites[site][0]),
+                          key=lambda j: (depth(pairs[j][0]), fit_sites[pairs[j][1]][1]))
+            if not keep:
+                results[n] = _unfitted(n, f, d, self.skipped[n], options.train_metrics)
+                continue
+            take = [fitted_at[j] for j in keep]
+            take = None if take == list(range(len(pairs))) else take  # None: every pair of the group, in order
+            W = _joined([p["weight"][:, sl] for p in parts], take)
+            B = _joined([p["bias"][:, sl] for p in parts], take)
+            metrics = {m: _joined([p["metrics"][i][m] for p in parts], take) for m in metric_names}
+            per_output = _joined([p["metrics"][i]["per_output"] for p in parts], take)
+            n_train = _joined([p["n_train"] for p in parts], take)
+            results[n] = ProbeResult(feature=n, kind=f.kind,
+                                     pairs=[(pairs[j][0], fit_sites[pairs[j][1]][1]) for j in keep],
+                                     weight=W, bias=B, metrics=metrics, per_output=per_output, n_train=n_train,
+                                     skipped=self.skipped[n], n_iter=n_iter)
+        return results
 
-    results = {}
-    metric_names = _metric_names(family == "ridge", options.train_metrics)
-    for i, (n, f, sl) in enumerate(zip(names, feats, slices)):
-        keep = sorted((j for j, (l, site) in enumerate(pairs) if n in fit_sites[site][0]),
-                      key=lambda j: (depth(pairs[j][0]), fit_sites[pairs[j][1]][1]))
-        if not keep:
-            results[n] = _unfitted(n, f, d, skipped[n], options.train_metrics)
-            continue
-        take = [fitted_at[j] for j in keep]
-        take = None if take == list(range(len(pairs))) else take  # None: every pair of the group, in order
-        W = _joined([p["weight"][:, sl] for p in parts], take)
-        B = _joined([p["bias"][:, sl] for p in parts], take)
-        metrics = {m: _joined([p["metrics"][i][m] for p in parts], take) for m in metric_names}
-        per_output = _joined([p["metrics"][i]["per_output"] for p in parts], take)
-        n_train = _joined([p["n_train"] for p in parts], take)
-        results[n] = ProbeResult(feature=n, kind=f.kind, pairs=[(pairs[j][0], fit_sites[pairs[j][1]][1]) for j in keep],
-                                 weight=W, bias=B, metrics=metrics, per_output=per_output, n_train=n_train,
-                                 skipped=skipped[n], n_iter=n_iter)
-    return results
 
-
-def _fit_chunks(fit, chunks, device, buffers) -> list:
-    """``fit(s, pairs, buffers)`` of every chunk, in order. On a CPU with several threads and several chunks,
-    the chunks are fitted side by side, one thread each (with its own activation buffers): a chunk's solver
-    is a few hundred small operations a pass, which split over threads each wait at every operation's end
-    (on 2 cores 1.2x the CPU time of one thread); whole chunks in parallel wait only for the last chunk.
-    Each chunk is the same computation either way."""
+def _fit_chunks(work, device) -> list:
+    """``group.fit(s, pairs, buffers)`` of every (group, s, pairs) in ``work``, in order. On a CPU with several
+    threads and several chunks, the chunks are fitted side by side, one thread each (with its own activation
+    buffers): a chunk's solver is a few hundred small operations a pass, which split over threads each wait
+    at every operation's end (on 2 cores 1.2x the CPU time of one thread); whole chunks in parallel wait only
+    for the last chunk. Each chunk is the same computation either way."""
     threads = torch.get_num_threads()
-    if device.type != "cpu" or threads < 2 or len(chunks) < 2:
-        return [fit(s, sub, buffers) for s, sub in chunks]
+    if device.type != "cpu" or threads < 2 or len(work) < 2:
+        buffers = ([], [])  # reused activation copies (probe-train, probe-test) of a chunk
+        return [group.fit(s, sub, buffers) for group, s, sub in work]
     local = threading.local()
 
     def start_worker():
@@ -492,8 +518,8 @@ def _fit_chunks(fit, chunks, device, buffers) -> list:
         local.buffers = ([], [])
 
     try:
-        with concurrent.futures.ThreadPoolExecutor(min(threads, len(chunks)), initializer=start_worker) as pool:
-            return list(pool.map(lambda chunk: fit(*chunk, local.buffers), chunks))
+        with concurrent.futures.ThreadPoolExecutor(min(threads, len(work)), initializer=start_worker) as pool:
+            return list(pool.map(lambda job: job[0].fit(job[1], job[2], local.buffers), work))
     finally:
         torch.set_num_threads(threads)
 
