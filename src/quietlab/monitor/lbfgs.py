@@ -278,6 +278,18 @@ def lbfgs(objective, theta, active, max_iter, tol, history=HISTORY, ftol=1e-5, c
     return theta_out, passes
 
 
+class _SlotOrders(dict):
+    """m → (m, m) long tensor whose row k lists the ring's slots from slot k on: (k + i) mod m."""
+
+    def __missing__(self, m):
+        steps = torch.arange(m)
+        self[m] = order = (steps[:, None] + steps[None, :]) % m
+        return order
+
+
+_SLOT_ORDERS = _SlotOrders()
+
+
 def _matvecs(M, *vectors):
     """M (P, G, m, L) times each of the vectors (P, G, L), in one pass over M: (P, G, m, len(vectors))."""
     P, G, m, L = M.shape
@@ -289,9 +301,16 @@ def _inverse_hessian_times(p, S, AY, SY, YAY, valid, gamma, shift, Sg, YAg):
     """H g for the L-BFGS inverse Hessian H of every problem, from H0 = γA⁻¹ and the valid memory
     entries, in compact form: H g = γ(A⁻¹g − A⁻¹Y a) + S t, a = R⁻¹Sᵀg, t = R⁻ᵀ((D + γYᵀA⁻¹Y) a − γYᵀA⁻¹g),
     R the upper triangle of SᵀY in chronological order, D its diagonal. ``p`` = A⁻¹g; ``Sg``, ``YAg``:
-    Sᵀg and YᵀA⁻¹g (P, G, m) in slot order; rolling by −``shift`` puts the slots in chronological order."""
+    Sᵀg and YᵀA⁻¹g (P, G, m) in slot order; slots ``shift``, ``shift`` + 1, ... (mod m) are the steps in
+    chronological order."""
+    m = S.shape[2]
+    order = _SLOT_ORDERS[m].to(S.device)
+    to_chrono, to_slots = order[shift % m], order[-shift % m]  # slot of each step, oldest first; the inverse
+
     def chrono(t, dims=(-1,)):
-        return torch.roll(t, (-shift,) * len(dims), dims)
+        for dim in dims:
+            t = t.index_select(dim, to_chrono)
+        return t
 
     v = chrono(valid)
     both = v[..., :, None] * v[..., None, :]
@@ -303,7 +322,7 @@ def _inverse_hessian_times(p, S, AY, SY, YAY, valid, gamma, shift, Sg, YAg):
     rhs = torch.addcmul(Dg[..., None] * a, gamma[..., None, None], rhs)
     t = torch.linalg.solve_triangular(R.transpose(-1, -2), rhs, upper=False)
     P, G, m, L = S.shape
-    a, t = torch.roll(a.view(P * G, 1, m), shift, -1), torch.roll(t.view(P * G, 1, m), shift, -1)
+    a, t = a.view(P * G, 1, m).index_select(-1, to_slots), t.view(P * G, 1, m).index_select(-1, to_slots)
     AYa = torch.bmm(a, AY.view(P * G, m, L)).view(P, G, L)
     St = torch.bmm(t, S.view(P * G, m, L)).view(P, G, L)
     return torch.addcmul(St, gamma[..., None], p - AYa)
