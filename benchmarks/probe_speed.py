@@ -22,7 +22,9 @@ extrapolated linearly to all, and the output says so).
 
 Accuracy: both are solvers stopped at a tolerance, so the output compares each pair's test accuracy
 (mean over outputs) between the two (mean and largest |difference|), and each one's distance from
-the exact optimum's (ours run to tol 1e-7; ``--no-exact`` skips it).
+the exact optimum's (ours run to tol 1e-7; ``--no-exact`` skips it), overall and by feature. ``--tols``
+times ours at further tolerances in every round, each with its own distance from the exact optimum and
+speed-up, so that the two can also be compared where ours is as far from the optimum as sklearn.
 
 With ``--run RUN`` the probes are those of that run's last checkpoint on the Monitor's probe set
 (``--examples``, default 2,000, drawn with the run's seed; a fifth of it tests the probes), fitted
@@ -67,6 +69,10 @@ def main():
                     help="also time sklearn's per-pair loop spread over this many processes (forked, one BLAS "
                          "thread each): the same use of several cores that ours makes by fitting chunks side by side")
     ap.add_argument("--l2", type=float, default=1e-3)
+    ap.add_argument("--tols", default=None,
+                    help="comma list of further tolerances to time ours at besides its default, each in every round "
+                         "(the order of ours' arms reversed every other round); each gets its own speed-up and its "
+                         "distance from the exact optimum, to compare at matched accuracy")
     ap.add_argument("--device", default="cpu", help="where ours fits (sklearn runs on the CPU)")
     ap.add_argument("--each", action="store_true", help="also time ours one feature at a time")
     ap.add_argument("--no-exact", action="store_true", help="skip the exact-optimum reference")
@@ -138,6 +144,8 @@ def main():
         np.unique(np.linspace(0, len(jobs) - 1, n_sk).round().astype(int))
     sk_threads = [int(x) for x in args.sk_threads.split(",")] if args.sk_threads else [threads]
     ours_wall, ours_cpu, each_wall = [], [], []
+    extra_tols = [float(x) for x in args.tols.split(",")] if args.tols else []
+    tol_wall, tol_cpu, tol_fits = {t: [] for t in extra_tols}, {t: [] for t in extra_tols}, {}
     sk_walls, sk_cpus = {t: [] for t in sk_threads}, {t: [] for t in sk_threads}
     arms = list(sk_threads) + ([f"{args.sk_procs} processes"] if args.sk_procs > 1 else [])
     sk_walls.update({a: [] for a in arms[len(sk_threads):]})
@@ -146,13 +154,16 @@ def main():
         warnings.simplefilter("ignore", ConvergenceWarning)
         for i in pick[:3]:
             sk_fit(*jobs[i])  # warm-up
-        for _ in range(args.repeats):
-            sync()
-            t0, c0 = time.perf_counter(), time.process_time()
-            fit_features(acts, feats, tr, te, **kw)
-            sync()
-            ours_wall.append(time.perf_counter() - t0)
-            ours_cpu.append(time.process_time() - c0)
+        for r in range(args.repeats):
+            for tol in ([None] + extra_tols)[:: 1 if r % 2 == 0 else -1]:
+                sync()
+                t0, c0 = time.perf_counter(), time.process_time()
+                fitted = fit_features(acts, feats, tr, te, **kw, **({} if tol is None else {"tol": tol}))
+                sync()
+                (ours_wall if tol is None else tol_wall[tol]).append(time.perf_counter() - t0)
+                (ours_cpu if tol is None else tol_cpu[tol]).append(time.process_time() - c0)
+                if tol is not None:
+                    tol_fits[tol] = fitted
             for sk_t in sk_threads:
                 sk_scores, w, c = {}, 0.0, 0.0
                 with threadpool_limits(sk_t):
@@ -225,6 +236,28 @@ def main():
               f"(max {ours_off.max():.4f}); exact optimum: {max(r.n_iter for r in exact.values())} passes")
         out.update(sklearn_off_exact_mean=float(sk_off.mean()), sklearn_off_exact_max=float(sk_off.max()),
                    ours_off_exact_mean=float(ours_off_sk.mean()), ours_off_exact_max=float(ours_off_sk.max()))
+
+        def off_by_feature(scores):
+            return {n: float(np.mean([abs(scores[j] - best[j]) for j in sk_scores if j[0] == n])) for n in feats}
+
+        out["sklearn_off_exact_by_feature"] = off_by_feature(sk_scores)
+        out["ours_off_exact_by_feature"] = off_by_feature(ours_score)
+        print("  by feature, sklearn / ours: " + ", ".join(
+            f"{n} {out['sklearn_off_exact_by_feature'][n]:.4f} / {out['ours_off_exact_by_feature'][n]:.4f}" for n in feats))
+        out["tols"] = {}
+        for tol in extra_tols:
+            scores = {(n, l, t): tol_fits[tol][n].get(l, t)[tol_fits[tol][n].main_metric] for n, l, t in jobs}
+            off = np.array([abs(scores[j] - best[j]) for j in sk_scores])
+            row = {"wall_s": tol_wall[tol], "cpu_s": tol_cpu[tol], "speedup_wall": med(sk_wall) / med(tol_wall[tol]),
+                   "speedup_cpu": med(sk_cpu) / med(tol_cpu[tol]), "off_exact_mean": float(off.mean()),
+                   "off_exact_max": float(off.max()), "off_exact_by_feature": off_by_feature(scores),
+                   "passes": {n: r.n_iter for n, r in tol_fits[tol].items()}}
+            out["tols"][str(tol)] = row
+            print(f"ours at tol {tol:g}: {med(tol_wall[tol]):7.2f} s wall, {med(tol_cpu[tol]):7.2f} s CPU (median of "
+                  f"{args.repeats}; wall {', '.join(f'{x:.2f}' for x in tol_wall[tol])}); off the exact optimum's: mean "
+                  f"{row['off_exact_mean']:.4f} (max {row['off_exact_max']:.4f}; " + ", ".join(
+                      f"{n} {v:.4f}" for n, v in row["off_exact_by_feature"].items()) + f"); passes {row['passes']}; "
+                  f"speed-up {row['speedup_wall']:.1f}x wall, {row['speedup_cpu']:.1f}x CPU time")
     print()
     print(f"speed-up over sklearn: {out['speedup_wall']:.1f}x wall, {out['speedup_cpu']:.1f}x CPU time "
           f"(features together, medians)")

@@ -343,7 +343,8 @@ def test_one_batch_per_solver_family_gives_the_probes_of_one_batch_per_problem(m
 def test_chunks_fitted_side_by_side_give_the_probes_of_one_after_another(monkeypatch):
     """On a CPU with two threads the chunks of pairs are fitted side by side, one thread each: the probes and
     metrics equal, bit for bit, those of the same chunks fitted one after another on one thread, on every
-    call; the thread count is restored afterwards."""
+    call; the thread count is restored afterwards. The chunks of every solver family share one queue, the
+    dearest (softmax) first."""
     import threading
 
     import quietlab.monitor.probes as probes
@@ -360,11 +361,13 @@ def test_chunks_fitted_side_by_side_give_the_probes_of_one_after_another(monkeyp
     kw = dict(l2=L2, max_chunk_bytes=60_000)  # one pair a chunk: eight chunks a solver family
     fitted_on = []
     fit_chunk = probes._fit_chunk
-    monkeypatch.setattr(probes, "_fit_chunk",
-                        lambda *a, **k: fitted_on.append(threading.get_ident()) or fit_chunk(*a, **k))
+    families = []
+    monkeypatch.setattr(probes, "_fit_chunk", lambda *a, **k: fitted_on.append(threading.get_ident())
+                        or families.append(a[6]) or fit_chunk(*a, **k))
     torch.set_num_threads(1)
     alone = fit_features(acts, feats, tr, te, **kw)
     assert len(fitted_on) == 16 and len(set(fitted_on)) == 1
+    assert families == ["softmax"] * 8 + ["sigmoid"] * 8
     torch.set_num_threads(2)
     for _ in range(2):
         fitted_on.clear()
