@@ -22,6 +22,8 @@ directions.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 MASKED_LOGIT = -30.0  # logit given to classes never seen on a pair's probe-train side
@@ -278,16 +280,12 @@ def lbfgs(objective, theta, active, max_iter, tol, history=HISTORY, ftol=1e-5, c
     return theta_out, passes
 
 
-class _SlotOrders(dict):
-    """m → (m, m) long tensor whose row k lists the ring's slots from slot k on: (k + i) mod m."""
-
-    def __missing__(self, m):
-        steps = torch.arange(m)
-        self[m] = order = (steps[:, None] + steps[None, :]) % m
-        return order
-
-
-_SLOT_ORDERS = _SlotOrders()
+@functools.lru_cache(maxsize=None)
+def _slot_orders(m: int, device: torch.device) -> torch.Tensor:
+    """(m, m) long tensor on ``device`` whose row k lists the ring's slots from slot k on: (k + i) mod m
+    (made once per memory length and device: no copy to the device in a pass)."""
+    steps = torch.arange(m, device=device)
+    return (steps[:, None] + steps[None, :]) % m
 
 
 def _matvecs(M, *vectors):
@@ -304,7 +302,7 @@ def _inverse_hessian_times(p, S, AY, SY, YAY, valid, gamma, shift, Sg, YAg):
     Sᵀg and YᵀA⁻¹g (P, G, m) in slot order; slots ``shift``, ``shift`` + 1, ... (mod m) are the steps in
     chronological order."""
     m = S.shape[2]
-    order = _SLOT_ORDERS[m].to(S.device)
+    order = _slot_orders(m, S.device)
     to_chrono, to_slots = order[shift % m], order[-shift % m]  # slot of each step, oldest first; the inverse
 
     def chrono(t, dims=(-1,)):

@@ -441,9 +441,9 @@ class _Group:
             s += chunk
 
     def cost(self, sub) -> float:
-        """A guess at a chunk's fitting time, to fit the dearest first: a pass costs about its activations'
-        size (the batched products hardly depend on their number of logit rows), and a softmax problem
-        takes several times a sigmoid's passes (ridge: one solve)."""
+        """A guess at a chunk's fitting time, used only to fit the dearest first: its activations' size
+        times a family's typical passes (a softmax problem takes several times a sigmoid's; ridge is one
+        solve). The logit rows, which also cost, are left out of the guess."""
         passes = {"softmax": 4.0, "sigmoid": 1.0, "ridge": 0.1}[self.family]
         return passes * len(sub) * len(self.fit_sites[sub[0][1]][2]) * (self.d + 1)
 
