@@ -230,3 +230,23 @@ def test_a_run_that_fails_is_recorded_and_its_pack_goes_on(small_sweep, tmp_path
     assert "settings that differ" in after.loc[broken, "error"] and "weight_decay" in after.loc[broken, "error"]
     with RunFolder(fine_dir).store() as s:
         assert s.series("train/loss")[1] == pytest.approx(losses, rel=1e-4)
+
+
+def test_packs_start_longest_first_across_shapes(tmp_path):
+    """The workers' queue starts with the packs whose longest run has the most steps, whatever their shape,
+    so that no long pack is left running alone at the end (largest-first scheduling); brute force: every
+    pack's longest run, in the order planned, never grows."""
+    from quietlab.runs.sweep import plan_packs
+
+    runs, _ = expand_spec({"task": "addition", "sizes": {"n_bits": 4}, "d_model": [16, 32], "layers": 1,
+                           "lr": 1e-3, "batch_size": 8, "seed": [0, 1, 2], "flops": [1e8, 1e9, 1e10]})
+    dirs = {r.run_id: tmp_path / r.run_id for r in runs}
+    packs, failed = plan_packs(runs, dirs, pack_size=2, slots=2)
+    assert not failed and sorted(i.run_id for p in packs for i in p) == sorted(dirs)
+    steps = {r.run_id: r.cfg.total_steps(r.cfg.build_task()) for r in runs}
+    longest = [max(steps[i.run_id] for i in pack) for pack in packs]
+    assert longest == sorted(longest, reverse=True)
+    assert longest[0] == max(steps.values())
+    # not simply the spec's order: the longest packs of both shapes come before either shape's shorter ones
+    first_shapes = [packs[j][0].cfg["d_model"] for j in range(len(packs))]
+    assert first_shapes != sorted(first_shapes) and first_shapes != sorted(first_shapes, reverse=True)

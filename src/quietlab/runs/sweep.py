@@ -337,8 +337,11 @@ def run_pack(items: list[Item], threads: int | None = None) -> list[tuple[str, s
 
 def plan_packs(runs: list[RunSpec], run_dirs: dict[str, Path], pack_size: int, slots: int) -> tuple[list[list[Item]], list[tuple[str, str]]]:
     """Runs grouped into packs of equal ``pack_key`` (same shape; lengths may differ: a run leaves its
-    pack when it ends), longest first, at most ``pack_size`` and split so that ``slots`` workers all get
-    work; and (run_id, error) of runs that cannot even be planned (e.g. a budget under one step)."""
+    pack when it ends), at most ``pack_size`` and split so that ``slots`` workers all get work; and
+    (run_id, error) of runs that cannot even be planned (e.g. a budget under one step). The packs come
+    longest first (a pack lasts as long as its longest run, in steps; a small model's step is bound by
+    kernel launches, so its time goes with its steps), so that the workers' last packs are short ones
+    rather than one long pack left running alone; within a pack, runs of similar lengths."""
     from ..train.packed import pack_key
 
     groups: dict[str, list[tuple[int, Item]]] = {}
@@ -354,12 +357,13 @@ def plan_packs(runs: list[RunSpec], run_dirs: dict[str, Path], pack_size: int, s
     total = sum(len(g) for g in groups.values())
     packs = []
     for group in groups.values():
-        group = [item for _, item in sorted(group, key=lambda g: -g[0])]  # a pack's runs of similar lengths
+        group = sorted(group, key=lambda g: -g[0])  # a pack's runs of similar lengths
         # enough packs to keep every slot busy, none larger than pack_size
         share = max(1, math.ceil(len(group) * slots / max(total, 1)))
         size = max(1, min(pack_size, math.ceil(len(group) / share)))
         packs += [group[i : i + size] for i in range(0, len(group), size)]
-    return packs, failed
+    packs.sort(key=lambda pack: -pack[0][0])  # stable: equally long packs keep the spec's order
+    return [[item for _, item in pack] for pack in packs], failed
 
 
 def run_sweep(spec_path, out=None, executor: str = "local", workers: int | None = None, address: str | None = None,
