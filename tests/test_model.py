@@ -299,3 +299,38 @@ def test_the_embedding_with_a_dense_gradient_gives_the_same_values_and_gradient(
     w64.grad = None
     (torch.nn.functional.embedding(tokens.flip(0), w64) * -upstream.double()).sum().backward()
     torch.testing.assert_close(grads[1].double(), w64.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant,kw", [("softmax", {}), ("heat", {"heat_start": 3.0})])
+def test_padded_causal_attention_leaves_logits_and_gradients_unchanged(variant, kw):
+    """Causal sequences padded to a multiple of 8 inside attention (what GPU packs do for aligned kernels):
+    every real position's logits and every parameter's gradient equal the unpadded model's in float64."""
+    from quietlab.models.attention import padded_causal_attention
+
+    model = make_model(seq_len=13, attention=variant, **kw).double().train()
+    tokens = torch.randint(0, 11, (3, 13))
+
+    def run():
+        model.zero_grad()
+        logits = model(tokens)
+        (logits ** 2).mean().backward()
+        return logits.detach().clone(), [p.grad.clone() for p in model.parameters()]
+
+    import quietlab.models.attention as attention
+
+    lengths = []
+    sdpa = attention.F.scaled_dot_product_attention
+
+    def recording(q, *a, **k):
+        lengths.append(q.shape[-2])
+        return sdpa(q, *a, **k)
+
+    plain, plain_grads = run()
+    with padded_causal_attention(8), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(attention.F, "scaled_dot_product_attention", recording)
+        padded, padded_grads = run()
+    assert lengths and set(lengths) == {16}  # the padding did happen
+    assert padded.shape == plain.shape
+    torch.testing.assert_close(padded, plain, rtol=1e-12, atol=1e-12)
+    for a, b in zip(padded_grads, plain_grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

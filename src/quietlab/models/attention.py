@@ -17,6 +17,7 @@ With L = q·kᵀ (unscaled logits, one row per query over the keys it may see) a
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -28,6 +29,24 @@ from .logit_variance import logit_variance
 VARIANTS = ("softmax", "temperature", "normsoftmax", "heat")
 NORM_FORMS = ("std", "var")
 QK_GRAD_MODES = ("mean_grad", "per_head_to_value_grad", "mean_to_value_grad")
+
+
+_CAUSAL_PAD = {"multiple": 0}  # padded_causal_attention's setting (0: sequences as they are)
+
+
+@contextlib.contextmanager
+def padded_causal_attention(multiple: int):
+    """Within it, causal attention pads its sequences with zeros at the end to a multiple of ``multiple``
+    (and drops the padding's outputs): a query sees only the keys before it, so the real positions' outputs
+    are unchanged, but the attention's products get lengths the GPU's matrix kernels are aligned for (at 52
+    tokens cuBLAS falls back to kernels for 2-element alignment). Read when the forward is traced, so a
+    compiled function keeps the setting it was traced under."""
+    before = _CAUSAL_PAD["multiple"]
+    _CAUSAL_PAD["multiple"] = multiple
+    try:
+        yield
+    finally:
+        _CAUSAL_PAD["multiple"] = before
 
 
 def heat_inverse_temperature(progress: torch.Tensor | float, start: float, d_head: int, fraction: float):
@@ -125,7 +144,13 @@ class CausalSelfAttention(nn.Module):
             beta = self.inverse_temperature()
             if isinstance(beta, torch.Tensor):  # heat: a tensor, so a compiled graph need not change
                 q, beta = q * beta.to(q.dtype), 1.0
+            multiple = _CAUSAL_PAD["multiple"]
+            pad = (-T) % multiple if multiple and causal and T > 1 else 0
+            if pad:
+                q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
             y = F.scaled_dot_product_attention(q, k, v, is_causal=causal and T > 1, scale=beta)
+            if pad:
+                y = y[:, :, :T]
         y = self.proj(y.transpose(1, 2).reshape(B, T, C))
         return y, pattern
 

@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from ..models.attention import padded_causal_attention
 from ..runs.lock import LOCK_NAME, RunLock
 
 # ------------------------------------------------------------------------------------------------
@@ -137,12 +138,23 @@ def _attention_under_vmap(params: dict[str, torch.Tensor], math_only: bool = Fal
     kernel that ``scaled_dot_product_attention`` picks by default gives NaN gradients to every model of
     a vmapped ViT from the first step, and refuses float32 ('LSE is not correctly aligned'); flash
     attention (half precision) and the math kernel (float32) train as the models do alone
-    (benchmarks/packed_gpu_check.py). ``math_only``: the math kernel alone. Nothing changes on a CPU."""
+    (benchmarks/packed_gpu_check.py). ``math_only``: the math kernel alone, causal sequences padded to a
+    multiple of 8 (``padded_causal_attention``: at 52 tokens, the products' kernels for 2-element alignment
+    had taken a third of a 64-model pack's step, results/h200-2026-12-04-s13/pack64_math_profile.txt).
+    Nothing changes on a CPU."""
     if next(iter(params.values())).device.type != "cuda":
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    return sdpa_kernel([SDPBackend.MATH] if math_only else [SDPBackend.FLASH_ATTENTION, SDPBackend.MATH])
+    if not math_only:
+        return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.MATH])
+    return _math_attention(sdpa_kernel([SDPBackend.MATH]))
+
+
+@contextlib.contextmanager
+def _math_attention(kernel):
+    with kernel, padded_causal_attention(8):
+        yield
 
 
 def math_attention_pays(n_models: int, seq_len: int) -> bool:
@@ -152,7 +164,8 @@ def math_attention_pays(n_models: int, seq_len: int) -> bool:
     (benchmarks/small_step_profile.py, results/h200-2026-12-04-s13), 64 packed d_model-64 models, compiled:
     addition-16 (52 tokens) 8.51 ms a step with the math kernel against 10.17 ms with flash attention;
     max_subarray (130 tokens) 34.76 against 26.83 ms. One model alone keeps flash attention (not measured
-    with the math kernel)."""
+    with the math kernel). With the math kernel's sequences padded to 56 (``_attention_under_vmap``), the
+    addition-16 pack steps in 7.45 ms (benchmarks/packed_speed.py, results/h200-2026-12-05-s16)."""
     return n_models > 1 and seq_len <= 64
 
 
