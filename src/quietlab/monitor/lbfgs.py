@@ -251,9 +251,14 @@ def lbfgs(objective, theta, active, max_iter, tol, history=HISTORY, ftol=1e-5, c
         y_pre = torch.where(use[..., None], p_t - p, zero, out=AY[:, :, k])  # A⁻¹y
         valid[:, :, k] = use
         decrease = f - f_t
-        theta = torch.where(ok[..., None], theta_t, theta)
-        f = torch.where(ok, f_t, f)
-        g, p = torch.where(ok[..., None], g_t, g), torch.where(ok[..., None], p_t, p)
+        if compact and not bool((active & ~ok).any()):
+            # every active problem took its step (the common case; a CPU syncs here anyway): a problem that is
+            # not active had a zero step, so its trial point is its own point, and no selection is needed
+            theta, f, g, p = theta_t, f_t, g_t, p_t
+        else:
+            theta = torch.where(ok[..., None], theta_t, theta)
+            f = torch.where(ok, f_t, f)
+            g, p = torch.where(ok[..., None], g_t, g), torch.where(ok[..., None], p_t, p)
         # the new entry's inner products with the memory, and the memory's with the new gradient
         s_prod = _matvecs(S, y, g)  # s_iᵀy_k, s_iᵀg
         y_prod = _matvecs(Y, s, y_pre, p)  # y_iᵀs_k, y_iᵀA⁻¹y_k, y_iᵀA⁻¹g

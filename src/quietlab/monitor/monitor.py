@@ -72,7 +72,7 @@ import torch
 
 from ..models.hooks import attn_module
 from .follow import PlateauFollower, split_budget
-from .probes import capture_layers, fit_features, one_batch_per_family, residual_taps, solver_family, split_probe_set
+from .probes import MAX_ITER, capture_layers, fit_features, one_batch_per_family, residual_taps, solver_family, split_probe_set
 from .transitions import OnlineDetector
 
 #: the probe set's seed is the run's seed plus this, so that ``quietlab probe`` redraws the same set
@@ -303,7 +303,7 @@ class Monitor:
         self._decided: set[str] = set()  # settled for good: later probes come after the two that settled them
         self._online_rows: dict[str, dict[tuple, tuple]] = {}  # the store's online probe rows, by feature
         self.warm_start = warm_start
-        self.probe_kwargs = {"max_iter": 60, **(probe_kwargs or {})}
+        self.probe_kwargs = {"max_iter": MAX_ITER, **(probe_kwargs or {})}
         self.store = None
         self.result: dict = {}  # finish()'s classification
         self.total: int | None = None

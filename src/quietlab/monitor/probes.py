@@ -183,6 +183,11 @@ def fit_probes(acts: Mapping[str, torch.Tensor], feature: Feature, train_idx: Se
     return fit_features(acts, {name: feature}, train_idx, test_idx, **kwargs)[name]
 
 
+#: the solver's default cap on passes, for the Monitor, ``quietlab.watch`` and ``quietlab probe`` alike (an 11-class
+#: probe of a trained BFS model reaches it; sigmoid probes stop by ``tol`` well before it)
+MAX_ITER = 60
+
+
 def fit_features(
     acts: Mapping[str, torch.Tensor],
     features: Mapping[str, Feature],
@@ -192,7 +197,7 @@ def fit_features(
     layers: Iterable[str] | None = None,
     positions: Iterable[int] | None = None,
     l2: float = 1e-3,
-    max_iter: int = 100,
+    max_iter: int = MAX_ITER,
     tol: float = 1e-2,
     min_train: int = 8,
     min_test: int = 4,
