@@ -251,7 +251,8 @@ def lbfgs(objective, theta, active, max_iter, tol, history=HISTORY, ftol=1e-5, c
         y_pre = torch.where(use[..., None], p_t - p, zero, out=AY[:, :, k])  # A⁻¹y
         valid[:, :, k] = use
         decrease = f - f_t
-        if compact and not bool((active & ~ok).any()):
+        rejected = active ^ ok  # active problems whose trial point failed the line search
+        if compact and not bool(rejected.any()):
             # every active problem took its step (the common case; a CPU syncs here anyway): a problem that is
             # not active had a zero step, so its trial point is its own point, and no selection is needed
             theta, f, g, p = theta_t, f_t, g_t, p_t
@@ -269,7 +270,7 @@ def lbfgs(objective, theta, active, max_iter, tol, history=HISTORY, ftol=1e-5, c
         # when a full step no longer lowers the objective
         flat = decrease.abs_() <= (1e-6 + ftol) * f
         done = ok & ((objective.logit_move(g, p) < tol) | (flat & (alpha == 1)))
-        failed = (active ^ ok) & (alpha < 1e-3)  # the line search gave up on this direction
+        failed = rejected & (alpha < 1e-3)  # the line search gave up on this direction
         stuck = failed & plain  # even the bound step, which cannot fail in exact arithmetic
         reset = failed ^ stuck  # a bad quasi-Newton direction: forget the memory, take the bound step
         active = active & ~(done | stuck)

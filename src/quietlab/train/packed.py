@@ -133,6 +133,7 @@ class PackedModels:
         return new
 
 
+@contextlib.contextmanager
 def _attention_under_vmap(params: dict[str, torch.Tensor], math_only: bool = False):
     """The attention kernels that are right under vmap: on a GPU (torch 2.11, H200) the memory-efficient
     kernel that ``scaled_dot_product_attention`` picks by default gives NaN gradients to every model of
@@ -143,17 +144,15 @@ def _attention_under_vmap(params: dict[str, torch.Tensor], math_only: bool = Fal
     had taken a third of a 64-model pack's step, results/h200-2026-12-04-s13/pack64_math_profile.txt).
     Nothing changes on a CPU."""
     if next(iter(params.values())).device.type != "cuda":
-        return contextlib.nullcontext()
+        yield
+        return
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     if not math_only:
-        return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.MATH])
-    return _math_attention(sdpa_kernel([SDPBackend.MATH]))
-
-
-@contextlib.contextmanager
-def _math_attention(kernel):
-    with kernel, padded_causal_attention(8):
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]):
+            yield
+        return
+    with sdpa_kernel([SDPBackend.MATH]), padded_causal_attention(8):
         yield
 
 
