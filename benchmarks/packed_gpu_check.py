@@ -66,7 +66,7 @@ def decoder_case():
     return "decoder (addition-8, d_model 128 x 4, batch 64)", lambda: Transformer(cfg), batch, loss_fn
 
 
-def compare(case, device, amp, n_models, steps, lr, default_kernels=False):
+def compare(case, device, amp, n_models, steps, lr, default_kernels=False, math_attention=False):
     name, build, batch, loss_fn = case()
     models = []
     for seed in range(n_models):
@@ -84,12 +84,16 @@ def compare(case, device, amp, n_models, steps, lr, default_kernels=False):
         with autocast():
             return loss_fn(model, *args)
 
+    compiled = None
     diffs, first_bad = [], None
     for step in range(1, steps + 1):
         args = [batch(step, i) for i in range(n_models)]
         stacked = [torch.stack([a[j] for a in args]).to(device) for j in range(len(args[0]))]
         if default_kernels:  # the vmapped function alone, outside losses()' kernel choice
             losses = packed._batched(packed_loss, None, len(stacked))(packed.params, packed.buffers, *stacked)
+        elif math_attention:  # compiled, on the math kernel with causal sequences padded (as compiled packs run)
+            compiled = compiled or packed.compiled_losses(packed_loss, n_args=len(stacked), math_attention=True)
+            losses = compiled(*stacked)
         else:
             losses = packed.losses(packed_loss, *stacked)
         losses.sum().backward()
@@ -109,6 +113,7 @@ def compare(case, device, amp, n_models, steps, lr, default_kernels=False):
             own.append(loss.item())
         diffs.append(float(np.max(np.abs(losses.detach().float().cpu().numpy() - np.array(own)))))
     return {"model": name, "precision": "bf16 autocast" if amp else "float32", "models": n_models, "steps": steps,
+            "path": "compiled, math kernel, padded causal" if math_attention else "losses()",
             "first_non_finite_step": first_bad, "max_loss_diff": float(np.nanmax(diffs)) if diffs else None,
             "loss_diff_at": {str(s): diffs[s - 1] for s in (1, steps // 2, steps)},
             "final_losses_alone": own}
@@ -126,20 +131,25 @@ def main():
     ap.add_argument("--vit-attention", default="softmax",
                     help="the ViT's attention variant (normsoftmax: its logit variance under vmap, models/logit_variance.py)")
     ap.add_argument("--only-vit", action="store_true", help="skip the decoder")
+    ap.add_argument("--math-attention", action="store_true",
+                    help="the decoder only, through compiled_losses(math_attention=True): the math kernel with causal "
+                         "sequences padded to a multiple of 8, as compiled packs of short sequences run")
     args = ap.parse_args()
     device = torch.device(args.device)
     rows = []
     vit = functools.partial(vit_case, args.vit_attention)
     vit.__name__ = "vit_case"
-    for case in (vit,) if args.only_vit else (vit, decoder_case):
+    cases = (decoder_case,) if args.math_attention else (vit,) if args.only_vit else (vit, decoder_case)
+    for case in cases:
         for amp in (True, False):
             try:
-                row = compare(case, device, amp, args.models, args.steps, args.lr, args.default_kernels)
+                row = compare(case, device, amp, args.models, args.steps, args.lr, args.default_kernels,
+                              args.math_attention)
             except Exception as e:  # a kernel that refuses the pack is a result too
                 row = {"model": case.__name__, "precision": "bf16 autocast" if amp else "float32", "error": repr(e)[:300]}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    out = {"default_kernels": args.default_kernels, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__, "rows": rows}
+    out = {"default_kernels": args.default_kernels, "math_attention": args.math_attention, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__, "rows": rows}
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))
 
