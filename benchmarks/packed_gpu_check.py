@@ -115,7 +115,7 @@ def compare(case, device, amp, n_models, steps, lr, default_kernels=False, math_
     return {"model": name, "precision": "bf16 autocast" if amp else "float32", "models": n_models, "steps": steps,
             "path": "compiled, math kernel, padded causal" if math_attention else "losses()",
             "first_non_finite_step": first_bad, "max_loss_diff": float(np.nanmax(diffs)) if diffs else None,
-            "loss_diff_at": {str(s): diffs[s - 1] for s in (1, steps // 2, steps)},
+            "loss_diff_at": {str(s): diffs[s - 1] for s in (1, steps // 2, steps)}, "loss_diffs": diffs,
             "final_losses_alone": own}
 
 
@@ -134,8 +134,16 @@ def main():
     ap.add_argument("--math-attention", action="store_true",
                     help="the decoder only, through compiled_losses(math_attention=True): the math kernel with causal "
                          "sequences padded to a multiple of 8, as compiled packs of short sequences run")
+    ap.add_argument("--pad-multiple", type=int, default=None,
+                    help="with --math-attention: pad causal sequences to this multiple instead of the library's 8 "
+                         "(0: no padding; the control that tells the padding's effect from the compiler's)")
     args = ap.parse_args()
     device = torch.device(args.device)
+    if args.pad_multiple is not None:
+        import quietlab.train.packed as packed_module
+        from quietlab.models.attention import padded_causal_attention
+
+        packed_module.padded_causal_attention = lambda multiple: padded_causal_attention(args.pad_multiple)
     rows = []
     vit = functools.partial(vit_case, args.vit_attention)
     vit.__name__ = "vit_case"
@@ -149,7 +157,8 @@ def main():
                 row = {"model": case.__name__, "precision": "bf16 autocast" if amp else "float32", "error": repr(e)[:300]}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    out = {"default_kernels": args.default_kernels, "math_attention": args.math_attention, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__, "rows": rows}
+    out = {"default_kernels": args.default_kernels, "math_attention": args.math_attention,
+           "pad_multiple": args.pad_multiple, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__, "rows": rows}
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))
 
