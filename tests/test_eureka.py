@@ -193,7 +193,7 @@ def reference_vit(model, images, variant, tau=None, norm_form="var", progress=0.
             scaled = logits * beta
         else:
             var = ((logits - logits.mean(-1, keepdim=True)) ** 2).mean(-1, keepdim=True)
-            spread = var if norm_form == "var" else var.sqrt()
+            spread = var if norm_form == "var" else logits.std(-1, keepdim=True)  # the study's: unbiased
             scaled = logits / torch.minimum(spread, torch.tensor(math.sqrt(d) if tau is None else tau, dtype=spread.dtype))
         y = (torch.softmax(scaled, -1) @ v).transpose(1, 2).reshape(x.shape)
         x = x + y @ P[p + "attn.proj.weight"].T + P[p + "attn.proj.bias"]
@@ -242,7 +242,7 @@ def test_fused_normsoftmax_values_and_gradients_equal_the_written_out_float64_fo
         q, k, v = (x @ attn.qkv.weight.T).view(B, T, 3, 2, 16).permute(2, 0, 3, 1, 4)
         logits = q @ k.transpose(-2, -1)
         var = logits.var(-1, unbiased=False, keepdim=True)
-        spread = var if norm_form == "var" else var.sqrt()
+        spread = var if norm_form == "var" else logits.std(-1, unbiased=True, keepdim=True)
         pattern = torch.softmax(logits / spread.clamp(min=1e-6).clamp(max=attn.tau), -1)
         return attn.proj((pattern @ v).transpose(1, 2).reshape(B, T, C))
 

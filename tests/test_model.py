@@ -51,8 +51,9 @@ def attention_weights(logits, cfg, progress, stats):
         scaled = logits / cfg.tau
     elif cfg.attention == "normsoftmax":
         tau = cfg.tau if cfg.tau is not None else math.sqrt(d_head)
-        sigma = math.sqrt(sum((l - logits.mean()) ** 2 for l in logits) / len(logits))
-        spread = sigma**2 if cfg.norm_form == "var" else sigma
+        squares = sum((l - logits.mean()) ** 2 for l in logits)
+        # the study's two forms: the biased variance, or the unbiased standard deviation
+        spread = squares / len(logits) if cfg.norm_form == "var" else math.sqrt(squares / max(len(logits) - 1, 1))
         if len(logits) == 1:
             return np.ones(1)
         stats["sharpened" if spread < tau else "standard"] += 1

@@ -4,8 +4,9 @@ With L = q·kᵀ (unscaled logits, one row per query over the keys it may see) a
 
 - ``softmax``      softmax(L / √d)                                    (fused SDPA kernel)
 - ``temperature``  softmax(L / τ), any τ > 0; lower τ = sharper         (fused SDPA kernel)
-- ``normsoftmax``  softmax(L / min(τ, σ(L))), σ the row's standard deviation over the visible keys
-                   (``norm_form="var"``: the variance); τ defaults to √d, so attention is never
+- ``normsoftmax``  softmax(L / min(τ, σ(L))), σ the row's standard deviation over the visible keys,
+                   unbiased as the Eureka study's ``norm_softmax_std`` (``norm_form="var"``: the biased
+                   variance, its ``norm_softmax``); τ defaults to √d, so attention is never
                    softer than standard and is sharpened when the logits are nearly constant
 - ``heat``         softmax(β(t)·L) with β following a half-cosine from ``heat_start`` down to the
                    standard 1/√d over the first ``heat_fraction`` of training, then constant
@@ -162,7 +163,8 @@ class CausalSelfAttention(nn.Module):
         copies of q and k cost more memory traffic than the attention); on CUDA one Triton kernel each way
         (models/logit_variance.py)."""
         var = logit_variance(q, k).clamp_min(0)
-        spread = var if self.norm_form == "var" else var.clamp(min=1e-12).sqrt()
+        n = k.shape[-2]
+        spread = var if self.norm_form == "var" else (var * (n / max(n - 1, 1))).clamp(min=1e-12).sqrt()
         scale = 1.0 / torch.clamp(spread, min=1e-6).clamp(max=self.tau)
         return F.scaled_dot_product_attention(q * scale.to(q.dtype), k, v, scale=1.0)
 
@@ -178,7 +180,8 @@ class CausalSelfAttention(nn.Module):
             mean = logits.masked_fill(~visible, 0).sum(-1, keepdim=True) / n_visible
             var = ((logits - mean) ** 2).masked_fill(~visible, 0).sum(-1, keepdim=True) / n_visible
             # clamp before the root: a query that sees one key has zero variance, and sqrt's slope there is infinite
-            spread = var if self.norm_form == "var" else var.clamp(min=1e-12).sqrt()
+            unbiased = var * n_visible / (n_visible - 1).clamp(min=1)
+            spread = var if self.norm_form == "var" else unbiased.clamp(min=1e-12).sqrt()
             scaled = logits / torch.clamp(spread, min=1e-6).clamp(max=self.tau)
         else:
             scaled = logits * self.inverse_temperature()
