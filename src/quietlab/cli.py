@@ -163,7 +163,7 @@ def train_cmd(
     flops: Optional[float] = typer.Option(None, "--flops", help="Compute budget, e.g. 1e12 (quietlab: 6·N + attention FLOPs per token; paper: 6·(12·L·d² + L·ctx·d) per token, steps rounded up)."),
     attention: str = typer.Option("softmax", "--attention", help="softmax, temperature, normsoftmax or heat."),
     tau: Optional[float] = typer.Option(None, "--tau", help="temperature / normsoftmax: τ (default √d_head)."),
-    norm_form: str = typer.Option("std", "--norm-form", help="normsoftmax: std or var."),
+    norm_form: str = typer.Option("std", "--norm-form", help="normsoftmax: std (the logits' unbiased standard deviation) or var (their variance)."),
     heat_start: float = typer.Option(3.0, "--heat-start", help="heat: inverse temperature at step 0."),
     heat_fraction: float = typer.Option(0.5, "--heat-fraction", help="heat: fraction of training to anneal over."),
     seed: int = typer.Option(0, "--seed", help="Seeds the initialisation and the training examples."),
