@@ -25,8 +25,10 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from quietlab.monitor.probes import wilson_interval
 from quietlab.recipes.eureka import SMALL, SUCCESS, EurekaConfig, first_step_at, load_task, train_variants
 from quietlab.runs import RunFolder
 
@@ -62,15 +64,24 @@ def parse_trial(text: str) -> tuple[str, list[int], int, dict]:
     return variant, seeds, threads, overrides
 
 
-def table(paths: list[str]) -> list[str]:
-    """Markdown rows of the runs in search.jsonl files: one per trial spec without its seeds."""
+def table(paths: list[str], pool: bool = False, only: list[str] | None = None) -> list[str]:
+    """Markdown rows of the runs in search.jsonl files: one per trial spec without its seeds. ``pool``: also
+    without ``threads`` and ``workers`` (which change no result), records that lack their rate taken at the
+    small scale's rate for their variant, and a 95% Wilson interval on the success rate. ``only``: these
+    variants' runs alone."""
+    ignored = ("seeds=", "threads=", "workers=") if pool else ("seeds=",)
     rows: dict[str, dict[int, dict]] = {}
     for path in paths:
         for line in Path(path).read_text().splitlines():
             r = json.loads(line)
-            spec = " ".join(item for item in r["spec"].split() if not item.startswith("seeds="))
-            if "lr" in r and " lr=" not in f" {spec}":  # the rate the trial ran at (records before it was kept lack it)
-                spec += f" (lr {r['lr']:g})"
+            if only and r["variant"] not in only:
+                continue
+            spec = " ".join(item for item in r["spec"].split() if not item.startswith(ignored))
+            lr = r.get("lr", SMALL.lr.get(r["variant"]) if pool else None)
+            if lr is not None and " lr=" not in f" {spec}":  # the rate the trial ran at
+                spec += f" (lr {lr:g})"
+            if r["seed"] in rows.get(spec, {}):
+                raise SystemExit(f"seed {r['seed']} of {spec!r} appears twice; pass each run once")
             rows.setdefault(spec, {})[r["seed"]] = r
     out = ["| trial (seeds gathered) | learn the decision (≥ 75%) | first evaluation ≥ 75%, per seed | "
            "final decision accuracy per seed |", "| --- | --- | --- | --- |"]
@@ -83,7 +94,11 @@ def table(paths: list[str]) -> list[str]:
             firsts.append("—" if first is None else f"{first:,}")
             finals.append(f"{runs[seed]['final_decision_acc']:.3f}")
         won = sum(runs[seed]["final_decision_acc"] >= SUCCESS for seed in seeds)
-        out.append(f"| {spec} (seeds {','.join(map(str, seeds))}) | {won}/{len(seeds)} | {' · '.join(firsts)} | "
+        rate = f"{won}/{len(seeds)}"
+        if pool:
+            lo, hi = wilson_interval(np.array([won / len(seeds)]), np.array([len(seeds)]))
+            rate += f" [{lo[0]:.2f}, {hi[0]:.2f}]"
+        out.append(f"| {spec} (seeds {','.join(map(str, seeds))}) | {rate} | {' · '.join(firsts)} | "
                    f"{' '.join(finals)} |")
     return out
 
@@ -93,9 +108,12 @@ def main() -> None:
     ap.add_argument("--trial", action="append", help="one trial: key=value ... (repeatable)")
     ap.add_argument("--out", help="folder for search.log, search.jsonl and the run folders")
     ap.add_argument("--table", nargs="+", metavar="JSONL", help="print these searches' runs as a markdown table")
+    ap.add_argument("--pool", action="store_true",
+                    help="with --table: gather runs across threads/workers settings, with a 95%% interval on the rate")
+    ap.add_argument("--only", default=None, help="with --table: comma list of the variants to include")
     args = ap.parse_args()
     if args.table:
-        print("\n".join(table(args.table)))
+        print("\n".join(table(args.table, args.pool, args.only.split(",") if args.only else None)))
         return
     if not (args.trial and args.out):
         ap.error("--trial and --out are required (or --table JSONL ...)")
