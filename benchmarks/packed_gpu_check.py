@@ -141,9 +141,8 @@ def main():
     device = torch.device(args.device)
     if args.pad_multiple is not None:
         import quietlab.train.packed as packed_module
-        from quietlab.models.attention import padded_causal_attention
 
-        packed_module.padded_causal_attention = lambda multiple: padded_causal_attention(args.pad_multiple)
+        packed_module.CAUSAL_PAD_MULTIPLE = args.pad_multiple
     rows = []
     vit = functools.partial(vit_case, args.vit_attention)
     vit.__name__ = "vit_case"

@@ -164,9 +164,15 @@ class CausalSelfAttention(nn.Module):
         (models/logit_variance.py)."""
         var = logit_variance(q, k).clamp_min(0)
         n = k.shape[-2]
-        spread = var if self.norm_form == "var" else (var * (n / max(n - 1, 1))).clamp(min=1e-12).sqrt()
-        scale = 1.0 / torch.clamp(spread, min=1e-6).clamp(max=self.tau)
+        scale = 1.0 / self._normsoftmax_divisor(var, n / max(n - 1, 1))
         return F.scaled_dot_product_attention(q * scale.to(q.dtype), k, v, scale=1.0)
+
+    def _normsoftmax_divisor(self, var, unbiasing):
+        """min(τ, spread) of rows whose logits have biased variance ``var``: the variance itself, or (std form)
+        the unbiased standard deviation, ``unbiasing`` being n / (n − 1) for rows of n visible keys."""
+        # clamp before the root: a query that sees one key has zero variance, and sqrt's slope there is infinite
+        spread = var if self.norm_form == "var" else (var * unbiasing).clamp(min=1e-12).sqrt()
+        return torch.clamp(spread, min=1e-6).clamp(max=self.tau)
 
     def _explicit(self, q, k, v, causal: bool):
         """The plain computation: needed by NormSoftmax and whenever the pattern is asked for."""
@@ -179,10 +185,7 @@ class CausalSelfAttention(nn.Module):
             n_visible = visible.sum(-1, keepdim=True)
             mean = logits.masked_fill(~visible, 0).sum(-1, keepdim=True) / n_visible
             var = ((logits - mean) ** 2).masked_fill(~visible, 0).sum(-1, keepdim=True) / n_visible
-            # clamp before the root: a query that sees one key has zero variance, and sqrt's slope there is infinite
-            unbiased = var * n_visible / (n_visible - 1).clamp(min=1)
-            spread = var if self.norm_form == "var" else unbiased.clamp(min=1e-12).sqrt()
-            scaled = logits / torch.clamp(spread, min=1e-6).clamp(max=self.tau)
+            scaled = logits / self._normsoftmax_divisor(var, n_visible / (n_visible - 1).clamp(min=1))
         else:
             scaled = logits * self.inverse_temperature()
         pattern = torch.softmax(scaled.masked_fill(~visible, float("-inf")), dim=-1)

@@ -133,6 +133,10 @@ class PackedModels:
         return new
 
 
+#: what causal sequences are padded to a multiple of in packs on the math kernel (0: not padded)
+CAUSAL_PAD_MULTIPLE = 8
+
+
 @contextlib.contextmanager
 def _attention_under_vmap(params: dict[str, torch.Tensor], math_only: bool = False):
     """The attention kernels that are right under vmap: on a GPU (torch 2.11, H200) the memory-efficient
@@ -140,7 +144,7 @@ def _attention_under_vmap(params: dict[str, torch.Tensor], math_only: bool = Fal
     a vmapped ViT from the first step, and refuses float32 ('LSE is not correctly aligned'); flash
     attention (half precision) and the math kernel (float32) train as the models do alone
     (benchmarks/packed_gpu_check.py). ``math_only``: the math kernel alone, causal sequences padded to a
-    multiple of 8 (``padded_causal_attention``: at 52 tokens, the products' kernels for 2-element alignment
+    multiple of ``CAUSAL_PAD_MULTIPLE`` (``padded_causal_attention``: at 52 tokens, the products' kernels for 2-element alignment
     had taken a third of a 64-model pack's step, results/h200-2026-12-04-s13/pack64_math_profile.txt).
     Nothing changes on a CPU."""
     if next(iter(params.values())).device.type != "cuda":
@@ -152,7 +156,7 @@ def _attention_under_vmap(params: dict[str, torch.Tensor], math_only: bool = Fal
         with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]):
             yield
         return
-    with sdpa_kernel([SDPBackend.MATH]), padded_causal_attention(8):
+    with sdpa_kernel([SDPBackend.MATH]), padded_causal_attention(CAUSAL_PAD_MULTIPLE):
         yield
 
 
