@@ -319,6 +319,9 @@ def test_eureka_recipe_end_to_end(tmp_path):
     summary = run_eureka("small", 2, ["softmax", "cnn"], tmp_path / "sweep", TINY)
     assert set(summary["variants"]) == {"softmax", "cnn"} and len(summary["runs"]) == 4
     assert summary["variants"]["softmax"]["seeds"] == 2
+    # wiring only (a 6-step run's decision accuracy is noise; the plateau's own test is below)
+    assert all("plateau" in r for r in summary["runs"]) and "plateau_entropy" in summary["variants"]["softmax"]
+    assert summary["variants"]["cnn"]["plateau_qk_over_v"] is None
     run = RunFolder(tmp_path / "sweep" / "softmax-seed1")
     cfg = run.read_config()
     assert cfg["seed"] == 1 and "scikit-learn" in cfg["data_source"]
@@ -329,6 +332,40 @@ def test_eureka_recipe_end_to_end(tmp_path):
         assert {"indicators_equal", "target_top", "indicator_bottom"} <= features
     assert (tmp_path / "sweep" / "report.html").stat().st_size > 1000
     assert json.loads((tmp_path / "sweep" / "summary.json").read_text())["success_criterion"]
+
+
+def test_plateau_diagnostics_are_medians_over_the_evaluations_before_decision_accuracy_reaches_60_percent(tmp_path):
+    from quietlab.recipes.eureka import plateau_diagnostics
+    from quietlab.runs import RunStore
+
+    decision = {0: 0.65, 100: 0.48, 200: 0.55, 300: 0.52, 400: 0.61, 500: 0.9}  # step 0 (random init) is not looked at
+    rng = np.random.default_rng(0)
+    logged = {}
+    with RunStore(tmp_path / "m.sqlite") as store:
+        for step, acc in decision.items():
+            row = {"eval/decision_acc": acc}
+            for part in "qkv":
+                for layer in range(2):
+                    for head in range(2):
+                        row[f"grad/{part}/blocks.{layer}.attn/H{head}"] = float(rng.random())
+            for head in range(2):
+                row[f"attn/entropy/blocks.0.attn.hook_pattern/H{head}"] = float(rng.random())
+            store.log(step, row)
+            logged[step] = row
+        got = plateau_diagnostics(store)
+
+    def per_step(prefix):  # the oracle: mean over layers and heads at each plateau evaluation, then the median
+        return np.median([np.mean([v for k, v in logged[s].items() if k.startswith(prefix)]) for s in (100, 200, 300)])
+
+    assert got["evals"] == 3
+    assert got["qk_grad"] == pytest.approx(0.5 * (per_step("grad/q/") + per_step("grad/k/")))
+    assert got["v_grad"] == pytest.approx(per_step("grad/v/"))
+    assert got["qk_over_v"] == pytest.approx(got["qk_grad"] / got["v_grad"])
+    assert got["entropy"] == pytest.approx(per_step("attn/entropy/"))
+    with RunStore(tmp_path / "cnn.sqlite") as store:  # no attention: nothing to diagnose
+        store.log(0, {"eval/decision_acc": 0.5})
+        store.log(100, {"eval/decision_acc": 0.5})
+        assert plateau_diagnostics(store) is None
 
 
 def test_cpu_worker_processes_train_as_one_process_does(tmp_path):
@@ -395,3 +432,12 @@ def test_cli_lr_sets_one_variants_peak_rate(tmp_path):
     assert result.exit_code == 0, result.output
     assert RunFolder(out / "normsoftmax-seed0").read_config()["lr_peak"] == 3e-3
     assert RunFolder(out / "heat-seed0").read_config()["lr_peak"] == 1e-3  # the small scale's own
+
+
+def test_cli_table_shows_the_plateau_diagnostics(tmp_path):
+    result = CliRunner().invoke(app, ["eureka", "--steps", "2", "--seeds", "1", "--variants", "softmax,cnn",
+                                      "--device", "cpu", "--workers", "1", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    assert "plateau" in result.output and "entropy" in result.output
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["variants"]["cnn"]["plateau_entropy"] is None

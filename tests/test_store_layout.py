@@ -85,3 +85,15 @@ def test_online_and_checkpoint_fits_are_kept_apart(tmp_path):
         assert store.probes() == [(100, "carry", "hook_embed", 2, "acc", 0.8)]
         with pytest.raises(ValueError, match="fit must be one of"):
             store.log_probes([], fit="later")
+
+
+def test_metric_prefixes_match_literally_and_mean_series_averages_what_each_step_logged(tmp_path):
+    with RunStore(tmp_path / "m.sqlite") as store:
+        store.log(0, {"grad_q/a": 1.0, "gradXq/b": 10.0, "Grad_q/c": 100.0, "grad_q/d": 3.0})
+        store.log(5, {"grad_q/a": 2.0})  # only one head logged at this step
+        store.log(7, {"50%/x": 1.0, "50x/y": 2.0})
+        # "_" and "%" are LIKE wildcards and LIKE ignores case: a prefix must match none of that
+        assert store.metric_names("grad_q/") == ["grad_q/a", "grad_q/d"]
+        assert store.metric_names("50%/") == ["50%/x"]
+        assert store.mean_series("grad_q/") == ([0, 5], [2.0, 2.0])
+        assert store.mean_series("nothing/") == ([], [])

@@ -450,7 +450,7 @@ def eureka_cmd(
         return
     table = Table(title=f"eureka · {scale} · {seeds} seeds · {summary['success_criterion']} · {summary['data_source']}")
     for col in ("variant", "success", "median Eureka step", "median first step decision ≥ 75%",
-                "median steps to 95% of softmax", "median final acc"):
+                "median steps to 95% of softmax", "median final acc", "plateau grad Q,K ÷ V", "plateau attn entropy"):
         table.add_column(col, justify="left" if col == "variant" else "right")
 
     def fmt(x):
@@ -458,7 +458,8 @@ def eureka_cmd(
 
     for name, d in summary["variants"].items():
         table.add_row(name, f"{d['successes']}/{d['seeds']}", fmt(d["median_eureka_step"]), fmt(d["median_first_decision_step"]),
-                      f"{fmt(d['median_steps_to_95'])} ({d['reached_95']}/{d['seeds']})", f"{d['final_acc_median']:.3f}")
+                      f"{fmt(d['median_steps_to_95'])} ({d['reached_95']}/{d['seeds']})", f"{d['final_acc_median']:.3f}",
+                      *("—" if d[key] is None else f"{d[key]:.3f}" for key in ("plateau_qk_over_v", "plateau_entropy")))
     console.print(table)
     print(summary["report"])
 

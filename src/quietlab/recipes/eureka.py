@@ -18,7 +18,11 @@ Per variant (``summarize``):
 - Eureka step: the onset of the main transition (``features.main_transition``) the detector (monitor/transitions.py) finds in the
   validation loss of a successful run; also the first evaluation with decision accuracy ≥ 75%;
 - steps to 95% of the softmax baseline's final accuracy (the median over its seeds), per run;
-- final accuracy.
+- final accuracy;
+- on the plateau (``plateau_diagnostics``: the evaluations after step 0 before decision accuracy first reaches
+  ``LEAVING`` = 60%), the study's proposed cause: the mean |grad| of W_Q and W_K against W_V's, and the
+  normalised attention entropy (near 1: near-uniform attention, whose softmax passes W_Q and W_K small
+  gradients).
 
 Scales: ``medium`` is the spec's reduced scale for a GPU (§5); ``paper`` is the study's configuration (EUREKA_SPEC.md §2-3: 56×56 from MNIST + Fashion-MNIST,
 patch 4, depth 7, width 256, 4 heads, MLP ratio 2, batch 512, AdamW wd 0.05, 5 warm-up epochs then
@@ -49,6 +53,7 @@ from ..runs import RunFolder, write_atomic
 MODEL_VARIANTS = ("softmax", "temperature", "normsoftmax", "heat", "qk_rescale", "cnn")
 DEFAULT_VARIANTS = ("softmax", "temperature", "normsoftmax", "heat", "cnn")
 SUCCESS = 0.75
+LEAVING = 0.6  # decision accuracy at which a run has left the plateau's 45-55% (plateau_diagnostics)
 
 
 @dataclass
@@ -491,6 +496,27 @@ def eureka_moment(store) -> dict:
             "first_decision_step": first, "n_transitions": len(transitions)}
 
 
+def plateau_diagnostics(store) -> dict:
+    """The run's attention while it sits on the plateau: medians, over the evaluations after step 0 and before
+    its decision accuracy first reaches ``LEAVING`` (all of them if it never does), of the mean |grad| of
+    W_Q and W_K (``qk_grad``, their average) and W_V (``v_grad``) over layers and heads, their ratio
+    ``qk_over_v``, and the mean normalised attention ``entropy``; ``evals``: how many evaluations that is.
+    None for a model without attention (the CNN) or without evaluations past step 0."""
+    dsteps, decision = store.series("eval/decision_acc")
+    trained = [(s, v) for s, v in zip(dsteps, decision) if s > 0]
+    leaving = first_step_at([s for s, _ in trained], [v for _, v in trained], LEAVING)
+    end = leaving if leaving is not None else math.inf
+    medians = {}
+    for key, prefix in (("q", "grad/q/"), ("k", "grad/k/"), ("v", "grad/v/"), ("entropy", "attn/entropy/")):
+        picked = [v for s, v in zip(*store.mean_series(prefix)) if 0 < s < end]
+        medians[key] = float(np.median(picked)) if picked else None
+    if None in medians.values():
+        return None
+    qk = 0.5 * (medians["q"] + medians["k"])
+    return {"evals": sum(0 < s < end for s in dsteps), "qk_grad": qk, "v_grad": medians["v"],
+            "qk_over_v": qk / medians["v"] if medians["v"] > 0 else None, "entropy": medians["entropy"]}
+
+
 def first_step_at(steps, values, target: float) -> int | None:
     return next((s for s, v in zip(steps, values) if v is not None and v >= target), None)
 
@@ -510,12 +536,14 @@ def summarize(run_dirs: list[Path]) -> dict:
             steps, acc = store.series("eval/acc")
             decision = store.series("eval/decision_acc")[1]
             moment = eureka_moment(store)
+            plateau = plateau_diagnostics(store)
             store.put("eureka", "moment", moment)
         success = bool(decision and decision[-1] is not None and decision[-1] >= SUCCESS)
         runs.append({"variant": cfg["variant"], "seed": cfg["seed"], "run_dir": str(d), "final_acc": acc[-1],
                      "final_decision_acc": decision[-1], "success": success, "steps": steps, "acc": acc,
                      "eureka_step": moment["onset"] if success else None,
-                     "first_decision_step": moment["first_decision_step"], "total_steps": steps[-1]})
+                     "first_decision_step": moment["first_decision_step"], "total_steps": steps[-1],
+                     "plateau": plateau})
     base = [r["final_acc"] for r in runs if r["variant"] == "softmax"]
     baseline = float(np.median(base)) if base else None
     variants: dict[str, dict] = {}
@@ -532,6 +560,8 @@ def summarize(run_dirs: list[Path]) -> dict:
             "reached_95": len(reached), "median_steps_to_95": _median(reached),
             "final_acc_median": float(np.median([r["final_acc"] for r in rs])),
             "final_acc": [r["final_acc"] for r in rs],
+            **{f"plateau_{key}": _median(r["plateau"][key] for r in rs if r["plateau"])
+               for key in ("qk_grad", "v_grad", "qk_over_v", "entropy")},
         }
     for r in runs:
         del r["steps"], r["acc"]

@@ -18,17 +18,6 @@ from .html import COLORS, CSS, _esc, _Ids, _line, _plot, _table, _title
 from .summary import fmt_step
 
 
-def _mean_series(store, prefix: str) -> tuple[list[int], list[float]]:
-    """Per step, the mean over every metric named ``prefix``… (all layers and heads)."""
-    by_step: dict[int, list[float]] = {}
-    for name in store.metric_names(prefix):
-        for s, v in zip(*store.series(name)):
-            if v is not None:
-                by_step.setdefault(s, []).append(v)
-    steps = sorted(by_step)
-    return steps, [sum(by_step[s]) / len(by_step[s]) for s in steps]
-
-
 def _figure(summary: dict, title: str, series, y_title: str, log_y: bool = False) -> dict:
     colors = {v: COLORS[i % len(COLORS)] for i, v in enumerate(summary["variants"])}
     traces, shown = [], set()
@@ -53,6 +42,10 @@ def _fmt(x, pct=False) -> str:
     return f"{x:.1%}" if pct else fmt_step(x)
 
 
+def _ratio(x) -> str:
+    return "—" if x is None else f"{x:.3f}"
+
+
 def render_eureka_report(summary: dict) -> str:
     ids = _Ids()
     body = [f"<h1>quietlab eureka: {_esc(summary.get('scale', ''))} scale</h1>",
@@ -67,10 +60,17 @@ def render_eureka_report(summary: dict) -> str:
             f"the softmax baseline's median final accuracy ({_fmt(summary.get('baseline_final_acc'), True)}).</p>"]
     rows = [[v, f"{d['successes']}/{d['seeds']}", _fmt(d["median_eureka_step"]), _fmt(d["median_first_decision_step"]),
              f"{_fmt(d['median_steps_to_95'])} ({d['reached_95']}/{d['seeds']} reach it)",
-             _fmt(d["final_acc_median"], True), ", ".join(f"{a:.3f}" for a in d["final_acc"])]
+             _fmt(d["final_acc_median"], True), ", ".join(f"{a:.3f}" for a in d["final_acc"]),
+             _ratio(d.get("plateau_qk_over_v")), _ratio(d.get("plateau_entropy"))]
             for v, d in summary["variants"].items()]
     body.append(_table(["variant", "success", "median Eureka step", "median first step decision ≥ 75%",
-                        "median steps to 95% of baseline", "median final acc", "final acc per seed"], rows, {1, 2, 3, 5}))
+                        "median steps to 95% of baseline", "median final acc", "final acc per seed",
+                        "plateau |grad| W_Q,K ÷ W_V", "plateau attention entropy"], rows, {1, 2, 3, 5, 7, 8}))
+    body.append('<p class="note">Plateau: the evaluations after step 0 before a run\'s decision accuracy first reaches '
+                "60% (all of them if it never does); medians over them, then over the variant's runs. The study's cause "
+                "of the plateau: near-uniform attention (entropy near 1) passing W_Q and W_K small gradients. The "
+                "gradients are raw: a temperature scales the logits' gradient, and AdamW's steps hardly depend on a "
+                "gradient's scale.</p>")
     body.append("<h3>Runs</h3>")
     body.append(_table(["variant", "seed", "final acc", "final decision acc", "success", "Eureka step", "steps to 95%", "run"],
                        [[r["variant"], r["seed"], f"{r['final_acc']:.3f}", f"{r['final_decision_acc']:.3f}",
@@ -81,10 +81,10 @@ def render_eureka_report(summary: dict) -> str:
         ("decision", _figure(summary, "decision accuracy (50%: indicators ignored)", lambda s: s.series("eval/decision_acc"), "decision accuracy")),
         ("loss", _figure(summary, "validation loss", lambda s: s.series("eval/loss"), "cross-entropy")),
         ("entropy", _figure(summary, "attention entropy (normalised, mean over layers and heads)",
-                            lambda s: _mean_series(s, "attn/entropy/"), "entropy")),
-        ("gq", _figure(summary, "mean |grad| of W_Q (over layers and heads)", lambda s: _mean_series(s, "grad/q/"), "|grad|", True)),
-        ("gk", _figure(summary, "mean |grad| of W_K", lambda s: _mean_series(s, "grad/k/"), "|grad|", True)),
-        ("gv", _figure(summary, "mean |grad| of W_V", lambda s: _mean_series(s, "grad/v/"), "|grad|", True)),
+                            lambda s: s.mean_series("attn/entropy/"), "entropy")),
+        ("gq", _figure(summary, "mean |grad| of W_Q (over layers and heads)", lambda s: s.mean_series("grad/q/"), "|grad|", True)),
+        ("gk", _figure(summary, "mean |grad| of W_K", lambda s: s.mean_series("grad/k/"), "|grad|", True)),
+        ("gv", _figure(summary, "mean |grad| of W_V", lambda s: s.mean_series("grad/v/"), "|grad|", True)),
     ]
     body.append("<h2>Curves</h2>")
     for stem, fig in figures:

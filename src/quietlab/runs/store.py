@@ -167,9 +167,18 @@ class RunStore:
         return [r[0] for r in rows], [r[1] for r in rows]
 
     @_named
+    def mean_series(self, prefix: str) -> tuple[list[int], list[float]]:
+        """(steps, values): per step, the mean over every metric whose name starts with ``prefix`` (e.g. every
+        layer and head of ``attn/entropy/``), over those logged at that step."""
+        rows = self._db.execute(
+            "SELECT step, AVG(value) FROM metrics WHERE substr(name, 1, ?) = ? AND value IS NOT NULL "
+            "GROUP BY step ORDER BY step", (len(prefix), prefix)).fetchall()
+        return [r[0] for r in rows], [r[1] for r in rows]
+
+    @_named
     def metric_names(self, prefix: str = "") -> list[str]:
         rows = self._db.execute(
-            "SELECT DISTINCT name FROM metrics WHERE name LIKE ? ORDER BY name", (prefix.replace("%", r"\%") + "%",)
+            "SELECT DISTINCT name FROM metrics WHERE substr(name, 1, ?) = ? ORDER BY name", (len(prefix), prefix)
         )
         return [r[0] for r in rows]
 
