@@ -44,17 +44,6 @@ def run_folders(roots: list[str]) -> list[Path]:
     return [p for p in found if (p / "metrics.sqlite").exists()]
 
 
-def window_medians(store, lo: int, hi: int) -> dict:
-    med = {}
-    for key, prefix in (("q", "grad/q/"), ("k", "grad/k/"), ("v", "grad/v/"), ("entropy", "attn/entropy/")):
-        picked = [v for s, v in zip(*store.mean_series(prefix)) if lo <= s <= hi]
-        med[key] = float(np.median(picked)) if picked else None
-    if None in med.values():
-        return dict.fromkeys(COLUMNS)
-    qk = 0.5 * (med["q"] + med["k"])
-    return {"qk_grad": qk, "v_grad": med["v"], "qk_over_v": qk / med["v"], "entropy": med["entropy"]}
-
-
 def run_row(path: Path, window: tuple[int, int]) -> dict | None:
     folder = RunFolder(path)
     cfg = folder.read_config()
@@ -62,8 +51,9 @@ def run_row(path: Path, window: tuple[int, int]) -> dict | None:
         return None
     with folder.store(readonly=True) as store:
         dsteps, decision = store.series("eval/decision_acc")
-        plateau = plateau_diagnostics(store) or {"evals": 0, **dict.fromkeys(COLUMNS)}
-        window_row = window_medians(store, *window)
+        empty = {"evals": 0, **dict.fromkeys(COLUMNS)}
+        plateau = plateau_diagnostics(store) or empty
+        window_row = plateau_diagnostics(store, window) or empty
     return {"variant": cfg["variant"], "seed": cfg["seed"], "run_dir": str(path), "steps": cfg["steps"],
             "escape_step": first_step_at(dsteps, decision, SUCCESS), "final_decision_acc": decision[-1],
             "plateau": plateau, "window": window_row}

@@ -354,14 +354,17 @@ def test_plateau_diagnostics_are_medians_over_the_evaluations_before_decision_ac
             logged[step] = row
         got = plateau_diagnostics(store)
 
-    def per_step(prefix):  # the oracle: mean over layers and heads at each plateau evaluation, then the median
-        return np.median([np.mean([v for k, v in logged[s].items() if k.startswith(prefix)]) for s in (100, 200, 300)])
+        in_window = plateau_diagnostics(store, window=(200, 400))
 
-    assert got["evals"] == 3
-    assert got["qk_grad"] == pytest.approx(0.5 * (per_step("grad/q/") + per_step("grad/k/")))
-    assert got["v_grad"] == pytest.approx(per_step("grad/v/"))
-    assert got["qk_over_v"] == pytest.approx(got["qk_grad"] / got["v_grad"])
-    assert got["entropy"] == pytest.approx(per_step("attn/entropy/"))
+    def per_step(prefix, steps):  # the oracle: mean over layers and heads at each evaluation, then the median
+        return np.median([np.mean([v for k, v in logged[s].items() if k.startswith(prefix)]) for s in steps])
+
+    for result, steps in ((got, (100, 200, 300)), (in_window, (200, 300, 400))):
+        assert result["evals"] == len(steps)
+        assert result["qk_grad"] == pytest.approx(0.5 * (per_step("grad/q/", steps) + per_step("grad/k/", steps)))
+        assert result["v_grad"] == pytest.approx(per_step("grad/v/", steps))
+        assert result["qk_over_v"] == pytest.approx(result["qk_grad"] / result["v_grad"])
+        assert result["entropy"] == pytest.approx(per_step("attn/entropy/", steps))
     with RunStore(tmp_path / "cnn.sqlite") as store:  # no attention: nothing to diagnose
         store.log(0, {"eval/decision_acc": 0.5})
         store.log(100, {"eval/decision_acc": 0.5})

@@ -496,24 +496,32 @@ def eureka_moment(store) -> dict:
             "first_decision_step": first, "n_transitions": len(transitions)}
 
 
-def plateau_diagnostics(store) -> dict:
+def plateau_diagnostics(store, window: tuple[int, int] | None = None) -> dict | None:
     """The run's attention while it sits on the plateau: medians, over the evaluations after step 0 and before
     its decision accuracy first reaches ``LEAVING`` (all of them if it never does), of the mean |grad| of
     W_Q and W_K (``qk_grad``, their average) and W_V (``v_grad``) over layers and heads, their ratio
     ``qk_over_v``, and the mean normalised attention ``entropy``; ``evals``: how many evaluations that is.
-    None for a model without attention (the CNN) or without evaluations past step 0."""
+    ``window`` (first, last): the evaluations at those steps instead (the same steps for every run). None for
+    a model without attention (the CNN) or without evaluations there."""
     dsteps, decision = store.series("eval/decision_acc")
-    trained = [(s, v) for s, v in zip(dsteps, decision) if s > 0]
-    leaving = first_step_at([s for s, _ in trained], [v for _, v in trained], LEAVING)
-    end = leaving if leaving is not None else math.inf
+    if window is None:
+        trained = [(s, v) for s, v in zip(dsteps, decision) if s > 0]
+        leaving = first_step_at([s for s, _ in trained], [v for _, v in trained], LEAVING)
+        end = leaving if leaving is not None else math.inf
+
+        def kept(step):
+            return 0 < step < end
+    else:
+        def kept(step):
+            return window[0] <= step <= window[1]
     medians = {}
     for key, prefix in (("q", "grad/q/"), ("k", "grad/k/"), ("v", "grad/v/"), ("entropy", "attn/entropy/")):
-        picked = [v for s, v in zip(*store.mean_series(prefix)) if 0 < s < end]
+        picked = [v for s, v in zip(*store.mean_series(prefix)) if kept(s)]
         medians[key] = float(np.median(picked)) if picked else None
     if None in medians.values():
         return None
     qk = 0.5 * (medians["q"] + medians["k"])
-    return {"evals": sum(0 < s < end for s in dsteps), "qk_grad": qk, "v_grad": medians["v"],
+    return {"evals": sum(map(kept, dsteps)), "qk_grad": qk, "v_grad": medians["v"],
             "qk_over_v": qk / medians["v"] if medians["v"] > 0 else None, "entropy": medians["entropy"]}
 
 
