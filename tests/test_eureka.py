@@ -441,6 +441,6 @@ def test_cli_table_shows_the_plateau_diagnostics(tmp_path):
     result = CliRunner().invoke(app, ["eureka", "--steps", "2", "--seeds", "1", "--variants", "softmax,cnn",
                                       "--device", "cpu", "--workers", "1", "--out", str(tmp_path / "o")])
     assert result.exit_code == 0, result.output
-    assert "plateau" in result.output and "entropy" in result.output
+    assert "on the plateau" in result.output and "W_V" in result.output and "uniform" in result.output
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["variants"]["cnn"]["plateau_entropy"] is None

@@ -450,7 +450,7 @@ def eureka_cmd(
         return
     table = Table(title=f"eureka · {scale} · {seeds} seeds · {summary['success_criterion']} · {summary['data_source']}")
     for col in ("variant", "success", "median Eureka step", "median first step decision ≥ 75%",
-                "median steps to 95% of softmax", "median final acc", "plateau grad Q,K ÷ V", "plateau attn entropy"):
+                "median steps to 95% of softmax", "median final acc"):
         table.add_column(col, justify="left" if col == "variant" else "right")
 
     def fmt(x):
@@ -458,9 +458,18 @@ def eureka_cmd(
 
     for name, d in summary["variants"].items():
         table.add_row(name, f"{d['successes']}/{d['seeds']}", fmt(d["median_eureka_step"]), fmt(d["median_first_decision_step"]),
-                      f"{fmt(d['median_steps_to_95'])} ({d['reached_95']}/{d['seeds']})", f"{d['final_acc_median']:.3f}",
-                      *("—" if d[key] is None else f"{d[key]:.3f}" for key in ("plateau_qk_over_v", "plateau_entropy")))
+                      f"{fmt(d['median_steps_to_95'])} ({d['reached_95']}/{d['seeds']})", f"{d['final_acc_median']:.3f}")
     console.print(table)
+    plateau = Table(title="on the plateau (evaluations before decision accuracy first reaches 60%), medians: the "
+                          "study's cause is near-uniform attention giving W_Q and W_K small gradients")
+    for col in ("variant", "mean |grad| W_Q, W_K", "mean |grad| W_V", "Q,K ÷ V", "attention entropy (1: uniform)"):
+        plateau.add_column(col, justify="left" if col == "variant" else "right")
+    for name, d in summary["variants"].items():
+        if d["plateau_qk_grad"] is not None:
+            plateau.add_row(name, f"{d['plateau_qk_grad']:.3g}", f"{d['plateau_v_grad']:.3g}",
+                            f"{d['plateau_qk_over_v']:.3f}", f"{d['plateau_entropy']:.3f}")
+    if plateau.row_count:
+        console.print(plateau)
     print(summary["report"])
 
 
