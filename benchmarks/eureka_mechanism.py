@@ -22,7 +22,8 @@ move. The ratio to W_V's gradient in the same run, and the ranks within a varian
     python benchmarks/eureka_mechanism.py RUNS_DIR [RUNS_DIR ...] [--window 250,500] [--json OUT.json]
 
 RUNS_DIR: any folder holding Eureka run folders at any depth (``eureka_small_search.py --out OUT`` puts them under
-OUT/runs/, ``quietlab eureka --out OUT`` under OUT/).
+OUT/runs/, ``quietlab eureka --out OUT`` under OUT/). ``--json`` also keeps each run's per-evaluation series (decision
+accuracy, the layer-and-head means of the three gradients and of the entropy), everything the tables are made of.
 """
 
 from __future__ import annotations
@@ -54,9 +55,13 @@ def run_row(path: Path, window: tuple[int, int]) -> dict | None:
         empty = {"evals": 0, **dict.fromkeys(COLUMNS)}
         plateau = plateau_diagnostics(store) or empty
         window_row = plateau_diagnostics(store, window) or empty
+        # what every figure here is computed from, kept in the JSON so that the run folders need not be
+        series = {"decision_acc": [dsteps, decision]}
+        series.update({name: list(store.mean_series(prefix)) for name, prefix in
+                       (("grad_q", "grad/q/"), ("grad_k", "grad/k/"), ("grad_v", "grad/v/"), ("entropy", "attn/entropy/"))})
     return {"variant": cfg["variant"], "seed": cfg["seed"], "run_dir": str(path), "steps": cfg["steps"],
             "escape_step": first_step_at(dsteps, decision, SUCCESS), "final_decision_acc": decision[-1],
-            "plateau": plateau, "window": window_row}
+            "plateau": plateau, "window": window_row, "series": series}
 
 
 def spearman(x: list[float], y: list[float]) -> float | None:
@@ -85,6 +90,9 @@ def per_variant(rows: list[dict]) -> dict:
             for key in COLUMNS:
                 values = [r[scope][key] for r in rs if r[scope][key] is not None]
                 entry[f"{scope}_{key}"] = float(np.median(values)) if values else None
+        for key in ("qk_over_v", "entropy"):
+            values = [r["window"][key] for r in rs if r["window"][key] is not None]
+            entry[f"window_{key}_range"] = [min(values), max(values)] if values else None
         escapes = [r["escape_step"] if r["escape_step"] is not None else r["steps"] + 1 for r in rs]
         qk = [r["window"]["qk_grad"] for r in rs]
         entry["spearman_window_qk_vs_escape"] = None if None in qk else spearman(qk, escapes)
@@ -131,6 +139,11 @@ def main() -> None:
     for variant, v in variants.items():
         print(f"| {variant} | {v['runs']} | {v['escaped']} | {_cells(v, 'plateau_')} | {_cells(v, 'window_')} | "
               f"{_fmt(v['spearman_window_qk_vs_escape'], 2)} |")
+    print(f"\n| variant | window Q/K ÷ V, lowest–highest run | window entropy, lowest–highest run |")
+    print("| --- | --- | --- |")
+    for variant, v in variants.items():
+        ranges = [v[f"window_{key}_range"] for key in ("qk_over_v", "entropy")]
+        print(f"| {variant} | " + " | ".join("—" if r is None else f"{_fmt(r[0])}–{_fmt(r[1])}" for r in ranges) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps({"window": [lo, hi], "success": SUCCESS, "runs": rows,
                                                "variants": variants}, indent=1))
