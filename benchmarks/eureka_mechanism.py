@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quietlab.recipes.eureka import SUCCESS, first_step_at, plateau_diagnostics
+from quietlab.recipes.eureka import SUCCESS, attention_series, first_step_at, plateau_diagnostics
 from quietlab.runs import RunFolder
 
 COLUMNS = ("qk_grad", "v_grad", "qk_over_v", "entropy")
@@ -51,14 +51,11 @@ def run_row(path: Path, window: tuple[int, int]) -> dict | None:
     if cfg.get("recipe") != "eureka" or cfg.get("variant") == "cnn":
         return None
     with folder.store(readonly=True) as store:
-        dsteps, decision = store.series("eval/decision_acc")
-        empty = {"evals": 0, **dict.fromkeys(COLUMNS)}
-        plateau = plateau_diagnostics(store) or empty
-        window_row = plateau_diagnostics(store, window) or empty
-        # what every figure here is computed from, kept in the JSON so that the run folders need not be
-        series = {"decision_acc": [dsteps, decision]}
-        series.update({name: list(store.mean_series(prefix)) for name, prefix in
-                       (("grad_q", "grad/q/"), ("grad_k", "grad/k/"), ("grad_v", "grad/v/"), ("entropy", "attn/entropy/"))})
+        series = attention_series(store)  # every figure here is computed from it; kept in the JSON
+    dsteps, decision = series["decision_acc"]
+    empty = {"evals": 0, **dict.fromkeys(COLUMNS)}
+    plateau = plateau_diagnostics(series) or empty
+    window_row = plateau_diagnostics(series, window) or empty
     return {"variant": cfg["variant"], "seed": cfg["seed"], "run_dir": str(path), "steps": cfg["steps"],
             "escape_step": first_step_at(dsteps, decision, SUCCESS), "final_decision_acc": decision[-1],
             "plateau": plateau, "window": window_row, "series": series}

@@ -335,7 +335,7 @@ def test_eureka_recipe_end_to_end(tmp_path):
 
 
 def test_plateau_diagnostics_are_medians_over_the_evaluations_before_decision_accuracy_reaches_60_percent(tmp_path):
-    from quietlab.recipes.eureka import plateau_diagnostics
+    from quietlab.recipes.eureka import attention_series, plateau_diagnostics
     from quietlab.runs import RunStore
 
     decision = {0: 0.65, 100: 0.48, 200: 0.55, 300: 0.52, 400: 0.61, 500: 0.9}  # step 0 (random init) is not looked at
@@ -352,9 +352,9 @@ def test_plateau_diagnostics_are_medians_over_the_evaluations_before_decision_ac
                 row[f"attn/entropy/blocks.0.attn.hook_pattern/H{head}"] = float(rng.random())
             store.log(step, row)
             logged[step] = row
-        got = plateau_diagnostics(store)
-
-        in_window = plateau_diagnostics(store, window=(200, 400))
+        series = attention_series(store)
+    got = plateau_diagnostics(series)
+    in_window = plateau_diagnostics(series, window=(200, 400))
 
     def per_step(prefix, steps):  # the oracle: mean over layers and heads at each evaluation, then the median
         return np.median([np.mean([v for k, v in logged[s].items() if k.startswith(prefix)]) for s in steps])
@@ -368,7 +368,7 @@ def test_plateau_diagnostics_are_medians_over_the_evaluations_before_decision_ac
     with RunStore(tmp_path / "cnn.sqlite") as store:  # no attention: nothing to diagnose
         store.log(0, {"eval/decision_acc": 0.5})
         store.log(100, {"eval/decision_acc": 0.5})
-        assert plateau_diagnostics(store) is None
+        assert plateau_diagnostics(attention_series(store)) is None
 
 
 def test_cpu_worker_processes_train_as_one_process_does(tmp_path):

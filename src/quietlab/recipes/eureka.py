@@ -496,14 +496,26 @@ def eureka_moment(store) -> dict:
             "first_decision_step": first, "n_transitions": len(transitions)}
 
 
-def plateau_diagnostics(store, window: tuple[int, int] | None = None) -> dict | None:
-    """The run's attention while it sits on the plateau: medians, over the evaluations after step 0 and before
-    its decision accuracy first reaches ``LEAVING`` (all of them if it never does), of the mean |grad| of
-    W_Q and W_K (``qk_grad``, their average) and W_V (``v_grad``) over layers and heads, their ratio
-    ``qk_over_v``, and the mean normalised attention ``entropy``; ``evals``: how many evaluations that is.
-    ``window`` (first, last): the evaluations at those steps instead (the same steps for every run). None for
-    a model without attention (the CNN) or without evaluations there."""
-    dsteps, decision = store.series("eval/decision_acc")
+#: the per-evaluation series ``attention_series`` reads: each a mean over layers and heads
+ATTENTION_SERIES = {"grad_q": "grad/q/", "grad_k": "grad/k/", "grad_v": "grad/v/", "entropy": "attn/entropy/"}
+
+
+def attention_series(store) -> dict[str, list]:
+    """A run's per-evaluation decision accuracy and, per ``ATTENTION_SERIES``, the mean over layers and heads of
+    its W_Q, W_K, W_V gradients and attention entropy: {name: [steps, values]} (what ``plateau_diagnostics`` reads)."""
+    series = {"decision_acc": list(store.series("eval/decision_acc"))}
+    series.update({name: list(store.mean_series(prefix)) for name, prefix in ATTENTION_SERIES.items()})
+    return series
+
+
+def plateau_diagnostics(series: dict, window: tuple[int, int] | None = None) -> dict | None:
+    """The run's attention while it sits on the plateau, from its ``attention_series``: medians, over the
+    evaluations after step 0 and before its decision accuracy first reaches ``LEAVING`` (all of them if it never
+    does), of the mean |grad| of W_Q and W_K (``qk_grad``, their average) and W_V (``v_grad``) over layers and
+    heads, their ratio ``qk_over_v``, and the mean normalised attention ``entropy``; ``evals``: how many
+    evaluations that is. ``window`` (first, last): the evaluations at those steps instead (the same steps for
+    every run). None for a model without attention (the CNN) or without evaluations there."""
+    dsteps, decision = series["decision_acc"]
     if window is None:
         trained = [(s, v) for s, v in zip(dsteps, decision) if s > 0]
         leaving = first_step_at([s for s, _ in trained], [v for _, v in trained], LEAVING)
@@ -515,14 +527,14 @@ def plateau_diagnostics(store, window: tuple[int, int] | None = None) -> dict | 
         def kept(step):
             return window[0] <= step <= window[1]
     medians = {}
-    for key, prefix in (("q", "grad/q/"), ("k", "grad/k/"), ("v", "grad/v/"), ("entropy", "attn/entropy/")):
-        picked = [v for s, v in zip(*store.mean_series(prefix)) if kept(s)]
-        medians[key] = float(np.median(picked)) if picked else None
+    for name in ATTENTION_SERIES:
+        picked = [v for s, v in zip(*series[name]) if kept(s)]
+        medians[name] = float(np.median(picked)) if picked else None
     if None in medians.values():
         return None
-    qk = 0.5 * (medians["q"] + medians["k"])
-    return {"evals": sum(map(kept, dsteps)), "qk_grad": qk, "v_grad": medians["v"],
-            "qk_over_v": qk / medians["v"] if medians["v"] > 0 else None, "entropy": medians["entropy"]}
+    qk, v = 0.5 * (medians["grad_q"] + medians["grad_k"]), medians["grad_v"]
+    return {"evals": sum(map(kept, dsteps)), "qk_grad": qk, "v_grad": v, "qk_over_v": qk / v if v > 0 else None,
+            "entropy": medians["entropy"]}
 
 
 def first_step_at(steps, values, target: float) -> int | None:
@@ -544,7 +556,7 @@ def summarize(run_dirs: list[Path]) -> dict:
             steps, acc = store.series("eval/acc")
             decision = store.series("eval/decision_acc")[1]
             moment = eureka_moment(store)
-            plateau = plateau_diagnostics(store)
+            plateau = plateau_diagnostics(attention_series(store))
             store.put("eureka", "moment", moment)
         success = bool(decision and decision[-1] is not None and decision[-1] >= SUCCESS)
         runs.append({"variant": cfg["variant"], "seed": cfg["seed"], "run_dir": str(d), "final_acc": acc[-1],

@@ -42,7 +42,7 @@ def _fmt(x, pct=False) -> str:
     return f"{x:.1%}" if pct else fmt_step(x)
 
 
-def _ratio(x) -> str:
+def _three_decimals(x) -> str:
     return "—" if x is None else f"{x:.3f}"
 
 
@@ -61,7 +61,7 @@ def render_eureka_report(summary: dict) -> str:
     rows = [[v, f"{d['successes']}/{d['seeds']}", _fmt(d["median_eureka_step"]), _fmt(d["median_first_decision_step"]),
              f"{_fmt(d['median_steps_to_95'])} ({d['reached_95']}/{d['seeds']} reach it)",
              _fmt(d["final_acc_median"], True), ", ".join(f"{a:.3f}" for a in d["final_acc"]),
-             _ratio(d.get("plateau_qk_over_v")), _ratio(d.get("plateau_entropy"))]
+             _three_decimals(d.get("plateau_qk_over_v")), _three_decimals(d.get("plateau_entropy"))]
             for v, d in summary["variants"].items()]
     body.append(_table(["variant", "success", "median Eureka step", "median first step decision ≥ 75%",
                         "median steps to 95% of baseline", "median final acc", "final acc per seed",
