@@ -7,7 +7,8 @@
 - ``blocks``: each transformer block compiled on its own; the blocks are alike, so their code is compiled
   once and reused (regional compilation), embedding, head and loss stay eager;
 - ``model_pool``: as ``model``, with Inductor's pool of compile workers started before the task and the
-  model are made (torch starts it only once Dynamo hands the traced graph to Inductor).
+  model are made (torch starts it only once Dynamo hands the traced graph to Inductor);
+- ``nested_pool``: as ``nested``, with the pool started first (``model_pool``'s like-for-like rival).
 
 Each arm's JSON row also has ``compile_breakdown``: seconds per phase that torch's own timers recorded
 (``torch._dynamo.utils.compilation_time_metrics``, summed over calls; phases nest, so they do not add up).
@@ -70,7 +71,7 @@ def one_arm(scope: str, task: str, n_nodes: int, d_model: int, layers: int, batc
         profiler = cProfile.Profile()
         profiler.enable()
     t0 = time.perf_counter()
-    if scope == "model_pool":
+    if scope in ("model_pool", "nested_pool"):
         from torch._inductor.async_compile import maybe_warm_pool
         maybe_warm_pool()
     dev = torch.device(device)
@@ -93,8 +94,8 @@ def one_arm(scope: str, task: str, n_nodes: int, d_model: int, layers: int, batc
             return masked_loss(model(x), x, m)
 
     mode = "reduce-overhead" if cuda else None
-    if scope in ("model", "nested", "model_pool"):
-        if scope == "nested":  # the blocks traced once and reused inside the one graph
+    if scope in ("model", "nested", "model_pool", "nested_pool"):
+        if scope in ("nested", "nested_pool"):  # the blocks traced once and reused inside the one graph
             from quietlab.models.transformer import Block
             Block.forward = torch.compiler.nested_compile_region(Block.forward)
         step_loss = torch.compile(forward_loss, mode=mode)

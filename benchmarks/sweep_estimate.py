@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/sweep_estimate.py --spec benchmarks/sweeps/study_reduced.toml \
         --rates benchmarks/results/packed_speed.json    # or several files, e.g. one per arm
     .venv/bin/python benchmarks/sweep_estimate.py --paper --rates benchmarks/results/packed_speed.json
+    .venv/bin/python benchmarks/sweep_estimate.py --paper --pack-rates DIR/rates_*.json   # pack by pack
 
 The formula: GPU time = sum over runs of C_run / R(run), where C_run is the run's training FLOPs and
 R the FLOP/s measured by benchmarks/packed_speed.py for its class of model: runs of d_model <= --small-d
@@ -21,6 +22,16 @@ layers {4, 16} x lr {1e-1, 1e-2, 1e-3, 1e-4} x batch {8, 64} x budgets 10^9..10^
 10^16), one per decade, kept iff 1 <= steps <= 10^5, with the paper's own count F = 12 L d^2 + L ctx d per
 token, tokens = C / 6F, steps = ceil(tokens / (batch ctx)); its ctx per task is listed below. That grid
 has 6,660 runs (the number of released configs), which this script checks.
+
+``--pack-rates`` (benchmarks/pack_rates.py's JSON files) replaces that formula by one that follows each pack
+stretch by stretch, as train/packed.py trains it: between two runs' ends the pack holds the runs still going,
+steps as one CUDA graph of eager kernels (``graph``) or, where ``compiles_forward`` says so (the runs left
+end together, 10,000 or more steps on), compiled (``graph-compiled``), and pays that shape's set-up (warm-up,
+capture, and the compile: the cold-cache figure where one was measured) each time its shape changes. Step
+times are looked up by d_model, layers, batch and pack size (the smallest measured pack at least as large;
+above the largest measured, scaled in proportion), for the pack's own task if measured, else for the measured
+task with the longest sequences (an upper bound: every paper task's sequences are as long or shorter). The
+result is the time with one pack at a time on the GPU; evaluation and checkpoints are left out, as above.
 """
 
 from __future__ import annotations
@@ -73,6 +84,55 @@ def spec_runs(path):
         yield r.cfg.task, r.cfg.d_model, r.cfg.n_layers, r.cfg.batch_size, r.cfg.flops, steps, steps * per_step
 
 
+def pack_rate_table(paths) -> dict:
+    """{(task, d, layers, batch, mode): {n_models: [ms per step, set-up s]}} from pack_rates.py's files: step
+    times from the timed files (2 or more rounds of 10 or more steps; pack_rates.sh's warm phase), set-up the
+    largest measured (the cold phase's, compiling, where there is one)."""
+    table, seq = {}, {}
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        timed = data["args"]["rounds"] >= 2 and data["args"]["steps"] >= 10
+        for r in data["rows"]:
+            if "error" in r:
+                continue
+            seq[r["task"]] = r["seq_len"]
+            entry = table.setdefault((r["task"], r["d_model"], r["layers"], r["batch_size"], r["mode"]), {}) \
+                .setdefault(r["n_models"], [None, 0.0])
+            if timed:
+                entry[0] = r["ms_per_step"]
+            entry[1] = max(entry[1], r["setup_s"])
+    return {"table": table, "seq_len": seq}
+
+
+def pack_seconds(task, d, layers, batch, lengths, rates, compile=True) -> dict:
+    """One pack of runs with these lengths, stretch by stretch (see the module's docstring)."""
+    import torch
+    from quietlab.train.packed import compiles_forward
+
+    table, seq = rates["table"], rates["seq_len"]
+    measured_task = task if any(k[0] == task for k in table) else max(seq, key=seq.get)
+    out = {"steps_s": 0.0, "setup_s": 0.0, "stretches": []}
+    since = 0
+    for end in sorted(set(lengths)):
+        left = [n for n in lengths if n >= end]
+        compiled = compiles_forward(compile, torch.device("cuda"), left, since)
+        mode = "graph-compiled" if compiled else "graph"
+        by_n = table.get((measured_task, d, layers, batch, mode), {})
+        by_n = {n: v for n, v in by_n.items() if v[0] is not None}
+        if not by_n:
+            raise KeyError(f"no {mode} step time measured for {measured_task} d_model {d} x {layers}, batch {batch}")
+        fits = [n for n in by_n if n >= len(left)]
+        n = min(fits) if fits else max(by_n)
+        ms, setup = by_n[n]
+        ms *= max(1.0, len(left) / n)
+        out["steps_s"] += (end - since) * ms / 1e3
+        out["setup_s"] += setup
+        out["stretches"].append({"models": len(left), "steps": end - since, "mode": mode, "ms_per_step": ms,
+                                 "measured_as": f"{measured_task}, {n} models"})
+        since = end
+    return out
+
+
 def measured(paths) -> dict:
     """packed_speed.py's JSON files (e.g. one per arm), merged."""
     m = {}
@@ -99,6 +159,7 @@ def main():
     ap.add_argument("--spec", help="a sweep spec (TOML)")
     ap.add_argument("--paper", action="store_true", help="the paper's whole sweep (6,660 runs)")
     ap.add_argument("--rates", nargs="+", help="benchmarks/packed_speed.py --out JSON file(s) (measured on the GPU)")
+    ap.add_argument("--pack-rates", nargs="+", help="benchmarks/pack_rates.py --out JSON file(s): pack by pack")
     ap.add_argument("--small-d", type=int, default=128, help="d_model up to which runs go at the packed rate")
     ap.add_argument("--overhead-s", type=float, default=0.0, help="seconds added per pack (evaluation, set-up)")
     ap.add_argument("--pack-size", type=int, default=64)
@@ -131,6 +192,29 @@ def main():
                     "formula": "sum_runs C_run / R(d_model) + packs * overhead_s",
                     "longest_runs_seconds": serial, "step_s": step_s,
                     "note": "wall time is at least longest_runs_seconds / (packs running at once on the GPU)"})
+    if args.pack_rates:
+        rates = pack_rate_table(args.pack_rates)
+        groups = {}
+        for r in runs:
+            groups.setdefault((r[0], r[1], r[2], r[3]), []).append(r[5])
+        packs, missing = [], []
+        for (task, d, layers, batch), lengths in sorted(groups.items()):
+            try:
+                p = pack_seconds(task, d, layers, batch, lengths, rates)
+            except KeyError as exc:
+                missing.append(str(exc))
+                continue
+            packs.append({"task": task, "d_model": d, "layers": layers, "batch_size": batch, "runs": len(lengths),
+                          "longest": max(lengths), **p})
+        steps_s, setup_s = sum(p["steps_s"] for p in packs), sum(p["setup_s"] for p in packs)
+        by_shape = {}
+        for p in packs:
+            k = f"d{p['d_model']} x {p['layers']}, batch {p['batch_size']}"
+            by_shape[k] = by_shape.get(k, 0.0) + p["steps_s"] + p["setup_s"]
+        out["pack_by_pack"] = {"packs": len(packs), "missing": missing, "steps_s": steps_s, "setup_s": setup_s,
+                               "gpu_hours_one_pack_at_a_time": (steps_s + setup_s) / 3600,
+                               "hours_by_shape": {k: v / 3600 for k, v in sorted(by_shape.items(), key=lambda kv: -kv[1])},
+                               "rates_from": sorted(set(args.pack_rates)), "packs_detail": packs}
     print(json.dumps(out, indent=2))
 
 
