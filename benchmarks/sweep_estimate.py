@@ -32,6 +32,8 @@ times are looked up by d_model, layers, batch and pack size (the smallest measur
 above the largest measured, scaled in proportion), for the pack's own task if measured, else for the measured
 task with the longest sequences (an upper bound: every paper task's sequences are as long or shorter). The
 result is the time with one pack at a time on the GPU; evaluation and checkpoints are left out, as above.
+``--no-compile``: the same for a sweep with ``compile = false``, whose packs step as CUDA graphs of eager
+kernels throughout (no compile to pay, slower steps).
 """
 
 from __future__ import annotations
@@ -160,6 +162,8 @@ def main():
     ap.add_argument("--paper", action="store_true", help="the paper's whole sweep (6,660 runs)")
     ap.add_argument("--rates", nargs="+", help="benchmarks/packed_speed.py --out JSON file(s) (measured on the GPU)")
     ap.add_argument("--pack-rates", nargs="+", help="benchmarks/pack_rates.py --out JSON file(s): pack by pack")
+    ap.add_argument("--no-compile", action="store_true",
+                    help="with --pack-rates: a sweep with compile = false (every stretch a CUDA graph of eager kernels)")
     ap.add_argument("--small-d", type=int, default=128, help="d_model up to which runs go at the packed rate")
     ap.add_argument("--overhead-s", type=float, default=0.0, help="seconds added per pack (evaluation, set-up)")
     ap.add_argument("--pack-size", type=int, default=64)
@@ -200,7 +204,7 @@ def main():
         packs, missing = [], []
         for (task, d, layers, batch), lengths in sorted(groups.items()):
             try:
-                p = pack_seconds(task, d, layers, batch, lengths, rates)
+                p = pack_seconds(task, d, layers, batch, lengths, rates, compile=not args.no_compile)
             except KeyError as exc:
                 missing.append(str(exc))
                 continue
@@ -211,7 +215,7 @@ def main():
         for p in packs:
             k = f"d{p['d_model']} x {p['layers']}, batch {p['batch_size']}"
             by_shape[k] = by_shape.get(k, 0.0) + p["steps_s"] + p["setup_s"]
-        out["pack_by_pack"] = {"packs": len(packs), "missing": missing, "steps_s": steps_s, "setup_s": setup_s,
+        out["pack_by_pack"] = {"compile": not args.no_compile, "packs": len(packs), "missing": missing, "steps_s": steps_s, "setup_s": setup_s,
                                "gpu_hours_one_pack_at_a_time": (steps_s + setup_s) / 3600,
                                "hours_by_shape": {k: v / 3600 for k, v in sorted(by_shape.items(), key=lambda kv: -kv[1])},
                                "rates_from": sorted(set(args.pack_rates)), "packs_detail": packs}
