@@ -11,8 +11,8 @@ longer in most packs, so the sweep compiles its forward inside the step's CUDA g
   graph-compiled   the same with forward and update compiled inside the graph (the last stretch)
 
 For each: ``setup_s``, seconds from building the pack to the end of its first replayed step (warm-up, capture
-and, compiled, the compile; on an empty Inductor cache unless --cache-dir says otherwise), and
-``ms_per_step``, the median over --rounds rounds of --steps steps. Results are written after each shape, so
+and, compiled, the compile, on whatever cache TORCHINDUCTOR_CACHE_DIR names; pack_rates.sh empties it
+first), and ``ms_per_step``, the median over --rounds rounds of --steps steps. Results are written after each shape, so
 a run stopped at its time limit keeps what it measured.
 
     python benchmarks/pack_rates.py --task mst --n 4 --modes graph-compiled --out rates.json
@@ -26,7 +26,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch

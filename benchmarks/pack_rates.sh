@@ -8,13 +8,13 @@
 #
 #   bash benchmarks/pack_rates.sh mst 240 230      # task, seconds for phase 1, seconds for phase 2
 # Writes $OUT/rates_TASK_cold_I.json (I = 0..SHARDS-1), their printout rates_TASK_cold.log and
-# $OUT/rates_TASK_warm.json. MODES (default
-# graph-compiled) and N (default 4) pass through.
+# $OUT/rates_TASK_warm.json. MODES (default graph-compiled) and N (default 4) pass through.
 set -u
 task=$1 cold_s=$2 warm_s=$3
 out=${OUT:-/tmp/pack_rates_out}
 shards=${SHARDS:-4}
 mkdir -p "$out"
+rm -rf "/tmp/pack_rates_cache/$task"  # phase 1 compiles on an empty cache
 export TORCHINDUCTOR_CACHE_DIR=/tmp/pack_rates_cache/$task TRITON_CACHE_DIR=/tmp/pack_rates_cache/$task/triton
 export PYTHONUNBUFFERED=1
 for i in $(seq 0 $((shards - 1))); do

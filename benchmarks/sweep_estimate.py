@@ -116,7 +116,7 @@ def pack_seconds(task, d, layers, batch, lengths, rates, compile=True) -> dict:
     out = {"steps_s": 0.0, "setup_s": 0.0, "stretches": []}
     since = 0
     for end in sorted(set(lengths)):
-        left = [n for n in lengths if n >= end]
+        left = [length for length in lengths if length >= end]
         compiled = compiles_forward(compile, torch.device("cuda"), left, since)
         mode = "graph-compiled" if compiled else "graph"
         by_n = table.get((measured_task, d, layers, batch, mode), {})
@@ -179,13 +179,13 @@ def main():
         t[1] += r[6]
     out = {"what": "paper sweep" if args.paper else args.spec, "runs": len(runs), "flops": total_flops,
            "runs_per_task": {k: v[0] for k, v in by_task.items()}, "flops_per_task": {k: v[1] for k, v in by_task.items()}}
+    groups = {}  # runs of one task, shape and batch pack together, each leaving at its own length
+    for r in runs:
+        groups.setdefault((r[0], r[1], r[2], r[3]), []).append(r[5])
     if args.rates:
         m = measured(args.rates)
         small, large, source = rates_from(m)
         seconds = sum(r[6] / (small if r[1] <= args.small_d else large) for r in runs)
-        groups = {}  # runs of one task, shape and batch pack together, each leaving at its own length
-        for r in runs:
-            groups.setdefault((r[0], r[1], r[2], r[3]), []).append(r[5])
         packs = sum(math.ceil(len(g) / args.pack_size) for g in groups.values())
         seconds += packs * args.overhead_s
         # a pack lasts at least as long as its longest run, one step after another
@@ -198,9 +198,6 @@ def main():
                     "note": "wall time is at least longest_runs_seconds / (packs running at once on the GPU)"})
     if args.pack_rates:
         rates = pack_rate_table(args.pack_rates)
-        groups = {}
-        for r in runs:
-            groups.setdefault((r[0], r[1], r[2], r[3]), []).append(r[5])
         packs, missing = [], []
         for (task, d, layers, batch), lengths in sorted(groups.items()):
             try:
