@@ -444,3 +444,32 @@ def test_cli_table_shows_the_plateau_diagnostics(tmp_path):
     assert "on the plateau" in result.output and "W_V" in result.output and "uniform" in result.output
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["variants"]["cnn"]["plateau_entropy"] is None
+
+
+def test_sgd_steps_by_the_gradient_with_decay_on_matrices_only_and_is_never_packed(tmp_path):
+    import dataclasses
+
+    from quietlab.recipes.eureka import SMALL, _optimizer, build_model, load_task, train_seeds
+
+    cfg = dataclasses.replace(SMALL, **{**TINY, "steps": 4, "eval_every": 2}, optimizer="sgd", weight_decay=0.05,
+                              lr={**SMALL.lr, "softmax": 0.1})
+    torch.manual_seed(0)
+    model = build_model(cfg, "softmax", 16, 10)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model(torch.randn(3, 3, 16, 16)).square().sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    _optimizer(cfg, model, 0.1).step()
+    for name, p in model.named_parameters():  # the first momentum step is the (decayed) gradient itself
+        matrix = name.endswith("weight") and p.ndim >= 2
+        expected = before[name] - 0.1 * (grads[name] + (0.05 * before[name] if matrix else 0))
+        assert torch.allclose(p.detach(), expected, atol=1e-6), name
+
+    task = load_task(cfg)
+    alone = train_seeds(dataclasses.replace(cfg, pack=False), "softmax", [0, 1], tmp_path / "alone", task)
+    asked_to_pack = train_seeds(dataclasses.replace(cfg, pack=True), "softmax", [0, 1], tmp_path / "packed", task)
+    adamw = train_seeds(dataclasses.replace(cfg, optimizer="adamw", pack=False), "softmax", [0, 1], tmp_path / "adamw", task)
+    assert [r["eval/loss"] for r in asked_to_pack] == [r["eval/loss"] for r in alone]
+    assert [r["eval/loss"] for r in adamw] != [r["eval/loss"] for r in alone]
+    with pytest.raises(ValueError, match="optimizer must be adamw or sgd"):
+        train_seeds(dataclasses.replace(cfg, optimizer="adam"), "softmax", [0], tmp_path / "bad", task)
+    assert not (tmp_path / "bad").exists()

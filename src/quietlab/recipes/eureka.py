@@ -71,6 +71,9 @@ class EurekaConfig:
     warmup_steps: int = 585
     min_lr: float = 1e-6
     weight_decay: float = 0.05
+    # "sgd": SGD with momentum 0.9 and coupled weight decay, for checking the study's mechanism (small Q/K
+    # gradients slow W_Q and W_K only where the step scales with the gradient); the study uses AdamW
+    optimizer: str = "adamw"
     label_smoothing: float = 0.1
     # peak learning rates (the study's README; temperature and cnn have no command there: the baseline's)
     lr: dict = field(default_factory=lambda: {"softmax": 5e-4, "temperature": 5e-4, "normsoftmax": 1e-5,
@@ -288,6 +291,14 @@ def _setup(cfg: EurekaConfig, variant: str, task):
     return device, resolve_dtype(cfg.dtype, device), cfg.lr[variant]
 
 
+def _optimizer(cfg: EurekaConfig, model, peak: float) -> torch.optim.Optimizer:
+    from ..train.schedule import make_optimizer, param_groups
+
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=peak, momentum=0.9)
+    return make_optimizer(model, peak, cfg.weight_decay, betas=(0.9, 0.999))
+
+
 def _lr(cfg: EurekaConfig, step: int, peak: float) -> float:
     from ..train.schedule import lr_at
 
@@ -298,13 +309,13 @@ def train_run(cfg: EurekaConfig, variant: str, seed: int, run_dir, task=None, lo
     """Train one variant at one seed into ``run_dir``; returns its final metrics."""
     from ..models.attention import rescale_qk_grad
     from ..monitor.monitor import qkv_grad_stats
-    from ..train.schedule import make_optimizer, set_lr
+    from ..train.schedule import set_lr
 
     task = task if task is not None else load_task(cfg)
     device, amp, peak = _setup(cfg, variant, task)
     torch.manual_seed(seed)
     model = build_model(cfg, variant, task.image_size, task.n_classes).to(device)
-    optimizer = make_optimizer(model, peak, cfg.weight_decay, betas=(0.9, 0.999))
+    optimizer = _optimizer(cfg, model, peak)
     run = _RunWriter(cfg, variant, seed, run_dir, task, model, device, amp, peak, log)
     t0 = time.perf_counter()
     try:
@@ -410,9 +421,11 @@ class _no_autocast:
 def train_seeds(cfg: EurekaConfig, variant: str, seeds: list[int], out: Path, task, log=None) -> list[dict]:
     """Every seed of one variant: packed into one computation (``cfg.pack``; default on a GPU) for the ViT
     variants, else one after another. The CNN (BatchNorm's running statistics) and the Q/K rescaling
-    control (a per-model gradient edit) always run one after another."""
+    control (a per-model gradient edit) always run one after another, as do runs under SGD (packs step AdamW)."""
+    if cfg.optimizer not in ("adamw", "sgd"):
+        raise ValueError(f"optimizer must be adamw or sgd, got {cfg.optimizer!r}")
     pack = cfg.pack if cfg.pack is not None else resolve_device(cfg.device).type == "cuda"
-    if pack and len(seeds) > 1 and variant not in ("cnn", "qk_rescale"):
+    if pack and len(seeds) > 1 and variant not in ("cnn", "qk_rescale") and cfg.optimizer == "adamw":
         return train_packed(cfg, variant, seeds, out, task, log)
     return [train_run(cfg, variant, seed, out / f"{variant}-seed{seed}", task, log) for seed in seeds]
 
