@@ -71,7 +71,8 @@ def main():
     args = ap.parse_args()
     q = args.quick
     if args.threads or q:
-        torch.set_num_threads(args.threads or 1)
+        from quietlab.train.threads import set_cpu_threads
+        set_cpu_threads(args.threads or 1)
     device = torch.device(("cpu" if q else "cuda" if torch.cuda.is_available() else "cpu")
                           if args.device == "auto" else args.device)
     n = args.examples or (60 if q else 1000)

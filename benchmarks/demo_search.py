@@ -33,7 +33,8 @@ GRIDS = {
 def run_one(job: dict, threads: int) -> dict:
     import torch
 
-    torch.set_num_threads(threads)
+    from quietlab.train.threads import set_cpu_threads
+    set_cpu_threads(threads)
     from quietlab.monitor.transitions import detect_transitions
     from quietlab.runs import RunFolder
     from quietlab.train.loop import TrainConfig, train

@@ -92,7 +92,8 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.threads:
-        torch.set_num_threads(args.threads)
+        from quietlab.train.threads import set_cpu_threads
+        set_cpu_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = Path(args.runs or f"runs/eureka-seeds-{time.strftime('%Y%m%d-%H%M%S')}")

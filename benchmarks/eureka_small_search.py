@@ -129,7 +129,8 @@ def main() -> None:
     first = len(list((out / "runs").glob("*"))) if (out / "runs").exists() else 0
     for index, text in enumerate(args.trial, start=first):
         variant, seeds, threads, overrides = parse_trial(text)
-        torch.set_num_threads(threads)
+        from quietlab.train.threads import set_cpu_threads
+        set_cpu_threads(threads)
         cfg = dataclasses.replace(SMALL, device="cpu", **overrides)
         task = load_task(cfg)
         log(f"== trial {index}: {text} (torch threads {threads}, {time.strftime('%H:%M:%S')})")

@@ -50,7 +50,8 @@ def main():
     from quietlab.tasks import get_task
     from quietlab.train import TrainConfig, train
 
-    torch.set_num_threads(args.threads)
+    from quietlab.train.threads import set_cpu_threads
+    set_cpu_threads(args.threads)
     size_knob = get_task(args.task).knobs[0].name
     cfg = TrainConfig(task=args.task, task_sizes={size_knob: args.size}, d_model=args.d_model, n_layers=args.layers,
                       n_heads=4, lr=args.lr, batch_size=args.batch_size, steps=args.steps, device=args.device, seed=0,

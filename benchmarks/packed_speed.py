@@ -279,7 +279,8 @@ def main():
     PACK_ATTENTION = args.pack_attention
     q = args.quick
     if q:
-        torch.set_num_threads(1)
+        from quietlab.train.threads import set_cpu_threads
+        set_cpu_threads(1)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     args.n = args.n or (4 if q else 64)
     args.packed_steps = args.packed_steps or (4 if q else 200)

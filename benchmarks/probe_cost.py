@@ -46,7 +46,8 @@ def main():
     from quietlab.train.schedule import make_optimizer
 
     if args.threads:
-        torch.set_num_threads(args.threads)
+        from quietlab.train.threads import set_cpu_threads
+        set_cpu_threads(args.threads)
     dev = torch.device(args.device)
     task = get_task(args.task, **{get_task(args.task).knobs[0].name: args.size})
     cfg = TrainConfig(task=args.task, d_model=args.d_model, n_layers=args.layers, n_heads=4,

@@ -54,7 +54,8 @@ def main():
     from quietlab.monitor.lbfgs import fit_logistic
 
     if args.threads:
-        torch.set_num_threads(args.threads)
+        from quietlab.train.threads import set_cpu_threads
+        set_cpu_threads(args.threads)
     args.task, args.n_bits, args.d_model, args.layers = None, None, None, None
     acts, feats, tr, te, what = probe_inputs(args)
     if args.features:

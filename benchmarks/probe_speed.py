@@ -85,7 +85,8 @@ def main():
     from quietlab.monitor.probes import capture_layers, fit_features, fit_probes, split_probe_set
 
     if args.threads:
-        torch.set_num_threads(args.threads)
+        from quietlab.train.threads import set_cpu_threads
+        set_cpu_threads(args.threads)
     threads = torch.get_num_threads()
     acts, feats, tr, te, what = probe_inputs(args)
     if args.features:

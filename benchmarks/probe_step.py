@@ -60,7 +60,8 @@ def main():
         arms["97f9eea"] = fit_features_97f9eea
 
     if args.threads:
-        torch.set_num_threads(args.threads)
+        from quietlab.train.threads import set_cpu_threads
+        set_cpu_threads(args.threads)
     seed = 0
     if args.run:
         from quietlab.train import load_run

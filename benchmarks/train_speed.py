@@ -191,7 +191,8 @@ def main():
 
     q = args.quick
     if args.threads or q:
-        torch.set_num_threads(args.threads or 1)
+        from quietlab.train.threads import set_cpu_threads
+        set_cpu_threads(args.threads or 1)
     device = torch.device("cpu" if q and args.device == "auto" else
                           ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     d_models = [int(x) for x in (args.d_models or ("32,64" if q else "128,256,512")).split(",")]

@@ -154,7 +154,8 @@ def main():
     from quietlab.tasks import get_task
 
     if args.threads:
-        torch.set_num_threads(args.threads)
+        from quietlab.train.threads import set_cpu_threads
+        set_cpu_threads(args.threads)
     device = torch.device(args.device)
     task = get_task(args.task, **{get_task(args.task).knobs[0].name: args.size})
     root = Path(tempfile.mkdtemp(prefix="quietlab-watch-overhead-"))

@@ -12,11 +12,12 @@ from quietlab.interventions.ablation import ablate, bootstrap_drop, relative_dro
 from quietlab.tasks.base import Batch, Feature
 from quietlab.train.checkpoint import load_run
 from quietlab.train.decode import exact_match, greedy_decode
+from quietlab.train.threads import set_cpu_threads
 
 
 @pytest.fixture(scope="module")
 def model_and_task(trained_addition):
-    torch.set_num_threads(1)
+    set_cpu_threads(1)
     model, task, _, _ = load_run(trained_addition[0])
     return model, task
 

@@ -16,6 +16,7 @@ from quietlab.monitor.features import CLASSES
 from quietlab.monitor.monitor import log_schedule
 from quietlab.monitor.transitions import detect_transitions
 from quietlab.runs import RunFolder, RunStore
+from quietlab.train.threads import set_cpu_threads
 from run_fixtures import tiny_config
 
 
@@ -185,7 +186,7 @@ def tiny_cfg(**kw):
 def monitored_run(tmp_path_factory):
     from quietlab.train import train
 
-    torch.set_num_threads(1)
+    set_cpu_threads(1)
     run = tmp_path_factory.mktemp("runs") / "add4"
     monitor = Monitor(probe_examples=200, per_decade=4, stats_per_decade=4, max_overhead=None)
     train(tiny_cfg(), run, hooks=monitor, progress=False)

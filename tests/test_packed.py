@@ -12,6 +12,7 @@ from quietlab.runs import RunFolder
 from quietlab.train import TrainConfig, load_run, lr_at, train
 from quietlab.train.packed import PackedAdamW, PackedModels, PackedStep, pack_key, train_packed
 from quietlab.train.schedule import make_optimizer, param_groups, set_lr
+from quietlab.train.threads import set_cpu_threads
 from run_fixtures import store_series, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -110,7 +111,7 @@ PACK = [dict(seed=0), dict(seed=1, lr=3e-2, grad_clip=0.05), dict(seed=2, lr=3e-
 
 @pytest.fixture(scope="module")
 def packed_and_alone(tmp_path_factory):
-    torch.set_num_threads(1)
+    set_cpu_threads(1)
     root = tmp_path_factory.mktemp("packed")
     cfgs = [tiny(**kw) for kw in PACK]
     finals = train_packed(cfgs, [root / f"packed{i}" for i in range(len(cfgs))])

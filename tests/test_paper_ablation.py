@@ -16,6 +16,7 @@ from quietlab.monitor.paper_probes import chosen_layers, fit_paper_probes, paper
 from quietlab.runs import RunFolder
 from quietlab.train import train
 from quietlab.train.checkpoint import load_run
+from quietlab.train.threads import set_cpu_threads
 from run_fixtures import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -68,7 +69,7 @@ def test_controls_are_fresh_unit_gaussian_rows_keeping_the_probes_normalised_bia
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A 4-bit addition model of the paper preset, trained to about 90% exact match."""
-    torch.set_num_threads(1)
+    set_cpu_threads(1)
     run = tmp_path_factory.mktemp("paper-ablation") / "run"
     train(tiny_config(preset="paper", n_heads=4, d_model=32, steps=250, batch_size=32, eval_every=125,
                       checkpoint_every=250), run, progress=False)

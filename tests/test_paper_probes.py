@@ -19,6 +19,7 @@ from quietlab.runs import RunFolder
 from quietlab.tasks.base import Feature
 from quietlab.train import train
 from quietlab.train.checkpoint import load_run
+from quietlab.train.threads import set_cpu_threads
 from run_fixtures import tiny_config
 
 pytest.importorskip("sklearn")
@@ -189,7 +190,7 @@ def test_the_baseline_is_a_separately_seeded_random_model():
 
 @pytest.fixture(scope="module")
 def paper_run(tmp_path_factory):
-    torch.set_num_threads(1)
+    set_cpu_threads(1)
     run = tmp_path_factory.mktemp("paper") / "run"
     train(tiny_config(preset="paper", n_heads=4), run, progress=False)
     return run

@@ -9,6 +9,7 @@ import torch
 from quietlab.monitor.probes import fit_features, fit_probes, split_probe_set, wilson_interval
 from quietlab.runs import RunStore
 from quietlab.tasks.base import Feature
+from quietlab.train.threads import set_cpu_threads
 
 sklearn = pytest.importorskip("sklearn")
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
@@ -364,11 +365,11 @@ def test_chunks_fitted_side_by_side_give_the_probes_of_one_after_another(monkeyp
     families = []
     monkeypatch.setattr(probes, "_fit_chunk", lambda *a, **k: fitted_on.append(threading.get_ident())
                         or families.append(a[6]) or fit_chunk(*a, **k))
-    torch.set_num_threads(1)
+    set_cpu_threads(1)
     alone = fit_features(acts, feats, tr, te, **kw)
     assert len(fitted_on) == 16 and len(set(fitted_on)) == 1
     assert families == ["softmax"] * 8 + ["sigmoid"] * 8
-    torch.set_num_threads(2)
+    set_cpu_threads(2)
     for _ in range(2):
         fitted_on.clear()
         side_by_side = fit_features(acts, feats, tr, te, **kw)

@@ -14,6 +14,7 @@ from quietlab.cli import app
 from quietlab.runs import RunFolder
 from quietlab.runs.sweep import expand_spec, run_sweep
 from quietlab.train import load_run
+from quietlab.train.threads import set_cpu_threads
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
@@ -94,7 +95,7 @@ def test_bad_values_are_caught_before_anything_runs(tmp_path):
 
 @pytest.fixture(scope="module")
 def small_sweep(tmp_path_factory):
-    torch.set_num_threads(1)
+    set_cpu_threads(1)
     root = tmp_path_factory.mktemp("sweep")
     # four runs of one shape (packed), one of another, and one whose budget buys less than a step
     spec = write(root, SMALL.replace("d_model = 16", "d_model = 16").replace("lr = [1e-2, 3e-3]", "lr = [1e-2, 3e-3]"))

@@ -23,6 +23,7 @@ from quietlab.train import (TrainingInterrupted, evaluate, flops_per_step, flops
 from quietlab.train.budget import non_embedding_params
 from quietlab.train.loop import ExampleStream
 from quietlab.train.schedule import log_spaced_steps, make_optimizer, schedule_steps
+from quietlab.train.threads import set_cpu_threads
 from run_fixtures import store_series, tiny_config
 
 
@@ -269,7 +270,7 @@ def test_bad_settings_raise_one_clear_value_error(tmp_path):
 CHILD = textwrap.dedent("""
     import json, os, signal, sys
     import torch
-    torch.set_num_threads(1)
+    set_cpu_threads(1)
     from quietlab.train import TrainConfig, train
     cfg, run_dir, mode, arg = TrainConfig.from_dict(json.loads(sys.argv[1])), sys.argv[2], sys.argv[3], int(sys.argv[4])
     hooks = None
@@ -417,3 +418,33 @@ def test_small_model_learns_5_bit_addition(trained_addition):
     run_dir, final = trained_addition  # conftest.ADDITION_RUN: 5-bit, d32, 2 layers, 1000 steps
     assert final["eval/exact_match"] >= 0.99, final
     assert store_series(run_dir, "eval/exact_match")[1][0] == 0.0  # it started from nothing
+
+
+def test_set_cpu_threads_leaves_mkl_dynamic_and_without_a_count_of_its_own():
+    """torch.set_num_threads turns MKL's dynamic threads off and gives the thread a count of its own, which nests
+    MKL's threads inside PyTorch's parallel kernels (benchmarks/thread_state.py); set_cpu_threads undoes both.
+    In a fresh process, since MKL's settings are the process's."""
+    code = textwrap.dedent("""
+        import ctypes, json, os, torch
+        from quietlab.train.threads import _mkl_setters, set_cpu_threads
+        if _mkl_setters() is None:
+            print(json.dumps(None)); raise SystemExit
+        set_local, _ = _mkl_setters()
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+        out = {"start": [lib.mkl_serv_get_dynamic()]}
+        torch.set_num_threads(2)
+        out["torch"] = [lib.mkl_serv_get_dynamic(), set_local(2)]  # set_local returns the count it replaces
+        set_cpu_threads(2)
+        out["ours"] = [lib.mkl_serv_get_dynamic(), set_local(0), torch.get_num_threads()]
+        set_cpu_threads(1)
+        out["one"] = [lib.mkl_serv_get_dynamic(), set_local(0), torch.get_num_threads()]
+        print(json.dumps(out))
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    if out is None:
+        pytest.skip("this PyTorch has no MKL of its own")
+    assert out["start"] == [1]
+    assert out["torch"] == [0, 2]  # the state that slowed the step
+    assert out["ours"] == [1, 0, 2]
+    assert out["one"] == [1, 0, 1]

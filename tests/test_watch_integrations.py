@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from quietlab.train.threads import set_cpu_threads
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -29,7 +31,7 @@ def store_probe(run, feature, layer, position, metric="acc"):
 @pytest.fixture(scope="module")
 def watched_run(tmp_path_factory):
     """A short plain-loop run of the GRU example, exported to all three formats by watch itself."""
-    torch.set_num_threads(1)
+    set_cpu_threads(1)
     out = tmp_path_factory.mktemp("runs") / "plain"
     mod = runpy.run_path(str(EXAMPLES / "plain_loop.py"))
     mod["main"](["--fast", "--out", str(out)])

@@ -52,6 +52,7 @@ import torch
 
 from ..models.hooks import EMBED, block_of, depth
 from ..tasks.base import Feature
+from ..train.threads import set_cpu_threads
 from .lbfgs import HISTORY, fit_logistic, spd_inverse
 
 CLASSIFICATION = ("binary", "multilabel", "categorical")
@@ -519,14 +520,14 @@ def _fit_chunks(work, device) -> list:
     local = threading.local()
 
     def start_worker():
-        torch.set_num_threads(1)
+        set_cpu_threads(1)
         local.buffers = ([], [])
 
     try:
         with concurrent.futures.ThreadPoolExecutor(min(threads, len(work)), initializer=start_worker) as pool:
             return list(pool.map(lambda job: job[0].fit(job[1], job[2], local.buffers), work))
     finally:
-        torch.set_num_threads(threads)
+        set_cpu_threads(threads)
 
 
 def _padded_rows(rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -478,7 +478,9 @@ _WORKER: dict = {}
 
 
 def _worker_start(queue) -> None:
-    torch.set_num_threads(1)
+    from ..train.threads import set_cpu_threads
+
+    set_cpu_threads(1)
     _WORKER["log"] = queue.put
 
 

@@ -306,9 +306,10 @@ def run_pack(items: list[Item], threads: int | None = None) -> list[tuple[str, s
 
     from ..train.budget import non_embedding_params
     from ..train.packed import train_packed
+    from ..train.threads import set_cpu_threads
 
     if threads:
-        torch.set_num_threads(threads)
+        set_cpu_threads(threads)
     cfgs = [TrainConfig.from_dict(it.cfg) for it in items]
 
     def with_params(final, cfg):
