@@ -270,6 +270,7 @@ def test_bad_settings_raise_one_clear_value_error(tmp_path):
 CHILD = textwrap.dedent("""
     import json, os, signal, sys
     import torch
+    from quietlab.train.threads import set_cpu_threads
     set_cpu_threads(1)
     from quietlab.train import TrainConfig, train
     cfg, run_dir, mode, arg = TrainConfig.from_dict(json.loads(sys.argv[1])), sys.argv[2], sys.argv[3], int(sys.argv[4])
