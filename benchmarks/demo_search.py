@@ -31,13 +31,12 @@ GRIDS = {
 
 
 def run_one(job: dict, threads: int) -> dict:
-    import torch
-
-    from quietlab.train.threads import set_cpu_threads
-    set_cpu_threads(threads)
     from quietlab.monitor.transitions import detect_transitions
     from quietlab.runs import RunFolder
     from quietlab.train.loop import TrainConfig, train
+    from quietlab.train.threads import set_cpu_threads
+
+    set_cpu_threads(threads)
 
     cfg = TrainConfig(task="addition", task_sizes={"n_bits": job["n_bits"]}, d_model=job["d_model"],
                       n_layers=job["n_layers"], n_heads=4, lr=job["lr"], steps=job["steps"],

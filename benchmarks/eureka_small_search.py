@@ -26,11 +26,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from quietlab.monitor.probes import wilson_interval
 from quietlab.recipes.eureka import SMALL, SUCCESS, EurekaConfig, first_step_at, load_task, train_variants
 from quietlab.runs import RunFolder
+from quietlab.train.threads import set_cpu_threads
 
 FIELDS = {f.name: f for f in dataclasses.fields(EurekaConfig)}
 
@@ -129,7 +129,6 @@ def main() -> None:
     first = len(list((out / "runs").glob("*"))) if (out / "runs").exists() else 0
     for index, text in enumerate(args.trial, start=first):
         variant, seeds, threads, overrides = parse_trial(text)
-        from quietlab.train.threads import set_cpu_threads
         set_cpu_threads(threads)
         cfg = dataclasses.replace(SMALL, device="cpu", **overrides)
         task = load_task(cfg)

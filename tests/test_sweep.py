@@ -7,7 +7,6 @@ import textwrap
 
 import pandas as pd
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from quietlab.cli import app

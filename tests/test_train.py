@@ -23,7 +23,6 @@ from quietlab.train import (TrainingInterrupted, evaluate, flops_per_step, flops
 from quietlab.train.budget import non_embedding_params
 from quietlab.train.loop import ExampleStream
 from quietlab.train.schedule import log_spaced_steps, make_optimizer, schedule_steps
-from quietlab.train.threads import set_cpu_threads
 from run_fixtures import store_series, tiny_config
 
 

@@ -296,6 +296,8 @@ def _optimizer(cfg: EurekaConfig, model, peak: float) -> torch.optim.Optimizer:
 
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=peak, momentum=0.9)
+    if cfg.optimizer != "adamw":
+        raise ValueError(f"optimizer must be adamw or sgd, got {cfg.optimizer!r}")
     return make_optimizer(model, peak, cfg.weight_decay, betas=(0.9, 0.999))
 
 
@@ -422,8 +424,6 @@ def train_seeds(cfg: EurekaConfig, variant: str, seeds: list[int], out: Path, ta
     """Every seed of one variant: packed into one computation (``cfg.pack``; default on a GPU) for the ViT
     variants, else one after another. The CNN (BatchNorm's running statistics) and the Q/K rescaling
     control (a per-model gradient edit) always run one after another, as do runs under SGD (packs step AdamW)."""
-    if cfg.optimizer not in ("adamw", "sgd"):
-        raise ValueError(f"optimizer must be adamw or sgd, got {cfg.optimizer!r}")
     pack = cfg.pack if cfg.pack is not None else resolve_device(cfg.device).type == "cuda"
     if pack and len(seeds) > 1 and variant not in ("cnn", "qk_rescale") and cfg.optimizer == "adamw":
         return train_packed(cfg, variant, seeds, out, task, log)

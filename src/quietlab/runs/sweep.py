@@ -302,8 +302,6 @@ def run_pack(items: list[Item], threads: int | None = None) -> list[tuple[str, s
     pack's remaining runs end together), resuming any that were started;
     returns one (run_id, "done" | "failed", final metrics or error text, packed_with) per run. If the
     pack fails as a whole, each run is retried alone, so one bad run cannot fail the others."""
-    import torch
-
     from ..train.budget import non_embedding_params
     from ..train.packed import train_packed
     from ..train.threads import set_cpu_threads
