@@ -136,7 +136,7 @@ def main() -> None:
     for variant, v in variants.items():
         print(f"| {variant} | {v['runs']} | {v['escaped']} | {_cells(v, 'plateau_')} | {_cells(v, 'window_')} | "
               f"{_fmt(v['spearman_window_qk_vs_escape'], 2)} |")
-    print(f"\n| variant | window Q/K ÷ V, lowest–highest run | window entropy, lowest–highest run |")
+    print("\n| variant | window Q/K ÷ V, lowest–highest run | window entropy, lowest–highest run |")
     print("| --- | --- | --- |")
     for variant, v in variants.items():
         ranges = [v[f"window_{key}_range"] for key in ("qk_over_v", "entropy")]

@@ -177,7 +177,7 @@ def arm_packed(args, device, task):
         result[mode] = {"tokens_per_s_total": n * steps * tokens_per_step / total,
                         "tokens_per_s_steady": n * args.steady_steps * tokens_per_step / statistics.median(steady),
                         "ms_per_step_steady": 1e3 * statistics.median(steady) / args.steady_steps}
-        del holder
+        holder.clear()  # free the pack before the next mode
         if device.type == "cuda":
             torch.cuda.empty_cache()
     # the same n models one after another, each for the same steps, in each single-model mode
@@ -194,7 +194,7 @@ def arm_packed(args, device, task):
                 if i == 0:  # steady state of one model, once it is warm
                     steady = [time_it(lambda: run_single(trainer, mode, one, args.steady_steps, steps), device)
                               for _ in range(args.rounds)]
-                del trainer
+                trainer = None  # free the model before the next one
         except Exception as exc:
             result[f"sequential-{mode}"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
             continue

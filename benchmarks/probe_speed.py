@@ -82,7 +82,7 @@ def main():
 
     from threadpoolctl import threadpool_limits
 
-    from quietlab.monitor.probes import capture_layers, fit_features, fit_probes, split_probe_set
+    from quietlab.monitor.probes import fit_features, fit_probes
 
     if args.threads:
         from quietlab.train.threads import set_cpu_threads

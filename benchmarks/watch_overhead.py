@@ -34,8 +34,6 @@ from pathlib import Path
 
 
 def build(args, task, device):
-    import torch
-
     if args.model == "gpt2":
         from transformers import GPT2Config, GPT2LMHeadModel
 

@@ -151,8 +151,6 @@ def test_probe_budget_bounds_the_estimated_cost():
 # --- the run folder guards itself -----------------------------------------------------------------
 import json
 import os
-import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap

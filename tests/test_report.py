@@ -203,8 +203,8 @@ def test_summary_sentences_carry_the_numbers(runs):
     # a feature probed but not classified gets the probe's own numbers
     rs = [s for s in sentences if s.startswith("`running_sum`")]
     assert rs and "R² 0.90" in rs[0] and "R² 0.00 at random init" in rs[0]
-    assert headline(runs["a"]) == (f"Loss flat from step 300 to 2,900; `carry` decodable from step 1,100 "
-                                   f"(1,800 steps before the drop); ablating it: accuracy 99% → 12% (random directions: 98%).")
+    assert headline(runs["a"]) == ("Loss flat from step 300 to 2,900; `carry` decodable from step 1,100 "
+                                   "(1,800 steps before the drop); ablating it: accuracy 99% → 12% (random directions: 98%).")
 
 
 def test_a_fitted_floor_below_zero_is_replaced_by_the_measured_loss(tmp_path):

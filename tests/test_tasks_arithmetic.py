@@ -6,14 +6,13 @@ arithmetic says it should be; nothing is compared with the task's own output.
 
 from __future__ import annotations
 
-import re
 
 import numpy as np
 import pytest
 
 from quietlab.tasks.arithmetic import Addition, Multiplication, MajorityOfMajorities
 
-from task_checks import check_features_well_formed, check_layout, check_size_error, expect_feature, texts
+from task_checks import check_features_well_formed, check_layout, check_size_error, expect_feature
 
 
 def as_int(bits: str) -> int:

@@ -7,7 +7,6 @@ solver says it should be; nothing is compared with the task's own output.
 from __future__ import annotations
 
 import itertools
-import re
 import string
 
 import numpy as np
@@ -15,7 +14,7 @@ import pytest
 
 from quietlab.tasks.sequences import ActivitySelection, MaxSubarray
 
-from task_checks import check_features_well_formed, check_layout, check_size_error, expect_feature, texts
+from task_checks import check_features_well_formed, check_layout, check_size_error, expect_feature
 
 LETTERS = string.ascii_uppercase
 

@@ -281,7 +281,7 @@ class _Curve:
 
     # ---- noise
     def _noise(self) -> None:
-        y, n = self.y, self.n
+        y = self.y
         a = np.abs(y[:-2] - 2.0 * y[1:-1] + y[2:])  # a[i] centred on point i+1
         B = self.ub.size
         span = float(np.ptp(self.yb))
