@@ -75,7 +75,7 @@ def compare(case, device, amp, n_models, steps, lr, default_kernels=False, math_
     for a, m in zip(alone, models):
         a.load_state_dict(m.state_dict())
     packed = PackedModels(models)
-    popt = PackedAdamW(packed.params, lr=lr, weight_decay=0.0)
+    popt = PackedAdamW(packed, lr=lr, weight_decay=0.0)
     opts = [torch.optim.AdamW(a.parameters(), lr=lr, weight_decay=0.0, eps=1e-8) for a in alone]
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
 
@@ -89,15 +89,14 @@ def compare(case, device, amp, n_models, steps, lr, default_kernels=False, math_
         args = [batch(step, i) for i in range(n_models)]
         stacked = [torch.stack([a[j] for a in args]).to(device) for j in range(len(args[0]))]
         if default_kernels:  # the vmapped function alone, outside losses()' kernel choice
-            losses = packed._batched(packed_loss, None, len(stacked))(packed.params, packed.buffers, *stacked)
+            losses = packed._batched(packed_loss, None, len(stacked))(packed.flat, packed.buffers, *stacked)
         elif math_attention:  # compiled, on the math kernel with causal sequences padded (as compiled packs run)
             compiled = compiled or packed.compiled_losses(packed_loss, n_args=len(stacked), math_attention=True)
             losses = compiled(*stacked)
         else:
             losses = packed.losses(packed_loss, *stacked)
         losses.sum().backward()
-        finite = bool(torch.isfinite(losses).all()) and all(bool(torch.isfinite(p.grad).all())
-                                                           for p in packed.params.values() if p.grad is not None)
+        finite = bool(torch.isfinite(losses).all()) and bool(torch.isfinite(packed.flat.grad).all())
         if not finite and first_bad is None:
             first_bad = step
         popt.step()

@@ -80,7 +80,7 @@ class Packed:
         decayed = {names[id(p)] for p in param_groups(models[0], 1.0)[0]["params"]}
         self.packed = PackedModels(models)
         del models
-        self.opt = PackedAdamW(self.packed.params, 1e-3, 0.1, decayed, (0.9, 0.95))
+        self.opt = PackedAdamW(self.packed, 1e-3, 0.1, decayed, (0.9, 0.95))
         amp = torch.bfloat16 if device.type == "cuda" else None
 
         def loss_fn(model, tokens, mask):

@@ -45,7 +45,7 @@ def test_the_compiled_update_is_one_graph_and_equals_the_eager_one():
             torch.manual_seed(seed)
             models.append(TinyMLP().double())
         packed = PackedModels(models)
-        step = PackedStep(packed, PackedAdamW(packed.params, lrs, 0.1, betas=(0.9, 0.95)), mlp_loss, clips)
+        step = PackedStep(packed, PackedAdamW(packed, lrs, 0.1, betas=(0.9, 0.95)), mlp_loss, clips)
         if compiled:
             step._update = torch.compile(step.update, backend="aot_eager", fullgraph=True, dynamic=False)
         steps.append(step)
@@ -75,7 +75,7 @@ def test_packed_step_equals_torch_adamw_per_model_in_float64():
     packed = PackedModels(models)
     matrices = {id(p) for p in param_groups(models[0], 1.0)[0]["params"]}
     decayed = {name for name, p in models[0].named_parameters() if id(p) in matrices}
-    opt = PackedAdamW(packed.params, lrs, decays, decayed, betas=(0.9, 0.95))
+    opt = PackedAdamW(packed, lrs, decays, decayed, betas=(0.9, 0.95))
     step = PackedStep(packed, opt, mlp_loss, clips)
     opts = [make_optimizer(m, lr, wd, (0.9, 0.95)) for m, lr, wd in zip(alone, lrs, decays)]
     gen = torch.Generator().manual_seed(0)

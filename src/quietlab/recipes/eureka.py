@@ -361,7 +361,7 @@ def train_packed(cfg: EurekaConfig, variant: str, seeds: list[int], out: Path, t
             for seed, m in zip(seeds, models)]
     packed = PackedModels(models)
     decayed = {k for k, p in packed.params.items() if k.rsplit(".", 1)[-1] == "weight" and p.ndim >= 3}  # as param_groups
-    optimizer = PackedAdamW(packed.params, lr=peak, weight_decay=cfg.weight_decay, decayed=decayed, betas=(0.9, 0.999))
+    optimizer = PackedAdamW(packed, lr=peak, weight_decay=cfg.weight_decay, decayed=decayed, betas=(0.9, 0.999))
     progress = [b for k, b in packed.buffers.items() if k.endswith("attn.progress")]
     autocast = runs[0].autocast
 
@@ -403,8 +403,9 @@ def train_packed(cfg: EurekaConfig, variant: str, seeds: list[int], out: Path, t
 
 def _packed_qkv_stats(packed, i: int, model, stats) -> dict:
     """qkv_grad_stats of packed model i: its slices of the stacked gradients lent to its module."""
+    grads = packed.grads()
     for l, block in enumerate(model.blocks):
-        block.attn.qkv.weight.grad = packed.params[f"blocks.{l}.attn.qkv.weight"].grad[i]
+        block.attn.qkv.weight.grad = grads[f"blocks.{l}.attn.qkv.weight"][i]
     try:
         return stats(model)
     finally:

@@ -2,20 +2,24 @@
 
 Generic part (any ``nn.Module`` and loss; the models must share their structure and shapes):
 
-    packed = PackedModels(models)                     # parameters stacked to (N, ...), leaves with grad
-    opt = PackedAdamW(packed.params, lr=[1e-3, 3e-3, ...], weight_decay=0.1,
+    packed = PackedModels(models)                     # parameters side by side in one (N, P) leaf, packed.flat
+    opt = PackedAdamW(packed, lr=[1e-3, 3e-3, ...], weight_decay=0.1,
                       decayed={"fc.weight", ...}, betas=(0.9, 0.95))
     for step in ...:
         losses = packed.losses(loss_fn, x, y)        # loss_fn(model, x_i, y_i) -> scalar; x, y: (N, ...)
         losses.sum().backward()                       # model i's gradient is d loss_i / d θ_i: no cross-talk
-        norms = clip_grad_norms_(packed.params, max_norm=[1.0, ...])   # per-model global-norm clip
-        opt.set_lr([...]); opt.step(); opt.zero_grad()                # per-model lr schedule
+        norms = clip_grad_norms_(packed, max_norm=[1.0, ...])   # per-model global-norm clip
+        opt.set_lr([...]); opt.step(); packed.zero_grad()      # per-model lr schedule
     packed.load_into(i, module)                       # model i's weights into an ordinary module
 
 ``loss_fn`` receives ``model``, a callable that behaves like the module with model i's parameters, and
 model i's slice of each batched argument (``in_dims`` says which arguments are batched; default all).
 The update equals ``torch.nn.utils.clip_grad_norm_`` then ``torch.optim.AdamW`` (decoupled weight decay,
-bias correction, eps outside the square root) applied to each model alone. Everything the step needs
+bias correction, eps outside the square root) applied to each model alone. The parameters live side by side
+in one (N, P) tensor, so that the gradient arrives as one (N, P) tensor too (the backward of the split that
+hands each parameter its slice is one concatenation) and clip and AdamW are a dozen kernels over it, whatever
+the number of parameters: stacked one tensor per parameter, they were a dozen kernels per parameter, which
+bounded a small model's step. Everything the step needs
 (learning rates, step count, bias corrections, clip coefficients) lives in device tensors, so a step
 never waits for the host and can be captured as a CUDA graph.
 
@@ -45,7 +49,10 @@ from ..runs.lock import LOCK_NAME, RunLock
 
 
 class PackedModels:
-    """N models of one structure, their parameters and buffers stacked along a new leading dim."""
+    """N models of one structure: their parameters side by side in one (N, P) leaf ``flat`` (model i's row
+    holds its parameters in ``named_parameters`` order), their buffers stacked along a new leading dim.
+    ``params``: each parameter as an (N, ...) view of ``flat`` (no grad: to read and load weights);
+    ``grads()``: the same views of ``flat.grad``."""
 
     def __init__(self, models: Sequence[nn.Module]):
         if not models:
@@ -53,22 +60,36 @@ class PackedModels:
         shapes = [[(n, tuple(p.shape)) for n, p in m.named_parameters()] for m in models]
         if any(s != shapes[0] for s in shapes):
             raise ValueError("packed models must have the same parameter names and shapes")
+        if len({p.dtype for p in models[0].parameters()}) > 1:
+            raise ValueError("packed models' parameters must share one dtype")
         self.n = len(models)
         params, buffers = stack_module_state(list(models))
-        self.params: dict[str, torch.Tensor] = params
+        self.names = list(params)
+        self.shapes = [tuple(p.shape[1:]) for p in params.values()]
+        self.sizes = [torch.Size(s).numel() for s in self.shapes]
+        self.flat = torch.cat([p.detach().reshape(self.n, -1) for p in params.values()], dim=1).requires_grad_()
+        self.params: dict[str, torch.Tensor] = self.views(self.flat.detach())
         self.buffers: dict[str, torch.Tensor] = buffers
         # the structure to call, holding no data of its own (functional_call supplies every tensor)
         import copy
 
         self.base = copy.deepcopy(models[0]).to("meta")
 
+    def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each parameter's (N, ...) view of an (N, P) tensor laid out as ``flat``."""
+        return {k: t.view(self.n, *shape) for k, t, shape in zip(self.names, flat.split(self.sizes, dim=1), self.shapes)}
+
+    def grads(self) -> dict[str, torch.Tensor]:
+        """Each parameter's (N, ...) view of the gradient ({} before a backward)."""
+        return {} if self.flat.grad is None else self.views(self.flat.grad)
+
     def losses(self, loss_fn: Callable, *args, in_dims: Sequence[int | None] | None = None) -> torch.Tensor:
         """(N,) losses: ``loss_fn(model_i, *args_i)`` for each model, as one vmapped computation."""
         batched = self._batched(loss_fn, in_dims, len(args))
-        with warnings.catch_warnings(), _attention_under_vmap(self.params):
+        with warnings.catch_warnings(), _attention_under_vmap(self.flat):
             # CPU attention under vmap loops over the models: slower, still exact
             warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
-            return batched(self.params, self.buffers, *args)
+            return batched(self.flat, self.buffers, *args)
 
     def compiled_losses(self, loss_fn: Callable, in_dims: Sequence[int | None] | None = None, n_args: int = 2,
                         math_attention: bool = False, **compile_options) -> Callable:
@@ -82,15 +103,17 @@ class PackedModels:
         compiled = torch.compile(self._batched(loss_fn, in_dims, n_args), **compile_options)
 
         def losses(*args):
-            with _attention_under_vmap(self.params, math_only=math_attention):
-                return compiled(self.params, self.buffers, *args)
+            with _attention_under_vmap(self.flat, math_only=math_attention):
+                return compiled(self.flat, self.buffers, *args)
 
         return losses
 
     def _batched(self, loss_fn: Callable, in_dims, n_args: int) -> Callable:
-        base = self.base
+        base, names, sizes, shapes = self.base, self.names, self.sizes, self.shapes
 
-        def one(params, buffers, *a):
+        def one(flat, buffers, *a):
+            params = {k: t.view(shape) for k, t, shape in zip(names, flat.split(sizes), shapes)}
+
             def model(*margs, **mkwargs):
                 return functional_call(base, (params, buffers), margs, mkwargs)
 
@@ -120,15 +143,15 @@ class PackedModels:
                     stack[i].copy_(v)
 
     def zero_grad(self) -> None:
-        for p in self.params.values():
-            p.grad = None
+        self.flat.grad = None
 
     def select(self, rows: Sequence[int]) -> "PackedModels":
         """A new pack of the models at ``rows`` (copies), e.g. to go on without the ones that finished."""
-        index = torch.as_tensor(list(rows), device=next(iter(self.params.values())).device)
+        index = torch.as_tensor(list(rows), device=self.flat.device)
         new = object.__new__(PackedModels)
-        new.n, new.base = len(rows), self.base
-        new.params = {k: v.detach()[index].clone().requires_grad_(v.requires_grad) for k, v in self.params.items()}
+        new.n, new.base, new.names, new.shapes, new.sizes = len(rows), self.base, self.names, self.shapes, self.sizes
+        new.flat = self.flat.detach()[index].clone().requires_grad_()
+        new.params = new.views(new.flat.detach())
         new.buffers = {k: v[index].clone() for k, v in self.buffers.items()}
         return new
 
@@ -138,7 +161,7 @@ CAUSAL_PAD_MULTIPLE = 8
 
 
 @contextlib.contextmanager
-def _attention_under_vmap(params: dict[str, torch.Tensor], math_only: bool = False):
+def _attention_under_vmap(flat: torch.Tensor, math_only: bool = False):
     """The attention kernels that are right under vmap: on a GPU (torch 2.11, H200) the memory-efficient
     kernel that ``scaled_dot_product_attention`` picks by default gives NaN gradients to every model of
     a vmapped ViT from the first step, and refuses float32 ('LSE is not correctly aligned'); flash
@@ -147,7 +170,7 @@ def _attention_under_vmap(params: dict[str, torch.Tensor], math_only: bool = Fal
     multiple of ``CAUSAL_PAD_MULTIPLE`` (``padded_causal_attention``: at 52 tokens, the products' kernels for 2-element alignment
     had taken a third of a 64-model pack's step, results/h200-2026-12-04-s13/pack64_math_profile.txt).
     Nothing changes on a CPU."""
-    if next(iter(params.values())).device.type != "cuda":
+    if flat.device.type != "cuda":
         yield
         return
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -183,40 +206,43 @@ def _bcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def clip_grad_norms_(params: dict[str, torch.Tensor], max_norm) -> torch.Tensor:
+def clip_grad_norms_(packed: PackedModels, max_norm) -> torch.Tensor:
     """Clip each model's gradient to a global norm of ``max_norm`` (a float or (N,)), as
     ``torch.nn.utils.clip_grad_norm_`` does for one model; returns the (N,) norms before clipping."""
-    grads = [p.grad for p in params.values() if p.grad is not None]
-    n = grads[0].shape[0]
-    squares = torch.stack([g.reshape(n, -1).double().pow(2).sum(1) for g in grads]).sum(0)
-    norms = squares.sqrt()
-    limit = _per_model(max_norm, n, norms.device)
+    grad = packed.flat.grad
+    norms = torch.linalg.vector_norm(grad, dim=1, dtype=torch.float64)
+    limit = _per_model(max_norm, packed.n, norms.device)
     coef = (limit / (norms + 1e-6)).clamp(max=1.0)
-    for g in grads:
-        g.mul_(_bcast(coef, g))
+    grad.mul_(coef.to(grad.dtype)[:, None])
     return norms
 
 
 class PackedAdamW:
-    """AdamW on stacked parameters: each model its own moments, learning rate and weight decay.
+    """AdamW on a pack's (N, P) parameters: each model its own moments, learning rate and weight decay.
 
     ``decayed``: names of the parameters that get weight decay (default: all); ``lr`` and
-    ``weight_decay``: a float or one value per model. Equal to ``torch.optim.AdamW`` per model.
+    ``weight_decay``: a float or one value per model. Equal to ``torch.optim.AdamW`` per model, for
+    parameters that the loss reaches (one it does not reach gets a zero gradient here, where torch's
+    AdamW would skip it: so a decayed one still decays). ``exp_avg``, ``exp_avg_sq``: each parameter's
+    (N, ...) view of the moments.
     """
 
-    def __init__(self, params: dict[str, torch.Tensor], lr, weight_decay=0.0, decayed: set[str] | None = None,
+    def __init__(self, packed: PackedModels, lr, weight_decay=0.0, decayed: set[str] | None = None,
                  betas=(0.9, 0.999), eps: float = 1e-8):
-        self.params = params
-        first = next(iter(params.values()))
-        self.n, device = first.shape[0], first.device
+        self.packed = packed
+        flat = packed.flat.detach()
+        self.n, device = packed.n, flat.device
         self.lr = _per_model(lr, self.n, device)
         self.weight_decay = _per_model(weight_decay, self.n, device)
-        self.decayed = set(params) if decayed is None else set(decayed)
+        self.decayed = set(packed.names) if decayed is None else set(decayed)
+        # (1, P): True on the decayed parameters' columns (None: every column)
+        self.decay_mask = None if self.decayed >= set(packed.names) else torch.cat(
+            [torch.full((size,), k in self.decayed, device=device) for k, size in zip(packed.names, packed.sizes)])[None]
         self.beta1, self.beta2 = float(betas[0]), float(betas[1])
         self.eps = float(eps)
         self.steps = torch.zeros((), dtype=torch.float64, device=device)  # updates done (same for all models)
-        self.exp_avg = {k: torch.zeros_like(p, memory_format=torch.preserve_format) for k, p in params.items()}
-        self.exp_avg_sq = {k: torch.zeros_like(p, memory_format=torch.preserve_format) for k, p in params.items()}
+        self.m, self.v = torch.zeros_like(flat), torch.zeros_like(flat)
+        self.exp_avg, self.exp_avg_sq = packed.views(self.m), packed.views(self.v)
 
     def set_lr(self, lr) -> None:
         """Set every model's learning rate for the next step (in place: a captured graph sees it). A
@@ -225,35 +251,29 @@ class PackedAdamW:
 
     @torch.no_grad()
     def step(self) -> None:
+        p, g = self.packed.flat, self.packed.flat.grad
+        if g is None:
+            return
+        per_model = lambda t: t.to(p.dtype)[:, None]  # noqa: E731  (N,) float64 -> (N, 1) in p's dtype
         self.steps += 1
         bias1 = 1 - self.beta1 ** self.steps
         bias2_sqrt = (1 - self.beta2 ** self.steps).sqrt()
-        step_size = self.lr / bias1
-        for k, p in self.params.items():
-            g = p.grad
-            if g is None:
-                continue
-            if k in self.decayed:
-                p.mul_(_bcast(1 - self.lr * self.weight_decay, p))
-            m, v = self.exp_avg[k], self.exp_avg_sq[k]
-            m.lerp_(g, 1 - self.beta1)
-            v.mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
-            denom = (v.sqrt() / _bcast(bias2_sqrt.expand(self.n), v)).add_(self.eps)
-            p.sub_(m / denom * _bcast(step_size, p))
+        keep = per_model(1 - self.lr * self.weight_decay)
+        p.mul_(keep if self.decay_mask is None else torch.where(self.decay_mask, keep, 1.0))
+        self.m.lerp_(g, 1 - self.beta1)
+        self.v.mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
+        denom = (self.v.sqrt() / per_model(bias2_sqrt.expand(self.n))).add_(self.eps)
+        p.sub_(self.m / denom * per_model(self.lr / bias1))
 
-    def zero_grad(self) -> None:
-        for p in self.params.values():
-            p.grad = None
-
-    def select(self, rows: Sequence[int], params: dict[str, torch.Tensor]) -> "PackedAdamW":
-        """The state of the models at ``rows``, for ``params`` (the matching ``PackedModels.select``)."""
+    def select(self, rows: Sequence[int], packed: PackedModels) -> "PackedAdamW":
+        """The state of the models at ``rows``, for ``packed`` (the matching ``PackedModels.select``)."""
         index = torch.as_tensor(list(rows), device=self.lr.device)
         new = object.__new__(PackedAdamW)
-        new.params, new.n, new.decayed = params, len(rows), self.decayed
+        new.packed, new.n, new.decayed, new.decay_mask = packed, len(rows), self.decayed, self.decay_mask
         new.beta1, new.beta2, new.eps = self.beta1, self.beta2, self.eps
         new.lr, new.weight_decay, new.steps = self.lr[index].clone(), self.weight_decay[index].clone(), self.steps.clone()
-        new.exp_avg = {k: v[index].clone() for k, v in self.exp_avg.items()}
-        new.exp_avg_sq = {k: v[index].clone() for k, v in self.exp_avg_sq.items()}
+        new.m, new.v = self.m[index].clone(), self.v[index].clone()
+        new.exp_avg, new.exp_avg_sq = packed.views(new.m), packed.views(new.v)
         return new
 
 
@@ -261,8 +281,7 @@ class PackedStep:
     """One training step of packed models: losses, backward, per-model clip, AdamW; returns (N,) losses.
 
     ``compile=True`` runs forward and loss (``n_args`` batched inputs) through ``torch.compile``, and the
-    update (clip and AdamW) too: eager, they are about a dozen small kernels per parameter, which bound a
-    small model's step (benchmarks/small_step_profile.py: 858 kernels a step for d_model 128 x 4).
+    update (clip and AdamW) too, which fuses its dozen elementwise passes over the (N, P) parameters.
     ``math_attention`` (with ``compile``): attention through the math kernel on a GPU (``math_attention_pays``).
     With ``cuda_graph=True`` (CUDA only) the first ``warmup`` calls run eagerly on a side stream, the next
     one captures the whole step (forward, loss, backward, clip, AdamW) as one CUDA graph, and every later
@@ -278,14 +297,13 @@ class PackedStep:
         self._losses = (packed.compiled_losses(loss_fn, n_args=n_args, math_attention=math_attention) if compile
                         else lambda *args: packed.losses(loss_fn, *args))
         self._update = torch.compile(self.update, fullgraph=True, dynamic=False) if compile else self.update
-        first = next(iter(packed.params.values()))
-        self.max_norm = _per_model(max_norm, packed.n, first.device)
+        self.max_norm = _per_model(max_norm, packed.n, packed.flat.device)
         self.calls = 0
         self._graph = self._static_in = self._static_out = None
 
     def update(self) -> None:
         """Clip each model's gradient, then take its AdamW step."""
-        clip_grad_norms_(self.packed.params, self.max_norm)
+        clip_grad_norms_(self.packed, self.max_norm)
         self.optimizer.step()
 
     def _eager(self, *args) -> torch.Tensor:
@@ -484,7 +502,7 @@ def _train_packed(cfgs: Sequence, run_dirs: Sequence, progress: bool, resume: bo
     if active:
         packed = PackedModels(models)
         del models
-        opt = PackedAdamW(packed.params, [cfgs[i].lr for i in active], [cfgs[i].weight_decay for i in active],
+        opt = PackedAdamW(packed, [cfgs[i].lr for i in active], [cfgs[i].weight_decay for i in active],
                           decayed, (c0.beta1, c0.beta2))
         if start >= 0:
             for row, i in enumerate(active):
@@ -630,7 +648,7 @@ def _train_packed(cfgs: Sequence, run_dirs: Sequence, progress: bool, resume: bo
                     active = [active[row] for row in keep]
                     if active:
                         packed = pack["packed"].select(keep)
-                        build(packed, pack["opt"].select(keep, packed.params))
+                        build(packed, pack["opt"].select(keep, packed))
             flush(total_max)
             if bar is not None:
                 bar.update(0, completed=total_max)
