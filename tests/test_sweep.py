@@ -7,6 +7,7 @@ import textwrap
 
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from quietlab.cli import app
@@ -230,6 +231,30 @@ def test_a_run_that_fails_is_recorded_and_its_pack_goes_on(small_sweep, tmp_path
     assert "settings that differ" in after.loc[broken, "error"] and "weight_decay" in after.loc[broken, "error"]
     with RunFolder(fine_dir).store() as s:
         assert s.series("train/loss")[1] == pytest.approx(losses, rel=1e-4)
+
+
+def test_a_pack_out_of_gpu_memory_is_split_in_halves(small_sweep, tmp_path, monkeypatch):
+    """A pack larger than the card holds (torch.cuda.OutOfMemoryError) trains as two halves, not one run at a
+    time; each run ends as it does in the pack of four, to the packing tolerance."""
+    import quietlab.train.packed as packed_module
+
+    out, _ = small_sweep
+    real, sizes = packed_module.train_packed, []
+
+    def small_card(cfgs, run_dirs, **kw):
+        sizes.append(len(cfgs))
+        if len(cfgs) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 700.00 MiB.")
+        return real(cfgs, run_dirs, **kw)
+
+    monkeypatch.setattr(packed_module, "train_packed", small_card)
+    summary = run_sweep(out.parent / "spec.toml", tmp_path / "sw", workers=1, progress=False)
+    assert summary["failed"] == 0 and sizes == [4, 2, 2]
+    halves, four = table(tmp_path / "sw").set_index("run_id"), table(out).set_index("run_id")
+    assert set(halves.packed_with) == {2}
+    for run_id in halves.index:
+        for metric in ("train_loss", "eval_loss"):
+            assert halves.loc[run_id, metric] == pytest.approx(four.loc[run_id, metric], rel=1e-4)
 
 
 def test_packs_start_longest_first_across_shapes(tmp_path):

@@ -300,38 +300,44 @@ def run_pack(items: list[Item], threads: int | None = None) -> list[tuple[str, s
     """Train a pack of runs as one batched computation (``train_packed``, also for a pack of one: on a GPU
     with ``compile = true``, its whole step is one CUDA graph, the forward compiled inside it once the
     pack's remaining runs end together), resuming any that were started;
-    returns one (run_id, "done" | "failed", final metrics or error text, packed_with) per run. If the
-    pack fails as a whole, each run is retried alone, so one bad run cannot fail the others."""
-    from ..train.budget import non_embedding_params
-    from ..train.packed import train_packed
+    returns one (run_id, "done" | "failed", final metrics or error text, packed_with) per run. A pack that
+    runs out of GPU memory is split in two halves, each resumed from the checkpoints the pack left (so the
+    paper grid's largest packs fit a smaller card); a pack that fails otherwise has each run retried alone,
+    so one bad run cannot fail the others."""
     from ..train.threads import set_cpu_threads
 
     if threads:
         set_cpu_threads(threads)
-    cfgs = [TrainConfig.from_dict(it.cfg) for it in items]
+    return _run_items(items, [TrainConfig.from_dict(it.cfg) for it in items])
+
+
+def _run_items(items: list[Item], cfgs: list[TrainConfig]) -> list[tuple[str, str, object, int]]:
+    import torch
+
+    from ..train.budget import non_embedding_params
+    from ..train.packed import train_packed
 
     def with_params(final, cfg):
         final["params"] = non_embedding_params(cfg.model_config(cfg.build_task()))
         return final
 
-    if len(items) > 1:
-        try:
-            finals = train_packed(cfgs, [it.run_dir for it in items], progress=False, resume=True)
-            return [(it.run_id, "done", with_params(f, c), len(items)) for it, f, c in zip(items, finals, cfgs)]
-        except KeyboardInterrupt:
-            raise
-        except Exception:  # retried one by one below; a failure there is recorded against its run
-            pass
-    out = []
-    for it, cfg in zip(items, cfgs):
-        try:
-            (final,) = train_packed([cfg], [it.run_dir], progress=False, resume=True)
-            out.append((it.run_id, "done", with_params(final, cfg), 1))
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:
-            out.append((it.run_id, "failed", f"{type(exc).__name__}: {exc}".splitlines()[0], 1))
-    return out
+    try:
+        finals = train_packed(cfgs, [it.run_dir for it in items], progress=False, resume=True)
+        return [(it.run_id, "done", with_params(f, c), len(items)) for it, f, c in zip(items, finals, cfgs)]
+    except KeyboardInterrupt:
+        raise
+    except torch.cuda.OutOfMemoryError as exc:
+        error, split = exc, True
+    except Exception as exc:  # noqa: BLE001  (recorded against its run)
+        error, split = exc, False
+    if len(items) == 1:
+        return [(items[0].run_id, "failed", f"{type(error).__name__}: {error}".splitlines()[0], 1)]
+    del error  # its traceback holds the failed pack's tensors
+    torch.cuda.empty_cache()
+    if split:
+        half = len(items) // 2
+        return _run_items(items[:half], cfgs[:half]) + _run_items(items[half:], cfgs[half:])
+    return [row for it, cfg in zip(items, cfgs) for row in _run_items([it], [cfg])]
 
 
 def plan_packs(runs: list[RunSpec], run_dirs: dict[str, Path], pack_size: int, slots: int) -> tuple[list[list[Item]], list[tuple[str, str]]]:
