@@ -200,9 +200,9 @@ def _per_model(value, n: int, device, dtype=torch.float64) -> torch.Tensor:
     return t.expand(n).clone() if t.ndim == 0 else t.clone()
 
 
-def _bcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(N,) -> (N, 1, 1, ...) in ``like``'s dtype, to scale each model's slice of a stacked tensor."""
-    return t.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
+def _column(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(N,) -> (N, 1) in ``like``'s dtype: one value per model, to scale the rows of an (N, P) tensor."""
+    return t.to(like.dtype)[:, None]
 
 
 @torch.no_grad()
@@ -213,7 +213,7 @@ def clip_grad_norms_(packed: PackedModels, max_norm) -> torch.Tensor:
     norms = torch.linalg.vector_norm(grad, dim=1, dtype=torch.float64)
     limit = _per_model(max_norm, packed.n, norms.device)
     coef = (limit / (norms + 1e-6)).clamp(max=1.0)
-    grad.mul_(coef.to(grad.dtype)[:, None])
+    grad.mul_(_column(coef, grad))
     return norms
 
 
@@ -254,16 +254,15 @@ class PackedAdamW:
         p, g = self.packed.flat, self.packed.flat.grad
         if g is None:
             return
-        per_model = lambda t: t.to(p.dtype)[:, None]  # noqa: E731  (N,) float64 -> (N, 1) in p's dtype
         self.steps += 1
         bias1 = 1 - self.beta1 ** self.steps
         bias2_sqrt = (1 - self.beta2 ** self.steps).sqrt()
-        keep = per_model(1 - self.lr * self.weight_decay)
+        keep = _column(1 - self.lr * self.weight_decay, p)
         p.mul_(keep if self.decay_mask is None else torch.where(self.decay_mask, keep, 1.0))
         self.m.lerp_(g, 1 - self.beta1)
         self.v.mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
-        denom = (self.v.sqrt() / per_model(bias2_sqrt.expand(self.n))).add_(self.eps)
-        p.sub_(self.m / denom * per_model(self.lr / bias1))
+        denom = (self.v.sqrt() / _column(bias2_sqrt.expand(self.n), p)).add_(self.eps)
+        p.sub_(self.m / denom * _column(self.lr / bias1, p))
 
     def select(self, rows: Sequence[int], packed: PackedModels) -> "PackedAdamW":
         """The state of the models at ``rows``, for ``packed`` (the matching ``PackedModels.select``)."""
