@@ -7,6 +7,10 @@ of N such models instead (``packed_speed.py``'s packed arm: ``--models 64 --d-mo
 
     python benchmarks/small_step_profile.py --out $OUT/small_step_profile.txt          # on a GPU
     python benchmarks/small_step_profile.py --out /tmp/s.txt --mode graph --device cpu --steps 3 --profile-steps 2
+    python benchmarks/small_step_profile.py --paper --task mst --models 4 --d-model 8 --layers 16 --mode graph --out p.txt
+
+``--paper``: the task under the paper preset and the paper's model (models/paper.py: paper_config), as
+pack_rates.py times the paper grid's packs.
 """
 
 from __future__ import annotations
@@ -40,14 +44,21 @@ def main() -> None:
     ap.add_argument("--pack-attention", default=None, help="as packed_speed.py's (e.g. math, or flash_attention)")
     ap.add_argument("--task", default="addition", help="a quietlab task at its default sizes (addition: 16 bits)")
     ap.add_argument("--decompose-bmm", type=int, default=0, help="as packed_speed.py's")
+    ap.add_argument("--paper", action="store_true", help="the task's paper preset and the paper's model, as pack_rates.py")
     args = ap.parse_args()
     packed_speed.PACK_ATTENTION = args.pack_attention
     if args.decompose_bmm:
         packed_speed.decompose_small_bmm(args.decompose_bmm)
     device = torch.device(args.device)
-    task = get_task(args.task, **({"n_bits": 16} if args.task == "addition" else {}))
-    cfg = TransformerConfig(vocab_size=len(task.vocab), seq_len=task.seq_len, d_model=args.d_model,
-                            n_layers=args.layers, n_heads=4)
+    if args.paper:
+        from quietlab.models.paper import paper_config
+
+        task = get_task(args.task, preset="paper")
+        cfg = paper_config(len(task.vocab), task.seq_len, args.d_model, args.layers)
+    else:
+        task = get_task(args.task, **({"n_bits": 16} if args.task == "addition" else {}))
+        cfg = TransformerConfig(vocab_size=len(task.vocab), seq_len=task.seq_len, d_model=args.d_model,
+                                n_layers=args.layers, n_heads=4)
     batches = packed_speed.draw(task, args.models, args.batch_size, device)
     if args.models > 1:
         if args.mode not in ("graph", "graph-compiled"):
@@ -72,7 +83,7 @@ def main() -> None:
     device_ms = sum(e.device_time for e in events) / 1e3 / args.profile_steps
     table = prof.key_averages().table(sort_by="self_device_time_total" if device.type == "cuda" else "self_cpu_time_total",
                                       row_limit=args.rows, max_name_column_width=100)
-    head = (f"mode {args.mode}, attention {args.pack_attention or 'default'}, decompose_bmm {args.decompose_bmm}, {args.models} model(s) of d_model {args.d_model} x {args.layers}, {args.task} ({task.seq_len} tokens), batch {args.batch_size}: "
+    head = (f"{'paper preset and model, ' if args.paper else ''}mode {args.mode}, attention {args.pack_attention or 'default'}, decompose_bmm {args.decompose_bmm}, {args.models} model(s) of d_model {args.d_model} x {args.layers}, {args.task} ({task.seq_len} tokens), batch {args.batch_size}: "
             f"{ms:.3f} ms a step (median of {args.rounds} rounds of {args.steps}, rounds {[round(1e3 * t / args.steps, 3) for t in times]}); "
             f"under the profiler {kernels:.0f} device events a step, {device_ms:.3f} ms of device time a step\n")
     Path(args.out).write_text(head + table)
