@@ -6,7 +6,6 @@ arithmetic says it should be; nothing is compared with the task's own output.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 

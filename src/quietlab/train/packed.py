@@ -76,8 +76,10 @@ class PackedModels:
         self.base = copy.deepcopy(models[0]).to("meta")
 
     def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Each parameter's (N, ...) view of an (N, P) tensor laid out as ``flat``."""
-        return {k: t.view(self.n, *shape) for k, t, shape in zip(self.names, flat.split(self.sizes, dim=1), self.shapes)}
+        """Each parameter's view of a tensor laid out as ``flat`` along its last dim: (N, ...) of an (N, P)
+        tensor, or one model's parameters of a (P,) row (inside the vmapped function)."""
+        lead = flat.shape[:-1]
+        return {k: t.view(*lead, *shape) for k, t, shape in zip(self.names, flat.split(self.sizes, dim=-1), self.shapes)}
 
     def grads(self) -> dict[str, torch.Tensor]:
         """Each parameter's (N, ...) view of the gradient ({} before a backward)."""
@@ -109,10 +111,10 @@ class PackedModels:
         return losses
 
     def _batched(self, loss_fn: Callable, in_dims, n_args: int) -> Callable:
-        base, names, sizes, shapes = self.base, self.names, self.sizes, self.shapes
+        base, views = self.base, self.views
 
         def one(flat, buffers, *a):
-            params = {k: t.view(shape) for k, t, shape in zip(names, flat.split(sizes), shapes)}
+            params = views(flat)
 
             def model(*margs, **mkwargs):
                 return functional_call(base, (params, buffers), margs, mkwargs)
