@@ -26,6 +26,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -62,12 +63,15 @@ def measure(task, d: int, layers: int, batch: int, n: int, mode: str, args, devi
     setup = time_it(lambda: holder.update(p=Packed(cfg, n, device, graph=True, compile=mode == "graph-compiled"))
                     or holder["p"].run(batches, 5), device)
     pack = holder["p"]
-    rounds = [time_it(lambda: pack.run(batches, args.steps, 5), device) for _ in range(args.rounds)]
+    rounds, round_ends = [], []
+    for _ in range(args.rounds):
+        rounds.append(time_it(lambda: pack.run(batches, args.steps, 5), device))
+        round_ends.append(time.time())  # when each round ended, to line up processes sharing a card
     s = statistics.median(rounds) / args.steps
     tokens = n * batch * task.seq_len
     return {"task": task.name, "seq_len": task.seq_len, "d_model": d, "layers": layers, "batch_size": batch,
             "n_models": n, "mode": mode, "setup_s": setup, "ms_per_step": 1e3 * s,
-            "rounds_ms": [1e3 * r / args.steps for r in rounds], "tokens_per_s": tokens / s,
+            "rounds_ms": [1e3 * r / args.steps for r in rounds], "round_ends_unix": round_ends, "tokens_per_s": tokens / s,
             "flops_per_s": tokens / s * flops_per_token(cfg)}
 
 
@@ -97,7 +101,7 @@ def main():
                        "mode": mode, "error": f"{type(exc).__name__}: {exc}"[:400]}
             out["rows"].append(row)
             print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
-                              if k != "rounds_ms"}), flush=True)
+                              if k not in ("rounds_ms", "round_ends_unix")}), flush=True)
             write_atomic(args.out, json.dumps(out, indent=1).encode())
             if device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -34,6 +34,14 @@ task with the longest sequences (an upper bound: every paper task's sequences ar
 result is the time with one pack at a time on the GPU; evaluation and checkpoints are left out, as above.
 ``--no-compile``: the same for a sweep with ``compile = false``, whose packs step as CUDA graphs of eager
 kernels throughout (no compile to pay, slower steps).
+
+``--sharing`` (benchmarks/card_sharing.py's JSON files) with ``--workers K`` adds the time with K packs on the
+card at once, as the local executor runs them with ``--workers K``: each stretch's time times its ``share``
+(K packs side by side take share x K times one pack's time), looked up by the stretch's own step time alone:
+the measured share of the measured shape whose step alone is nearest on a log scale, and no gain (share 1)
+for a step slower than twice the slowest one measured, where the card is busy; set-up is divided among the
+K. A model, not a measurement:
+packs sharing the card are of different shapes, not the K copies of one shape that card_sharing.py times.
 """
 
 from __future__ import annotations
@@ -135,6 +143,26 @@ def pack_seconds(task, d, layers, batch, lengths, rates, compile=True) -> dict:
     return out
 
 
+def sharing_table(paths, workers: int) -> list[tuple[float, float]]:
+    """[(step ms alone, share)] at ``workers`` packs a card, from card_sharing.py's files, by step time."""
+    points = []
+    for path in paths:
+        for shape in json.loads(Path(path).read_text())["shapes"]:
+            for entry in shape["shared"]:
+                if entry["k"] == workers and entry["share"] is not None:
+                    points.append((shape["alone_ms"], entry["share"]))
+    if not points:
+        raise SystemExit(f"error: no sharing measured at --workers {workers} in {', '.join(paths)}")
+    return sorted(points)
+
+
+def share_at(ms: float, points: list[tuple[float, float]]) -> float:
+    """The share of the measured step nearest to ``ms`` on a log scale; 1 beyond twice the slowest measured."""
+    if ms > 2 * points[-1][0]:
+        return 1.0
+    return min(points, key=lambda p: abs(math.log(ms / p[0])))[1]
+
+
 def measured(paths) -> dict:
     """packed_speed.py's JSON files (e.g. one per arm), merged."""
     m = {}
@@ -167,6 +195,8 @@ def main():
     ap.add_argument("--small-d", type=int, default=128, help="d_model up to which runs go at the packed rate")
     ap.add_argument("--overhead-s", type=float, default=0.0, help="seconds added per pack (evaluation, set-up)")
     ap.add_argument("--pack-size", type=int, default=64)
+    ap.add_argument("--sharing", nargs="+", help="with --pack-rates: benchmarks/card_sharing.py --out JSON file(s)")
+    ap.add_argument("--workers", type=int, default=4, help="with --sharing: packs on the card at once")
     args = ap.parse_args()
     if not (args.spec or args.paper):
         ap.error("give --spec or --paper")
@@ -212,6 +242,13 @@ def main():
         for p in packs:
             k = f"d{p['d_model']} x {p['layers']}, batch {p['batch_size']}"
             by_shape[k] = by_shape.get(k, 0.0) + p["steps_s"] + p["setup_s"]
+        if args.sharing:
+            points = sharing_table(args.sharing, args.workers)
+            shared_s = sum(st["steps"] * st["ms_per_step"] / 1e3 * share_at(st["ms_per_step"], points)
+                           for p in packs for st in p["stretches"])
+            out["shared_card"] = {"workers": args.workers, "measured_shares": points, "steps_s": shared_s,
+                                  "setup_s": setup_s / args.workers, "gpu_hours": (shared_s + setup_s / args.workers) / 3600,
+                                  "sharing_from": sorted(set(args.sharing))}
         out["pack_by_pack"] = {"compile": not args.no_compile, "packs": len(packs), "missing": missing, "steps_s": steps_s, "setup_s": setup_s,
                                "gpu_hours_one_pack_at_a_time": (steps_s + setup_s) / 3600,
                                "hours_by_shape": {k: v / 3600 for k, v in sorted(by_shape.items(), key=lambda kv: -kv[1])},
