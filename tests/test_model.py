@@ -302,17 +302,13 @@ def test_the_embedding_with_a_dense_gradient_gives_the_same_values_and_gradient(
     torch.testing.assert_close(grads[1].double(), w64.grad, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("variant,kw", [("softmax", {}), ("heat", {"heat_start": 3.0}), ("temperature", {"tau": 0.7})])
-@pytest.mark.parametrize("seq,head,d_model,shape", [(8, 0, 32, (16, 8)),     # sequences (GPU packs on the math kernel)
-                                                    (0, 8, 8, (13, 8)),      # heads of 2 dims to 8 (the GPU default)
-                                                    (8, 8, 16, (16, 8))])    # both: heads of 4 dims
-def test_attention_padding_leaves_logits_and_gradients_unchanged(variant, kw, seq, head, d_model, shape):
-    """Sequences and heads padded with zeros inside attention (what a GPU does for its fused kernels): every
-    real position's logits and every parameter's gradient equal the unpadded model's in float64."""
-    import quietlab.models.attention as attention
-    from quietlab.models.attention import attention_padding
+@pytest.mark.parametrize("variant,kw", [("softmax", {}), ("heat", {"heat_start": 3.0})])
+def test_padded_causal_attention_leaves_logits_and_gradients_unchanged(variant, kw):
+    """Causal sequences padded to a multiple of 8 inside attention (what GPU packs do for aligned kernels):
+    every real position's logits and every parameter's gradient equal the unpadded model's in float64."""
+    from quietlab.models.attention import padded_causal_attention
 
-    model = make_model(seq_len=13, d_model=d_model, n_heads=4, attention=variant, **kw).double().train()
+    model = make_model(seq_len=13, attention=variant, **kw).double().train()
     tokens = torch.randint(0, 11, (3, 13))
 
     def run():
@@ -321,41 +317,21 @@ def test_attention_padding_leaves_logits_and_gradients_unchanged(variant, kw, se
         (logits ** 2).mean().backward()
         return logits.detach().clone(), [p.grad.clone() for p in model.parameters()]
 
-    shapes = []
+    import quietlab.models.attention as attention
+
+    lengths = []
     sdpa = attention.F.scaled_dot_product_attention
 
     def recording(q, *a, **k):
-        shapes.append(tuple(q.shape[-2:]))
+        lengths.append(q.shape[-2])
         return sdpa(q, *a, **k)
 
     plain, plain_grads = run()
-    with attention_padding(seq=seq, head=head), pytest.MonkeyPatch.context() as mp:
+    with padded_causal_attention(8), pytest.MonkeyPatch.context() as mp:
         mp.setattr(attention.F, "scaled_dot_product_attention", recording)
         padded, padded_grads = run()
-    assert set(shapes) == {shape}  # the padding did happen
+    assert lengths and set(lengths) == {16}  # the padding did happen
     assert padded.shape == plain.shape
     torch.testing.assert_close(padded, plain, rtol=1e-12, atol=1e-12)
     for a, b in zip(padded_grads, plain_grads):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-
-
-def test_heads_are_padded_only_on_a_gpu_by_default():
-    """The default pads heads to the fused kernels' multiple of 8 dimensions on CUDA only: on a CPU its
-    flash kernel takes any head, and the model runs as written."""
-    import quietlab.models.attention as attention
-
-    model = make_model(seq_len=13, d_model=8, n_heads=4)
-    shapes = []
-    sdpa = attention.F.scaled_dot_product_attention
-
-    def recording(q, *a, **k):
-        shapes.append(q.shape[-1])
-        return sdpa(q, *a, **k)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(attention.F, "scaled_dot_product_attention", recording)
-        model(torch.randint(0, 11, (2, 13)))
-    assert set(shapes) == {2}
-    assert attention._PADDING["head"] is None and attention.FUSED_HEAD_MULTIPLE == 8
-
-

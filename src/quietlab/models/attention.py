@@ -32,34 +32,22 @@ NORM_FORMS = ("std", "var")
 QK_GRAD_MODES = ("mean_grad", "per_head_to_value_grad", "mean_to_value_grad")
 
 
-#: attention_padding's setting: causal sequences padded to a multiple of ``seq`` (0: as they are); heads to a
-#: multiple of ``head`` dimensions (None: of 8 on a GPU, not at all elsewhere)
-_PADDING = {"seq": 0, "head": None}
-#: the fused GPU kernels (flash and memory-efficient attention) take heads of a multiple of 8 dimensions
-FUSED_HEAD_MULTIPLE = 8
+_CAUSAL_PAD = {"multiple": 0}  # padded_causal_attention's setting (0: sequences as they are)
 
 
 @contextlib.contextmanager
-def attention_padding(seq: int = 0, head: int | None = None):
-    """Within it, attention through ``scaled_dot_product_attention`` pads with zeros and drops the padding's
-    outputs, so that every real output is unchanged:
-
-    - ``seq``: causal sequences at the end, to a multiple of ``seq``. A query sees only the keys before it,
-      and the attention's products get lengths the GPU's matrix kernels are aligned for (at 52 tokens
-      cuBLAS falls back to kernels for 2-element alignment).
-    - ``head``: each head's q, k and v to a multiple of ``head`` dimensions (0: never). Zeros add nothing to
-      q·k, the scale stays the real head's, and v's extra outputs are zeros. By default (None) heads are
-      padded to 8 on a GPU, where the fused kernels need it: heads of 2 or 4 dimensions (the paper grid's
-      d_model 8 and 16 with 4 heads) otherwise fall back to the math kernel, which writes out every
-      (query, key) score and its gradient.
-
-    Read when the forward is traced, so a compiled function keeps the setting it was traced under."""
-    before = dict(_PADDING)
-    _PADDING.update(seq=seq, head=head)
+def padded_causal_attention(multiple: int):
+    """Within it, causal attention pads its sequences with zeros at the end to a multiple of ``multiple``
+    (and drops the padding's outputs): a query sees only the keys before it, so the real positions' outputs
+    are unchanged, but the attention's products get lengths the GPU's matrix kernels are aligned for (at 52
+    tokens cuBLAS falls back to kernels for 2-element alignment). Read when the forward is traced, so a
+    compiled function keeps the setting it was traced under."""
+    before = _CAUSAL_PAD["multiple"]
+    _CAUSAL_PAD["multiple"] = multiple
     try:
         yield
     finally:
-        _PADDING.update(before)
+        _CAUSAL_PAD["multiple"] = before
 
 
 def heat_inverse_temperature(progress: torch.Tensor | float, start: float, d_head: int, fraction: float):
@@ -157,16 +145,13 @@ class CausalSelfAttention(nn.Module):
             beta = self.inverse_temperature()
             if isinstance(beta, torch.Tensor):  # heat: a tensor, so a compiled graph need not change
                 q, beta = q * beta.to(q.dtype), 1.0
-            seq, head = _PADDING["seq"], _PADDING["head"]
-            if head is None:
-                head = FUSED_HEAD_MULTIPLE if q.is_cuda else 0
-            seq_pad = (-T) % seq if seq and causal and T > 1 else 0
-            head_pad = (-self.d_head) % head if head else 0
-            if seq_pad or head_pad:
-                q, k, v = (F.pad(t, (0, head_pad, 0, seq_pad)) for t in (q, k, v))
+            multiple = _CAUSAL_PAD["multiple"]
+            pad = (-T) % multiple if multiple and causal and T > 1 else 0
+            if pad:
+                q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
             y = F.scaled_dot_product_attention(q, k, v, is_causal=causal and T > 1, scale=beta)
-            if seq_pad or head_pad:
-                y = y[:, :, :T, :self.d_head]
+            if pad:
+                y = y[:, :, :T]
         y = self.proj(y.transpose(1, 2).reshape(B, T, C))
         return y, pattern
 

@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from ..models.attention import attention_padding
+from ..models.attention import padded_causal_attention
 from ..runs.lock import LOCK_NAME, RunLock
 
 # ------------------------------------------------------------------------------------------------
@@ -169,9 +169,8 @@ def _attention_under_vmap(flat: torch.Tensor, math_only: bool = False):
     a vmapped ViT from the first step, and refuses float32 ('LSE is not correctly aligned'); flash
     attention (half precision) and the math kernel (float32) train as the models do alone
     (benchmarks/packed_gpu_check.py). ``math_only``: the math kernel alone, causal sequences padded to a
-    multiple of ``CAUSAL_PAD_MULTIPLE`` and heads left as they are (``attention_padding``: at 52 tokens, the
-    products' kernels for 2-element alignment had taken a third of a 64-model pack's step,
-    results/h200-2026-12-04-s13/pack64_math_profile.txt).
+    multiple of ``CAUSAL_PAD_MULTIPLE`` (``padded_causal_attention``: at 52 tokens, the products' kernels for 2-element alignment
+    had taken a third of a 64-model pack's step, results/h200-2026-12-04-s13/pack64_math_profile.txt).
     Nothing changes on a CPU."""
     if flat.device.type != "cuda":
         yield
@@ -182,7 +181,7 @@ def _attention_under_vmap(flat: torch.Tensor, math_only: bool = False):
         with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]):
             yield
         return
-    with sdpa_kernel([SDPBackend.MATH]), attention_padding(seq=CAUSAL_PAD_MULTIPLE, head=0):
+    with sdpa_kernel([SDPBackend.MATH]), padded_causal_attention(CAUSAL_PAD_MULTIPLE):
         yield
 
 
