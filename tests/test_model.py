@@ -302,6 +302,44 @@ def test_the_embedding_with_a_dense_gradient_gives_the_same_values_and_gradient(
     torch.testing.assert_close(grads[1].double(), w64.grad, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("d_model", [8, 16, 24])
+def test_swiglu_padded_hidden_leaves_logits_and_gradients_unchanged(d_model, monkeypatch):
+    """The paper's hidden sizes (22, 42, 64 for d_model 8, 16, 24) computed zero-padded to a multiple of 8, as
+    on a GPU: logits and every parameter's gradient equal the unpadded model's in float64, and the
+    parameters keep their shapes."""
+    import quietlab.models.transformer as transformer
+    from quietlab.models.paper import paper_config, paper_d_mlp
+
+    torch.manual_seed(0)
+    model = Transformer(paper_config(11, 13, d_model, 2)).double().train()
+    tokens = torch.randint(0, 11, (3, 13))
+
+    def run():
+        model.zero_grad()
+        logits = model(tokens)
+        (logits ** 2).mean().backward()
+        return logits.detach().clone(), [p.grad.clone() for p in model.parameters()]
+
+    widths = []
+    linear = transformer.F.linear
+
+    def recording(x, w, *a):
+        widths.append(w.shape[0])
+        return linear(x, w, *a)
+
+    plain, plain_grads = run()
+    monkeypatch.setattr(transformer, "PADDED_HIDDEN_DEVICES", ("cpu",))
+    monkeypatch.setattr(transformer.F, "linear", recording)
+    padded, padded_grads = run()
+    d_mlp = paper_d_mlp(d_model)
+    padded_width = d_mlp + (-d_mlp) % 8
+    assert padded_width in widths and (d_mlp == padded_width or d_mlp not in widths)
+    assert [p.shape for p in model.parameters()] == [g.shape for g in plain_grads]
+    torch.testing.assert_close(padded, plain, rtol=1e-12, atol=1e-12)
+    for a, b in zip(padded_grads, plain_grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("variant,kw", [("softmax", {}), ("heat", {"heat_start": 3.0})])
 def test_padded_causal_attention_leaves_logits_and_gradients_unchanged(variant, kw):
     """Causal sequences padded to a multiple of 8 inside attention (what GPU packs do for aligned kernels):

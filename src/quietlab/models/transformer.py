@@ -77,7 +77,20 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
+#: devices on which SwiGLU computes a hidden size that is not a multiple of 8 zero-padded to one
+PADDED_HIDDEN_DEVICES = ("cuda",)
+
+
 class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)).
+
+    On a GPU a hidden size that is not a multiple of 8 is computed zero-padded to one. The paper's sizes,
+    int(8d/3) rounded up to even (22, 42, ..., 1366), leave every hidden activation's rows 2-element aligned,
+    and cuBLAS then runs its products on slow kernels for unaligned operands (a quarter to a third of a
+    paper-grid pack's step on an H100: benchmarks/results/h100-2026-12-05-s22/). The padded units are
+    exactly zero (silu(0) · 0), and their weights' gradients are dropped by the padding's backward, so the
+    function and every parameter's gradient are the unpadded ones; the parameters keep the model's shape."""
+
     def __init__(self, d_model: int, d_mlp: int):
         super().__init__()
         self.gate = nn.Linear(d_model, d_mlp, bias=False)
@@ -85,7 +98,11 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(d_mlp, d_model, bias=False)
 
     def forward(self, x):
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        pad = (-self.gate.out_features) % 8 if x.device.type in PADDED_HIDDEN_DEVICES else 0
+        if not pad:
+            return self.down(F.silu(self.gate(x)) * self.up(x))
+        gate, up = (F.pad(w.weight, (0, 0, 0, pad)) for w in (self.gate, self.up))
+        return F.linear(F.silu(F.linear(x, gate)) * F.linear(x, up), F.pad(self.down.weight, (0, pad)))
 
 
 class Block(nn.Module):
