@@ -21,36 +21,22 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
+sys.path.insert(0, str(HERE))
 ARMS = ("none", "torch.set_num_threads", "set_cpu_threads")
 
 
 def child(arm: str, warm: int, steps: int) -> dict:
     import torch
 
-    from quietlab.models import Transformer
-    from quietlab.tasks import get_task
-    from quietlab.train import TrainConfig
-    from quietlab.train.evaluate import masked_loss
-    from quietlab.train.schedule import make_optimizer
     from quietlab.train.threads import set_cpu_threads
+    from step_time import demo_step
 
-    task = get_task("addition", n_bits=12)
-    torch.manual_seed(0)
-    model = Transformer(TrainConfig(task="addition", d_model=64, n_layers=4, n_heads=4).model_config(task))
-    optimizer = make_optimizer(model, 1e-3)
-    data = task.sample(64 * 16, seed=1, split="train")
-    tokens = torch.as_tensor(data.tokens, dtype=torch.long)
-    mask = torch.as_tensor(data.loss_mask, dtype=torch.bool)
+    step = demo_step(lr=1e-3, data_seed=1)
 
     def run(n: int) -> float:
         t = time.perf_counter()
         for s in range(n):
-            rows = slice((s % 16) * 64, (s % 16 + 1) * 64)
-            loss = masked_loss(model(tokens[rows]), tokens[rows], mask[rows])
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            step(s)
         return (time.perf_counter() - t) / n * 1000
 
     run(warm)
