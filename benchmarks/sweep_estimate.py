@@ -246,8 +246,9 @@ def main():
             points = sharing_table(args.sharing, args.workers)
             shared_s = sum(st["steps"] * st["ms_per_step"] / 1e3 * share_at(st["ms_per_step"], points)
                            for p in packs for st in p["stretches"])
+            shared_setup_s = setup_s / args.workers
             out["shared_card"] = {"workers": args.workers, "measured_shares": points, "steps_s": shared_s,
-                                  "setup_s": setup_s / args.workers, "gpu_hours": (shared_s + setup_s / args.workers) / 3600,
+                                  "setup_s": shared_setup_s, "gpu_hours": (shared_s + shared_setup_s) / 3600,
                                   "sharing_from": sorted(set(args.sharing))}
         out["pack_by_pack"] = {"compile": not args.no_compile, "packs": len(packs), "missing": missing, "steps_s": steps_s, "setup_s": setup_s,
                                "gpu_hours_one_pack_at_a_time": (steps_s + setup_s) / 3600,

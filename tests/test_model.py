@@ -302,6 +302,21 @@ def test_the_embedding_with_a_dense_gradient_gives_the_same_values_and_gradient(
     torch.testing.assert_close(grads[1].double(), w64.grad, rtol=1e-5, atol=1e-5)
 
 
+def _logits_and_grads(model, tokens):
+    """The model's logits on ``tokens`` and every parameter's gradient of a fixed loss on them (copies)."""
+    model.zero_grad()
+    logits = model(tokens)
+    (logits ** 2).mean().backward()
+    return logits.detach().clone(), [p.grad.clone() for p in model.parameters()]
+
+
+def _assert_same_logits_and_grads(got, want):
+    """float64 logits to 1e-12 and gradients to 1e-10 relative (1e-12 absolute)."""
+    torch.testing.assert_close(got[0], want[0], rtol=1e-12, atol=1e-12)
+    for a, b in zip(got[1], want[1]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("d_model", [8, 16, 24])
 def test_swiglu_padded_hidden_leaves_logits_and_gradients_unchanged(d_model, monkeypatch):
     """The paper's hidden sizes (22, 42, 64 for d_model 8, 16, 24) computed zero-padded to a multiple of 8, as
@@ -314,12 +329,6 @@ def test_swiglu_padded_hidden_leaves_logits_and_gradients_unchanged(d_model, mon
     model = Transformer(paper_config(11, 13, d_model, 2)).double().train()
     tokens = torch.randint(0, 11, (3, 13))
 
-    def run():
-        model.zero_grad()
-        logits = model(tokens)
-        (logits ** 2).mean().backward()
-        return logits.detach().clone(), [p.grad.clone() for p in model.parameters()]
-
     widths = []
     linear = transformer.F.linear
 
@@ -327,17 +336,17 @@ def test_swiglu_padded_hidden_leaves_logits_and_gradients_unchanged(d_model, mon
         widths.append(w.shape[0])
         return linear(x, w, *a)
 
-    plain, plain_grads = run()
+    plain, plain_grads = _logits_and_grads(model, tokens)
     monkeypatch.setattr(transformer, "PADDED_HIDDEN_DEVICES", ("cpu",))
     monkeypatch.setattr(transformer.F, "linear", recording)
-    padded, padded_grads = run()
+    padded, padded_grads = _logits_and_grads(model, tokens)
     d_mlp = paper_d_mlp(d_model)
     padded_width = d_mlp + (-d_mlp) % 8
     assert padded_width in widths and (d_mlp == padded_width or d_mlp not in widths)
-    assert [p.shape for p in model.parameters()] == [g.shape for g in plain_grads]
-    torch.testing.assert_close(padded, plain, rtol=1e-12, atol=1e-12)
-    for a, b in zip(padded_grads, plain_grads):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    mlp = model.blocks[0].mlp
+    assert (mlp.gate.weight.shape, mlp.up.weight.shape, mlp.down.weight.shape) == (
+        (d_mlp, d_model), (d_mlp, d_model), (d_model, d_mlp))
+    _assert_same_logits_and_grads((padded, padded_grads), (plain, plain_grads))
 
 
 @pytest.mark.parametrize("variant,kw", [("softmax", {}), ("heat", {"heat_start": 3.0})])
@@ -349,12 +358,6 @@ def test_padded_causal_attention_leaves_logits_and_gradients_unchanged(variant, 
     model = make_model(seq_len=13, attention=variant, **kw).double().train()
     tokens = torch.randint(0, 11, (3, 13))
 
-    def run():
-        model.zero_grad()
-        logits = model(tokens)
-        (logits ** 2).mean().backward()
-        return logits.detach().clone(), [p.grad.clone() for p in model.parameters()]
-
     import quietlab.models.attention as attention
 
     lengths = []
@@ -364,12 +367,10 @@ def test_padded_causal_attention_leaves_logits_and_gradients_unchanged(variant, 
         lengths.append(q.shape[-2])
         return sdpa(q, *a, **k)
 
-    plain, plain_grads = run()
+    plain, plain_grads = _logits_and_grads(model, tokens)
     with padded_causal_attention(8), pytest.MonkeyPatch.context() as mp:
         mp.setattr(attention.F, "scaled_dot_product_attention", recording)
-        padded, padded_grads = run()
+        padded, padded_grads = _logits_and_grads(model, tokens)
     assert lengths and set(lengths) == {16}  # the padding did happen
     assert padded.shape == plain.shape
-    torch.testing.assert_close(padded, plain, rtol=1e-12, atol=1e-12)
-    for a, b in zip(padded_grads, plain_grads):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    _assert_same_logits_and_grads((padded, padded_grads), (plain, plain_grads))
