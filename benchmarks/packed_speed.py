@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import train_speed  # noqa: E402  (its paper arm, MFU peak and data rate)
 from quietlab.models import Transformer, TransformerConfig  # noqa: E402
+from quietlab.models.paper import paper_config  # noqa: E402
 from quietlab.tasks import get_task  # noqa: E402
 from quietlab.train.budget import flops_per_token  # noqa: E402
 from quietlab.train.evaluate import masked_loss  # noqa: E402
@@ -213,7 +214,10 @@ def arm_packed(args, device, task):
 
 
 def arm_single(args, device, task, d_model, n_layers, modes):
-    cfg = TransformerConfig(vocab_size=len(task.vocab), seq_len=task.seq_len, d_model=d_model, n_layers=n_layers, n_heads=4)
+    if args.paper_model:  # the paper's model file (SwiGLU width 1366 at d_model 512, interleaved RoPE, ...)
+        cfg = paper_config(len(task.vocab), task.seq_len, d_model, n_layers)
+    else:
+        cfg = TransformerConfig(vocab_size=len(task.vocab), seq_len=task.seq_len, d_model=d_model, n_layers=n_layers, n_heads=4)
     batches = draw(task, 1, args.batch_size, device)
     trainers, out = {}, {}
     for m in modes:
@@ -230,7 +234,8 @@ def arm_single(args, device, task, d_model, n_layers, modes):
             times[m].append(time_it(lambda: run_single(t, m, batches, args.steady_steps, args.warmup), device))
     tokens = args.batch_size * task.seq_len
     fpt = flops_per_token(cfg)
-    out.update({"config": {"d_model": d_model, "n_layers": n_layers, "batch_size": args.batch_size, "seq_len": task.seq_len},
+    out.update({"config": {"d_model": d_model, "n_layers": n_layers, "batch_size": args.batch_size, "seq_len": task.seq_len,
+                           "d_mlp": cfg.d_mlp, "paper_model": args.paper_model},
                 "flops_per_token": fpt})
     for m in modes:
         s = statistics.median(times[m]) / args.steady_steps
@@ -260,6 +265,9 @@ def main():
     ap.add_argument("--seq-modes", default="eager,graph", help="single-model modes for the one-after-another baseline")
     ap.add_argument("--small-modes", default="eager,compiled,graph,graph-compiled")
     ap.add_argument("--large-modes", default="paper,eager,compiled,graph,graph-compiled")
+    ap.add_argument("--paper-model", action="store_true",
+                    help="small and large arms: every mode trains the paper's model file's configuration "
+                         "(models/paper.py: SwiGLU width int(8d/3) rounded to even, ...), the paper arm unpadded")
     ap.add_argument("--pack-attention", default=None,
                     help="attention kernels for packs and graph modes, e.g. math or flash_attention (default: the pack's own choice)")
     ap.add_argument("--inductor", default="", metavar="KEY=VALUE[,KEY=VALUE]",

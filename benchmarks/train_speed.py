@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from quietlab.models import Transformer, TransformerConfig  # noqa: E402
 from quietlab.models import attention as attention_module  # noqa: E402
+from quietlab.models import transformer as transformer_module  # noqa: E402
 from quietlab.tasks import get_task  # noqa: E402
 from quietlab.train.budget import flops_per_token  # noqa: E402
 from quietlab.train.evaluate import masked_loss  # noqa: E402
@@ -63,16 +64,19 @@ class _WrittenOutAttention:
 
 @contextlib.contextmanager
 def mode_context(mode: str, device: torch.device):
-    saved = (attention_module.F, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    if mode == "paper":
+    saved = (attention_module.F, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             transformer_module.PADDED_HIDDEN_DEVICES)
+    if mode == "paper":  # the paper's code: attention written out, no TF32, SwiGLU at its own (unaligned) width
         attention_module.F = _WrittenOutAttention()
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        transformer_module.PADDED_HIDDEN_DEVICES = ()
     else:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     try:
         yield
     finally:
-        attention_module.F, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        (attention_module.F, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         transformer_module.PADDED_HIDDEN_DEVICES) = saved
 
 
 def sync(device):
