@@ -3,6 +3,8 @@
 import itertools
 import json
 import sqlite3
+import subprocess
+import sys
 import textwrap
 
 import pandas as pd
@@ -85,6 +87,47 @@ def test_a_malformed_spec_is_one_line_naming_the_key(tmp_path, extra, key):
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and f"'{key}'" in lines[0], result.output
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_bytes(b"task = \"addition\"\n\xe8\xff\n"), "{spec} is not a text file (TOML is UTF-8 text)"),
+    (lambda p: None, "no sweep spec at {spec}"),
+])
+def test_an_unreadable_or_missing_spec_is_one_line_naming_the_file(tmp_path, make, message):
+    spec = tmp_path / "spec.toml"
+    make(spec)
+    result = runner.invoke(app, ["sweep", str(spec), "--out", str(tmp_path / "sw")])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == ["error: " + message.format(spec=spec)]
+
+
+def test_frontier_of_a_folder_that_is_no_sweep_is_one_line(tmp_path):
+    result = runner.invoke(app, ["frontier", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [f"error: {tmp_path} is not a sweep folder (no sweep.sqlite)"]
+
+
+def test_a_second_sweep_into_a_folder_being_swept_is_refused_before_it_writes(tmp_path):
+    """As a run folder's: the sweep holds its folder's lock; a second sweep is one line naming the holder, exit 2,
+    and leaves the table alone (it used to record every run of the first as failed, their folders being locked)."""
+    out = tmp_path / "sw"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from quietlab.runs.lock import RunLock
+        lock = RunLock({str(out)!r}, create=True, what="sweep folder").acquire()
+        print("locked", flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = runner.invoke(app, ["sweep", str(write(tmp_path, SMALL)), "--out", str(out)])
+        assert result.exit_code == 2, result.output
+        assert result.output.strip().splitlines() == [
+            f"error: {out} is being written by another process (pid {holder.pid}); wait for it to finish or stop it"]
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_bad_values_are_caught_before_anything_runs(tmp_path):

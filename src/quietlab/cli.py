@@ -42,6 +42,8 @@ def _one_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         names = " → ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
         text = f"{names}: {exc.strerror}" if names else exc.strerror
+    elif isinstance(exc, OSError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+        text = exc.args[0]  # raised by quietlab with its own message, e.g. "x is not a sweep folder"
     elif isinstance(exc, OSError | sqlite3.DatabaseError):
         text = f"{type(exc).__name__}: {exc}"
     else:

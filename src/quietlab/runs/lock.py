@@ -1,4 +1,4 @@
-"""The run folder's writer lock: one process writes a run folder at a time.
+"""The run folder's writer lock: one process writes a run folder (or a sweep folder) at a time.
 
 The writer holds an exclusive ``fcntl.flock`` on ``RUN/.lock`` and writes its pid into the file. The
 kernel drops the lock when the process ends however it ends (kill -9 included), so a lock file left by
@@ -19,22 +19,22 @@ LOCK_NAME = ".lock"
 
 
 class RunLock:
-    def __init__(self, run_dir: Path | str, create: bool = False):
+    def __init__(self, run_dir: Path | str, create: bool = False, what: str = "run folder"):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_NAME
-        self.create = create
+        self.create, self.what = create, what  # what: the folder's kind, as the errors name it
         self._fd: int | None = None
 
     def acquire(self) -> "RunLock":
         """Take the lock (creating the run folder first if ``create``); a ValueError if another process
         holds it, or if the folder is missing and not to be created."""
         if not self.create and not self.run_dir.is_dir():
-            raise ValueError(f"no run folder at {self.run_dir}")
+            raise ValueError(f"no {self.what} at {self.run_dir}")
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise ValueError(f"cannot write the run folder {self.run_dir}: {exc.strerror or exc}") from None
+            raise ValueError(f"cannot write the {self.what} {self.run_dir}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -43,7 +43,7 @@ class RunLock:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise ValueError(f"{self.run_dir} is being written by another process (pid {holder}); "
                                  "wait for it to finish or stop it") from None
-            raise ValueError(f"cannot lock the run folder {self.run_dir}: {exc.strerror or exc}") from None
+            raise ValueError(f"cannot lock the {self.what} {self.run_dir}: {exc.strerror or exc}") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd

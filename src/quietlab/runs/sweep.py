@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..train.loop import PRESETS, RESUMABLE_CHANGES, TrainConfig
+from .lock import RunLock
 
 try:
     import tomllib
@@ -187,7 +188,10 @@ def load_spec(path) -> tuple[list[RunSpec], dict, str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no sweep spec at {path}")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text file (TOML is UTF-8 text)") from None
     try:
         spec = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -373,7 +377,8 @@ def plan_packs(runs: list[RunSpec], run_dirs: dict[str, Path], pack_size: int, s
 
 def run_sweep(spec_path, out=None, executor: str = "local", workers: int | None = None, address: str | None = None,
               gpus_per_pack: float | None = None, retry_failed: bool = False, progress: bool = True) -> dict:
-    """Run (or resume) the sweep of ``spec_path`` into ``out`` (default sweeps/SPEC_NAME); returns a summary."""
+    """Run (or resume) the sweep of ``spec_path`` into ``out`` (default sweeps/SPEC_NAME); returns a summary.
+    The sweep holds ``out``'s writer lock (runs/lock.py) while it runs: a second sweep into it is refused."""
     from .folder import write_atomic
 
     if executor not in ("local", "ray"):
@@ -381,24 +386,28 @@ def run_sweep(spec_path, out=None, executor: str = "local", workers: int | None 
     runs, settings, text = load_spec(spec_path)
     runs, left_out = _within_steps(runs, settings["min_steps"], settings["max_steps"])
     out = Path(out) if out is not None else Path("sweeps") / Path(spec_path).stem
-    write_atomic(out / "spec.toml", text.encode())
-    table = SweepTable(out / "sweep.sqlite")
-    run_dirs = {r.run_id: out / "runs" / r.folder_name for r in runs}
-    for r in runs:
-        table.add(r, run_dirs[r.run_id].relative_to(out))
-    status = table.status()
-    skip = {"done", "failed"} if not retry_failed else {"done"}
-    todo = [r for r in runs if status.get(r.run_id) not in skip]
-    from . import executors
-
-    ex = executors.make(executor, workers=workers, address=address, gpus_per_pack=gpus_per_pack) if todo else None
-    packs, unplannable = plan_packs(todo, run_dirs, settings["pack_size"], ex.slots if ex else 1)
-    for run_id, error in unplannable:
-        table.fail(run_id, error)
-    counts = {"done": 0, "failed": len(unplannable)}
-    t0 = time.perf_counter()
-    bar = _sweep_bar(progress, len(todo), len(unplannable))
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is not a directory; choose another --out")
+    lock = RunLock(out, create=True, what="sweep folder").acquire()
+    table = ex = None
     try:
+        write_atomic(out / "spec.toml", text.encode())
+        table = SweepTable(out / "sweep.sqlite")
+        run_dirs = {r.run_id: out / "runs" / r.folder_name for r in runs}
+        for r in runs:
+            table.add(r, run_dirs[r.run_id].relative_to(out))
+        status = table.status()
+        skip = {"done", "failed"} if not retry_failed else {"done"}
+        todo = [r for r in runs if status.get(r.run_id) not in skip]
+        from . import executors
+
+        ex = executors.make(executor, workers=workers, address=address, gpus_per_pack=gpus_per_pack) if todo else None
+        packs, unplannable = plan_packs(todo, run_dirs, settings["pack_size"], ex.slots if ex else 1)
+        for run_id, error in unplannable:
+            table.fail(run_id, error)
+        counts = {"done": 0, "failed": len(unplannable)}
+        t0 = time.perf_counter()
+        bar = _sweep_bar(progress, len(todo), len(unplannable))
         with bar if bar is not None else contextlib.nullcontext():
             for results in (ex.run(packs) if packs else []):
                 for run_id, state, payload, packed_with in results:
@@ -409,11 +418,15 @@ def run_sweep(spec_path, out=None, executor: str = "local", workers: int | None 
                     counts[state] += 1
                 if bar is not None:
                     bar.update(0, completed=counts["done"] + counts["failed"], failed=counts["failed"])
-    finally:
-        if ex is not None:
-            ex.close()
         rows = table.rows()
-        table.close()
+    finally:
+        try:
+            if ex is not None:
+                ex.close()
+            if table is not None:
+                table.close()
+        finally:
+            lock.release()
     by_status = {s: sum(r["status"] == s for r in rows) for s in ("done", "failed", "pending")}
     return {"sweep": str(out), "runs": len(runs), "this_time": {"done": counts["done"], "failed": counts["failed"]},
             "skipped": len(runs) - len(todo), "left_out": left_out, **by_status, "packs": len(packs), "wall_s": time.perf_counter() - t0,
