@@ -391,12 +391,15 @@ def test_cpu_worker_processes_train_as_one_process_does(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--beta", "1", "--tau", "2"], "not both"),
-    (["--tau", "0"], "--tau must be > 0"),
+    (["--tau", "0"], "--tau must be a finite number > 0, got 0.0"),
     (["--variants", "softmax,foo"], "unknown variant foo"),
     (["--scale", "huge"], "--scale must be one of"),
     (["--seeds", "0"], "--seeds must be at least 1"),
     (["--workers", "0"], "--workers must be at least 1"),
     (["--scale", "paper", "--data", "/nonexistent/folder"], "no such folder"),
+    (["--data", "/some/folder"], "--data is read at --scale paper only; --scale small draws scikit-learn's 8×8 digits"),
+    (["--beta", "inf"], "--beta must be a finite number > 0, got inf"),
+    (["--tau", "inf"], "--tau must be a finite number > 0, got inf"),
     (["--lr", "foo=1e-3"], "--lr foo=1e-3: unknown variant 'foo'"),
     (["--lr", "normsoftmax=fast"], "the rate must be a positive number"),
     (["--lr", "heat=-1"], "the rate must be a positive number"),

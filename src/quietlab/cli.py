@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sqlite3
 import sys
 import warnings
@@ -430,8 +431,8 @@ def eureka_cmd(
     if beta is not None and tau is not None:
         raise ValueError("give --beta (the study's multiplier) or --tau (quietlab's divisor), not both")
     for flag, value in (("--beta", beta), ("--tau", tau)):
-        if value is not None and not value > 0:
-            raise ValueError(f"{flag} must be > 0, got {value}")
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"{flag} must be a finite number > 0, got {value}")
     if workers is not None and workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
     overrides = {"device": device, "data_dir": data, "task_variant": task_variant, "workers": workers}

@@ -619,6 +619,8 @@ def run_eureka(scale: str, seeds: int, variants: list[str], out, overrides: dict
     if bad or not variants:
         raise ValueError(f"unknown variant {', '.join(bad) or '(none)'}; choose from {', '.join(MODEL_VARIANTS)}")
     cfg = dataclasses.replace(SCALES[scale], **(overrides or {}))
+    if cfg.data_dir is not None and cfg.images != "paper":
+        raise ValueError(f"--data is read at --scale paper only; --scale {scale} draws scikit-learn's 8×8 digits")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} already exists and is not empty; choose another --out")
