@@ -101,6 +101,20 @@ def test_an_unreadable_or_missing_spec_is_one_line_naming_the_file(tmp_path, mak
     assert result.output.strip().splitlines() == ["error: " + message.format(spec=spec)]
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--workers", "0"], "--workers must be >= 1, got 0"),
+    (["--gpus-per-pack", "0.25"], "--address and --gpus-per-pack are for --executor ray"),
+    (["--executor", "ray", "--gpus-per-pack", "-1"], "--gpus-per-pack must be a number > 0, got -1.0"),
+    (["--executor", "dask"], "--executor must be local or ray, got 'dask'"),
+])
+def test_bad_executor_options_are_refused_even_when_every_run_is_done(small_sweep, args, message):
+    """Checked before the table is opened, not only when a pack is left to run."""
+    out, _ = small_sweep
+    result = runner.invoke(app, ["sweep", str(out / "spec.toml"), "--out", str(out), *args])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [f"error: {message}"]
+
+
 def test_frontier_of_a_folder_that_is_no_sweep_is_one_line(tmp_path):
     result = runner.invoke(app, ["frontier", str(tmp_path)])
     assert result.exit_code == 2

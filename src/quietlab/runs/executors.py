@@ -13,6 +13,7 @@ yields each pack's results (``sweep.run_pack``'s list) as it finishes, in any or
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -20,10 +21,22 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from .sweep import run_pack
 
 
+def check_options(kind: str, workers: int | None = None, address: str | None = None,
+                  gpus_per_pack: float | None = None) -> None:
+    """A ValueError for executor options that no cluster could take, before anything is started or written."""
+    if kind not in ("local", "ray"):
+        raise ValueError(f"--executor must be local or ray, got {kind!r}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    if kind == "local" and (address is not None or gpus_per_pack is not None):
+        raise ValueError("--address and --gpus-per-pack are for --executor ray")
+    if gpus_per_pack is not None and not (gpus_per_pack > 0 and math.isfinite(gpus_per_pack)):
+        raise ValueError(f"--gpus-per-pack must be a number > 0, got {gpus_per_pack}")
+
+
 def make(kind: str, workers: int | None = None, address: str | None = None, gpus_per_pack: float | None = None):
+    check_options(kind, workers, address, gpus_per_pack)
     if kind == "local":
-        if address is not None or gpus_per_pack is not None:
-            raise ValueError("--address and --gpus-per-pack are for --executor ray")
         return LocalExecutor(workers)
     return RayExecutor(address, gpus_per_pack, workers)
 
@@ -41,8 +54,6 @@ class LocalExecutor:
     def __init__(self, workers: int | None = None):
         import torch
 
-        if workers is not None and workers < 1:
-            raise ValueError(f"--workers must be >= 1, got {workers}")
         self.gpus = torch.cuda.device_count()
         self.slots = workers or self.gpus or (os.cpu_count() or 1)  # on GPUs, workers > GPUs shares the cards
         self.threads = None if self.gpus or self.slots == 1 else max(1, (os.cpu_count() or 1) // self.slots)

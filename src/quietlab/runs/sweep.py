@@ -379,10 +379,10 @@ def run_sweep(spec_path, out=None, executor: str = "local", workers: int | None 
               gpus_per_pack: float | None = None, retry_failed: bool = False, progress: bool = True) -> dict:
     """Run (or resume) the sweep of ``spec_path`` into ``out`` (default sweeps/SPEC_NAME); returns a summary.
     The sweep holds ``out``'s writer lock (runs/lock.py) while it runs: a second sweep into it is refused."""
+    from . import executors
     from .folder import write_atomic
 
-    if executor not in ("local", "ray"):
-        raise ValueError(f"--executor must be local or ray, got {executor!r}")
+    executors.check_options(executor, workers, address, gpus_per_pack)
     runs, settings, text = load_spec(spec_path)
     runs, left_out = _within_steps(runs, settings["min_steps"], settings["max_steps"])
     out = Path(out) if out is not None else Path("sweeps") / Path(spec_path).stem
@@ -399,8 +399,6 @@ def run_sweep(spec_path, out=None, executor: str = "local", workers: int | None 
         status = table.status()
         skip = {"done", "failed"} if not retry_failed else {"done"}
         todo = [r for r in runs if status.get(r.run_id) not in skip]
-        from . import executors
-
         ex = executors.make(executor, workers=workers, address=address, gpus_per_pack=gpus_per_pack) if todo else None
         packs, unplannable = plan_packs(todo, run_dirs, settings["pack_size"], ex.slots if ex else 1)
         for run_id, error in unplannable:
