@@ -72,6 +72,9 @@ PRESETS = ("quietlab", "paper")
 PAPER_CTX_EXAMPLES = 128
 # Settings that may differ when a run is resumed (they change speed, not what is trained).
 RESUMABLE_CHANGES = ("device", "dtype", "compile")
+#: the largest learning rate accepted: AdamW moves each weight by about lr a step, so more is surely a typo
+#: (1e300 used to end in a traceback from the optimizer's float32 arithmetic)
+MAX_LR = 10.0
 #: the default evaluations' estimated cost as a fraction of the training compute (see above)
 EVAL_BUDGET = 0.03
 #: evenly spaced checkpoints by default, besides the log-spaced ones
@@ -187,8 +190,10 @@ class TrainConfig:
         for name in ("eval_every", "checkpoint_every", "d_mlp"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{_flag(name)} must be >= 1, got {getattr(self, name)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"--lr must be a positive number, got {self.lr}")
+        if not 0 < self.lr <= MAX_LR:
+            raise ValueError(f"--lr must be a number in (0, {MAX_LR:g}], got {self.lr}")
+        if not -(2**63) <= self.seed < 2**63:  # torch's and numpy's seeds are 64-bit
+            raise ValueError(f"--seed must be a whole number in [-2**63, 2**63), got {self.seed}")
         if self.attention not in VARIANTS:
             raise ValueError(f"--attention must be one of {', '.join(VARIANTS)}, got {self.attention!r}")
         if self.norm_form not in NORM_FORMS:
