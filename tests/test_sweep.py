@@ -75,6 +75,7 @@ def test_tasks_tables_give_each_task_its_own_sizes_and_axes():
 
 @pytest.mark.parametrize("extra, key", [
     ("colour = 3", "colour"),
+    ("min_steps = 10\nmax_steps = 2", "min_steps"),
     ("d_model = \"big\"", "d_model"),
     ("lr = []", "lr"),
     ("flops = 1e12", "steps"),
@@ -259,6 +260,8 @@ def test_min_steps_leaves_out_runs_too_short_to_train(tmp_path):
     summary = run_sweep(spec, tmp_path / "sw", workers=1, progress=False)
     assert summary["left_out"] == 1 and summary["runs"] == 1 and summary["done"] == 1 and summary["failed"] == 0
     assert list(table(tmp_path / "sw").flops) == [1e7]
+    result = runner.invoke(app, ["sweep", str(spec), "--out", str(tmp_path / "sw")])  # the verb says so
+    assert result.exit_code == 0 and "1 left out by min_steps/max_steps" in " ".join(result.output.split())
 
 
 def test_a_run_that_fails_is_recorded_and_its_pack_goes_on(small_sweep, tmp_path):

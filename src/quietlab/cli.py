@@ -504,8 +504,9 @@ def sweep_cmd(
         return
     console.print(f"{summary['runs']} runs in {summary['sweep']}: {summary['done']} done, {summary['failed']} failed, "
                   f"{summary['pending']} pending ({summary['skipped']} already finished before; "
-                  f"{summary['packs']} packs this time, {summary['wall_s']:.1f} s). Table: {summary['table']}",
-                  highlight=False)
+                  f"{summary['packs']} packs this time, {summary['wall_s']:.1f} s)"
+                  + (f"; {summary['left_out']} left out by min_steps/max_steps" if summary["left_out"] else "")
+                  + f". Table: {summary['table']}", highlight=False)
 
 
 @app.command("frontier")

@@ -152,6 +152,8 @@ def expand_spec(spec: dict) -> tuple[list[RunSpec], dict]:
             settings[key] = _check_value(key, spec[key])
             if settings[key] < 1:
                 raise _key_error(key, f"must be >= 1, got {settings[key]}")
+    if settings["min_steps"] is not None and settings["max_steps"] is not None and settings["min_steps"] > settings["max_steps"]:
+        raise _key_error("min_steps", f"{settings['min_steps']} is above max_steps ({settings['max_steps']}): no run could be kept")
     for entry in _task_entries(spec):
         entry = {k: v for k, v in entry.items() if k not in SWEEP_KEYS}
         for key in entry:
