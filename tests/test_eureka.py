@@ -476,3 +476,78 @@ def test_sgd_steps_by_the_gradient_with_decay_on_matrices_only_and_is_never_pack
     with pytest.raises(ValueError, match="optimizer must be adamw or sgd"):
         train_seeds(dataclasses.replace(cfg, optimizer="adam"), "softmax", [0], tmp_path / "bad", task)
     assert not (tmp_path / "bad").exists()
+
+
+# --- a study cut short resumes ----------------------------------------------------------------------------
+class _Cut(Exception):
+    pass
+
+
+def _cut_at(text):
+    """A log callback that stops the study when it logs a line starting with ``text``, as a kill would."""
+    def log(line):
+        if line.startswith(text):
+            raise _Cut(line)
+    return log
+
+
+def _all_metrics(run_dir):
+    from quietlab.runs import RunFolder
+
+    with RunFolder(run_dir).store() as s:
+        return {name: s.series(name) for name in s.metric_names()}, s.probes()
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_a_run_cut_short_resumes_from_its_checkpoint_to_the_uninterrupted_result(tmp_path, pack):
+    """Heat treatment (its schedule's progress is state) and, one after another, drop-path (torch's random
+    state): cut at step 35 of 40, resumed from the checkpoint at 30, every logged number equals the run that
+    was never cut, on the CPU exactly."""
+    import dataclasses
+
+    from quietlab.recipes.eureka import SMALL, load_task, train_seeds
+    from quietlab.runs import RunFolder
+
+    cfg = dataclasses.replace(SMALL, **{**TINY, "steps": 40, "eval_every": 1, "n_layers": 2, "pack": pack,
+                                        "drop_path": 0.0 if pack else 0.2})
+    task = load_task(cfg)
+    whole = train_seeds(cfg, "heat", [0, 1], tmp_path / "whole", task)
+    with pytest.raises(_Cut):
+        train_seeds(cfg, "heat", [0, 1], tmp_path / "cut", task, log=_cut_at("heat seed 1 step 35" if pack else "heat seed 0 step 35"))
+    for seed in (0, 1):
+        assert [s for s, _ in RunFolder(tmp_path / "cut" / f"heat-seed{seed}").checkpoints()] == ([20, 30] if pack or seed == 0 else [])
+    lines = []
+    resumed = train_seeds(cfg, "heat", [0, 1], tmp_path / "cut", task, log=lines.append, resume=True)
+    firsts = {seed: next(l for l in lines if l.startswith(f"heat seed {seed} ")).split(":")[0] for seed in (0, 1)}
+    assert firsts == {0: "heat seed 0 step 31", 1: "heat seed 1 step 31" if pack else "heat seed 1 step 0"}
+    for a, b in zip(whole, resumed):
+        assert b["eval/loss"] == a["eval/loss"] and b["eval/acc"] == a["eval/acc"]
+        assert _all_metrics(b["run_dir"]) == _all_metrics(a["run_dir"])
+
+
+def test_a_study_resumes_keeping_its_finished_runs_and_refuses_other_settings(tmp_path):
+    from quietlab.recipes.eureka import run_eureka
+
+    overrides = {**TINY, "steps": 24, "eval_every": 2}
+    with pytest.raises(_Cut):
+        run_eureka("small", 2, ["softmax", "temperature"], tmp_path / "o", overrides, report=False,
+                   log=_cut_at("temperature seed 1 step 4"))
+    with pytest.raises(ValueError, match=r"already exists and is not empty; pass --resume"):
+        run_eureka("small", 2, ["softmax", "temperature"], tmp_path / "o", overrides, report=False)
+    with pytest.raises(ValueError, match=r"differ from the study's eureka.json: seeds \(the study has 2, given 3\)"):
+        run_eureka("small", 3, ["softmax", "temperature"], tmp_path / "o", overrides, report=False, resume=True)
+    with pytest.raises(ValueError, match=r"holds no eureka study to resume"):
+        run_eureka("small", 2, ["softmax"], tmp_path / "other", overrides, report=False, resume=True)
+    lines = []
+    summary = run_eureka("small", 2, ["softmax", "temperature"], tmp_path / "o", {**overrides, "workers": 2},
+                         report=False, resume=True, log=lines.append)
+    assert summary["complete"] and [v["seeds"] for v in summary["variants"].values()] == [2, 2]
+    assert not [l for l in lines if l.startswith("softmax") or l.startswith("temperature seed 0")]  # kept, not redone
+    fresh = run_eureka("small", 2, ["softmax", "temperature"], tmp_path / "fresh", overrides, report=False)
+    assert [r["final_acc"] for r in summary["runs"]] == [r["final_acc"] for r in fresh["runs"]]
+
+
+def test_cli_resume_needs_the_studys_folder():
+    result = CliRunner().invoke(app, ["eureka", "--resume"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ["error: --resume needs --out: the folder of the study to continue"]

@@ -421,6 +421,7 @@ def eureka_cmd(
     task_variant: str = typer.Option("base", "--task-variant", help="base, no_fixed_pos, digit_group_4 or colored_target."),
     device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda, cuda:N."),
     workers: Optional[int] = typer.Option(None, "--workers", help="CPU only: runs trained at once, each in a process of one torch thread (default: one per core)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the study in --out (give the same settings; --device and --workers may change): finished runs are kept, the others go on from their last checkpoint."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
     """Train every attention variant (and a CNN) over seeds on the two-step image task and compare their Eureka-moments."""
@@ -445,9 +446,11 @@ def eureka_cmd(
     if lr and scale in SCALES:  # an unknown scale is refused by run_eureka
         overrides["lr"] = learning_rates(lr, SCALES[scale].lr)
     names = [v.strip() for v in variants.split(",") if v.strip()]
+    if resume and out is None:
+        raise ValueError("--resume needs --out: the folder of the study to continue")
     target = out or f"runs/eureka-{scale}-{time.strftime('%Y%m%d-%H%M%S')}"
     summary = run_eureka(scale, seeds, names, target, overrides,
-                         log=None if as_json else lambda s: err_console.print(s, highlight=False))
+                         log=None if as_json else lambda s: err_console.print(s, highlight=False), resume=resume)
     if as_json:
         print(json.dumps(summary, indent=2))
         return

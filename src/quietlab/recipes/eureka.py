@@ -38,6 +38,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import shutil
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -49,10 +50,12 @@ import torch
 import torch.nn.functional as F
 
 from ..runs import RunFolder, write_atomic
+from ..runs.lock import LOCK_NAME, RunLock
 
 MODEL_VARIANTS = ("softmax", "temperature", "normsoftmax", "heat", "qk_rescale", "cnn")
 DEFAULT_VARIANTS = ("softmax", "temperature", "normsoftmax", "heat", "cnn")
 SUCCESS = 0.75
+CHECKPOINT_EVERY = 10  # a checkpoint at every tenth evaluation (see _RunWriter)
 LEAVING = 0.6  # decision accuracy at which a run has left the plateau's 45-55% (plateau_diagnostics)
 
 
@@ -230,30 +233,72 @@ def probe_cls(model, task, cfg: EurekaConfig, seed: int, step: int, device) -> l
 
 
 class _RunWriter:
-    """One run's folder: its config, its train losses and its evaluations (shared by the sequential and packed paths)."""
+    """One run's folder: its config, its train losses, its evaluations and its checkpoints (shared by the
+    sequential and packed paths).
 
-    def __init__(self, cfg: EurekaConfig, variant: str, seed: int, run_dir, task, model, device, amp, peak: float, log):
+    Checkpoints (``checkpoint_steps``: every CHECKPOINT_EVERY-th evaluation, not the first or the last) hold the
+    model, the optimizer's state, the random states and the training batches' generator, so that a run cut
+    short resumes (``resume=True``: from ``checkpoint``, the newest readable one at or before ``at_most``) and
+    gives what it would have given uninterrupted; the two newest are kept. A run folder with no checkpoint
+    starts again from nothing."""
+
+    def __init__(self, cfg: EurekaConfig, variant: str, seed: int, run_dir, task, model, device, amp, peak: float, log,
+                 resume: bool = False, at_most: int | None = None):
+        from ..train.checkpoint import CheckpointWriter
         from ..train.loop import derive_seed
 
         self.cfg, self.variant, self.seed, self.task, self.device, self.log = cfg, variant, seed, task, device, log
         self.folder = RunFolder(run_dir)
-        if self.folder.path.exists() and any(self.folder.path.iterdir()):
+        if self.folder.path.exists() and any(self.folder.path.iterdir()) and not resume:
             raise ValueError(f"{self.folder.path} already exists; choose another --out")
         self.autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else _no_autocast
-        self.folder.write_config({
-            "recipe": "eureka", "variant": variant, "seed": seed, "attention": getattr(model.config, "attention", "cnn"),
-            **cfg.to_dict(), "lr_peak": peak, "data_source": task.source, "model_config": model.config.to_dict(),
-            "device": str(device), "autocast": str(amp or "fp32"), "n_params": sum(p.numel() for p in model.parameters()),
-            "torch_version": torch.__version__})
+        self.checkpoint = _resume_point(self.folder, at_most) if resume else None
+        if self.checkpoint is None:
+            if self.folder.path.exists():
+                shutil.rmtree(self.folder.path)
+            self.folder.write_config({
+                "recipe": "eureka", "variant": variant, "seed": seed, "attention": getattr(model.config, "attention", "cnn"),
+                **cfg.to_dict(), "lr_peak": peak, "data_source": task.source, "model_config": model.config.to_dict(),
+                "device": str(device), "autocast": str(amp or "fp32"), "n_params": sum(p.numel() for p in model.parameters()),
+                "torch_version": torch.__version__})
+        self.start = 0 if self.checkpoint is None else int(self.checkpoint["step"])
         self.store = self.folder.store()
+        self.store.truncate_after(self.start if self.checkpoint is not None else -1)
         self.batches = task.epoch_batches(seed, cfg.batch_size)
+        for _ in range(self.start):  # the batches of the steps already taken
+            next(self.batches)
         self.rng = np.random.default_rng(derive_seed(seed, 0x7A11))
+        if self.checkpoint is not None:
+            self.rng.bit_generator.state = self.checkpoint["config"]["data_rng"]
         ordered = sorted(set(range(0, cfg.steps + 1, cfg.eval_every)) | {cfg.steps})
         self.eval_steps = set(ordered)
         self.probe_steps = {ordered[round(i * (len(ordered) - 1) / max(1, cfg.probe_evals))] for i in range(cfg.probe_evals + 1)}
+        self.checkpoint_steps = set(ordered[CHECKPOINT_EVERY:-1:CHECKPOINT_EVERY])
         stats = task.draw(np.arange(cfg.stats_examples), np.random.default_rng(seed), "test")[0]
         self.stats_x = torch.from_numpy(stats).to(device)
         self.pending: list[tuple[int, torch.Tensor]] = []
+        self.writer = CheckpointWriter(self.folder.path)
+        # wall seconds of the sessions before this one, up to the checkpoint
+        self.wall_before = (self.store.get("eureka", "wall_s") or 0.0) if self.checkpoint is not None else 0.0
+
+    def resume_into(self, model, optimizer=None) -> None:
+        """Load the checkpoint's model and optimizer state (``optimizer``: one with ``load_state_dict``) and its
+        random states; the model's training progress (heat treatment) follows."""
+        from ..train.checkpoint import set_rng_state
+
+        model.load_state_dict(self.checkpoint["model"])
+        if optimizer is not None:
+            optimizer.load_state_dict(self.checkpoint["optimizer"])
+        set_rng_state(self.checkpoint["rng"])
+
+    def save(self, step: int, model, optimizer, wall_s: float) -> None:
+        """A checkpoint at ``step`` (after its evaluation), then the older ones but the newest removed."""
+        self.store.put("eureka", "wall_s", self.wall_before + wall_s)
+        self.writer.save(step, model, optimizer, {"variant": self.variant, "seed": self.seed,
+                                                  "data_rng": self.rng.bit_generator.state})
+        self.writer.wait()
+        for _, path in self.folder.checkpoints()[:-2]:
+            path.unlink(missing_ok=True)
 
     def next_batch(self):
         x, y, _ = self.task.draw(next(self.batches), self.rng, "train")
@@ -278,10 +323,43 @@ class _RunWriter:
                      f"decision {metrics['eval/decision_acc']:.3f} loss {metrics['eval/loss']:.3f}")
 
     def close(self, wall_s: float) -> dict:
+        """The run is complete: its total wall time (over every session it took) and final metrics."""
+        self.writer.close()
+        self.store.put("eureka", "wall_s", self.wall_before + wall_s)
+        self.store.put("eureka", "complete", True)
         self.store.close()
-        with self.folder.store() as s:
-            final = {name: s.series(name)[1][-1] for name in ("eval/acc", "eval/decision_acc", "eval/loss")}
-        return {"variant": self.variant, "seed": self.seed, "run_dir": str(self.folder.path), "wall_s": wall_s, **final}
+        return finished_run(self.folder.path)
+
+    def abort(self) -> None:
+        try:
+            self.writer.close()
+        finally:
+            self.store.close()
+
+
+def finished_run(run_dir) -> dict | None:
+    """(variant, seed, run_dir, wall_s and final metrics) of a complete run folder, else None."""
+    folder = RunFolder(run_dir)
+    if not (folder.path / "metrics.sqlite").is_file():
+        return None
+    with folder.store() as s:
+        if not s.get("eureka", "complete"):
+            return None
+        final = {name: s.series(name)[1][-1] for name in ("eval/acc", "eval/decision_acc", "eval/loss")}
+        wall = s.get("eureka", "wall_s")
+    cfg = folder.read_config()
+    return {"variant": cfg["variant"], "seed": cfg["seed"], "run_dir": str(folder.path), "wall_s": wall, **final}
+
+
+def _resume_point(folder: RunFolder, at_most: int | None = None) -> dict | None:
+    """The newest readable checkpoint of ``folder`` at or before step ``at_most`` (None: any), or None."""
+    from ..train.checkpoint import readable_checkpoints, remove_stale_temp_files
+
+    if not folder.path.is_dir():
+        return None
+    remove_stale_temp_files(folder.path)
+    return next((payload for step, payload in readable_checkpoints(folder.path)
+                 if at_most is None or step <= at_most), None)
 
 
 def _setup(cfg: EurekaConfig, variant: str, task):
@@ -307,23 +385,29 @@ def _lr(cfg: EurekaConfig, step: int, peak: float) -> float:
     return lr_at(step - 1, cfg.steps, peak, cfg.warmup_steps / cfg.steps, min(1.0, cfg.min_lr / peak))
 
 
-def train_run(cfg: EurekaConfig, variant: str, seed: int, run_dir, task=None, log=None) -> dict:
-    """Train one variant at one seed into ``run_dir``; returns its final metrics."""
+def train_run(cfg: EurekaConfig, variant: str, seed: int, run_dir, task=None, log=None, resume: bool = False) -> dict:
+    """Train one variant at one seed into ``run_dir``; returns its final metrics. ``resume``: continue the run
+    in ``run_dir`` from its newest checkpoint (a complete run is returned as it is)."""
     from ..models.attention import rescale_qk_grad
     from ..monitor.monitor import qkv_grad_stats
     from ..train.schedule import set_lr
 
+    if resume and (done := finished_run(run_dir)) is not None:
+        return done
     task = task if task is not None else load_task(cfg)
     device, amp, peak = _setup(cfg, variant, task)
     torch.manual_seed(seed)
     model = build_model(cfg, variant, task.image_size, task.n_classes).to(device)
     optimizer = _optimizer(cfg, model, peak)
-    run = _RunWriter(cfg, variant, seed, run_dir, task, model, device, amp, peak, log)
+    run = _RunWriter(cfg, variant, seed, run_dir, task, model, device, amp, peak, log, resume)
+    if run.checkpoint is not None:
+        run.resume_into(model, optimizer)
     t0 = time.perf_counter()
     try:
-        run.observe(0, model, {})
+        if run.start == 0:
+            run.observe(0, model, {})
         model.train()
-        for step in range(1, cfg.steps + 1):
+        for step in range(run.start + 1, cfg.steps + 1):
             x, y = run.next_batch()
             set_lr(optimizer, _lr(cfg, step, peak))
             with run.autocast():
@@ -340,15 +424,19 @@ def train_run(cfg: EurekaConfig, variant: str, seed: int, run_dir, task=None, lo
             run.pending.append((step, loss.detach()))
             if step in run.eval_steps:
                 run.observe(step, model, grads)
+            if step in run.checkpoint_steps:
+                run.save(step, model, optimizer, time.perf_counter() - t0)
     except BaseException:
-        run.store.close()
+        run.abort()
         raise
     return run.close(time.perf_counter() - t0)
 
 
-def train_packed(cfg: EurekaConfig, variant: str, seeds: list[int], out: Path, task, log=None) -> list[dict]:
+def train_packed(cfg: EurekaConfig, variant: str, seeds: list[int], out: Path, task, log=None,
+                 resume: bool = False) -> list[dict]:
     """All seeds of one ViT variant as one vmapped computation (train/packed.py), each with its own AdamW
-    state, batches and run folder; evaluated one by one from copies of their weights."""
+    state, batches and run folder; evaluated one by one from copies of their weights. ``resume``: continue
+    from the newest step at which every run has a checkpoint (else start them all again)."""
     from ..monitor.monitor import qkv_grad_stats
     from ..train.packed import PackedAdamW, PackedModels
 
@@ -357,12 +445,21 @@ def train_packed(cfg: EurekaConfig, variant: str, seeds: list[int], out: Path, t
     for seed in seeds:
         torch.manual_seed(seed)
         models.append(build_model(cfg, variant, task.image_size, task.n_classes).to(device))
-    runs = [_RunWriter(cfg, variant, seed, out / f"{variant}-seed{seed}", task, m, device, amp, peak, log)
-            for seed, m in zip(seeds, models)]
+    dirs = [out / f"{variant}-seed{seed}" for seed in seeds]
+    at = _common_checkpoint(dirs) if resume else None  # None: every run from step 0
+    runs = [_RunWriter(cfg, variant, seed, d, task, m, device, amp, peak, log, resume, -1 if at is None else at)
+            for seed, d, m in zip(seeds, dirs, models)]
+    for run, model in zip(runs, models):
+        if run.checkpoint is not None:
+            run.resume_into(model)
     packed = PackedModels(models)
     decayed = {k for k, p in packed.params.items() if k.rsplit(".", 1)[-1] == "weight" and p.ndim >= 3}  # as param_groups
     optimizer = PackedAdamW(packed, lr=peak, weight_decay=cfg.weight_decay, decayed=decayed, betas=(0.9, 0.999))
+    if at is not None:
+        for i, run in enumerate(runs):
+            _PackedRow(optimizer, i).load_state_dict(run.checkpoint["optimizer"])
     progress = [b for k, b in packed.buffers.items() if k.endswith("attn.progress")]
+    start = runs[0].start
     autocast = runs[0].autocast
 
     def loss_fn(model, x, y):
@@ -376,8 +473,11 @@ def train_packed(cfg: EurekaConfig, variant: str, seeds: list[int], out: Path, t
 
     t0 = time.perf_counter()
     try:
-        observe(0, [{}] * len(runs))
-        for step in range(1, cfg.steps + 1):
+        if start == 0:
+            observe(0, [{}] * len(runs))
+        for b in progress:
+            b.fill_(start / cfg.steps)
+        for step in range(start + 1, cfg.steps + 1):
             xs, ys = zip(*(run.next_batch() for run in runs))
             optimizer.set_lr(_lr(cfg, step, peak))
             losses = packed.losses(loss_fn, torch.stack(xs).to(device), torch.stack(ys).to(device))
@@ -393,12 +493,41 @@ def train_packed(cfg: EurekaConfig, variant: str, seeds: list[int], out: Path, t
                 run.pending.append((step, loss))
             if step in runs[0].eval_steps:
                 observe(step, grads)
+            if step in runs[0].checkpoint_steps:
+                for i, run in enumerate(runs):
+                    run.save(step, packed.load_into(i, models[i]), _PackedRow(optimizer, i), time.perf_counter() - t0)
     except BaseException:
         for run in runs:
-            run.store.close()
+            run.abort()
         raise
     wall = time.perf_counter() - t0
     return [run.close(wall) for run in runs]
+
+
+class _PackedRow:
+    """Model ``i``'s AdamW state in a PackedAdamW, with an optimizer's ``state_dict``/``load_state_dict``."""
+
+    def __init__(self, optimizer, i: int):
+        self.optimizer, self.i = optimizer, i
+
+    def state_dict(self) -> dict:
+        o = self.optimizer
+        return {"exp_avg": o.m[self.i], "exp_avg_sq": o.v[self.i], "steps": o.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        o = self.optimizer
+        o.m[self.i].copy_(state["exp_avg"])
+        o.v[self.i].copy_(state["exp_avg_sq"])
+        o.steps.copy_(state["steps"])
+
+
+def _common_checkpoint(run_dirs: list[Path]) -> int | None:
+    """The newest step at which every one of ``run_dirs`` has a checkpoint (a pack saves them together), or None."""
+    steps = None
+    for d in run_dirs:
+        have = {s for s, _ in RunFolder(d).checkpoints()} if Path(d).is_dir() else set()
+        steps = have if steps is None else steps & have
+    return max(steps) if steps else None
 
 
 def _packed_qkv_stats(packed, i: int, model, stats) -> dict:
@@ -421,14 +550,21 @@ class _no_autocast:
         return False
 
 
-def train_seeds(cfg: EurekaConfig, variant: str, seeds: list[int], out: Path, task, log=None) -> list[dict]:
+def train_seeds(cfg: EurekaConfig, variant: str, seeds: list[int], out: Path, task, log=None,
+                resume: bool = False) -> list[dict]:
     """Every seed of one variant: packed into one computation (``cfg.pack``; default on a GPU) for the ViT
     variants, else one after another. The CNN (BatchNorm's running statistics) and the Q/K rescaling
-    control (a per-model gradient edit) always run one after another, as do runs under SGD (packs step AdamW)."""
+    control (a per-model gradient edit) always run one after another, as do runs under SGD (packs step AdamW).
+    ``resume``: complete runs are kept as they are, the others continue from their checkpoints."""
+    done = {s: finished_run(out / f"{variant}-seed{s}") for s in seeds} if resume else {}
+    left = [s for s in seeds if done.get(s) is None]
     pack = cfg.pack if cfg.pack is not None else resolve_device(cfg.device).type == "cuda"
-    if pack and len(seeds) > 1 and variant not in ("cnn", "qk_rescale") and cfg.optimizer == "adamw":
-        return train_packed(cfg, variant, seeds, out, task, log)
-    return [train_run(cfg, variant, seed, out / f"{variant}-seed{seed}", task, log) for seed in seeds]
+    if pack and len(left) > 1 and variant not in ("cnn", "qk_rescale") and cfg.optimizer == "adamw":
+        trained = train_packed(cfg, variant, left, out, task, log, resume)
+    else:
+        trained = [train_run(cfg, variant, s, out / f"{variant}-seed{s}", task, log, resume) for s in left]
+    by_seed = {**{s: r for s, r in done.items() if r is not None}, **dict(zip(left, trained))}
+    return [by_seed[s] for s in seeds]
 
 
 def cpu_workers(cfg: EurekaConfig, n_runs: int) -> int:
@@ -441,7 +577,8 @@ def cpu_workers(cfg: EurekaConfig, n_runs: int) -> int:
     return min(workers, n_runs)
 
 
-def train_variants(cfg: EurekaConfig, variants: list[str], seeds: list[int], out: Path, task, log=None):
+def train_variants(cfg: EurekaConfig, variants: list[str], seeds: list[int], out: Path, task, log=None,
+                   resume: bool = False):
     """Every seed of every variant, yielding (variant, its runs' results) in the order of ``variants``.
 
     One process (``cpu_workers`` = 1, or a GPU): ``train_seeds`` per variant. On the CPU with more
@@ -452,7 +589,7 @@ def train_variants(cfg: EurekaConfig, variants: list[str], seeds: list[int], out
     workers = cpu_workers(cfg, len(jobs))
     if workers == 1:
         for variant in variants:
-            yield variant, train_seeds(cfg, variant, seeds, out, task, log)
+            yield variant, train_seeds(cfg, variant, seeds, out, task, log, resume)
         return
     ctx = mp.get_context("spawn")  # not fork: this process's OpenMP threads do not survive a fork
     queue = ctx.Queue()
@@ -460,7 +597,7 @@ def train_variants(cfg: EurekaConfig, variants: list[str], seeds: list[int], out
     forward.start()
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_start, initargs=(queue,))
     try:
-        futures = {(v, s): pool.submit(_worker_run, cfg, v, s, out / f"{v}-seed{s}") for v, s in jobs}
+        futures = {(v, s): pool.submit(_worker_run, cfg, v, s, out / f"{v}-seed{s}", resume) for v, s in jobs}
         for variant in variants:
             yield variant, [futures[(variant, s)].result() for s in seeds]
     finally:
@@ -485,11 +622,13 @@ def _worker_start(queue) -> None:
     _WORKER["log"] = queue.put
 
 
-def _worker_run(cfg: EurekaConfig, variant: str, seed: int, run_dir: Path) -> dict:
+def _worker_run(cfg: EurekaConfig, variant: str, seed: int, run_dir: Path, resume: bool) -> dict:
+    if resume and (done := finished_run(run_dir)) is not None:
+        return done
     key = (cfg.images, cfg.task_variant, cfg.data_dir)
     if key not in _WORKER:
         _WORKER[key] = load_task(cfg)
-    return train_run(cfg, variant, seed, run_dir, _WORKER[key], _WORKER["log"])
+    return train_run(cfg, variant, seed, run_dir, _WORKER[key], _WORKER["log"], resume)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -606,11 +745,15 @@ def summarize(run_dirs: list[Path]) -> dict:
 
 
 def run_eureka(scale: str, seeds: int, variants: list[str], out, overrides: dict | None = None, log=None,
-               on_variant=None, report: bool = True) -> dict:
+               on_variant=None, report: bool = True, resume: bool = False) -> dict:
     """Train every variant over ``seeds`` seeds into ``out``/VARIANT-seedK, summarize, write the report
     (``report``; it needs plotly). ``summary.json`` is rewritten after each variant (``complete`` false
     until the last), and ``on_variant(summary)``, if given, is called with it, so that a run cut short
-    keeps what it finished."""
+    keeps what it finished.
+
+    ``out``/eureka.json records what was asked; ``resume=True`` continues the study in ``out`` if the same
+    was asked (the device and the CPU workers may change): complete runs are kept, the others continue from
+    their checkpoints. The study holds ``out``'s writer lock (runs/lock.py) while it runs."""
     if scale not in SCALES:
         raise ValueError(f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
     if seeds < 1:
@@ -622,12 +765,46 @@ def run_eureka(scale: str, seeds: int, variants: list[str], out, overrides: dict
     if cfg.data_dir is not None and cfg.images != "paper":
         raise ValueError(f"--data is read at --scale paper only; --scale {scale} draws scikit-learn's 8×8 digits")
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out} already exists and is not empty; choose another --out")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is not a directory; choose another --out")
+    request = {"scale": scale, "seeds": seeds, "variants": list(variants),
+               "config": {k: v for k, v in cfg.to_dict().items() if k not in SPEED_SETTINGS}}
+    with RunLock(out, create=True, what="eureka folder"):
+        if resume:
+            _check_resumable(out, request)
+        elif any(p.name != LOCK_NAME for p in out.iterdir()):
+            raise ValueError(f"{out} already exists and is not empty; pass --resume to continue that study, or choose another --out")
+        else:
+            write_atomic(out / "eureka.json", json.dumps(request, indent=1).encode())
+        return _run_study(cfg, scale, seeds, variants, out, log, on_variant, report, resume)
+
+
+#: settings a resumed study may change: where and how fast it trains, not what
+SPEED_SETTINGS = ("device", "workers")
+
+
+def _check_resumable(out: Path, request: dict) -> None:
+    try:
+        saved = json.loads((out / "eureka.json").read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{out} holds no eureka study to resume (no eureka.json)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"{out / 'eureka.json'} is not readable JSON") from None
+    saved_cfg = saved.get("config", {})
+    diffs = [f"{k} (the study has {saved.get(k)!r}, given {v!r})" for k, v in request.items()
+             if k != "config" and saved.get(k) != v]
+    diffs += [f"{k} (the study has {saved_cfg.get(k)!r}, given {v!r})" for k, v in request["config"].items()
+              if json.loads(json.dumps(saved_cfg.get(k))) != json.loads(json.dumps(v))]
+    if diffs:
+        raise ValueError("--resume with settings that differ from the study's eureka.json: " + "; ".join(diffs))
+
+
+def _run_study(cfg: EurekaConfig, scale: str, seeds: int, variants: list[str], out: Path, log, on_variant, report: bool,
+               resume: bool) -> dict:
     task = load_task(cfg)
     t0 = time.perf_counter()
     walls: dict[str, float] = {}
-    for i, (variant, results) in enumerate(train_variants(cfg, variants, list(range(seeds)), out, task, log)):
+    for i, (variant, results) in enumerate(train_variants(cfg, variants, list(range(seeds)), out, task, log, resume)):
         for r in results:
             walls[r["run_dir"]] = r["wall_s"]
         summary = summarize([Path(d) for d in walls])
