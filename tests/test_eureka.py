@@ -551,3 +551,16 @@ def test_cli_resume_needs_the_studys_folder():
     result = CliRunner().invoke(app, ["eureka", "--resume"])
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == ["error: --resume needs --out: the folder of the study to continue"]
+
+
+def test_a_run_checkpointed_in_a_pack_is_not_resumed_alone(tmp_path):
+    import dataclasses
+
+    from quietlab.recipes.eureka import SMALL, load_task, train_seeds
+
+    cfg = dataclasses.replace(SMALL, **{**TINY, "steps": 24, "eval_every": 1, "pack": True})
+    task = load_task(cfg)
+    with pytest.raises(_Cut):
+        train_seeds(cfg, "softmax", [0, 1], tmp_path, task, log=_cut_at("softmax seed 0 step 21"))
+    with pytest.raises(ValueError, match=r"softmax-seed0 was checkpointed training in a pack of seeds; resume it on the same kind of device"):
+        train_seeds(dataclasses.replace(cfg, pack=False), "softmax", [0, 1], tmp_path, task, resume=True)

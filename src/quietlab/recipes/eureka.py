@@ -281,20 +281,25 @@ class _RunWriter:
         # wall seconds of the sessions before this one, up to the checkpoint
         self.wall_before = (self.store.get("eureka", "wall_s") or 0.0) if self.checkpoint is not None else 0.0
 
-    def resume_into(self, model, optimizer=None) -> None:
+    def resume_into(self, model, optimizer=None, packed: bool = False) -> None:
         """Load the checkpoint's model and optimizer state (``optimizer``: one with ``load_state_dict``) and its
-        random states; the model's training progress (heat treatment) follows."""
+        random states; the model's training progress (heat treatment) follows. ``packed``: whether this run
+        now trains in a pack, which must be as it was (their optimizer states differ)."""
         from ..train.checkpoint import set_rng_state
 
+        if self.checkpoint["config"].get("packed", False) != packed:
+            was = "in a pack of seeds" if not packed else "alone"
+            raise ValueError(f"{self.folder.path} was checkpointed training {was}; resume it on the same kind of device "
+                             "(seeds are packed on a GPU, not on the CPU)")
         model.load_state_dict(self.checkpoint["model"])
         if optimizer is not None:
             optimizer.load_state_dict(self.checkpoint["optimizer"])
         set_rng_state(self.checkpoint["rng"])
 
-    def save(self, step: int, model, optimizer, wall_s: float) -> None:
+    def save(self, step: int, model, optimizer, wall_s: float, packed: bool = False) -> None:
         """A checkpoint at ``step`` (after its evaluation), then the older ones but the newest removed."""
         self.store.put("eureka", "wall_s", self.wall_before + wall_s)
-        self.writer.save(step, model, optimizer, {"variant": self.variant, "seed": self.seed,
+        self.writer.save(step, model, optimizer, {"variant": self.variant, "seed": self.seed, "packed": packed,
                                                   "data_rng": self.rng.bit_generator.state})
         self.writer.wait()
         for _, path in self.folder.checkpoints()[:-2]:
@@ -451,7 +456,7 @@ def train_packed(cfg: EurekaConfig, variant: str, seeds: list[int], out: Path, t
             for seed, d, m in zip(seeds, dirs, models)]
     for run, model in zip(runs, models):
         if run.checkpoint is not None:
-            run.resume_into(model)
+            run.resume_into(model, packed=True)
     packed = PackedModels(models)
     decayed = {k for k, p in packed.params.items() if k.rsplit(".", 1)[-1] == "weight" and p.ndim >= 3}  # as param_groups
     optimizer = PackedAdamW(packed, lr=peak, weight_decay=cfg.weight_decay, decayed=decayed, betas=(0.9, 0.999))
@@ -495,7 +500,8 @@ def train_packed(cfg: EurekaConfig, variant: str, seeds: list[int], out: Path, t
                 observe(step, grads)
             if step in runs[0].checkpoint_steps:
                 for i, run in enumerate(runs):
-                    run.save(step, packed.load_into(i, models[i]), _PackedRow(optimizer, i), time.perf_counter() - t0)
+                    run.save(step, packed.load_into(i, models[i]), _PackedRow(optimizer, i), time.perf_counter() - t0,
+                             packed=True)
     except BaseException:
         for run in runs:
             run.abort()
