@@ -564,3 +564,15 @@ def test_a_run_checkpointed_in_a_pack_is_not_resumed_alone(tmp_path):
         train_seeds(cfg, "softmax", [0, 1], tmp_path, task, log=_cut_at("softmax seed 0 step 21"))
     with pytest.raises(ValueError, match=r"softmax-seed0 was checkpointed training in a pack of seeds; resume it on the same kind of device"):
         train_seeds(dataclasses.replace(cfg, pack=False), "softmax", [0, 1], tmp_path, task, resume=True)
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):
+    import quietlab.recipes.eureka as recipe
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recipe, "run_eureka", interrupted)
+    result = CliRunner().invoke(app, ["eureka", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 130
+    assert f"run the same command with --resume --out {tmp_path / 'o'} to continue it" in " ".join(result.output.split())

@@ -449,8 +449,13 @@ def eureka_cmd(
     if resume and out is None:
         raise ValueError("--resume needs --out: the folder of the study to continue")
     target = out or f"runs/eureka-{scale}-{time.strftime('%Y%m%d-%H%M%S')}"
-    summary = run_eureka(scale, seeds, names, target, overrides,
-                         log=None if as_json else lambda s: err_console.print(s, highlight=False), resume=resume)
+    try:
+        summary = run_eureka(scale, seeds, names, target, overrides,
+                             log=None if as_json else lambda s: err_console.print(s, highlight=False), resume=resume)
+    except KeyboardInterrupt:
+        err_console.print(f"[yellow]eureka interrupted; run the same command with --resume --out {target} to continue it[/yellow]",
+                          highlight=False, soft_wrap=True)
+        raise typer.Exit(130)
     if as_json:
         print(json.dumps(summary, indent=2))
         return
