@@ -260,3 +260,18 @@ def test_batches_slice_and_join_with_their_features():
         np.testing.assert_array_equal(feat.values[1], two.features[name].values[10])
         np.testing.assert_array_equal(feat.mask[2], one.features[name].mask[7])
     assert task.is_correct(picked.tokens[1])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--n", "0"], "--n must be in 1..100,000, got 0"),
+    (["--n", "100000000"], "--n must be in 1..100,000, got 100000000"),
+    (["--seed", "-1"], "--seed must be a whole number >= 0, got -1"),
+])
+def test_sample_verb_bad_values_are_one_line(args, message):
+    from typer.testing import CliRunner
+
+    from quietlab.cli import app
+
+    res = CliRunner().invoke(app, ["sample", "addition", *args])
+    assert res.exit_code == 2
+    assert len(res.output.strip().splitlines()) == 1 and message in res.output, res.output

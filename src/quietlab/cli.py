@@ -142,14 +142,21 @@ def sample_cmd(
     from .tasks.render import batch_to_json, render_example
 
     t = get_task(task, preset=preset, **parse_sizes(ctx.args))
-    if n < 1:
-        raise ValueError(f"--n must be at least 1, got {n}")
+    if not 1 <= n <= MAX_SAMPLE:  # 10⁸ used to exhaust the memory before printing anything
+        raise ValueError(f"--n must be in 1..{MAX_SAMPLE:,}, got {n} (sample prints examples; for a dataset call "
+                         "task.sample in Python)")
+    if seed < 0:
+        raise ValueError(f"--seed must be a whole number >= 0, got {seed}")
     batch = t.sample(n, seed=seed, split=split)
     if as_json:
         print(json.dumps(batch_to_json(t, batch), indent=1))
         return
     for i in range(n):
         print(render_example(t, batch, i), end="\n\n")
+
+
+#: the most examples `quietlab sample` prints
+MAX_SAMPLE = 100_000
 
 
 @app.command("train", context_settings=TASK_SIZES)
