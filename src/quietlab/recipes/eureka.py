@@ -244,7 +244,6 @@ class _RunWriter:
 
     def __init__(self, cfg: EurekaConfig, variant: str, seed: int, run_dir, task, model, device, amp, peak: float, log,
                  resume: bool = False, at_most: int | None = None):
-        from ..train.checkpoint import CheckpointWriter
         from ..train.loop import derive_seed
 
         self.cfg, self.variant, self.seed, self.task, self.device, self.log = cfg, variant, seed, task, device, log
@@ -277,7 +276,6 @@ class _RunWriter:
         stats = task.draw(np.arange(cfg.stats_examples), np.random.default_rng(seed), "test")[0]
         self.stats_x = torch.from_numpy(stats).to(device)
         self.pending: list[tuple[int, torch.Tensor]] = []
-        self.writer = CheckpointWriter(self.folder.path)
         # wall seconds of the sessions before this one, up to the checkpoint
         self.wall_before = (self.store.get("eureka", "wall_s") or 0.0) if self.checkpoint is not None else 0.0
 
@@ -298,10 +296,11 @@ class _RunWriter:
 
     def save(self, step: int, model, optimizer, wall_s: float, packed: bool = False) -> None:
         """A checkpoint at ``step`` (after its evaluation), then the older ones but the newest removed."""
+        from ..train.checkpoint import save_checkpoint
+
         self.store.put("eureka", "wall_s", self.wall_before + wall_s)
-        self.writer.save(step, model, optimizer, {"variant": self.variant, "seed": self.seed, "packed": packed,
-                                                  "data_rng": self.rng.bit_generator.state})
-        self.writer.wait()
+        save_checkpoint(self.folder.path, step, model, optimizer, {"variant": self.variant, "seed": self.seed,
+                                                                   "packed": packed, "data_rng": self.rng.bit_generator.state})
         for _, path in self.folder.checkpoints()[:-2]:
             path.unlink(missing_ok=True)
 
@@ -329,17 +328,10 @@ class _RunWriter:
 
     def close(self, wall_s: float) -> dict:
         """The run is complete: its total wall time (over every session it took) and final metrics."""
-        self.writer.close()
         self.store.put("eureka", "wall_s", self.wall_before + wall_s)
         self.store.put("eureka", "complete", True)
         self.store.close()
         return finished_run(self.folder.path)
-
-    def abort(self) -> None:
-        try:
-            self.writer.close()
-        finally:
-            self.store.close()
 
 
 def finished_run(run_dir) -> dict | None:
@@ -432,7 +424,7 @@ def train_run(cfg: EurekaConfig, variant: str, seed: int, run_dir, task=None, lo
             if step in run.checkpoint_steps:
                 run.save(step, model, optimizer, time.perf_counter() - t0)
     except BaseException:
-        run.abort()
+        run.store.close()
         raise
     return run.close(time.perf_counter() - t0)
 
@@ -504,7 +496,7 @@ def train_packed(cfg: EurekaConfig, variant: str, seeds: list[int], out: Path, t
                              packed=True)
     except BaseException:
         for run in runs:
-            run.abort()
+            run.store.close()
         raise
     wall = time.perf_counter() - t0
     return [run.close(wall) for run in runs]
