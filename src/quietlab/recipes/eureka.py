@@ -29,6 +29,10 @@ patch 4, depth 7, width 256, 4 heads, MLP ratio 2, batch 512, AdamW wd 0.05, 5 w
 cosine to 1e-6, label smoothing 0.1, 300 epochs of 117 steps); ``small`` runs on a laptop CPU (16×16
 from scikit-learn's 8×8 digits, see SMALL's comment). ``train_seeds`` trains a ViT variant's seeds as one
 vmapped computation (train/packed.py) on a GPU, one after another elsewhere.
+
+A study cut short resumes (``run_eureka(..., resume=True)``, ``quietlab eureka --resume``): ``OUT/eureka.json``
+records what was asked, finished runs are kept, and the others continue from their checkpoints (``_RunWriter``)
+to the numbers an uncut run gives.
 """
 
 from __future__ import annotations
