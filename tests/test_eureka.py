@@ -576,3 +576,26 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["eureka", "--out", str(tmp_path / "o")])
     assert result.exit_code == 130
     assert f"run the same command with --resume --out {tmp_path / 'o'} to continue it" in " ".join(result.output.split())
+
+
+def test_other_verbs_on_a_study_and_its_runs_say_what_they_are(tmp_path):
+    """`report STUDY` points at the study's own report and its runs; `probe`/`ablate` on a eureka run say it is
+    one (they read `quietlab train` runs); the study's report is known as quietlab's, so a later --out may replace it."""
+    from quietlab.recipes.eureka import run_eureka
+    from quietlab.report.target import is_quietlab_report
+
+    study = tmp_path / "study"
+    run_eureka("small", 1, ["softmax"], study, {**TINY}, report=True)
+    assert is_quietlab_report(study / "report.html")
+    runner = CliRunner()
+    res = runner.invoke(app, ["report", str(study)])
+    assert res.exit_code == 2
+    assert res.output.strip().splitlines() == [
+        f"error: {study} is a `quietlab eureka` study: its report is {study / 'report.html'}; `quietlab report` takes "
+        f"its runs, e.g. {study / 'softmax-seed0'}"]
+    for args in (["probe", str(study / "softmax-seed0")], ["ablate", str(study / "softmax-seed0"), "--feature", "indicators_equal"]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
+        assert "is a run of `quietlab eureka` (softmax, seed 0); this verb reads runs of `quietlab train`" in res.output
+    res = runner.invoke(app, ["report", str(study / "softmax-seed0")])
+    assert res.exit_code == 0 and (study / "softmax-seed0" / "report.html").is_file()

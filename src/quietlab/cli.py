@@ -250,6 +250,10 @@ def report_cmd(
     from .report import write_report
     from .report.target import report_target
 
+    for r in runs:
+        if (Path(r) / "eureka.json").is_file():
+            raise ValueError(f"{r} is a `quietlab eureka` study: its report is {Path(r) / 'report.html'}; "
+                             f"`quietlab report` takes its runs, e.g. {next(iter(sorted(Path(r).glob('*-seed*'))), Path(r) / 'VARIANT-seedK')}")
     target = report_target(Path(out) if out else (Path(runs[0]) / "report.html" if len(runs) == 1 else Path("report.html")))
     print(write_report([Path(r) for r in runs], target))
 

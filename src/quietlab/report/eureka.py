@@ -16,6 +16,7 @@ from .. import __version__
 from ..runs import RunFolder, write_atomic
 from .html import COLORS, CSS, _esc, _Ids, _line, _plot, _table, _title
 from .summary import fmt_step
+from .target import REPORT_MARKER
 
 
 def _figure(summary: dict, title: str, series, y_title: str, log_y: bool = False) -> dict:
@@ -90,7 +91,8 @@ def render_eureka_report(summary: dict) -> str:
     for stem, fig in figures:
         if fig:
             body.append(_plot(fig, ids(stem), 420))
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>quietlab eureka</title>\n"
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n" + REPORT_MARKER
+            + "\n<title>quietlab eureka</title>\n"
             f"<style>{CSS}</style>\n" + (f"<script type=\"text/javascript\">{get_plotlyjs()}</script>\n" if ids.n else "")
             + "</head>\n<body>\n<main>\n" + "\n".join(body) + "\n</main>\n</body>\n</html>\n")
 

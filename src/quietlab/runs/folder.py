@@ -110,6 +110,10 @@ class RunFolder:
         from ..train.loop import TrainConfig
 
         raw = self.read_config()
+        if raw.get("recipe") == "eureka":
+            raise ValueError(f"{self.path} is a run of `quietlab eureka` ({raw.get('variant')}, seed {raw.get('seed')}); "
+                             "this verb reads runs of `quietlab train` (the eureka run's probes and curves are in its "
+                             f"metrics.sqlite: `quietlab report {self.path}`)")
         model = raw.get("model_config") if isinstance(raw, dict) else None
         if not isinstance(model, dict) or not isinstance(raw.get("task"), str):
             raise ValueError(f"{self.config_path} is not a quietlab training config (no task name or model_config)")
