@@ -116,6 +116,29 @@ def test_bad_executor_options_are_refused_even_when_every_run_is_done(small_swee
     assert result.output.strip().splitlines() == [f"error: {message}"]
 
 
+def test_a_sweep_is_pointed_to_frontier_and_its_report_replaces_only_its_own(small_sweep, tmp_path):
+    import shutil
+
+    from quietlab.report.target import is_quietlab_report
+
+    out, _ = small_sweep
+    res = runner.invoke(app, ["report", str(out)])
+    first_run = sorted((out / "runs").glob("*"))[0]
+    assert res.exit_code == 2 and res.output.strip().splitlines() == [
+        f"error: {out} is a sweep: `quietlab frontier {out}` writes its report; `quietlab report` takes its runs, e.g. {first_run}"]
+    copy = tmp_path / "sw"
+    shutil.copytree(out, copy)
+    assert runner.invoke(app, ["frontier", str(copy)]).exit_code == 0 and is_quietlab_report(copy / "report.html")
+    assert runner.invoke(app, ["frontier", str(copy)]).exit_code == 0  # its own report is replaced
+    old = (copy / "report.html").read_text().replace('<meta name="generator" content="quietlab report">', "")
+    (copy / "report.html").write_text(old)  # as frontier wrote it before its report carried the marker
+    assert runner.invoke(app, ["frontier", str(copy)]).exit_code == 0
+    (copy / "report.html").write_text("my notes")
+    res = runner.invoke(app, ["frontier", str(copy)])
+    assert res.exit_code == 2 and "report.html exists and is not a quietlab report" in res.output
+    assert (copy / "report.html").read_text() == "my notes"
+
+
 def test_frontier_of_a_folder_that_is_no_sweep_is_one_line(tmp_path):
     result = runner.invoke(app, ["frontier", str(tmp_path)])
     assert result.exit_code == 2

@@ -251,6 +251,9 @@ def report_cmd(
     from .report.target import report_target
 
     for r in runs:
+        if (Path(r) / "sweep.sqlite").is_file():
+            raise ValueError(f"{r} is a sweep: `quietlab frontier {r}` writes its report; `quietlab report` takes its runs, "
+                             f"e.g. {next(iter(sorted((Path(r) / 'runs').glob('*'))), Path(r) / 'runs' / 'RUN')}")
         if (Path(r) / "eureka.json").is_file():
             raise ValueError(f"{r} is a `quietlab eureka` study: its report is {Path(r) / 'report.html'}; "
                              f"`quietlab report` takes its runs, e.g. {next(iter(sorted(Path(r).glob('*-seed*'))), Path(r) / 'VARIANT-seedK')}")

@@ -14,12 +14,17 @@ REPORT_MARKER = '<meta name="generator" content="quietlab report">'
 RUN_FILES = ("config.json", "metrics.sqlite")
 
 
+#: the titles of the frontier's and the eureka verb's reports, which carried no marker before 2026-12-05
+_UNMARKED_TITLES = (b"<title>quietlab sweep ", b"<title>quietlab eureka</title>")
+
+
 def is_quietlab_report(path: Path) -> bool:
     try:
         with open(path, "rb") as f:
-            return REPORT_MARKER.encode() in f.read(4096)
+            head = f.read(4096)
     except OSError:
         return False
+    return REPORT_MARKER.encode() in head or any(title in head for title in _UNMARKED_TITLES)
 
 
 def report_target(out: Path | str) -> Path:

@@ -167,6 +167,7 @@ def render_frontier_report(sweep_dir, frontiers: list[Frontier]) -> str:
     from plotly.offline import get_plotlyjs
 
     from ..report.html import CSS, _Ids, _esc, _plot, _table
+    from ..report.target import REPORT_MARKER
 
     ids = _Ids()
     body = [f"<h1>quietlab sweep: {_esc(Path(sweep_dir).name)}</h1>", "<h2>Compute frontier</h2>"]
@@ -182,15 +183,18 @@ def render_frontier_report(sweep_dir, frontiers: list[Frontier]) -> str:
                              p.run_id, p.runs] for p in f.points], num_cols={0, 1, 2, 4}))
     if not frontiers:
         body.append('<p class="absent-note">No finished runs yet.</p>')
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n" + REPORT_MARKER + "\n"
             f"<title>quietlab sweep {_esc(Path(sweep_dir).name)}</title>\n<style>{CSS}</style>\n"
             + (f"<script type=\"text/javascript\">{get_plotlyjs()}</script>\n" if ids.n else "")
             + "</head>\n<body>\n<main>\n" + "\n".join(body) + "\n</main>\n</body>\n</html>\n")
 
 
 def write_frontier_report(sweep_dir, frontiers: list[Frontier]) -> Path:
+    from ..report.target import is_quietlab_report
     from .folder import write_atomic
 
     out = Path(sweep_dir) / "report.html"
+    if out.exists() and not is_quietlab_report(out):
+        raise ValueError(f"{out} exists and is not a quietlab report; move it away and run frontier again")
     write_atomic(out, render_frontier_report(sweep_dir, frontiers).encode("utf-8"))
     return out
