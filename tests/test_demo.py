@@ -4,6 +4,9 @@ summarise; and an interrupted demo resumes in its folder."""
 import pytest
 import torch
 
+from typer.testing import CliRunner
+
+from quietlab.cli import app
 from quietlab.recipes import demo
 from quietlab.runs import RunFolder
 
@@ -57,3 +60,21 @@ def test_the_paper_demo_probes_and_ablates_by_the_studys_protocol(tmp_path, monk
     assert "the paper preset" in lines[0] and any("by the paper's metric" in line for line in lines)
     with pytest.raises(ValueError, match="preset"):  # the folder holds a paper run: no quietlab demo on top
         demo.run_demo(out, progress=False, n_controls=2, log=lambda s: None)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--controls", "-1"], "--controls must be >= 0, got -1"),
+    (["--seed", "-5"], "--seed must be a whole number in [0, 2**63), got -5"),
+])
+def test_bad_demo_values_are_refused_before_training(tmp_path, args, message):
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), *args])
+    assert res.exit_code == 2 and message in res.output, res.output
+    assert not (tmp_path / "d").exists()
+
+
+def test_the_demo_refuses_a_folder_that_holds_something_else(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "notes.txt").write_text("mine")
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d")])
+    assert res.exit_code == 2 and f"{tmp_path / 'd'} already exists and holds no demo run; choose another --out" in res.output
+    assert [p.name for p in (tmp_path / "d").iterdir()] == ["notes.txt"]

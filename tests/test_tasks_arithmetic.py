@@ -265,7 +265,7 @@ def test_batches_slice_and_join_with_their_features():
 @pytest.mark.parametrize("args, message", [
     (["--n", "0"], "--n must be in 1..100,000, got 0"),
     (["--n", "100000000"], "--n must be in 1..100,000, got 100000000"),
-    (["--seed", "-1"], "--seed must be a whole number >= 0, got -1"),
+    (["--seed", "-1"], "--seed must be a whole number in [0, 2**63), got -1"),
 ])
 def test_sample_verb_bad_values_are_one_line(args, message):
     from typer.testing import CliRunner

@@ -398,7 +398,8 @@ def test_cli_train_json_and_resume(tmp_path):
     (["--colour", "red"], "--colour must be a number"),
     ([], "--steps or --flops"),
     (["--lr", "1e300"], "--lr must be a number in (0, 10], got 1e+300"),
-    (["--seed", "99999999999999999999"], "--seed must be a whole number in [-2**63, 2**63), got 99999999999999999999"),
+    (["--seed", "99999999999999999999"], "--seed must be a whole number in [0, 2**63), got 99999999999999999999"),
+    (["--seed", "-1"], "--seed must be a whole number in [0, 2**63), got -1"),
 ])
 def test_cli_bad_values_exit_2_with_one_line(tmp_path, args, match):
     res = CliRunner().invoke(app, ["train", "addition", "--out", str(tmp_path / "x"), "--no-monitor", *args]

@@ -145,8 +145,8 @@ def sample_cmd(
     if not 1 <= n <= MAX_SAMPLE:  # 10⁸ used to exhaust the memory before printing anything
         raise ValueError(f"--n must be in 1..{MAX_SAMPLE:,}, got {n} (sample prints examples; for a dataset call "
                          "task.sample in Python)")
-    if seed < 0:
-        raise ValueError(f"--seed must be a whole number >= 0, got {seed}")
+    if not 0 <= seed < 2**63:
+        raise ValueError(f"--seed must be a whole number in [0, 2**63), got {seed}")
     batch = t.sample(n, seed=seed, split=split)
     if as_json:
         print(json.dumps(batch_to_json(t, batch), indent=1))

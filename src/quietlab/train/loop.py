@@ -192,8 +192,8 @@ class TrainConfig:
                 raise ValueError(f"{_flag(name)} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.lr <= MAX_LR:
             raise ValueError(f"--lr must be a number in (0, {MAX_LR:g}], got {self.lr}")
-        if not -(2**63) <= self.seed < 2**63:  # torch's and numpy's seeds are 64-bit
-            raise ValueError(f"--seed must be a whole number in [-2**63, 2**63), got {self.seed}")
+        if not 0 <= self.seed < 2**63:  # numpy's seeds are non-negative, torch's 64-bit
+            raise ValueError(f"--seed must be a whole number in [0, 2**63), got {self.seed}")
         if self.attention not in VARIANTS:
             raise ValueError(f"--attention must be one of {', '.join(VARIANTS)}, got {self.attention!r}")
         if self.norm_form not in NORM_FORMS:
