@@ -95,6 +95,9 @@ def test_ablate_cli_stores_the_result_and_prints_json(trained_addition):
     (["--feature", "carry", "--method", "zap"], "method must be one of"),
     (["--feature", "carry", "--layer", "2"], "unknown layer '2'; use one of: auto, hook_embed, blocks.0.hook_resid_post"),
     ([], "give --feature NAME or --all"),
+    (["--feature", "carry", "--controls", "100000000"], "--controls must be in 0..10,000, got 100000000"),
+    (["--feature", "carry", "--examples", "100000000"], "--examples must be in 1..1,000,000, got 100000000"),
+    (["--feature", "carry", "--examples", "0"], "--examples must be in 1..1,000,000, got 0"),
 ])
 def test_ablate_cli_bad_input_is_one_line(trained_addition, args, message):
     res = CliRunner().invoke(app, ["ablate", str(trained_addition[0]), "--examples", "20", "--controls", "1", *args])

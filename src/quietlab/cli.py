@@ -157,6 +157,9 @@ def sample_cmd(
 
 #: the most examples `quietlab sample` prints
 MAX_SAMPLE = 100_000
+#: `quietlab ablate`'s bounds: generating 10⁸ examples, or drawing 10⁸ control directions, only exhausts the memory
+#: (the default is 1,000 examples and 32 controls; a 95% interval over 10,000 controls is already ±1% of their spread)
+MAX_ABLATION_EXAMPLES, MAX_CONTROLS = 1_000_000, 10_000
 
 
 @app.command("train", context_settings=TASK_SIZES)
@@ -289,8 +292,10 @@ def ablate_cmd(
 
     if (feature is None) == (not all_features):
         raise ValueError("give --feature NAME or --all")
-    if (examples is not None and examples < 1) or controls < 0:
-        raise ValueError("--examples must be >= 1 and --controls >= 0")
+    if examples is not None and not 1 <= examples <= MAX_ABLATION_EXAMPLES:
+        raise ValueError(f"--examples must be in 1..{MAX_ABLATION_EXAMPLES:,}, got {examples}")
+    if not 0 <= controls <= MAX_CONTROLS:
+        raise ValueError(f"--controls must be in 0..{MAX_CONTROLS:,}, got {controls}")
     dev = resolve_device(device)
     with Progress(console=err_console, transient=True, disable=as_json) as bar:
         jobs = {}
