@@ -157,8 +157,8 @@ def sample_cmd(
 
 #: the most examples `quietlab sample` prints
 MAX_SAMPLE = 100_000
-#: `quietlab ablate`'s bounds: generating 10⁸ examples, or drawing 10⁸ control directions, only exhausts the memory
-#: (the default is 1,000 examples and 32 controls; a 95% interval over 10,000 controls is already ±1% of their spread)
+#: `quietlab ablate`'s bounds (the defaults are 1,000 examples and 32 controls; 10⁸ of either was still running a
+#: minute later on a d_model 16 run, and a 95% interval over 10,000 controls is already ±2% of their spread)
 MAX_ABLATION_EXAMPLES, MAX_CONTROLS = 1_000_000, 10_000
 
 
