@@ -8,6 +8,7 @@ import math
 import sqlite3
 import sys
 import warnings
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -199,7 +200,6 @@ def train_cmd(
     settings = {k: v for k, v in locals().items() if k not in ("ctx", "out", "resume", "no_monitor", "as_json")}
     import dataclasses
     import time
-    from pathlib import Path
 
     from .runs import RunFolder
     from .train import TrainConfig, TrainingInterrupted, train
@@ -248,20 +248,27 @@ def report_cmd(
         None, "--out", help="HTML file to write; default RUN/report.html for one run, ./report.html for several."),
 ):
     """Write one self-contained HTML report (opens offline) and print its path."""
-    from pathlib import Path
-
     from .report import write_report
     from .report.target import report_target
 
     for r in runs:
-        if (Path(r) / "sweep.sqlite").is_file():
-            raise ValueError(f"{r} is a sweep: `quietlab frontier {r}` writes its report; `quietlab report` takes its runs, "
-                             f"e.g. {next(iter(sorted((Path(r) / 'runs').glob('*'))), Path(r) / 'runs' / 'RUN')}")
-        if (Path(r) / "eureka.json").is_file():
-            raise ValueError(f"{r} is a `quietlab eureka` study: its report is {Path(r) / 'report.html'}; "
-                             f"`quietlab report` takes its runs, e.g. {next(iter(sorted(Path(r).glob('*-seed*'))), Path(r) / 'VARIANT-seedK')}")
+        if (why := _a_folder_of_runs(Path(r))) is not None:
+            raise ValueError(why)
     target = report_target(Path(out) if out else (Path(runs[0]) / "report.html" if len(runs) == 1 else Path("report.html")))
     print(write_report([Path(r) for r in runs], target))
+
+
+def _a_folder_of_runs(path: Path) -> str | None:
+    """Why ``path``, a sweep or a eureka study, is not one run for `quietlab report`, and what to do instead."""
+    if (path / "sweep.sqlite").is_file():
+        runs = sorted((path / "runs").glob("*"))
+        return (f"{path} is a sweep: `quietlab frontier {path}` writes its report; `quietlab report` takes its runs, "
+                f"e.g. {runs[0] if runs else path / 'runs' / 'RUN'}")
+    if (path / "eureka.json").is_file():
+        runs = sorted(path.glob("*-seed*"))
+        return (f"{path} is a `quietlab eureka` study: its report is {path / 'report.html'}; `quietlab report` takes "
+                f"its runs, e.g. {runs[0] if runs else path / 'VARIANT-seedK'}")
+    return None
 
 
 @app.command("ablate")
