@@ -416,3 +416,17 @@ def test_a_monitor_that_cannot_load_is_an_error_not_silence(tmp_path, monkeypatc
     monkeypatch.setitem(sys.modules, "quietlab.monitor", None)  # any import of it now raises ImportError
     code, _, err = cli("train", *TINY, "--steps", 3, "--out", tmp_path / "m")
     assert code == 2 and "--no-monitor" in one_line(err) and not (tmp_path / "m").exists()
+
+
+def test_a_file_given_as_the_folder_to_write_is_refused_by_every_writer(tmp_path):
+    """The writer lock (runs/lock.py) refuses it for train, sweep, eureka and demo alike, and leaves the file."""
+    target = tmp_path / "afile"
+    target.write_text("mine")
+    spec = tmp_path / "spec.toml"
+    spec.write_text('task = "addition"\nsizes = { n_bits = 4 }\nd_model = 16\nlayers = 1\nlr = 1e-3\nbatch_size = 8\nsteps = 3\n')
+    for args in (["train", *TINY, "--steps", 3, "--no-monitor", "--out", target], ["sweep", spec, "--out", target],
+                 ["eureka", "--seeds", 1, "--variants", "cnn", "--out", target], ["demo", "--out", target]):
+        code, _, err = cli(*args)
+        last = err.strip().splitlines()[-1]  # the demo says what it is about to train first
+        assert code == 2 and last == f"error: {target} is not a directory; choose another --out", (args, err)
+    assert target.read_text() == "mine"

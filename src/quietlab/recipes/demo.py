@@ -27,7 +27,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..runs import RunFolder
-from ..runs.lock import LOCK_NAME
+from ..runs.lock import holds_files
 
 DEMO_CONFIG = dict(
     task="addition",
@@ -88,7 +88,7 @@ def run_demo(out: Path, seed: int = 0, progress: bool = True, n_controls: int = 
         raise ValueError(f"--controls must be >= 0, got {n_controls}")
     folder = RunFolder(out)
     resume = folder.exists()
-    if Path(out).is_dir() and any(p.name != LOCK_NAME for p in Path(out).iterdir()) and not resume:
+    if holds_files(out) and not resume:
         raise ValueError(f"{out} already exists and holds no demo run; choose another --out")
     log(f"training {cfg.task} ({cfg.task_sizes['n_bits']}-bit{', paper preset' if cfg.paper else ''}) with the "
         f"monitor into {out}" + (" (resuming)" if resume else ""))

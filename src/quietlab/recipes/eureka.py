@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from ..runs import RunFolder, write_atomic
-from ..runs.lock import LOCK_NAME, RunLock
+from ..runs.lock import RunLock, holds_files
 
 MODEL_VARIANTS = ("softmax", "temperature", "normsoftmax", "heat", "qk_rescale", "cnn")
 DEFAULT_VARIANTS = ("softmax", "temperature", "normsoftmax", "heat", "cnn")
@@ -264,15 +264,17 @@ class _RunWriter:
                 **cfg.to_dict(), "lr_peak": peak, "data_source": task.source, "model_config": model.config.to_dict(),
                 "device": str(device), "autocast": str(amp or "fp32"), "n_params": sum(p.numel() for p in model.parameters()),
                 "torch_version": torch.__version__})
-        self.start = 0 if self.checkpoint is None else int(self.checkpoint["step"])
         self.store = self.folder.store()
-        self.store.truncate_after(self.start if self.checkpoint is not None else -1)
         self.batches = task.epoch_batches(seed, cfg.batch_size)
-        for _ in range(self.start):  # the batches of the steps already taken
-            next(self.batches)
         self.rng = np.random.default_rng(derive_seed(seed, 0x7A11))
+        self.start, self.wall_before = 0, 0.0  # wall_before: seconds of the sessions before, up to the checkpoint
         if self.checkpoint is not None:
+            self.start = int(self.checkpoint["step"])
+            self.store.truncate_after(self.start)
+            for _ in range(self.start):  # the batches of the steps already taken
+                next(self.batches)
             self.rng.bit_generator.state = self.checkpoint["config"]["data_rng"]
+            self.wall_before = self.store.get("eureka", "wall_s") or 0.0
         ordered = sorted(set(range(0, cfg.steps + 1, cfg.eval_every)) | {cfg.steps})
         self.eval_steps = set(ordered)
         self.probe_steps = {ordered[round(i * (len(ordered) - 1) / max(1, cfg.probe_evals))] for i in range(cfg.probe_evals + 1)}
@@ -280,8 +282,6 @@ class _RunWriter:
         stats = task.draw(np.arange(cfg.stats_examples), np.random.default_rng(seed), "test")[0]
         self.stats_x = torch.from_numpy(stats).to(device)
         self.pending: list[tuple[int, torch.Tensor]] = []
-        # wall seconds of the sessions before this one, up to the checkpoint
-        self.wall_before = (self.store.get("eureka", "wall_s") or 0.0) if self.checkpoint is not None else 0.0
 
     def resume_into(self, model, optimizer=None, packed: bool = False) -> None:
         """Load the checkpoint's model and optimizer state (``optimizer``: one with ``load_state_dict``) and its
@@ -625,8 +625,6 @@ def _worker_start(queue) -> None:
 
 
 def _worker_run(cfg: EurekaConfig, variant: str, seed: int, run_dir: Path, resume: bool) -> dict:
-    if resume and (done := finished_run(run_dir)) is not None:
-        return done
     key = (cfg.images, cfg.task_variant, cfg.data_dir)
     if key not in _WORKER:
         _WORKER[key] = load_task(cfg)
@@ -767,14 +765,12 @@ def run_eureka(scale: str, seeds: int, variants: list[str], out, overrides: dict
     if cfg.data_dir is not None and cfg.images != "paper":
         raise ValueError(f"--data is read at --scale paper only; --scale {scale} draws scikit-learn's 8×8 digits")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} is not a directory; choose another --out")
     request = {"scale": scale, "seeds": seeds, "variants": list(variants),
                "config": {k: v for k, v in cfg.to_dict().items() if k not in SPEED_SETTINGS}}
     with RunLock(out, create=True, what="eureka folder"):
         if resume:
             _check_resumable(out, request)
-        elif any(p.name != LOCK_NAME for p in out.iterdir()):
+        elif holds_files(out):
             raise ValueError(f"{out} already exists and is not empty; pass --resume to continue that study, or choose another --out")
         else:
             write_atomic(out / "eureka.json", json.dumps(request, indent=1).encode())
@@ -792,11 +788,11 @@ def _check_resumable(out: Path, request: dict) -> None:
         raise ValueError(f"{out} holds no eureka study to resume (no eureka.json)") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ValueError(f"{out / 'eureka.json'} is not readable JSON") from None
-    saved_cfg = saved.get("config", {})
-    diffs = [f"{k} (the study has {saved.get(k)!r}, given {v!r})" for k, v in request.items()
-             if k != "config" and saved.get(k) != v]
-    diffs += [f"{k} (the study has {saved_cfg.get(k)!r}, given {v!r})" for k, v in request["config"].items()
-              if json.loads(json.dumps(saved_cfg.get(k))) != json.loads(json.dumps(v))]
+    def flat(r: dict) -> dict:  # the request's keys and its config's, as JSON has them (tuples as lists)
+        return {**{k: v for k, v in r.items() if k != "config"}, **r.get("config", {})}
+
+    saved, given = flat(saved), flat(json.loads(json.dumps(request)))
+    diffs = [f"{k} (the study has {saved.get(k)!r}, given {v!r})" for k, v in given.items() if saved.get(k) != v]
     if diffs:
         raise ValueError("--resume with settings that differ from the study's eureka.json: " + "; ".join(diffs))
 

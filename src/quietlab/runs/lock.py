@@ -18,6 +18,12 @@ from pathlib import Path
 LOCK_NAME = ".lock"
 
 
+def holds_files(folder: Path | str) -> bool:
+    """Whether ``folder`` is a directory holding anything besides the writer lock's file."""
+    folder = Path(folder)
+    return folder.is_dir() and any(p.name != LOCK_NAME for p in folder.iterdir())
+
+
 class RunLock:
     def __init__(self, run_dir: Path | str, create: bool = False, what: str = "run folder"):
         self.run_dir = Path(run_dir)
@@ -30,6 +36,8 @@ class RunLock:
         holds it, or if the folder is missing and not to be created."""
         if not self.create and not self.run_dir.is_dir():
             raise ValueError(f"no {self.what} at {self.run_dir}")
+        if self.create and self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ValueError(f"{self.run_dir} is not a directory; choose another --out")
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -388,11 +388,7 @@ def run_sweep(spec_path, out=None, executor: str = "local", workers: int | None 
     runs, settings, text = load_spec(spec_path)
     runs, left_out = _within_steps(runs, settings["min_steps"], settings["max_steps"])
     out = Path(out) if out is not None else Path("sweeps") / Path(spec_path).stem
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} is not a directory; choose another --out")
-    lock = RunLock(out, create=True, what="sweep folder").acquire()
-    table = ex = None
-    try:
+    with RunLock(out, create=True, what="sweep folder"):  # one sweep process writes a folder at a time
         write_atomic(out / "spec.toml", text.encode())
         table = SweepTable(out / "sweep.sqlite")
         run_dirs = {r.run_id: out / "runs" / r.folder_name for r in runs}
@@ -408,25 +404,22 @@ def run_sweep(spec_path, out=None, executor: str = "local", workers: int | None 
         counts = {"done": 0, "failed": len(unplannable)}
         t0 = time.perf_counter()
         bar = _sweep_bar(progress, len(todo), len(unplannable))
-        with bar if bar is not None else contextlib.nullcontext():
-            for results in (ex.run(packs) if packs else []):
-                for run_id, state, payload, packed_with in results:
-                    if state == "done":
-                        table.finish(run_id, payload, packed_with)
-                    else:
-                        table.fail(run_id, payload)
-                    counts[state] += 1
-                if bar is not None:
-                    bar.update(0, completed=counts["done"] + counts["failed"], failed=counts["failed"])
-        rows = table.rows()
-    finally:
         try:
+            with bar if bar is not None else contextlib.nullcontext():
+                for results in (ex.run(packs) if packs else []):
+                    for run_id, state, payload, packed_with in results:
+                        if state == "done":
+                            table.finish(run_id, payload, packed_with)
+                        else:
+                            table.fail(run_id, payload)
+                        counts[state] += 1
+                    if bar is not None:
+                        bar.update(0, completed=counts["done"] + counts["failed"], failed=counts["failed"])
+        finally:
             if ex is not None:
                 ex.close()
-            if table is not None:
-                table.close()
-        finally:
-            lock.release()
+            rows = table.rows()
+            table.close()
     by_status = {s: sum(r["status"] == s for r in rows) for s in ("done", "failed", "pending")}
     return {"sweep": str(out), "runs": len(runs), "this_time": {"done": counts["done"], "failed": counts["failed"]},
             "skipped": len(runs) - len(todo), "left_out": left_out, **by_status, "packs": len(packs), "wall_s": time.perf_counter() - t0,

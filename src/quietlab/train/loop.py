@@ -58,7 +58,7 @@ from .. import __version__
 from ..models.attention import NORM_FORMS, VARIANTS
 from ..models.transformer import Transformer, TransformerConfig
 from ..runs.folder import RunFolder
-from ..runs.lock import LOCK_NAME, RunLock
+from ..runs.lock import RunLock, holds_files
 from .budget import (flops_per_step, flops_per_token, mean_context, non_embedding_params, paper_flops_per_token,
                      paper_steps_for_flops, steps_for_flops)
 from .checkpoint import CheckpointWriter, latest_checkpoint, remove_stale_temp_files, set_rng_state
@@ -478,8 +478,6 @@ def train(cfg: TrainConfig, run_dir, hooks: TrainHooks | None = None, progress: 
     eval_batch = _draw(task, cfg.eval_examples, derive_seed(cfg.seed, _EVAL), "test")
     _draw(task, cfg.batch_size, derive_seed(cfg.seed, _DATA, 0), "train")
     folder = RunFolder(run_dir)
-    if folder.path.exists() and not folder.path.is_dir():
-        raise ValueError(f"{folder.path} is not a directory; choose another --out")
     created = not folder.path.exists()
     with RunLock(folder.path, create=True):
         try:
@@ -511,7 +509,7 @@ def _draw(task, n: int, seed: int, split: str):
 
 
 def _train(cfg: TrainConfig, folder: RunFolder, task, eval_batch, hooks, progress: bool, resume: bool) -> dict:
-    if not resume and any(p.name != LOCK_NAME for p in folder.path.iterdir()):
+    if not resume and holds_files(folder.path):
         raise ValueError(f"{folder.path} already exists; pass --resume to continue that run, or choose another --out")
     if resume and folder.exists():
         check_resumable(folder.read_config(), cfg)

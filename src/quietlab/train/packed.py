@@ -42,7 +42,7 @@ import torch.nn as nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from ..models.attention import padded_causal_attention
-from ..runs.lock import LOCK_NAME, RunLock
+from ..runs.lock import RunLock, holds_files
 
 # ------------------------------------------------------------------------------------------------
 # generic
@@ -431,7 +431,7 @@ def _train_packed(cfgs: Sequence, run_dirs: Sequence, progress: bool, resume: bo
         raise ValueError("packed runs may differ only in " + ", ".join(PER_MODEL))
     folders = [RunFolder(d) for d in run_dirs]
     for folder, cfg in zip(folders, cfgs):
-        if not resume and folder.path.exists() and any(p.name != LOCK_NAME for p in folder.path.iterdir()):
+        if not resume and holds_files(folder.path):
             raise ValueError(f"{folder.path} already exists; pass --resume to continue that run, or choose another --out")
         if resume and folder.exists():
             check_resumable(folder.read_config(), cfg)
